@@ -1,0 +1,30 @@
+# Two commands for a fresh machine:  `make demo` (run the app)  and  `make test` (run the tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export WORKDIR ?= $(CURDIR)/workdir
+
+.PHONY: demo test venv app lint clean-venv
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+app:
+	@if [ -f retrieval-app/package.json ]; then cd retrieval-app && npm ci --no-audit --no-fund && npm run build; fi
+
+test: venv app
+	bash scripts/test-deps.sh
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check imageretrieval retrievalapi tests
+
+demo: venv app
+	bash scripts/demo.sh

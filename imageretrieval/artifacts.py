@@ -1,0 +1,155 @@
+"""Per-model artifact folder `<WORKDIR>/indexes/<model>/` and the one-shot `build_model_index`.
+
+Contents: manifest.json (model, dims, PCA, index type, catalog fingerprint, creation time),
+index.faiss, ids.npy (row -> product id), vectors.npy (post-processed catalog vectors, used for
+"more like this" and exact filtered fallbacks) and postprocess.npz.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, load_catalog
+from .extract import extract_features, feature_dir
+from .index import build_index, save_index
+from .io_utils import load_json, save_json, save_npy
+from .models import create_model, get_model_config
+from .models.registry import weights_fingerprint
+from .preprocess import Preprocess
+from .settings import Settings
+from .whitening import PostProcessor
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+DEFAULT_PCA_COMPONENTS = 256
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    root: Path
+
+    @classmethod
+    def of(cls, workdir: Path, model_name: str) -> ModelArtifacts:
+        return cls(Path(workdir) / "indexes" / model_name)
+
+    manifest = property(lambda self: self.root / "manifest.json")
+    index = property(lambda self: self.root / "index.faiss")
+    ids = property(lambda self: self.root / "ids.npy")
+    vectors = property(lambda self: self.root / "vectors.npy")
+    postprocess = property(lambda self: self.root / "postprocess.npz")
+
+    def exists(self) -> bool:
+        return all(p.is_file() for p in (self.manifest, self.index, self.ids, self.vectors, self.postprocess))
+
+    def read_manifest(self) -> dict | None:
+        return load_json(self.manifest) if self.manifest.is_file() else None
+
+
+def tuned_pca_path(workdir: Path, model_name: str) -> Path:
+    """Where `finetune-pca` saves the chosen dimension for a model."""
+    return Path(workdir) / "tuning" / model_name / "pca.json"
+
+
+def chosen_pca_components(settings: Settings, model_name: str, dims: int) -> int | None:
+    """Explicit setting > tuned value > default. 0 means no whitening (L2 only)."""
+    if settings.pca_components is not None:
+        n = settings.pca_components
+    elif tuned_pca_path(settings.workdir, model_name).is_file():
+        n = int(load_json(tuned_pca_path(settings.workdir, model_name))["n_components"])
+    else:
+        n = DEFAULT_PCA_COMPONENTS
+    return None if n == 0 else min(n, dims)
+
+
+def catalog_resolution(catalog: Catalog, sample: int = 400, seed: int = 0) -> tuple[int, int]:
+    """Median (width, height) of the catalog images: its effective resolution for queries."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    ids = catalog.ids
+    pick = rng.choice(ids, size=min(sample, len(ids)), replace=False)
+    sizes = []
+    for pid in pick:
+        try:
+            with Image.open(catalog.image_path(pid)) as im:
+                sizes.append(im.size)
+        except OSError:
+            continue
+    arr = np.array(sizes or [(224, 224)])
+    return int(np.median(arr[:, 0])), int(np.median(arr[:, 1]))
+
+
+def build_model_index(settings: Settings, model_name: str, force: bool = False, progress: bool = True) -> dict:
+    """Extract catalog features, fit post-processing, build the FAISS index. No-op when current."""
+    workdir = settings.workdir
+    config = get_model_config(model_name, workdir)
+    catalog = load_catalog(settings.dataset_root)
+    n_components = chosen_pca_components(settings, model_name, config.dims)
+    wanted = {
+        "version": MANIFEST_VERSION,
+        "model": model_name,
+        "model_fingerprint": config.fingerprint(),
+        "weights_fingerprint": weights_fingerprint(config, workdir),
+        "catalog_root": str(Path(settings.dataset_root).resolve()),
+        "catalog_fingerprint": catalog.fingerprint(),
+        "pca_components": n_components,
+        "index_factory": settings.index_factory,
+    }
+    art = ModelArtifacts.of(workdir, model_name)
+    current = art.read_manifest()
+    if not force and current is not None and art.exists() and all(current.get(k) == v for k, v in wanted.items()):
+        log.info("index for %s is up to date (%s)", model_name, art.root)
+        return current
+
+    t0 = time.perf_counter()
+    model = create_model(model_name, workdir=workdir)
+    preprocess = Preprocess(config.input_size, config.resize_mode)
+    fs = extract_features(
+        model,
+        [catalog.image_path(i) for i in catalog.ids],
+        catalog.ids,
+        feature_dir(workdir, model_name, "fashion-all"),
+        preprocess=preprocess,
+        batch_size=settings.batch_size,
+        num_workers=settings.num_workers,
+        device=settings.device,
+        precision=settings.precision,
+        fingerprint=wanted["model_fingerprint"] + wanted["weights_fingerprint"],
+        progress=progress,
+    )
+    t_extract = time.perf_counter() - t0
+    valid = fs.valid
+    raw, ids = fs.features[valid], fs.ids[valid]
+    t1 = time.perf_counter()
+    post = PostProcessor.fit(raw, n_components) if n_components else PostProcessor()
+    vectors = post(raw)
+    index = build_index(vectors, settings.index_factory, seed=settings.seed)
+    t_index = time.perf_counter() - t1
+    art.manifest.unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
+    save_index(index, art.index)
+    save_npy(art.ids, ids.astype(np.int64))
+    save_npy(art.vectors, vectors.astype(np.float32))
+    post.save(art.postprocess)
+    manifest = {
+        **wanted,
+        "dims": int(vectors.shape[1]),
+        "raw_dims": int(raw.shape[1]),
+        "size": int(len(ids)),
+        "skipped_images": int((~valid).sum()),
+        "input_size": config.input_size,
+        "catalog_resolution": list(catalog_resolution(catalog)),
+        "synthetic_catalog": (Path(settings.dataset_root) / "SYNTHETIC").exists(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": {"extract": round(t_extract, 2), "fit_and_index": round(t_index, 2)},
+    }
+    save_json(art.manifest, manifest)  # written last: its presence means the folder is complete
+    log.info("built %s index for %s: %d vectors x %d dims in %s", settings.index_factory, model_name,
+             len(ids), vectors.shape[1], art.root)
+    return manifest

@@ -1,0 +1,86 @@
+"""The `imageretrieval` command line: one entry point, subcommands that call importable functions.
+
+Every subcommand lives in `imageretrieval/commands/<name>.py` with `register(subparsers)`.
+Global flags override the environment (DATASET_ROOT, WORKDIR, DEVICE, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .settings import Settings
+
+COMMAND_MODULES = [
+    "prepare", "models", "extract", "index", "search", "serve",
+    "evaluate", "finetune_pca", "train", "download_catalog", "bench", "synthetic",
+]
+
+log = logging.getLogger("imageretrieval")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imageretrieval", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset-root", help="Fashion Product folder (styles.csv + images/); env DATASET_ROOT")
+    parser.add_argument("--deepfashion-root", help="DeepFashion In-shop folder (img/); env DEEPFASHION_ROOT")
+    parser.add_argument("--workdir", help="artifact folder; env WORKDIR (or WORKDIR_ROOT)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="env DEVICE")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="env PRECISION")
+    parser.add_argument("--batch-size", type=int, help="env BATCH_SIZE")
+    parser.add_argument("--num-workers", type=int, help="data loader workers; env NUM_WORKERS")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(f"commands.{name}"):
+                continue  # command not shipped in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: getattr(args, key)
+        for key in ("dataset_root", "deepfashion_root", "workdir", "device", "precision", "batch_size", "num_workers")
+        if getattr(args, key, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .catalog import CatalogError
+    from .engine import IndexNotBuiltError, UnknownFilterError, UnknownProductError
+    from .images import ImageDecodeError
+    from .index import IndexFactoryError
+    from .models import ModelNotFoundError, WeightsUnavailableError
+
+    user_errors = (CLIError, CatalogError, IndexNotBuiltError, UnknownFilterError, UnknownProductError,
+                   ImageDecodeError, IndexFactoryError, ModelNotFoundError, WeightsUnavailableError)
+    try:
+        settings = settings_from_args(args)
+        return int(args.func(args, settings) or 0)
+    except user_errors as exc:
+        print(f"imageretrieval {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"imageretrieval {args.command}: interrupted (finished work is kept; rerun to resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""`imageretrieval index`: extract + fit PCA-whitening + build the FAISS index, a no-op when current."""
+
+from __future__ import annotations
+
+from ..artifacts import ModelArtifacts, build_model_index
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="build (or verify) a model's catalog index")
+    p.add_argument("--model", action="append", help="model name; repeat for several (default: DEFAULT_MODEL)")
+    p.add_argument("--index-factory", help='FAISS factory string, e.g. "Flat", "HNSW32", "IVF256,PQ32"')
+    p.add_argument("--pca", type=int, help="PCA-whitening dims (0 = L2 only); default: tuned value or 256")
+    p.add_argument("--force", action="store_true", help="rebuild even when artifacts are current")
+    p.set_defaults(func=run)
+
+
+def run(args, settings) -> int:
+    if args.index_factory:
+        settings.index_factory = args.index_factory
+    if args.pca is not None:
+        settings.pca_components = args.pca
+    for name in args.model or [settings.default_model]:
+        manifest = build_model_index(settings, name, force=args.force)
+        print(f"{name}: {manifest['size']} products, {manifest['dims']} dims, "
+              f"{manifest['index_factory']} index in {ModelArtifacts.of(settings.workdir, name).root}")
+    return 0

@@ -1,0 +1,64 @@
+"""`imageretrieval search`: query images against a model's index, one JSON line per query."""
+
+from __future__ import annotations
+
+import json
+
+from ..engine import FILTER_FIELDS, RetrievalEngine
+from ..images import ImageDecodeError, open_image
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="search the catalog with one or more images")
+    p.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
+    p.add_argument("--image", action="append", required=True, help="query image path; repeat for several")
+    p.add_argument("--top-k", type=int, default=15)
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help=f"restrict results, e.g. gender=Men (fields: {', '.join(FILTER_FIELDS)})")
+    p.add_argument("--query-resolution", choices=["catalog", "native"], help="see QUERY_RESOLUTION")
+    p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.set_defaults(func=run)
+
+
+def parse_filters(items: list[str]) -> dict[str, list[str]]:
+    from ..cli import CLIError
+
+    filters: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise CLIError(f"--filter {item!r}: expected FIELD=VALUE, e.g. gender=Men")
+        field, value = item.split("=", 1)
+        filters.setdefault(field.strip(), []).append(value.strip())
+    return filters
+
+
+def run(args, settings) -> int:
+    from ..cli import CLIError
+
+    if not 1 <= args.top_k <= 1000:
+        raise CLIError(f"--top-k must be between 1 and 1000, got {args.top_k}")
+    if args.query_resolution:
+        settings.query_resolution = args.query_resolution
+    name = args.model or settings.default_model
+    engine = RetrievalEngine(settings, name)
+    filters = parse_filters(args.filter)
+    images, paths, status = [], [], 0
+    for path in args.image:
+        try:
+            images.append(open_image(path))
+            paths.append(path)
+        except ImageDecodeError as exc:
+            print(json.dumps({"query": path, "model": name, "error": str(exc)}) if args.json
+                  else f"{path}: error: {exc}")
+            status = 2
+    results = engine.search(images, args.top_k, filters) if images else []
+    for path, hits in zip(paths, results, strict=True):
+        if args.json:
+            print(json.dumps({"query": path, "model": name, "results": [h.to_dict() for h in hits]}))
+        else:
+            print(f"{path}  ({name})")
+            for h in hits:
+                p = h.product
+                print(f"  {h.rank:>3}. {h.id:>6}  {h.score:.4f}  {p['articleType']:<14} "
+                      f"{p['baseColour'] or '':<10} {p['productDisplayName']}")
+    return status

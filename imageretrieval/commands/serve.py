@@ -1,0 +1,27 @@
+"""`imageretrieval serve`: run the search API (and the built web app when present) with uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the FastAPI search service")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", help="comma-separated models to load (default: every model with an index)")
+    p.set_defaults(func=run)
+
+
+def run(args, settings) -> int:
+    import uvicorn
+
+    # The API reads its own settings from the environment: pass the CLI's resolved values on.
+    os.environ["WORKDIR"] = str(settings.workdir)
+    os.environ["DATASET_ROOT"] = str(settings.dataset_root)
+    os.environ["DEVICE"] = settings.device
+    if args.models:
+        os.environ["MODELS"] = args.models
+    uvicorn.run("retrievalapi.main:app", host=args.host, port=args.port, log_level="info",
+                timeout_graceful_shutdown=10)
+    return 0

@@ -1,0 +1,217 @@
+"""RetrievalEngine: model + post-processing + index loaded once; batched search with filters."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .artifacts import ModelArtifacts
+from .catalog import ATTRIBUTE_COLUMNS, load_catalog
+from .device import autocast, prepare_model, resolve_device, resolve_precision, to_batch
+from .images import open_image
+from .index import load_index
+from .index import search as index_search
+from .models import create_model, get_model_config
+from .preprocess import Preprocess
+from .settings import Settings
+from .whitening import PostProcessor
+
+log = logging.getLogger(__name__)
+
+FILTER_FIELDS = tuple(ATTRIBUTE_COLUMNS)
+RESULT_FIELDS = ("productDisplayName", "articleType", "baseColour", "gender", "masterCategory",
+                 "subCategory", "season", "usage", "year")
+
+
+class IndexNotBuiltError(RuntimeError):
+    """The model has no (complete) index; the message gives the command that builds it."""
+
+
+class UnknownFilterError(ValueError):
+    pass
+
+
+class UnknownProductError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class SearchHit:
+    rank: int
+    id: int
+    score: float
+    product: dict
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "id": self.id, "score": round(self.score, 6), **self.product}
+
+
+def _clean(value):
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+class RetrievalEngine:
+    """Search one model's index. Thread-safe for concurrent `search` calls (one forward at a time)."""
+
+    def __init__(self, settings: Settings, model_name: str):
+        self.settings = settings
+        self.name = model_name
+        self.config = get_model_config(model_name, settings.workdir)  # unknown names fail first
+        art = ModelArtifacts.of(settings.workdir, model_name)
+        rebuild = f"imageretrieval index --model {model_name}"
+        if not art.exists():
+            raise IndexNotBuiltError(f"no index for model {model_name!r} in {art.root}: run `{rebuild}`")
+        try:
+            self.manifest = art.read_manifest()
+            self.index = load_index(art.index)
+            self.ids = np.load(art.ids)
+            self.vectors = np.load(art.vectors, mmap_mode="r")
+            self.postprocess = PostProcessor.load(art.postprocess)
+        except Exception as exc:  # noqa: BLE001 - any corruption gets the same actionable message
+            raise IndexNotBuiltError(
+                f"index for model {model_name!r} in {art.root} is corrupt ({exc}): run `{rebuild} --force`"
+            ) from exc
+        if not (self.index.ntotal == len(self.ids) == len(self.vectors)):
+            raise IndexNotBuiltError(f"index for {model_name!r} is inconsistent: run `{rebuild} --force`")
+        self.device = resolve_device(settings.device)
+        self.precision = resolve_precision(settings.precision, self.device)
+        self.model = prepare_model(create_model(model_name, workdir=settings.workdir), self.device)
+        res = self.manifest.get("catalog_resolution")
+        self.preprocess = Preprocess(
+            self.config.input_size,
+            self.config.resize_mode,
+            tuple(res) if (res and settings.query_resolution == "catalog") else None,
+        )
+        catalog = load_catalog(settings.dataset_root)
+        meta = catalog.df.set_index("id")
+        self.metadata = meta.reindex(self.ids)
+        self.row_of = {int(pid): row for row, pid in enumerate(self.ids)}
+        self._lock = threading.Lock()
+
+    # ----- encoding -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images -> post-processed query vectors (n, dims), one batched forward pass."""
+        if not images:
+            return np.zeros((0, self.dims), np.float32)
+        batch = torch.stack([self.preprocess(img) for img in images])
+        with self._lock, autocast(self.device, self.precision):
+            raw = self.model(to_batch(batch, self.device)).float().cpu().numpy()
+        return self.postprocess(raw)
+
+    @property
+    def dims(self) -> int:
+        return int(self.vectors.shape[1])
+
+    # ----- filters ----------------------------------------------------------------------------
+    def filter_mask(self, filters: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
+        """Boolean mask over index rows; values within a field are OR-ed, fields AND-ed."""
+        if not filters:
+            return None
+        mask = np.ones(len(self.ids), dtype=bool)
+        for field, values in filters.items():
+            if not values:
+                continue
+            if field not in FILTER_FIELDS:
+                raise UnknownFilterError(f"unknown filter {field!r}; filters: {', '.join(FILTER_FIELDS)}")
+            column = self.metadata[field].astype(str)
+            known = set(column.unique())
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                raise UnknownFilterError(f"unknown value(s) {unknown} for filter {field!r}")
+            mask &= column.isin(list(values)).to_numpy()
+        return mask
+
+    # ----- search -----------------------------------------------------------------------------
+    def search_vectors(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: Mapping[str, Sequence[str]] | None = None,
+        exclude_ids: Sequence[int | None] | None = None,
+    ) -> list[list[SearchHit]]:
+        mask = self.filter_mask(filters)
+        extra = 1 if exclude_ids is not None else 0
+        scores, rows = index_search(self.index, queries, k + extra, allowed=mask)
+        out = []
+        for qi in range(len(queries)):
+            pairs = [(float(s), int(r)) for s, r in zip(scores[qi], rows[qi], strict=True) if r >= 0]
+            n_allowed = len(self.ids) if mask is None else int(mask.sum())
+            if len(pairs) < min(k + extra, n_allowed):  # approximate index ran short: exact fallback
+                pairs = self._exact(queries[qi], k + extra, mask)
+            skip = None if exclude_ids is None else exclude_ids[qi]
+            hits = []
+            for score, row in pairs:
+                pid = int(self.ids[row])
+                if skip is not None and pid == skip:
+                    continue
+                hits.append(SearchHit(len(hits) + 1, pid, score, self.product(pid, row)))
+                if len(hits) == k:
+                    break
+            out.append(hits)
+        return out
+
+    def _exact(self, query: np.ndarray, k: int, mask: np.ndarray | None) -> list[tuple[float, int]]:
+        rows = np.arange(len(self.ids)) if mask is None else np.flatnonzero(mask)
+        scores = np.asarray(self.vectors[rows]) @ query
+        top = np.lexsort((rows, -scores))[:k]
+        return [(float(scores[i]), int(rows[i])) for i in top]
+
+    def search(
+        self,
+        images: Sequence[Image.Image | str | Path | bytes],
+        k: int = 15,
+        filters: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Encode the images (paths/bytes are decoded) and return the top-k hits for each."""
+        decoded = [img if isinstance(img, Image.Image) else open_image(img) for img in images]
+        return self.search_vectors(self.encode(decoded), k, filters)
+
+    def vector_of(self, product_id: int) -> np.ndarray:
+        row = self.row_of.get(int(product_id))
+        if row is None:
+            raise UnknownProductError(f"product {product_id} is not in the {self.name} index")
+        return np.asarray(self.vectors[row], dtype=np.float32)
+
+    def search_by_id(self, product_id: int, k: int = 15, filters=None) -> list[SearchHit]:
+        """'More like this': the stored vector of a catalog product, the product itself excluded."""
+        q = self.vector_of(product_id)[None]
+        return self.search_vectors(q, k, filters, exclude_ids=[int(product_id)])[0]
+
+    def product(self, product_id: int, row: int | None = None) -> dict:
+        row = self.row_of.get(int(product_id)) if row is None else row
+        if row is None:
+            raise UnknownProductError(f"unknown product id {product_id}")
+        rec = self.metadata.iloc[row]
+        return {f: _clean(rec.get(f)) for f in RESULT_FIELDS}
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.config.description,
+            "backbone": self.config.architecture,
+            "kind": self.config.kind,
+            "dims": self.dims,
+            "raw_dims": self.manifest.get("raw_dims"),
+            "index_type": self.manifest.get("index_factory"),
+            "index_size": int(self.index.ntotal),
+            "input_size": self.config.input_size,
+            "synthetic_catalog": bool(self.manifest.get("synthetic_catalog")),
+        }
+
+
+faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))

@@ -1,0 +1,165 @@
+"""Batched, resumable feature extraction.
+
+Features are written in chunks (`chunk_00012.npy`), each atomically, then merged into
+`features.npy` + `ids.npy`. An interrupted run resumes at the first missing chunk; a finished
+run is a no-op. Images that fail to decode get a row of NaNs and are listed in `failed.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .device import autocast, prepare_model, resolve_device, resolve_precision, to_batch
+from .images import ImageDecodeError, open_image
+from .io_utils import load_json, save_json, save_npy
+from .models import FeatureExtractor
+from .preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 2048
+
+
+class ImageListDataset(Dataset):
+    """Paths -> (uint8 tensor, ok flag). Bad files never crash the loader."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: Preprocess):
+        self.paths = list(paths)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.preprocess(open_image(self.paths[i])), True
+        except ImageDecodeError as exc:
+            log.warning("skipping unreadable image: %s", exc)
+            size = self.preprocess.input_size
+            return torch.zeros(3, size, size, dtype=torch.uint8), False
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray  # (n, d) float32; NaN rows for images that failed
+    ids: np.ndarray  # (n,) int64 or str labels
+
+    @property
+    def valid(self) -> np.ndarray:
+        return ~np.isnan(self.features).any(axis=1)
+
+
+def feature_dir(workdir: Path, model_name: str, dataset: str) -> Path:
+    return Path(workdir) / "features" / model_name / dataset
+
+
+def load_features(directory: Path) -> FeatureSet | None:
+    f, i = directory / "features.npy", directory / "ids.npy"
+    if f.is_file() and i.is_file():
+        return FeatureSet(np.load(f), np.load(i, allow_pickle=False))
+    return None
+
+
+def make_loader(paths, preprocess, batch_size, num_workers, device) -> DataLoader:
+    return DataLoader(
+        ImageListDataset(paths, preprocess),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+@torch.inference_mode()
+def encode_batches(model, loader, device, precision, progress=None):
+    """Yield (features float32 numpy, ok mask) per batch."""
+    for images, ok in loader:
+        with autocast(device, precision):
+            out = model(to_batch(images, device))
+        feats = out.float().cpu().numpy()
+        feats[~ok.numpy()] = np.nan
+        if progress is not None:
+            progress.update(len(images))
+        yield feats
+
+
+def extract_features(
+    model: FeatureExtractor,
+    paths: Sequence[Path],
+    ids: np.ndarray,
+    out_dir: Path,
+    preprocess: Preprocess | None = None,
+    batch_size: int = 32,
+    num_workers: int = 1,
+    device: str = "auto",
+    precision: str = "auto",
+    chunk_size: int = CHUNK_SIZE,
+    fingerprint: str = "",
+    progress: bool = True,
+) -> FeatureSet:
+    """Extract features for `paths` into `out_dir`, resuming from finished chunks."""
+    out_dir = Path(out_dir)
+    ids = np.asarray(ids)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    preprocess = preprocess or Preprocess(model.config.input_size, model.config.resize_mode)
+    meta = {
+        "model": model.config.name,
+        "fingerprint": fingerprint,
+        "n": int(len(ids)),
+        "ids_hash": str(hash(ids.tobytes())) if ids.dtype != object else str(hash(tuple(ids))),
+        "chunk_size": chunk_size,
+        "precision": prec,
+        "input_size": preprocess.input_size,
+    }
+    meta_path = out_dir / "meta.json"
+    done = load_features(out_dir)
+    if done is not None and meta_path.is_file() and load_json(meta_path) == meta:
+        log.info("features up to date in %s", out_dir)
+        return done
+    chunk_dir = out_dir / "chunks"
+    if meta_path.is_file() and load_json(meta_path) != meta:
+        log.info("model, data or settings changed: recomputing features in %s", out_dir)
+        for stale in list(chunk_dir.glob("chunk_*.npy")) + [out_dir / "features.npy", out_dir / "ids.npy"]:
+            stale.unlink(missing_ok=True)
+    save_json(meta_path, meta)
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+
+    n_chunks = max(1, -(-len(ids) // chunk_size))
+    todo = [c for c in range(n_chunks) if not (chunk_dir / f"chunk_{c:05d}.npy").is_file()]
+    n_todo = sum(min(chunk_size, len(ids) - c * chunk_size) for c in todo)
+    if len(todo) < n_chunks:
+        log.info("resuming: %d of %d chunks already done", n_chunks - len(todo), n_chunks)
+    net = prepare_model(model, dev)
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_todo, desc=f"extract {model.config.name}", unit="img", disable=not progress)
+    for c in todo:
+        lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
+        loader = make_loader(paths[lo:hi], preprocess, batch_size, num_workers, dev)
+        feats = np.concatenate(list(encode_batches(net, loader, dev, prec, bar)), axis=0)
+        save_npy(chunk_dir / f"chunk_{c:05d}.npy", feats.astype(np.float32))
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    if n_todo:
+        log.info("extracted %d images in %.1fs (%.1f img/s, %s, %s)", n_todo, elapsed, n_todo / elapsed, dev, prec)
+
+    features = np.concatenate([np.load(chunk_dir / f"chunk_{c:05d}.npy") for c in range(n_chunks)], axis=0)
+    save_npy(out_dir / "ids.npy", ids)
+    save_npy(out_dir / "features.npy", features)
+    failed = [str(i) for i, bad in zip(ids, np.isnan(features).any(axis=1), strict=True) if bad]
+    save_json(out_dir / "failed.json", failed)
+    if failed:
+        log.warning("%d images could not be decoded (listed in %s)", len(failed), out_dir / "failed.json")
+    for c in range(n_chunks):
+        (chunk_dir / f"chunk_{c:05d}.npy").unlink(missing_ok=True)
+    return FeatureSet(features, ids)

@@ -1,0 +1,79 @@
+"""FAISS indexes from a factory string ("Flat", "HNSW32", "IVF1024,PQ32", ...), inner-product metric.
+
+Filtered search runs inside FAISS with an ID selector, so k filtered results come back whenever
+k exist (not a top-k cut filtered afterwards).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .io_utils import atomic_write
+
+
+class IndexFactoryError(ValueError):
+    pass
+
+
+def build_index(vectors: np.ndarray, factory: str = "Flat", seed: int = 42) -> faiss.Index:
+    """Build an inner-product index over `vectors` (n, d) float32; trains it when the type needs it."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexFactoryError(f"invalid FAISS index factory string {factory!r}: {exc}") from exc
+    if not index.is_trained:
+        if hasattr(index, "cp"):
+            index.cp.seed = seed
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None and ivf.nlist > n:
+            raise IndexFactoryError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}")
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def _search_params(index: faiss.Index, selector, nprobe: int | None, ef_search: int | None):
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe or min(ivf.nlist, 32))
+    if "HNSW" in type(index).__name__ or isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search or 128)
+    return faiss.SearchParameters(sel=selector)
+
+
+def search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    allowed: np.ndarray | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, row indices) per query; rows -1 where fewer than k exist.
+
+    `allowed` is a boolean mask over index rows (a filter) or None.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = max(1, min(k, index.ntotal))
+    selector = None
+    if allowed is not None:
+        rows = np.flatnonzero(allowed).astype(np.int64)
+        if len(rows) == 0:
+            return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
+        selector = faiss.IDSelectorBatch(rows)
+    params = _search_params(index, selector, nprobe, ef_search)
+    scores, rows = index.search(queries, k, params=params)
+    return scores, rows
+
+
+def save_index(index: faiss.Index, path: Path) -> None:
+    atomic_write(Path(path), lambda p: faiss.write_index(index, str(p)))
+
+
+def load_index(path: Path) -> faiss.Index:
+    return faiss.read_index(str(path))

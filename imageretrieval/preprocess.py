@@ -1,0 +1,72 @@
+"""Image -> model input: letterbox onto white, resize, uint8 CHW tensor (normalization is in the model).
+
+Catalog photos are portrait products on white; letterboxing keeps the whole product where a center
+crop would cut off collars and hems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+WHITE = (255, 255, 255)
+
+
+def letterbox(img: Image.Image, size: int, fill: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Resize to fit a size x size square (keeping aspect ratio) and pad the rest with `fill`."""
+    w, h = img.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def match_resolution(img: Image.Image, target_wh: tuple[int, int], slack: float = 1.25) -> Image.Image:
+    """Bring a large query down to the catalog's effective resolution (antialiased).
+
+    A 12-megapixel photo or a sharp product shot carries detail that 60x80 catalog images never had;
+    encoding it at the catalog's resolution makes query and database look alike to the model.
+    Images already at or below the target (times `slack`) are left untouched.
+    """
+    tw, th = target_wh
+    w, h = img.size
+    scale = max(tw, th) / max(w, h)
+    if scale * slack >= 1.0:
+        return img
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Callable PIL RGB image -> uint8 tensor (3, size, size)."""
+
+    input_size: int
+    resize_mode: str = "letterbox"
+    query_resolution: tuple[int, int] | None = None  # (w, h) of the catalog; None = native
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if self.query_resolution is not None:
+            img = match_resolution(img, self.query_resolution)
+        if self.resize_mode == "center-crop":
+            img = center_crop(img, self.input_size)
+        else:
+            img = letterbox(img, self.input_size)
+        return to_uint8_tensor(img)

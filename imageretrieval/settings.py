@@ -1,0 +1,77 @@
+"""One settings object for the library, the CLI and the API.
+
+Values come from (highest first) CLI flags, environment variables, a `.env` file, then defaults.
+The seed's variable names keep working: `DATASET_ROOT`, and `WORKDIR_ROOT` as an alias of `WORKDIR`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    dataset_root: Path = Field(
+        Path("data/fashion-product-small"),
+        validation_alias=AliasChoices("DATASET_ROOT", "dataset_root"),
+        description="Fashion Product Images folder holding styles.csv and images/.",
+    )
+    deepfashion_root: Path = Field(
+        Path("data/deepfashion-inshop"),
+        validation_alias=AliasChoices("DEEPFASHION_ROOT", "deepfashion_root"),
+        description="DeepFashion In-shop folder holding img/.",
+    )
+    workdir: Path = Field(
+        Path("workdir"),
+        validation_alias=AliasChoices("WORKDIR", "WORKDIR_ROOT", "workdir"),
+        description="Where every artifact (splits, features, indexes, trained models) is written.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias=AliasChoices("DEVICE", "device"))
+    default_model: str = Field(
+        "efficientnet_lite0", validation_alias=AliasChoices("DEFAULT_MODEL", "default_model")
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        validation_alias=AliasChoices("PRECISION", "precision"),
+        description="auto = bf16 autocast where the hardware supports it fast, else fp32.",
+    )
+    batch_size: int = Field(32, validation_alias=AliasChoices("BATCH_SIZE", "batch_size"), ge=1)
+    num_workers: int = Field(1, validation_alias=AliasChoices("NUM_WORKERS", "num_workers"), ge=0)
+    seed: int = Field(42, validation_alias=AliasChoices("SEED", "seed"))
+    pca_components: int | None = Field(
+        None,
+        validation_alias=AliasChoices("PCA_COMPONENTS", "pca_components"),
+        description="PCA-whitening output dims; None = keep the model's tuned value or its full dims.",
+    )
+    index_factory: str = Field("Flat", validation_alias=AliasChoices("INDEX_FACTORY", "index_factory"))
+    query_resolution: Literal["catalog", "native"] = Field(
+        "catalog",
+        validation_alias=AliasChoices("QUERY_RESOLUTION", "query_resolution"),
+        description="'catalog' brings large queries down to the catalog's effective resolution first.",
+    )
+
+    @property
+    def styles_csv(self) -> Path:
+        return self.dataset_root / "styles.csv"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.dataset_root / "images"
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

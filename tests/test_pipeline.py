@@ -1,0 +1,200 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imageretrieval.artifacts import ModelArtifacts, build_model_index
+from imageretrieval.catalog import load_catalog
+from imageretrieval.cli import main
+from imageretrieval.engine import IndexNotBuiltError, RetrievalEngine, UnknownFilterError
+from imageretrieval.extract import extract_features
+from imageretrieval.models import WeightsUnavailableError, create_model, get_model_config, list_model_names
+from imageretrieval.synthetic import drawing_for, render_product
+
+from .conftest import TINY, make_settings
+
+
+def test_zoo_lists_seed_backbones_and_lite_models(tmp_path):
+    names = list_model_names(tmp_path)
+    for n in ["vgg16", "resnet50", "inception_v3", "inception_resnet_v2", "densenet161", "efficientnet_b4",
+              "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]:
+        assert n in names
+    assert get_model_config("vgg16").dims == 512
+    assert get_model_config("densenet161").dims == 2208
+    assert get_model_config("inception_v3").input_size == 299
+
+
+@pytest.mark.parametrize("name,dims", [("vgg16", 512), ("resnet50", 2048), ("densenet161", 2208)])
+def test_random_init_backbones_give_documented_dims(name, dims):
+    model = create_model(name, pretrained=False)
+    with torch.inference_mode():
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, dims)
+
+
+def test_unreachable_hub_weights_fail_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="checkpoints/vgg16.pth"):
+        create_model("vgg16", workdir=tmp_path)
+
+
+def test_local_checkpoint_is_used_for_hub_models(tmp_path):
+    import timm
+
+    trunk = timm.create_model("resnet18", pretrained=False)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(trunk.state_dict(), tmp_path / "checkpoints" / "resnet50.pth")
+    with pytest.raises(WeightsUnavailableError, match="does not fit"):
+        create_model("resnet50", workdir=tmp_path)
+
+
+def test_extraction_resumes_after_interruption(tmp_path, synthetic_catalog, monkeypatch):
+    from imageretrieval import extract as ex
+
+    cat = load_catalog(synthetic_catalog)
+    paths = [cat.image_path(i) for i in cat.ids]
+    model = create_model(TINY, workdir=_tiny_workdir(tmp_path))
+    out = tmp_path / "feats"
+    calls = {"n": 0}
+    real = ex.save_npy
+
+    def flaky_save(path, array):
+        if "chunk_" in str(path):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+        real(path, array)
+
+    monkeypatch.setattr(ex, "save_npy", flaky_save)
+    kw = dict(batch_size=8, num_workers=0, device="cpu", precision="fp32", chunk_size=20, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(model, paths, cat.ids, out, **kw)
+    assert len(list((out / "chunks").glob("chunk_*.npy"))) == 2
+    monkeypatch.setattr(ex, "save_npy", real)
+    encoded = {"n": 0}
+    real_encode = ex.encode_batches
+
+    def counting(*a, **k):
+        for feats in real_encode(*a, **k):
+            encoded["n"] += len(feats)
+            yield feats
+
+    monkeypatch.setattr(ex, "encode_batches", counting)
+    fs = extract_features(model, paths, cat.ids, out, **kw)
+    assert encoded["n"] == len(paths) - 40  # the two finished chunks were not recomputed
+    fresh = extract_features(model, paths, cat.ids, tmp_path / "fresh", **kw)
+    np.testing.assert_allclose(fs.features, fresh.features, rtol=1e-5, atol=1e-6)
+    assert (fs.ids == cat.ids).all()
+
+
+def _tiny_workdir(tmp_path):
+    from .conftest import make_tiny_model
+
+    wd = tmp_path / "wd"
+    make_tiny_model(wd)
+    return wd
+
+
+def test_bf16_embeddings_agree_with_fp32(tmp_path, synthetic_catalog):
+    model = create_model(TINY, workdir=_tiny_workdir(tmp_path))
+    x = torch.rand(8, 3, 64, 64)
+    with torch.inference_mode():
+        a = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            b = model(x).float()
+    cos = torch.nn.functional.cosine_similarity(a, b)
+    assert (cos >= 0.99).all(), cos
+
+
+def test_index_is_a_noop_when_current(settings):
+    before = ModelArtifacts.of(settings.workdir, TINY).read_manifest()
+    after = build_model_index(settings, TINY, progress=False)
+    assert after["created"] == before["created"]
+    assert after["size"] == 96 and after["dims"] == 32 and after["index_factory"] == "Flat"
+
+
+def test_engine_finds_catalog_images_themselves(settings):
+    engine = RetrievalEngine(settings, TINY)
+    cat = load_catalog(settings.dataset_root)
+    ids = cat.ids[::10]
+    results = engine.search([cat.image_path(i) for i in ids], k=5)
+    assert [r[0].id for r in results] == list(ids)
+    assert all(len(r) == 5 for r in results)
+    assert results[0][0].product["articleType"] == cat.df.set_index("id").loc[ids[0], "articleType"]
+
+
+def test_larger_sharper_rendering_retrieves_the_same_product_first(settings):
+    """A 10x larger, sharper photo of a catalog product must still find that very product."""
+    engine = RetrievalEngine(settings, TINY)
+    cat = load_catalog(settings.dataset_root).df.set_index("id")
+    ids = list(cat.index[::7])
+    big = [render_product(drawing_for(i, cat.loc[i, "articleType"], cat.loc[i, "baseColour"]), 600, 800)
+           for i in ids]
+    hits = engine.search(big, k=3)
+    assert [h[0].id for h in hits] == ids
+
+
+def test_filters_apply_inside_the_search(settings):
+    engine = RetrievalEngine(settings, TINY)
+    q = engine.vector_of(int(engine.ids[0]))[None]
+    hits = engine.search_vectors(q, 12, {"articleType": ["Watches"], "gender": ["Women"]})[0]
+    assert len(hits) == 6  # all 6 women's watches, however far they rank unfiltered
+    assert all(h.product["articleType"] == "Watches" and h.product["gender"] == "Women" for h in hits)
+    with pytest.raises(UnknownFilterError):
+        engine.search_vectors(q, 5, {"articleType": ["Spaceships"]})
+    with pytest.raises(UnknownFilterError):
+        engine.search_vectors(q, 5, {"price": ["1"]})
+
+
+def test_search_by_id_excludes_the_product_itself(settings):
+    engine = RetrievalEngine(settings, TINY)
+    pid = int(engine.ids[5])
+    hits = engine.search_by_id(pid, 10)
+    assert len(hits) == 10 and pid not in [h.id for h in hits]
+
+
+def test_missing_or_corrupt_index_is_a_clear_error(synthetic_catalog, tmp_path):
+    wd = _tiny_workdir(tmp_path)
+    settings = make_settings(synthetic_catalog, wd)
+    with pytest.raises(IndexNotBuiltError, match="imageretrieval index --model tiny"):
+        RetrievalEngine(settings, TINY)
+    build_model_index(settings, TINY, progress=False)
+    ModelArtifacts.of(wd, TINY).index.write_bytes(b"garbage")
+    with pytest.raises(IndexNotBuiltError, match="corrupt.*--force"):
+        RetrievalEngine(settings, TINY)
+
+
+def test_cli_search_json_shape(settings, capsys):
+    cat = load_catalog(settings.dataset_root)
+    img = str(cat.image_path(cat.ids[3]))
+    rc = main(["--workdir", str(settings.workdir), "--dataset-root", str(settings.dataset_root), "--device", "cpu",
+               "search", "--model", TINY, "--image", img, "--image", img, "--top-k", "4", "--json"])
+    assert rc == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["query"] == img and first["model"] == TINY and len(first["results"]) == 4
+    hit = first["results"][0]
+    assert hit["id"] == int(cat.ids[3]) and hit["rank"] == 1
+    for key in ["score", "articleType", "productDisplayName", "gender", "masterCategory", "subCategory",
+                "baseColour"]:
+        assert key in hit
+
+
+def test_cli_errors_name_the_problem(settings, capsys, tmp_path):
+    base = ["--workdir", str(settings.workdir), "--dataset-root", str(settings.dataset_root)]
+    assert main(base + ["search", "--model", "nope", "--image", "x.jpg"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    assert main(base + ["search", "--model", TINY, "--image", str(bad), "--json"]) == 2
+    assert "not a supported image" in capsys.readouterr().out
+
+
+def test_cli_models_json(settings, capsys):
+    assert main(["--workdir", str(settings.workdir), "models", "--json"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    assert rows[TINY]["kind"] == "trained" and rows[TINY]["index_built"] is True
+    lite = rows["efficientnet_lite0"]
+    assert lite["kind"] == "pretrained" and lite["dims"] == 1280 and lite["backbone"] == "tf_efficientnet_lite0"
+    assert set(lite) >= {"name", "kind", "backbone", "dims", "weights_available", "index_built"}
