@@ -1,0 +1,18 @@
+"""`imageretrieval bench pipeline|serve`: measured speed figures, appended to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (results go to docs/benchmarks.md)")
+    bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for name in ("pipeline", "serve"):
+        try:
+            module = importlib.import_module(f"..benchmarks.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(f"benchmarks.{name}"):
+                continue
+            raise
+        module.register(bsub)
