@@ -25,15 +25,26 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2, no traceback."""
 
 
+def add_settings_flags(parser: argparse.ArgumentParser, default=None) -> None:
+    """Flags that override settings; accepted before and after the subcommand name."""
+    flags = [
+        (("--dataset-root",), {"help": "Fashion Product folder (styles.csv + images/); env DATASET_ROOT"}),
+        (("--deepfashion-root",), {"help": "DeepFashion In-shop folder (img/); env DEEPFASHION_ROOT"}),
+        (("--workdir",), {"help": "artifact folder; env WORKDIR (or WORKDIR_ROOT)"}),
+        (("--device",), {"choices": ["auto", "cpu", "cuda"], "help": "env DEVICE"}),
+        (("--precision",), {"choices": ["auto", "fp32", "bf16"], "help": "env PRECISION"}),
+        (("--batch-size",), {"type": int, "help": "env BATCH_SIZE"}),
+        (("--num-workers",), {"type": int, "help": "data loader workers; env NUM_WORKERS"}),
+    ]
+    taken = set(parser._option_string_actions)
+    for names, kw in flags:
+        if not taken.intersection(names):
+            parser.add_argument(*names, default=default, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imageretrieval", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset-root", help="Fashion Product folder (styles.csv + images/); env DATASET_ROOT")
-    parser.add_argument("--deepfashion-root", help="DeepFashion In-shop folder (img/); env DEEPFASHION_ROOT")
-    parser.add_argument("--workdir", help="artifact folder; env WORKDIR (or WORKDIR_ROOT)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="env DEVICE")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="env PRECISION")
-    parser.add_argument("--batch-size", type=int, help="env BATCH_SIZE")
-    parser.add_argument("--num-workers", type=int, help="data loader workers; env NUM_WORKERS")
+    add_settings_flags(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -45,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not shipped in this build
             raise
         module.register(sub)
+    for subparser in sub.choices.values():
+        add_settings_flags(subparser, default=argparse.SUPPRESS)
     return parser
 
 
