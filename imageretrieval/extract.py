@@ -7,6 +7,7 @@ run is a no-op. Images that fail to decode get a row of NaNs and are listed in `
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -46,6 +47,15 @@ class ImageListDataset(Dataset):
             log.warning("skipping unreadable image: %s", exc)
             size = self.preprocess.input_size
             return torch.zeros(3, size, size, dtype=torch.uint8), False
+
+
+def ids_hash(ids: np.ndarray) -> str:
+    """Stable across processes (Python's hash() is salted per process, so it cannot be used)."""
+    h = hashlib.sha256()
+    for v in ids:
+        h.update(str(v).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -117,7 +127,7 @@ def extract_features(
         "model": model.config.name,
         "fingerprint": fingerprint,
         "n": int(len(ids)),
-        "ids_hash": str(hash(ids.tobytes())) if ids.dtype != object else str(hash(tuple(ids))),
+        "ids_hash": ids_hash(ids),
         "chunk_size": chunk_size,
         "precision": prec,
         "input_size": preprocess.input_size,

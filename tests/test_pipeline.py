@@ -198,3 +198,15 @@ def test_cli_models_json(settings, capsys):
     lite = rows["efficientnet_lite0"]
     assert lite["kind"] == "pretrained" and lite["dims"] == 1280 and lite["backbone"] == "tf_efficientnet_lite0"
     assert set(lite) >= {"name", "kind", "backbone", "dims", "weights_available", "index_built"}
+
+
+def test_ids_hash_is_stable_across_processes():
+    """Resume relies on it: Python's salted hash() changed every run and restarted extractions."""
+    import subprocess
+    import sys
+
+    from imageretrieval.extract import ids_hash
+
+    code = "import numpy as np; from imageretrieval.extract import ids_hash; print(ids_hash(np.array([1, 2, 3])))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert ids_hash(np.array([1, 2, 3])) == other == "26d6a8ad97c75ffc"
