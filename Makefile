@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 venv: $(VENV)/.installed
 
 app:
-	@if [ -f retrieval-app/package.json ]; then cd retrieval-app && npm ci --no-audit --no-fund && npm run build; fi
+	@bash scripts/build-app.sh
 
 test: venv app
 	bash scripts/test-deps.sh

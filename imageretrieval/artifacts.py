@@ -17,6 +17,7 @@ import numpy as np
 
 from .catalog import Catalog, load_catalog
 from .extract import extract_features, feature_dir
+from .featurestore import get_features, head_only_base
 from .index import build_index, save_index
 from .io_utils import load_json, save_json, save_npy
 from .models import create_model, get_model_config
@@ -109,21 +110,25 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         return current
 
     t0 = time.perf_counter()
-    model = create_model(model_name, workdir=workdir)
-    preprocess = Preprocess(config.input_size, config.resize_mode)
-    fs = extract_features(
-        model,
-        [catalog.image_path(i) for i in catalog.ids],
-        catalog.ids,
-        feature_dir(workdir, model_name, "fashion-all"),
-        preprocess=preprocess,
-        batch_size=settings.batch_size,
-        num_workers=settings.num_workers,
-        device=settings.device,
-        precision=settings.precision,
-        fingerprint=wanted["model_fingerprint"] + wanted["weights_fingerprint"],
-        progress=progress,
-    )
+    if head_only_base(settings, config) is not None:  # same trunk as a base model: reuse its features
+        fs, _ = get_features(settings, model_name, "fashion", progress=progress)
+    else:
+        model = create_model(model_name, workdir=workdir)
+        preprocess = Preprocess(config.input_size, config.resize_mode)
+        fs = extract_features(
+            model,
+            [catalog.image_path(i) for i in catalog.ids],
+            catalog.ids,
+            feature_dir(workdir, model_name, "fashion-all"),
+            preprocess=preprocess,
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            device=settings.device,
+            precision=settings.precision,
+            fingerprint=wanted["model_fingerprint"] + wanted["weights_fingerprint"],
+            progress=progress,
+            reuse_root=feature_dir(workdir, model_name, "fashion-all").parent,
+        )
     t_extract = time.perf_counter() - t0
     valid = fs.valid
     raw, ids = fs.features[valid], fs.ids[valid]

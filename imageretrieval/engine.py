@@ -108,7 +108,11 @@ class RetrievalEngine:
         """Images -> post-processed query vectors (n, dims), one batched forward pass."""
         if not images:
             return np.zeros((0, self.dims), np.float32)
-        batch = torch.stack([self.preprocess(img) for img in images])
+        return self.encode_tensors(torch.stack([self.preprocess(img) for img in images]))
+
+    @torch.inference_mode()
+    def encode_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """Preprocessed uint8 (n, 3, H, W) -> query vectors; lets a server preprocess while a forward runs."""
         with self._lock, autocast(self.device, self.precision):
             raw = self.model(to_batch(batch, self.device)).float().cpu().numpy()
         return self.postprocess(raw)

@@ -72,11 +72,34 @@ def feature_dir(workdir: Path, model_name: str, dataset: str) -> Path:
     return Path(workdir) / "features" / model_name / dataset
 
 
-def load_features(directory: Path) -> FeatureSet | None:
+def load_features(directory: Path, mmap: bool = False) -> FeatureSet | None:
     f, i = directory / "features.npy", directory / "ids.npy"
     if f.is_file() and i.is_file():
-        return FeatureSet(np.load(f), np.load(i, allow_pickle=False))
+        return FeatureSet(np.load(f, mmap_mode="r" if mmap else None), np.load(i, allow_pickle=False))
     return None
+
+
+def _reusable_rows(reuse_root: Path, out_dir: Path, meta: dict, ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Rows of `ids` found in finished sibling feature sets computed exactly the same way."""
+    same = ("fingerprint", "precision", "input_size")
+    wanted = {str(v): i for i, v in enumerate(ids)}
+    found: dict[int, np.ndarray] = {}
+    for directory in sorted(Path(reuse_root).iterdir()) if Path(reuse_root).is_dir() else []:
+        if "-q" in directory.name:  # query-resolution variants are encoded differently
+            continue
+        if directory.resolve() == Path(out_dir).resolve() or not (directory / "meta.json").is_file():
+            continue
+        other = load_json(directory / "meta.json")
+        if any(other.get(k) != meta[k] for k in same) or other.get("query_resolution") != meta["query_resolution"]:
+            continue
+        fs = load_features(directory, mmap=True)
+        if fs is None:
+            continue
+        for j, v in enumerate(fs.ids):
+            i = wanted.get(str(v))
+            if i is not None and i not in found and not np.isnan(fs.features[j]).any():
+                found[i] = fs.features[j]
+    return found
 
 
 def make_loader(paths, preprocess, batch_size, num_workers, device) -> DataLoader:
@@ -116,8 +139,14 @@ def extract_features(
     chunk_size: int = CHUNK_SIZE,
     fingerprint: str = "",
     progress: bool = True,
+    reuse_root: Path | None = None,
 ) -> FeatureSet:
-    """Extract features for `paths` into `out_dir`, resuming from finished chunks."""
+    """Extract features for `paths` into `out_dir`, resuming from finished chunks.
+
+    With `reuse_root` (the model's feature folder), rows already encoded in a sibling feature set
+    with the same model fingerprint, input size, precision and query resolution are copied, not
+    re-encoded (e.g. the whole catalog after its test split was extracted for evaluation).
+    """
     out_dir = Path(out_dir)
     ids = np.asarray(ids)
     dev = resolve_device(device)
@@ -131,6 +160,7 @@ def extract_features(
         "chunk_size": chunk_size,
         "precision": prec,
         "input_size": preprocess.input_size,
+        "query_resolution": list(preprocess.query_resolution) if preprocess.query_resolution else None,
     }
     meta_path = out_dir / "meta.json"
     done = load_features(out_dir)
@@ -155,8 +185,15 @@ def extract_features(
     bar = tqdm(total=n_todo, desc=f"extract {model.config.name}", unit="img", disable=not progress)
     for c in todo:
         lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
-        loader = make_loader(paths[lo:hi], preprocess, batch_size, num_workers, dev)
-        feats = np.concatenate(list(encode_batches(net, loader, dev, prec, bar)), axis=0)
+        feats = np.full((hi - lo, model.config.dims), np.nan, np.float32)
+        known = _reusable_rows(reuse_root, out_dir, meta, ids[lo:hi]) if reuse_root else {}
+        for i, row in known.items():
+            feats[i] = row
+        bar.update(len(known))
+        missing = [i for i in range(hi - lo) if i not in known]
+        if missing:
+            loader = make_loader([paths[lo + i] for i in missing], preprocess, batch_size, num_workers, dev)
+            feats[missing] = np.concatenate(list(encode_batches(net, loader, dev, prec, bar)), axis=0)
         save_npy(chunk_dir / f"chunk_{c:05d}.npy", feats.astype(np.float32))
     bar.close()
     elapsed = time.perf_counter() - t0

@@ -7,16 +7,19 @@ from it (same model, same preprocessing = the same numbers), otherwise only the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .catalog import load_catalog, prepare_split
 from .extract import FeatureSet, extract_features, feature_dir, load_features
 from .io_utils import load_json
-from .models import create_model, get_model_config
+from .models import FeatureExtractor, ModelConfig, create_model, get_model_config
 from .models.registry import weights_fingerprint
 from .preprocess import Preprocess
 from .settings import Settings
@@ -55,6 +58,75 @@ def _slice(fs: FeatureSet, ids: np.ndarray) -> FeatureSet | None:
     return FeatureSet(fs.features[np.asarray(rows, dtype=np.int64)], np.asarray(ids))
 
 
+REUSE_KEY = "reuses_trunk_of"  # config.extra of a head-only trained model: its base model's name
+DIGEST_KEY = "trunk_digest"  # ... and the digest of the trunk it was trained on
+
+
+def trunk_digest(model: FeatureExtractor) -> str:
+    """Content hash of the trunk's weights and buffers: equal digests = the same trunk function."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.trunk.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+_SAME_INPUT = ("architecture", "pooling", "gem_p", "trunk_dims", "input_size", "resize_mode", "mean", "std")
+
+
+def head_only_base(settings: Settings, config: ModelConfig) -> str | None:
+    """The base model whose cached pooled features this model can reuse (then only its head runs).
+
+    Valid only when the trunk is bit-identical to the base's (checked by content digest, so a
+    reinstalled weight package or a different machine still qualifies) and the preprocessing and
+    pooling are the same; otherwise None and the model is run end to end.
+    """
+    base_name = config.extra.get(REUSE_KEY)
+    if not base_name or config.pooling == "gem":
+        return None
+    try:
+        base_cfg = get_model_config(base_name, settings.workdir)
+        if any(getattr(base_cfg, f) != getattr(config, f) for f in _SAME_INPUT) or base_cfg.embedding_dims:
+            return None
+        if config.extra.get(DIGEST_KEY) != _base_digest(settings, base_name):
+            log.info("%s: trunk differs from %s, running the full model", config.name, base_name)
+            return None
+    except Exception as exc:  # noqa: BLE001 - weights unavailable etc.: fall back to the full model
+        log.info("%s: cannot reuse %s features (%s)", config.name, base_name, exc)
+        return None
+    return base_name
+
+
+_DIGESTS: dict[tuple[str, str], str] = {}
+
+
+def _base_digest(settings: Settings, base_name: str) -> str:
+    key = (base_name, _fingerprint(settings, base_name))
+    if key not in _DIGESTS:
+        _DIGESTS[key] = trunk_digest(create_model(base_name, workdir=settings.workdir))
+    return _DIGESTS[key]
+
+
+@torch.inference_mode()
+def apply_head(model: FeatureExtractor, fs: FeatureSet, batch_size: int = 8192) -> FeatureSet:
+    """Embed cached pooled trunk features with the model's head (+ L2); NaN rows stay NaN."""
+    model = model.eval().float()
+    out = [model.embed_pooled(torch.from_numpy(np.ascontiguousarray(fs.features[i:i + batch_size])).float())
+           for i in range(0, len(fs.features), batch_size)]
+    feats = torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.dims), np.float32)
+    return FeatureSet(feats, fs.ids)
+
+
+def _larger_samples(workdir: Path, model_name: str, name: str, suffix: str, sample: int) -> list[str]:
+    """Extracted larger seeded samples of the same split: they contain this one (same seeded
+    permutation, longer prefix)."""
+    pattern = re.compile(re.escape(name) + r"-s(\d+)" + re.escape(suffix) + "$")
+    root = feature_dir(workdir, model_name, name).parent
+    found = [(int(m.group(1)), d.name) for d in (root.iterdir() if root.is_dir() else [])
+             if (m := pattern.match(d.name))]
+    return [dname for n, dname in sorted(found) if n > sample]
+
+
 def get_features(
     settings: Settings,
     model_name: str,
@@ -63,18 +135,35 @@ def get_features(
     selection: str = "all",
     query_resolution: tuple[int, int] | None = None,
     progress: bool = True,
+    sample: int | None = None,
 ) -> tuple[FeatureSet, pd.DataFrame]:
     """Raw features of a dataset split, aligned row by row with the returned metadata table.
 
     dataset: "fashion" (ids are product ids) or "deepfashion" (ids are image ids). With
     `query_resolution`, images are first brought down to that (w, h) — the engine's query path.
+    `sample` keeps a seeded random subset of that many rows (the same rows for the same
+    settings.seed), so slow models can be evaluated on an affordable subset; it is sliced from the
+    whole split when that is already extracted.
     """
+    base = head_only_base(settings, get_model_config(model_name, settings.workdir))
+    if base is not None:
+        fs, table = get_features(settings, base, dataset, split, selection, query_resolution, progress, sample)
+        return apply_head(create_model(model_name, workdir=settings.workdir), fs), table
     table = fashion_table(settings, selection, split) if dataset == "fashion" else deepfashion_table(settings, split)
+    if sample is not None and sample < len(table):
+        table = table.sample(n=sample, random_state=settings.seed).sort_index().reset_index(drop=True)
+    else:
+        sample = None
     ids = table["id"].to_numpy() if dataset == "fashion" else table["image_id"].to_numpy().astype(str)
     fp = _fingerprint(settings, model_name)
     suffix = "" if query_resolution is None else f"-q{query_resolution[0]}x{query_resolution[1]}"
     candidates = [f"{dataset}-all{suffix}"] if dataset == "deepfashion" else [f"fashion-all{suffix}"]
-    name = f"{dataset}-{selection}-{split}{suffix}" if dataset == "fashion" else f"deepfashion-{split}{suffix}"
+    name = f"{dataset}-{selection}-{split}" if dataset == "fashion" else f"deepfashion-{split}"
+    if sample is not None:
+        candidates.append(name + suffix)  # the whole split, when extracted, holds the sample
+        candidates += _larger_samples(settings.workdir, model_name, name, suffix, sample)
+        name += f"-s{sample}"
+    name += suffix
     candidates.append(name)
     for cand in candidates:
         directory = feature_dir(settings.workdir, model_name, cand)

@@ -210,3 +210,29 @@ def test_ids_hash_is_stable_across_processes():
     code = "import numpy as np; from imageretrieval.extract import ids_hash; print(ids_hash(np.array([1, 2, 3])))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert ids_hash(np.array([1, 2, 3])) == other == "26d6a8ad97c75ffc"
+
+
+def test_extraction_reuses_rows_of_sibling_feature_sets(tmp_path, synthetic_catalog, monkeypatch):
+    from imageretrieval import extract as ex
+
+    cat = load_catalog(synthetic_catalog)
+    paths = [cat.image_path(i) for i in cat.ids]
+    model = create_model(TINY, workdir=_tiny_workdir(tmp_path))
+    kw = dict(batch_size=8, num_workers=0, device="cpu", precision="fp32", chunk_size=32, progress=False,
+              fingerprint="fp")
+    root = tmp_path / "feats"
+    subset = extract_features(model, paths[10:40], cat.ids[10:40], root / "subset", **kw)
+    encoded = {"n": 0}
+    real_encode = ex.encode_batches
+
+    def counting(*a, **k):
+        for feats in real_encode(*a, **k):
+            encoded["n"] += len(feats)
+            yield feats
+
+    monkeypatch.setattr(ex, "encode_batches", counting)
+    full = extract_features(model, paths, cat.ids, root / "all", reuse_root=root, **kw)
+    assert encoded["n"] == len(paths) - 30
+    np.testing.assert_array_equal(full.features[10:40], subset.features)
+    fresh = extract_features(model, paths, cat.ids, tmp_path / "fresh", **kw)
+    np.testing.assert_allclose(full.features, fresh.features, rtol=1e-5, atol=1e-6)

@@ -11,6 +11,16 @@ from .config import ModelConfig
 from .pooling import make_pool
 
 
+def make_head(config: ModelConfig) -> nn.Module | None:
+    """Linear projection, or a 2-layer MLP when `extra["head_hidden"]` is set (trained heads)."""
+    if not config.embedding_dims:
+        return None
+    hidden = int(config.extra.get("head_hidden") or 0)
+    if not hidden:
+        return nn.Linear(config.trunk_dims, config.embedding_dims)
+    return nn.Sequential(nn.Linear(config.trunk_dims, hidden), nn.GELU(), nn.Linear(hidden, config.embedding_dims))
+
+
 class FeatureExtractor(nn.Module):
     """Maps a float image batch in [0, 1] (B,3,H,W) to embeddings (B, dims).
 
@@ -24,7 +34,7 @@ class FeatureExtractor(nn.Module):
         if hasattr(self.trunk, "reset_classifier"):
             self.trunk.reset_classifier(0)
         self.pool = make_pool(config.pooling, config.gem_p)
-        self.head = nn.Linear(config.trunk_dims, config.embedding_dims) if config.embedding_dims else None
+        self.head = make_head(config)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
 
@@ -33,7 +43,10 @@ class FeatureExtractor(nn.Module):
         return self.trunk.forward_features(x)
 
     def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
-        x = self.pool(fmap)
+        return self.embed_pooled(self.pool(fmap))
+
+    def embed_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk features -> embedding: lets a head-only model reuse its base's cached features."""
         if self.head is not None:
             x = self.head(x)
         if self.config.l2_normalize_output:

@@ -1,0 +1,196 @@
+"""`imageretrieval evaluate`: score a model on a protocol; appends to <WORKDIR>/results/results.{csv,md}."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from ..catalog import SELECTIONS
+from ..evaluation.protocols import PROTOCOLS, RELEVANCES
+from ..evaluation.variants import VARIANTS
+
+log = logging.getLogger(__name__)
+
+JSON_KEYS = ("mAP", "PrecisionHits", "R@1", "R@10", "queries", "database")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="retrieval metrics (mAP, P@15, R@k) of a model on a protocol")
+    p.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="catalog")
+    p.add_argument("--features", choices=VARIANTS, default="normalized",
+                   help="raw (cosine), normalized (L2-PCAw-L2), aqe, alpha-qe (default: normalized)")
+    p.add_argument("--pca", type=int, default=None,
+                   help="whitening dims for normalized/QE (0 = L2 only); default: the model's tuned value, else 256")
+    p.add_argument("--queries", type=int, default=None,
+                   help="number of seeded queries (default: 600 for catalog, all for the DeepFashion protocols)")
+    p.add_argument("--selection", choices=SELECTIONS, default="seed", help="catalog selection (default: seed)")
+    p.add_argument("--database", choices=["test", "all"], default=None,
+                   help="the selection's test split or the whole catalog (default: test for catalog, "
+                        "all for deepfashion-to-catalog)")
+    p.add_argument("--database-sample", type=int, default=None,
+                   help="a seeded sample of the database split (slow models; not with --database all "
+                        "for catalog)")
+    p.add_argument("--relevance", choices=RELEVANCES, default="articleType", help="catalog protocol ground truth")
+    p.add_argument("--whiten-on", choices=["train", "catalog"], default="train",
+                   help="whitening fit set: the selection's train split, or the whole catalog (not for catalog)")
+    p.add_argument("--fit-sample", type=int, default=None, help="fit the whitening on a seeded sample of that size")
+    p.add_argument("--query-resolution", choices=["catalog", "native"], default=None,
+                   help="deepfashion-to-catalog: bring query photos to the catalog's resolution first "
+                        "(default: settings QUERY_RESOLUTION)")
+    p.add_argument("--qe-k", type=int, default=15, help="neighbours for aqe/alpha-qe (the seed's TOP_K_AQE=15)")
+    p.add_argument("--qe-alpha", type=float, default=3.0, help="alpha of alpha-qe")
+    p.add_argument("--dba", action="store_true", help="also expand database vectors (as the seed's AQE did)")
+    p.add_argument("--dump-rankings", type=Path, help="write one JSON line per query (top 100 + relevant ranks)")
+    p.add_argument("--tsne", action="store_true", help="also draw a t-SNE of the database vectors")
+    p.add_argument("--no-plots", action="store_true", help="skip the precision@k and per-class plots")
+    p.add_argument("--tag", default="", help="free text appended to UsedFeatures in the results table")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(func=run)
+
+
+def used_features_label(variant: str, dims: int | None, qe_k: int, alpha: float, dba: bool, tag: str) -> str:
+    pca = "L2 only" if not dims else f"PCAw {dims}"
+    label = {"raw": "raw (cosine)", "normalized": f"normalized ({pca})",
+             "aqe": f"AQE k={qe_k} ({pca})", "alpha-qe": f"alpha-QE k={qe_k} a={alpha:g} ({pca})"}[variant]
+    if dba and variant in ("aqe", "alpha-qe"):
+        label += " +DBA"
+    return f"{label} {tag}".strip()
+
+
+def query_resolution_of(settings, model: str, mode: str) -> tuple[int, int] | None:
+    """The catalog's effective resolution (from the index manifest, else measured), or None for native."""
+    if mode == "native":
+        return None
+    from ..artifacts import ModelArtifacts, catalog_resolution
+    from ..catalog import load_catalog
+
+    manifest = ModelArtifacts.of(settings.workdir, model).read_manifest() or {}
+    res = manifest.get("catalog_resolution")
+    if res:
+        return int(res[0]), int(res[1])
+    return catalog_resolution(load_catalog(settings.dataset_root))
+
+
+def build_task(args, settings, model: str):
+    from ..evaluation import protocols
+
+    if args.protocol == "catalog":
+        return protocols.catalog_task(
+            settings, model, selection=args.selection, split="test",
+            database="split" if (args.database or "test") == "test" else "all", relevance=args.relevance,
+            n_queries=args.queries or protocols.DEFAULT_CATALOG_QUERIES, fit_on=args.whiten_on,
+            fit_sample=args.fit_sample, with_fit=args.features != "raw", database_sample=args.database_sample)
+    if args.protocol == "deepfashion-to-catalog":
+        mode = args.query_resolution or settings.query_resolution
+        return protocols.deepfashion_task(
+            settings, model, database=args.database or "all", selection=args.selection, n_queries=args.queries,
+            query_resolution=query_resolution_of(settings, model, mode), fit_on=args.whiten_on,
+            fit_sample=args.fit_sample, database_sample=args.database_sample, with_fit=args.features != "raw")
+    return protocols.inshop_task(settings, model, selection=args.selection, n_queries=args.queries,
+                                 fit_on=args.whiten_on, fit_sample=args.fit_sample, with_fit=args.features != "raw")
+
+
+def run_key(args, info: dict) -> str:
+    """Names a run's files; runs with the same key (same protocol, database, variant) are comparable."""
+    parts = [args.protocol]
+    if args.protocol != "inshop":
+        parts.append(f"{args.selection}-{args.database or ('test' if args.protocol == 'catalog' else 'all')}")
+    if args.database_sample:
+        parts.append(f"db{args.database_sample}")
+    if args.relevance != "articleType" and args.protocol == "catalog":
+        parts.append(args.relevance.replace("+", "-"))
+    if "query_resolution" in info:
+        parts.append(f"q{info['query_resolution']}")
+    parts.append(args.features + ("-dba" if args.dba else ""))
+    return "-".join(parts)
+
+
+def write_plots(settings, model: str, key: str, result, args) -> list[Path]:
+    from ..evaluation import plots, reports
+    from ..evaluation.runner import per_class_precision
+
+    out = reports.model_results_dir(settings.workdir, model)
+    paths = []
+    title = f"{model}, {key}"
+    per_class = per_class_precision(result)
+    labels = result.task.query_labels[result.evaluated]
+    counts = {c: int((labels == c).sum()) for c in per_class}
+    if len(per_class) <= 60:
+        paths.append(plots.plot_per_class_precision(per_class, out / f"{key}-per-class.png",
+                                                    f"precision@15 per class: {title}", counts))
+    curves = {m: run["precision_curve"] for m, run in reports.load_runs(settings.workdir, key).items()}
+    curve_path = reports.results_dir(settings.workdir) / f"precision-at-k-{key}.png"
+    paths.append(plots.plot_precision_curves(curves, curve_path, f"precision@k, {key}"))
+    if args.tsne:
+        labels_db = result.task.database_labels
+        paths.append(plots.plot_tsne(result.database_vectors, labels_db, out / f"{key}-tsne.png",
+                                     f"t-SNE of database vectors: {title}", seed=settings.seed))
+    return paths
+
+
+def run(args, settings) -> int:
+    from ..artifacts import chosen_pca_components
+    from ..cli import CLIError
+    from ..evaluation import reports
+    from ..evaluation.dump import write_rankings
+    from ..evaluation.runner import evaluate_task
+    from ..models import get_model_config
+
+    t0 = time.perf_counter()
+    model = args.model or settings.default_model
+    config = get_model_config(model, settings.workdir)
+    if args.pca is not None:
+        settings.pca_components = args.pca
+    dims = chosen_pca_components(settings, model, config.dims) if args.features != "raw" else None
+    if args.protocol == "catalog" and args.whiten_on != "train":
+        raise CLIError("catalog protocol: --whiten-on must be train (the whole catalog contains the test queries)")
+    if args.database_sample is not None and args.protocol == "inshop":
+        raise CLIError("--database-sample does not apply to inshop")
+    try:
+        task = build_task(args, settings, model)
+        result = evaluate_task(task, args.features, dims, qe_k=args.qe_k, alpha=args.qe_alpha, dba=args.dba)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    seconds = time.perf_counter() - t0
+    metrics = result.metrics
+    used = used_features_label(args.features, dims, args.qe_k, args.qe_alpha, args.dba, args.tag)
+    info = dict(task.info)
+    if args.protocol == "catalog" and args.relevance != "articleType":
+        info["relevance"] = args.relevance
+    row = reports.results_row(model, args.protocol, used, result.features_size, seconds, metrics, info)
+    reports.append_results(settings.workdir, row)
+    key = run_key(args, info)
+    reports.save_run(settings.workdir, model, key, {
+        "model": model, "protocol": args.protocol, "features": used, "metrics": metrics,
+        "info": {k: v for k, v in info.items() if k != "query_table"},
+        "precision_curve": result.rankings.precision[result.evaluated].mean(axis=0).tolist(),
+        "created": reports.now(),
+    })
+    if args.protocol == "catalog" and args.database_sample is None:  # a sampled database is not the benchmark
+        reports.write_summary(settings.workdir, model, args.protocol, used, metrics)
+    if args.dump_rankings:
+        n = write_rankings(args.dump_rankings, result)
+        log.info("wrote %d rankings to %s", n, args.dump_rankings)
+    if not args.no_plots and result.evaluated.any():
+        write_plots(settings, model, key, result, args)
+    if args.json:
+        print(json.dumps({**{k: metrics[k] for k in JSON_KEYS}, "R@20": metrics["R@20"], "mAP@R": metrics["mAP@R"],
+                          "mAP_seed": metrics.get("mAP_seed"), "model": model, "protocol": args.protocol,
+                          "features": used, "features_size": result.features_size,
+                          "skipped_queries": metrics["skipped_queries"], "database_name": info["database"],
+                          "relevance": info["relevance"], "query_resolution": info.get("query_resolution"),
+                          "whitening_fit": info.get("whitening_fit"), "seconds": round(seconds, 2)}))
+        return 0
+    print(f"{model} on {args.protocol}: queries from {info['queries_from']}, database = {info['database']} "
+          f"({metrics['database']}), relevance = {info['relevance']}"
+          + (f", query resolution {info['query_resolution']}" if "query_resolution" in info else ""))
+    print(reports.markdown_table([row], reports.DISPLAY_COLUMNS))
+    if metrics["skipped_queries"]:
+        print(f"({metrics['skipped_queries']} queries without any relevant database item left out)")
+    print("mAP: full-ranking AP, the query excluded (from a dump: mean over queries of mean_j j / relevant_ranks[j]);"
+          " PrecisionHits: precision@15; R@k: a relevant item in the top k; mAP_seed: the seed's sklearn AP"
+          " with the query included")
+    return 0

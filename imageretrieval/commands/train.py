@@ -1,0 +1,96 @@
+"""`imageretrieval train`: classifier fine-tuning, metric learning or batch-norm adaptation -> a named model."""
+
+from __future__ import annotations
+
+import json
+
+from ..training.data import DATASETS
+from ..training.losses import LOSSES
+from ..training.recipes import RECIPES, TrainRequest, train
+from ..training.trainer import TrainOptions
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a custom model (classifier | metric | bn-adapt) into the zoo",
+                       description="Train a model from --base and save it as --name under <WORKDIR>/models/. "
+                                   "Run folder: <WORKDIR>/training/<name>/ (log.csv, curves.png, confusion.png, "
+                                   "checkpoints). See docs/training.md.")
+    p.add_argument("--base", required=True, help="model of the zoo to start from, e.g. efficientnet_lite0")
+    p.add_argument("--name", required=True, help="name of the new model")
+    p.add_argument("--recipe", choices=RECIPES, default="metric")
+    p.add_argument("--dataset", choices=DATASETS, default="both", help="training data (train split; val selects)")
+    p.add_argument("--selection", default="seed", help="catalog selection (all | seed)")
+    p.add_argument("--trainable", action="append",
+                   help="trunk parameter regex to train (repeatable); 'none' = frozen trunk. Default: the "
+                        "backbone's last stage(s) for classifier; for metric, frozen on CPU, last stages on CUDA")
+    p.add_argument("--input-size", type=int, help="training/inference resolution (default: the base's)")
+    p.add_argument("--pooling", choices=["avg", "gem", "max"], help="default: avg (frozen trunk) or gem")
+    p.add_argument("--dims", type=int, default=512, help="embedding dims (metric)")
+    p.add_argument("--head-hidden", type=int, default=0, help="hidden width of an MLP head (0 = linear)")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="proxy-anchor")
+    p.add_argument("--epochs", type=int, default=None, help="default: 30 (cached metric) or 10")
+    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 (adamw) or 1e-2 (sgd)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val improvement")
+    p.add_argument("--train-batch-size", type=int, default=None, help="default: 256 (cached) or 64")
+    p.add_argument("--m-per-class", type=int, default=None,
+                   help="class-balanced batches of m per class (0 = plain shuffling); default 4 (metric), 0")
+    p.add_argument("--max-images", type=int, help="bn-adapt: at most this many target images")
+    p.add_argument("--sample", action="append", default=[], metavar="DATASET:SPLIT=N",
+                   help="metric on cached features: train on a seeded sample of N images of that split, e.g. "
+                        "deepfashion:train=2500 (CPU budget; repeatable; default: everything)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resume", action="store_true", help="continue from <WORKDIR>/training/<name>/last.pt")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=run)
+
+
+def parse_samples(items: list[str]) -> dict[str, int]:
+    """["deepfashion:train=2500"] -> {"deepfashion:train": 2500}."""
+    from ..cli import CLIError
+
+    out = {}
+    for item in items:
+        key, _, n = item.partition("=")
+        domain, _, split = key.partition(":")
+        if domain not in ("fashion", "deepfashion") or split not in ("train", "val") or not n.isdigit():
+            raise CLIError(f"--sample {item!r}: expected (fashion|deepfashion):(train|val)=N")
+        out[key] = int(n)
+    return out
+
+
+def request_from_args(args) -> TrainRequest:
+    cached_default = args.recipe == "metric"
+    trainable = None if args.trainable is None else [t for t in args.trainable if t != "none"]
+    opts = TrainOptions(
+        epochs=args.epochs or (30 if cached_default else 10),
+        lr=args.lr or (1e-2 if args.optimizer == "sgd" else 1e-3),
+        weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
+        patience=args.patience, seed=args.seed,
+    )
+    m = args.m_per_class if args.m_per_class is not None else (4 if args.recipe == "metric" else 0)
+    return TrainRequest(
+        base=args.base, name=args.name, recipe=args.recipe, dataset=args.dataset, selection=args.selection,
+        trainable=trainable, input_size=args.input_size, pooling=args.pooling, dims=args.dims,
+        head_hidden=args.head_hidden, loss=args.loss, m_per_class=m,
+        batch_size=args.train_batch_size or (256 if cached_default else 64),
+        max_images=args.max_images, samples=parse_samples(args.sample), resume=args.resume, options=opts,
+    )
+
+
+def run(args, settings) -> int:
+    from ..cli import CLIError
+
+    try:
+        info = train(settings, request_from_args(args))
+    except ValueError as exc:  # bad option combinations name themselves
+        raise CLIError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(info, default=str))
+    else:
+        best = info.get("best_val_score")
+        print(f"{args.name}: saved in {info['model_dir']} ({info['seconds']} s"
+              + (f", best val score {best:.4f} at epoch {info['best_epoch']}" if best is not None else "") + ")")
+    return 0

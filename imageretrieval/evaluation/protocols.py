@@ -1,0 +1,211 @@
+"""Evaluation protocols: which images are queries, which form the database, what counts as relevant.
+
+* catalog: N seeded queries from a split (test by default) of a catalog selection; database = that
+  split (as the seed did) or the whole catalog; relevance = same articleType (or subCategory, or
+  articleType + baseColour). A query is also a database item: it is removed from its own ranking.
+* deepfashion-to-catalog: DeepFashion In-shop test photos (people wearing the clothes) against
+  the catalog; relevance = the articleType that the photo's category maps to.
+* inshop: within the DeepFashion test split; the first image (by file name) of every item with
+  2+ images is a query, all other test images form the gallery; relevance = same item id.
+The whitening of the `normalized`/QE variants is fitted on catalog features that never contain the
+queries: the selection's train split (default) or, for protocols whose queries are not catalog
+images, the whole catalog (as the index is).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..featurestore import deepfashion_table, fashion_table, get_features
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("catalog", "deepfashion-to-catalog", "inshop")
+RELEVANCES = ("articleType", "subCategory", "articleType+baseColour")
+DEFAULT_CATALOG_QUERIES = 600
+
+
+@dataclass
+class RetrievalTask:
+    """Raw query/database features with ids and relevance labels; pure data, no model."""
+
+    protocol: str
+    queries: np.ndarray
+    database: np.ndarray
+    query_ids: np.ndarray
+    database_ids: np.ndarray
+    query_labels: np.ndarray
+    database_labels: np.ndarray
+    exclude_rows: np.ndarray | None = None  # per query: its own database row, or -1
+    fit: np.ndarray | None = None  # raw features the whitening is fitted on
+    info: dict = field(default_factory=dict)
+
+
+def relevance_labels(table: pd.DataFrame, relevance: str) -> np.ndarray:
+    """One string per row; two rows are relevant to each other when their strings are equal."""
+    if relevance == "articleType+baseColour":
+        return (table["articleType"].astype(str) + "|" + table["baseColour"].astype(str)).to_numpy()
+    if relevance in ("articleType", "subCategory"):
+        return table[relevance].astype(str).to_numpy()
+    raise ValueError(f"unknown relevance {relevance!r}; choose one of {', '.join(RELEVANCES)}")
+
+
+def sample_rows(n_total: int, n: int | None, seed: int) -> np.ndarray:
+    """Seeded sample of n row indices out of n_total (all when n is None or too large), sorted."""
+    if n is None or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=n, replace=False))
+
+
+def _valid(fs_features: np.ndarray) -> np.ndarray:
+    return ~np.isnan(fs_features).any(axis=1)
+
+
+def _require_deepfashion_test(settings: Settings) -> None:
+    if deepfashion_table(settings, "test").empty:
+        raise ValueError(f"no DeepFashion test-split image under {settings.deepfashion_root}")
+
+
+def _fit_features(settings: Settings, model: str, fit_on: str, selection: str, fit_sample: int | None):
+    if fit_on == "train":
+        fs, _ = get_features(settings, model, "fashion", "train", selection, sample=fit_sample)
+        name = f"{selection} train split" + (f" (sample of {fit_sample})" if fit_sample else "")
+    elif fit_on == "catalog":
+        fs, _ = get_features(settings, model, "fashion", "all", "all", sample=fit_sample)
+        name = "whole catalog" + (f" (sample of {fit_sample})" if fit_sample else "")
+    else:
+        raise ValueError(f"unknown whitening fit set {fit_on!r} (train|catalog)")
+    return fs.features[_valid(fs.features)], name
+
+
+def _catalog_database(settings: Settings, model: str, database: str, selection: str, split: str,
+                      sample: int | None = None):
+    if database == "all":
+        fs, table = get_features(settings, model, "fashion", "all", "all", sample=sample)
+        name = "whole catalog"
+    elif database in ("test", "val", "split"):
+        fs, table = get_features(settings, model, "fashion", split, selection, sample=sample)
+        name = f"{selection} {split} split"
+    else:
+        raise ValueError(f"unknown database {database!r} (test|all)")
+    ok = _valid(fs.features)
+    if sample is not None:
+        name += f" (sample of {sample})"
+    return fs.features[ok], table[ok].reset_index(drop=True), name
+
+
+def catalog_task(
+    settings: Settings,
+    model: str,
+    selection: str = "seed",
+    split: str = "test",
+    database: str = "test",
+    relevance: str = "articleType",
+    n_queries: int | None = DEFAULT_CATALOG_QUERIES,
+    fit_on: str = "train",
+    fit_sample: int | None = None,
+    with_fit: bool = True,
+    database_sample: int | None = None,
+) -> RetrievalTask:
+    """The seed's protocol: queries from a catalog split, database = that split or the whole catalog.
+
+    `database_sample` evaluates on a seeded subset of the split (queries drawn from it), for slow models.
+    """
+    if fit_on != "train":
+        raise ValueError("catalog protocol: the whitening must be fitted on the train split (never on the queries)")
+    pool = fashion_table(settings, selection, split)["id"].to_numpy()
+    if len(pool) == 0:
+        raise ValueError(f"no product in the {selection} {split} split of {settings.dataset_root}: "
+                         "try --selection all")
+    db, db_table, db_name = _catalog_database(settings, model, database, selection, split, database_sample)
+    row_of = {int(pid): i for i, pid in enumerate(db_table["id"].to_numpy())}
+    pool = np.array([p for p in pool if int(p) in row_of])  # drops undecodable images
+    picked = pool[sample_rows(len(pool), n_queries, settings.seed)]
+    q_rows = np.array([row_of[int(p)] for p in picked], dtype=np.int64)
+    labels = relevance_labels(db_table, relevance)
+    fit, fit_name = _fit_features(settings, model, fit_on, selection, fit_sample) if with_fit else (None, "")
+    return RetrievalTask(
+        protocol="catalog", queries=db[q_rows], database=db, query_ids=picked, database_ids=db_table["id"].to_numpy(),
+        query_labels=labels[q_rows], database_labels=labels, exclude_rows=q_rows, fit=fit,
+        info={"queries_from": f"{selection} {split} split", "database": db_name, "relevance": relevance,
+              "whitening_fit": fit_name, "query_table": db_table.iloc[q_rows].reset_index(drop=True)},
+    )
+
+
+def deepfashion_task(
+    settings: Settings,
+    model: str,
+    database: str = "all",
+    selection: str = "seed",
+    n_queries: int | None = None,
+    query_resolution: tuple[int, int] | None = None,
+    fit_on: str = "train",
+    fit_sample: int | None = None,
+    database_sample: int | None = None,
+    with_fit: bool = True,
+) -> RetrievalTask:
+    """Photos of people (DeepFashion test split) against catalog products; relevance = articleType."""
+    _require_deepfashion_test(settings)
+    qfs, qtable = get_features(settings, model, "deepfashion", "test", query_resolution=query_resolution,
+                               sample=n_queries)
+    keep = _valid(qfs.features) & (qtable["articleType"].astype(str) != "").to_numpy()
+    qtable = qtable[keep].reset_index(drop=True)
+    queries = qfs.features[keep]
+    db, db_table, db_name = _catalog_database(settings, model, database, selection, "test", database_sample)
+    fit, fit_name = _fit_features(settings, model, fit_on, selection, fit_sample) if with_fit else (None, "")
+    res = "native" if query_resolution is None else f"{query_resolution[0]}x{query_resolution[1]}"
+    return RetrievalTask(
+        protocol="deepfashion-to-catalog", queries=queries, database=db,
+        query_ids=qtable["image_id"].to_numpy().astype(str), database_ids=db_table["id"].to_numpy(),
+        query_labels=qtable["articleType"].astype(str).to_numpy(),
+        database_labels=db_table["articleType"].astype(str).to_numpy(), fit=fit,
+        info={"queries_from": "DeepFashion In-shop test split" + (f" (sample of {n_queries})" if n_queries else ""),
+              "database": db_name, "relevance": "mapped articleType", "whitening_fit": fit_name,
+              "query_resolution": res, "query_table": qtable},
+    )
+
+
+def inshop_split(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, gallery rows): each item's first image (by image_id) is its query when the item
+    has another image; everything else is the gallery."""
+    order = table.sort_values("image_id").index.to_numpy()
+    items = table.loc[order, "item_id"].to_numpy()
+    counts = table["item_id"].value_counts()
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = items[1:] != items[:-1]
+    is_query = first & (counts.reindex(items).to_numpy() >= 2)
+    return np.sort(order[is_query]), np.sort(order[~is_query])
+
+
+def inshop_task(
+    settings: Settings,
+    model: str,
+    selection: str = "seed",
+    n_queries: int | None = None,
+    fit_on: str = "train",
+    fit_sample: int | None = None,
+    with_fit: bool = True,
+) -> RetrievalTask:
+    """DeepFashion In-shop retrieval within the test split; relevance = same item id."""
+    _require_deepfashion_test(settings)
+    fs, table = get_features(settings, model, "deepfashion", "test")
+    ok = _valid(fs.features)
+    table, feats = table[ok].reset_index(drop=True), fs.features[ok]
+    q_rows, g_rows = inshop_split(table)
+    q_rows = q_rows[sample_rows(len(q_rows), n_queries, settings.seed)]
+    fit, fit_name = _fit_features(settings, model, fit_on, selection, fit_sample) if with_fit else (None, "")
+    items = table["item_id"].astype(str).to_numpy()
+    return RetrievalTask(
+        protocol="inshop", queries=feats[q_rows], database=feats[g_rows],
+        query_ids=table["image_id"].to_numpy()[q_rows].astype(str),
+        database_ids=table["image_id"].to_numpy()[g_rows].astype(str),
+        query_labels=items[q_rows], database_labels=items[g_rows], fit=fit,
+        info={"queries_from": "DeepFashion In-shop test split, first image of each item",
+              "database": "the other DeepFashion test images", "relevance": "same item id",
+              "whitening_fit": fit_name, "query_table": table.iloc[q_rows].reset_index(drop=True)},
+    )

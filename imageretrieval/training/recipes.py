@@ -1,0 +1,368 @@
+"""The three recipes behind `imageretrieval train`: classifier, metric (cached-feature head or end to end),
+bn-adapt. Each ends with a named model in the zoo (`save_trained_model`) and a run folder
+`<WORKDIR>/training/<name>/` holding log.csv, curves.png, confusion.png, best/last checkpoints, run.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..artifacts import catalog_resolution
+from ..catalog import load_catalog
+from ..device import autocast, resolve_device, resolve_precision, to_batch
+from ..featurestore import DIGEST_KEY, REUSE_KEY, get_features, trunk_digest
+from ..io_utils import save_json
+from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
+from ..settings import Settings
+from .bn_adapt import adapt_batchnorm
+from .data import ClassBalancedSampler, ImageTable, image_table_dataset, training_table
+from .freeze import default_trainable, freeze_trunk, train_mode
+from .labels import LabelEncoding
+from .losses import ProxyLoss
+from .metrics import retrieval_scores
+from .plots import plot_confusion
+from .trainer import Trainer, TrainOptions, seed_everything
+
+log = logging.getLogger(__name__)
+
+RECIPES = ("classifier", "metric", "bn-adapt")
+
+
+@dataclass
+class TrainRequest:
+    base: str
+    name: str
+    recipe: str = "metric"
+    dataset: str = "both"
+    selection: str = "seed"
+    trainable: list[str] | None = None  # trunk regexes; None = recipe default; [] = frozen trunk
+    input_size: int | None = None  # None = the base model's
+    pooling: str | None = None  # None = avg for a frozen trunk (cached features), gem otherwise
+    dims: int = 512
+    head_hidden: int = 0
+    loss: str = "proxy-anchor"
+    m_per_class: int = 4
+    batch_size: int = 64
+    trunk_lr_mult: float = 0.1
+    proxy_lr_mult: float = 10.0
+    max_images: int | None = None  # bn-adapt: cap on target images
+    samples: dict[str, int] = field(default_factory=dict)  # cached metric: {"deepfashion:train": n} (CPU budget)
+    resume: bool = False
+    options: TrainOptions = field(default_factory=TrainOptions)
+
+
+def run_dir(settings: Settings, name: str) -> Path:
+    return Path(settings.workdir) / "training" / name
+
+
+def _base_model(settings: Settings, req: TrainRequest) -> tuple[ModelConfig, FeatureExtractor]:
+    base_cfg = get_model_config(req.base, settings.workdir)
+    return base_cfg, create_model(req.base, workdir=settings.workdir)
+
+
+def _new_config(base_cfg: ModelConfig, req: TrainRequest, **update) -> ModelConfig:
+    extra = {k: v for k, v in base_cfg.extra.items() if k not in (REUSE_KEY, DIGEST_KEY)}
+    extra["training"] = {"recipe": req.recipe, "dataset": req.dataset, "selection": req.selection}
+    description = f"{base_cfg.name} + {req.recipe} training on {req.dataset} ({req.selection} selection)"
+    return base_cfg.model_copy(update={"name": req.name, "kind": "trained", "base_model": req.base,
+                                       "description": description, "extra": extra, **update}, deep=True)
+
+
+def _finish(settings: Settings, req: TrainRequest, model: FeatureExtractor, info: dict, t0: float) -> dict:
+    directory = save_trained_model(settings.workdir, model.cpu().eval())
+    info.update(model_dir=str(directory), seconds=round(time.perf_counter() - t0, 1),
+                request={k: v for k, v in asdict(req).items()})
+    save_json(run_dir(settings, req.name) / "run.json", info)
+    log.info("saved trained model %s in %s (%.1f s)", req.name, directory, info["seconds"])
+    return info
+
+
+def _val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_queries: int = 1000,
+                seed: int = 0) -> dict[str, float]:
+    """Catalog val -> catalog val (leave-one-out) and photo val -> catalog val P@15 / mAP; score = their mean.
+
+    At most `max_queries` seeded queries per direction keep a validation pass to a few seconds.
+    """
+    out: dict[str, float] = {}
+    rng = np.random.default_rng(seed)
+    cat = np.flatnonzero(domain == "fashion")
+    photo = np.flatnonzero(domain == "deepfashion")
+
+    def pick(rows: np.ndarray) -> np.ndarray:
+        return np.sort(rng.choice(len(rows), size=max_queries, replace=False)) if len(rows) > max_queries \
+            else np.arange(len(rows))
+
+    if len(cat) > 1:
+        q = pick(cat)
+        s = retrieval_scores(emb[cat[q]], labels[cat[q]], emb[cat], labels[cat], exclude_rows=q)
+        out.update({"catalog_p@15": s["p@15"], "catalog_map": s["map"]})
+    db = cat if len(cat) else photo
+    if len(photo) and len(db):
+        q = pick(photo)
+        s = retrieval_scores(emb[photo[q]], labels[photo[q]], emb[db], labels[db],
+                             exclude_rows=None if len(cat) else q)
+        out.update({"photo_p@15": s["p@15"], "photo_map": s["map"]})
+    out["score"] = float(np.mean([v for k, v in out.items() if k.endswith("p@15")]))
+    return out
+
+
+# ----- metric learning on cached trunk features (the CPU default) ----------------------------------
+def cached_trunk_features(settings: Settings, base: str, table: pd.DataFrame, selection: str,
+                          samples: dict[str, int] | None = None,
+                          progress: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
+    """Pooled base-model features for the rows of `table`, from the feature store (extracted once).
+
+    Photos are encoded through the engine's query path (brought down to the catalog's resolution).
+    `samples` ({"deepfashion:train": n, ...}) keeps a seeded sample of at most n rows of that dataset's
+    split (the feature store's `sample`): a CPU-budget option; rows outside the sample are dropped.
+    """
+    samples = samples or {}
+    res = None
+    parts, feats = [], []
+    for (domain, split), rows in table.groupby(["domain", "split"], sort=True):
+        cap = samples.get(f"{domain}:{split}")
+        part = split if cap else "all"  # uncapped: the whole set once (evaluation reads the same cache)
+        if domain == "fashion":
+            fs, _ = get_features(settings, base, "fashion", part, selection, progress=progress, sample=cap)
+        else:
+            res = res or catalog_resolution(load_catalog(settings.dataset_root))
+            fs, _ = get_features(settings, base, "deepfashion", part, query_resolution=res, progress=progress,
+                                 sample=cap)
+        pos = {str(k): i for i, k in enumerate(fs.ids)}
+        rows = rows[rows["key"].isin(pos)]
+        parts.append(rows)
+        feats.append(fs.features[[pos[k] for k in rows["key"]]])
+    if not parts:
+        raise ValueError("no training rows")
+    return pd.concat(parts, ignore_index=True), np.concatenate(feats).astype(np.float32)
+
+
+def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
+    """Frozen trunk: train head + proxies on cached pooled features (minutes on CPU)."""
+    t0 = time.perf_counter()
+    seed_everything(req.options.seed)
+    encoding, table = training_table(settings, req.dataset, req.selection)
+    base_cfg, base = _base_model(settings, req)
+    table, x = cached_trunk_features(settings, req.base, table, req.selection, req.samples, progress)
+    ok = ~np.isnan(x).any(1)
+    table, x = table[ok].reset_index(drop=True), torch.from_numpy(x[ok])
+    cfg = _new_config(base_cfg, req, embedding_dims=req.dims, l2_normalize_output=True, pooling=base_cfg.pooling)
+    cfg.extra.update({REUSE_KEY: req.base, DIGEST_KEY: trunk_digest(base), "head_hidden": req.head_hidden,
+                      "classes": list(encoding.classes)})
+    torch.manual_seed(req.options.seed)
+    model = FeatureExtractor(cfg, base.trunk).eval()
+    loss_fn = ProxyLoss(req.loss, len(encoding), req.dims)
+    state = nn.ModuleDict({"head": model.head, "loss": loss_fn})
+    labels = torch.from_numpy(table["label"].to_numpy().copy())
+    train = np.flatnonzero(table["split"].to_numpy() == "train")
+    val = np.flatnonzero(table["split"].to_numpy() == "val")
+    domains = table["domain"].to_numpy()
+    sampler = ClassBalancedSampler(labels[train].numpy(), req.m_per_class, req.batch_size, req.options.seed,
+                                   domains=pd.factorize(domains[train])[0])
+
+    def batches(epoch: int):
+        sampler.set_epoch(epoch)
+        return [train[b] for b in sampler]
+
+    def step(idx):
+        emb = model.embed_pooled(x[idx])
+        y = labels[idx]
+        return loss_fn(emb, y), int((loss_fn.predict(emb) == y).sum()), len(idx)
+
+    @torch.no_grad()
+    def validate() -> dict:
+        model.eval()
+        emb = model.embed_pooled(x[val])
+        out = _val_scores(emb.numpy(), labels[val].numpy(), domains[val])
+        out["acc"] = float((loss_fn.predict(emb) == labels[val]).float().mean())
+        return out
+
+    opts = req.options
+    groups = [{"params": list(model.head.parameters()), "lr": opts.lr},
+              {"params": [loss_fn.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0}]
+    out_dir = run_dir(settings, req.name)
+    trainer = Trainer(state, groups, opts, out_dir, step, validate, lambda: state.train(),
+                      len(sampler), torch.device("cpu"), "fp32")
+    if req.resume:
+        trainer.resume()
+    summary = trainer.fit(batches, progress)
+    trainer.load_best()
+    final = validate()
+    with torch.no_grad():
+        pred = loss_fn.predict(model.embed_pooled(x[val])).numpy()
+    plot_confusion(labels[val].numpy(), pred, list(encoding.classes), out_dir / "confusion.png",
+                   f"{req.name}: val, nearest proxy")
+    info = {"recipe": "metric", "mode": "cached-trunk-features", **summary, "final_val": final,
+            "n_train": len(train), "n_val": len(val), "classes": list(encoding.classes)}
+    return _finish(settings, req, model, info, t0)
+
+
+# ----- image-based recipes (classifier, end-to-end metric): GPU-sized, tested on tiny models --------------
+def _loaders(table: pd.DataFrame, size: int, req: TrainRequest, settings: Settings):
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    val = table[table["split"] == "val"].reset_index(drop=True)
+    train_ds = image_table_dataset(train, size, augment=True)
+    nw = settings.num_workers
+    if req.m_per_class > 0:
+        sampler = ClassBalancedSampler(train["label"], req.m_per_class, req.batch_size, req.options.seed,
+                                       domains=pd.factorize(train["domain"])[0])
+        loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=nw)
+    else:
+        sampler = None
+        gen = torch.Generator().manual_seed(req.options.seed)
+        loader = DataLoader(train_ds, batch_size=req.batch_size, shuffle=True, drop_last=len(train) > req.batch_size,
+                            num_workers=nw, generator=gen)
+    val_loader = DataLoader(image_table_dataset(val, size, augment=False), batch_size=req.batch_size,
+                            num_workers=nw)
+    return train, val, loader, sampler, val_loader
+
+
+def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
+    """`classifier` (pooled trunk + linear classifier, CE) or end-to-end `metric` (GeM + head + proxy loss)."""
+    t0 = time.perf_counter()
+    seed_everything(req.options.seed)
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    encoding, table = training_table(settings, req.dataset, req.selection)
+    base_cfg, base = _base_model(settings, req)
+    size = req.input_size or base_cfg.input_size
+    trainable = req.trainable if req.trainable is not None else default_trainable(base_cfg.architecture, base.trunk)
+    classifier = req.recipe == "classifier"
+    pooling = req.pooling or ("avg" if classifier else "gem")
+    update = {"input_size": size, "pooling": pooling}
+    if not classifier:
+        update.update(embedding_dims=req.dims, l2_normalize_output=True)
+    cfg = _new_config(base_cfg, req, **update)
+    cfg.extra.update({"head_hidden": req.head_hidden, "classes": list(encoding.classes), "trainable": trainable})
+    torch.manual_seed(req.options.seed)
+    model = FeatureExtractor(cfg, base.trunk)
+    names = freeze_trunk(model.trunk, trainable)
+    log.info("%d trainable trunk tensors (%s)", len(names), ", ".join(trainable) or "frozen trunk")
+    if classifier:
+        loss_head: nn.Module = nn.Sequential(nn.Dropout(0.2), nn.Linear(cfg.trunk_dims, len(encoding)))
+        criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    else:
+        loss_head = ProxyLoss(req.loss, len(encoding), req.dims)
+    model.to(device, memory_format=torch.channels_last)
+    loss_head.to(device)
+    state = nn.ModuleDict({"model": model, "loss": loss_head})
+    train, val, loader, sampler, val_loader = _loaders(table, size, req, settings)
+    opts = req.options
+    trunk_params = [p for p in model.trunk.parameters() if p.requires_grad]
+    own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("trunk.")]
+    groups = [{"params": trunk_params, "lr": opts.lr * req.trunk_lr_mult}] if trunk_params else []
+    if classifier:
+        groups.append({"params": own + list(loss_head.parameters()), "lr": opts.lr})
+    else:
+        groups += [{"params": own, "lr": opts.lr},
+                   {"params": [loss_head.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0}]
+
+    def step(batch):
+        images, y = batch
+        keep = y >= 0
+        images, y = to_batch(images[keep], device), y[keep].to(device)
+        if classifier:
+            logits = loss_head(model.pool(model.forward_trunk(images)))
+            return criterion(logits.float(), y), int((logits.argmax(1) == y).sum()), len(y)
+        emb = model(images)
+        return loss_head(emb, y), int((loss_head.predict(emb) == y).sum()), len(y)
+
+    @torch.no_grad()
+    def embed_val() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        model.eval()
+        loss_head.eval()
+        embs, preds, ys = [], [], []
+        for images, y in val_loader:
+            with autocast(device, precision):
+                images = to_batch(images, device)
+                if classifier:
+                    emb = model.pool(model.forward_trunk(images))
+                    pred = loss_head(emb).argmax(1)
+                else:
+                    emb = model(images)
+                    pred = loss_head.predict(emb)
+            embs.append(emb.float().cpu().numpy())
+            preds.append(pred.cpu().numpy())
+            ys.append(y.numpy())
+        return np.concatenate(embs), np.concatenate(preds), np.concatenate(ys)
+
+    def validate() -> dict:
+        emb, pred, y = embed_val()
+        out = _val_scores(emb, y, val["domain"].to_numpy())
+        out["acc"] = float((pred == y)[y >= 0].mean())
+        if classifier:  # the seed's criterion: classification accuracy
+            out["retrieval_score"], out["score"] = out["score"], out["acc"]
+        return out
+
+    def batches(epoch: int):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        else:
+            loader.generator.manual_seed(opts.seed + epoch)
+        return loader
+
+    out_dir = run_dir(settings, req.name)
+    trainer = Trainer(state, groups, opts, out_dir, step, validate,
+                      lambda: (train_mode(model), loss_head.train()), len(loader), device, precision)
+    if req.resume:
+        trainer.resume()
+    summary = trainer.fit(batches, progress)
+    trainer.load_best()
+    final = validate()
+    _, pred, y = embed_val()
+    plot_confusion(y[y >= 0], pred[y >= 0], list(encoding.classes), out_dir / "confusion.png",
+                   f"{req.name}: val predictions")
+    info = {"recipe": req.recipe, "mode": "images", **summary, "final_val": final, "n_train": len(train),
+            "n_val": len(val), "trainable": trainable, "classes": list(encoding.classes)}
+    return _finish(settings, req, model.float(), info, t0)
+
+
+# ----- batch-norm adaptation ---------------------------------------------------------------------------
+def bn_adapt(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
+    """Re-estimate the base model's BN statistics on the train split of the target dataset."""
+    t0 = time.perf_counter()
+    seed_everything(req.options.seed)
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    _, table = training_table(settings, req.dataset, req.selection)
+    table = table[table["split"] == "train"]
+    if req.max_images and len(table) > req.max_images:
+        table = table.sample(req.max_images, random_state=req.options.seed)
+    base_cfg, model = _base_model(settings, req)
+    model.to(device, memory_format=torch.channels_last)
+    ds: ImageTable = image_table_dataset(table, base_cfg.input_size, augment=False)
+    loader = DataLoader(ds, batch_size=req.batch_size, shuffle=True, num_workers=settings.num_workers,
+                        generator=torch.Generator().manual_seed(req.options.seed))
+    seen = adapt_batchnorm(model, (images for images, _ in loader), device, precision, progress)
+    model.config = _new_config(base_cfg, req, description=f"{req.base} with batch-norm statistics of {req.dataset}")
+    return _finish(settings, req, model.float(), {"recipe": "bn-adapt", "images": seen}, t0)
+
+
+def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
+    """Dispatch a request; `metric` with a frozen trunk and avg pooling trains on cached features."""
+    if req.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {req.recipe!r}; choose one of {', '.join(RECIPES)}")
+    if req.recipe == "bn-adapt":
+        return bn_adapt(settings, req, progress)
+    if req.recipe == "metric":
+        if req.trainable is None and resolve_device(settings.device).type == "cpu":
+            req.trainable = []  # CPU default: frozen trunk, head on cached features
+        same_size = req.input_size in (None, _base_size(settings, req))
+        if req.trainable == [] and req.pooling in (None, "avg") and same_size:
+            return train_metric_cached(settings, req, progress)
+    return train_on_images(settings, req, progress)
+
+
+def _base_size(settings: Settings, req: TrainRequest) -> int:
+    return get_model_config(req.base, settings.workdir).input_size
+
+
+__all__ = ["RECIPES", "LabelEncoding", "TrainOptions", "TrainRequest", "train"]

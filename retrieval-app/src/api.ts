@@ -1,0 +1,176 @@
+// The only module that talks to the search API (served under /api; nginx proxies it).
+
+export const FILTER_FIELDS = [
+  "gender",
+  "masterCategory",
+  "subCategory",
+  "articleType",
+  "baseColour",
+  "season",
+  "usage",
+] as const;
+export type FilterField = (typeof FILTER_FIELDS)[number];
+export type Filters = Partial<Record<FilterField, string[]>>;
+
+export interface ModelInfo {
+  name: string;
+  description: string;
+  backbone: string;
+  kind: string;
+  dims: number;
+  index_type: string;
+  index_size: number;
+  input_size: number;
+  default: boolean;
+  evaluation: Record<string, number> | null;
+}
+
+export interface ModelsResponse {
+  default: string;
+  synthetic_catalog: boolean;
+  models: ModelInfo[];
+}
+
+export interface FacetValue {
+  value: string;
+  count: number;
+}
+export type Facets = Partial<Record<FilterField, FacetValue[]>>;
+
+export interface Product {
+  id: number;
+  productDisplayName: string | null;
+  articleType: string | null;
+  baseColour: string | null;
+  gender: string | null;
+  masterCategory: string | null;
+  subCategory: string | null;
+  season: string | null;
+  usage: string | null;
+  year: number | null;
+  image_url?: string;
+}
+
+export interface SearchResult extends Product {
+  rank: number;
+  score: number;
+  image_url: string;
+}
+
+export interface SearchResponse {
+  model: string;
+  took_ms: number;
+  results: SearchResult[];
+}
+
+export interface SearchOptions {
+  model: string;
+  topK: number;
+  filters: Filters;
+}
+
+/** An error to show to the user as it is: the API's own `detail`, or a plain explanation. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = "ApiError";
+  }
+}
+
+const BASE = (import.meta.env.VITE_API_BASE as string | undefined) ?? "/api";
+
+function fallbackMessage(status: number): string {
+  if (status === 413) return "The file is too large to upload. Try a smaller photo.";
+  if (status === 415 || status === 422) return "This file cannot be used as a search image.";
+  if (status === 404) return "Not found.";
+  if (status === 429) return "Too many searches at once. Please wait a moment and try again.";
+  if (status >= 500) return "The search service is not available right now. Please try again in a moment.";
+  return `The request failed (HTTP ${status}).`;
+}
+
+/** FastAPI's `detail` is a string, or a list of validation errors with `msg` fields. */
+function detailText(detail: unknown): string | null {
+  if (typeof detail === "string" && detail.trim()) return detail;
+  if (Array.isArray(detail)) {
+    const msgs = detail
+      .map((d) => (d && typeof d === "object" && "msg" in d ? String((d as { msg: unknown }).msg) : ""))
+      .filter(Boolean);
+    if (msgs.length) return msgs.join("; ");
+  }
+  return null;
+}
+
+async function request<T>(path: string, init: RequestInit = {}, signal?: AbortSignal): Promise<T> {
+  let res: Response;
+  try {
+    res = await fetch(BASE + path, { ...init, signal, headers: { Accept: "application/json", ...init.headers } });
+  } catch (err) {
+    if (err instanceof DOMException && err.name === "AbortError") throw err;
+    throw new ApiError(0, "Cannot reach the search service. Check your connection and try again.");
+  }
+  if (!res.ok) {
+    let message: string | null = null;
+    try {
+      message = detailText(((await res.json()) as { detail?: unknown }).detail);
+    } catch {
+      // not JSON (a proxy's error page): fall back to a plain message below
+    }
+    throw new ApiError(res.status, message ?? fallbackMessage(res.status));
+  }
+  try {
+    return (await res.json()) as T;
+  } catch {
+    throw new ApiError(res.status, "The search service sent an unreadable answer. Please try again.");
+  }
+}
+
+export function getModels(signal?: AbortSignal): Promise<ModelsResponse> {
+  return request<ModelsResponse>("/models", {}, signal);
+}
+
+export function getFacets(signal?: AbortSignal): Promise<Facets> {
+  return request<Facets>("/facets", {}, signal);
+}
+
+export function getProduct(id: number, signal?: AbortSignal): Promise<Product> {
+  return request<Product>(`/products/${encodeURIComponent(String(id))}`, {}, signal);
+}
+
+/** Search with an uploaded image (multipart form; filters are repeated fields). */
+export function searchByImage(
+  image: Blob,
+  filename: string,
+  opts: SearchOptions,
+  signal?: AbortSignal,
+): Promise<SearchResponse> {
+  const form = new FormData();
+  form.append("image", image, filename);
+  form.append("model", opts.model);
+  form.append("top_k", String(opts.topK));
+  for (const field of FILTER_FIELDS) {
+    for (const value of opts.filters[field] ?? []) form.append(field, value);
+  }
+  return request<SearchResponse>("/search", { method: "POST", body: form }, signal);
+}
+
+/** "More like this": search with a catalog product's stored vector. */
+export function searchById(productId: number, opts: SearchOptions, signal?: AbortSignal): Promise<SearchResponse> {
+  const body: Record<string, unknown> = { product_id: productId, model: opts.model, top_k: opts.topK };
+  for (const field of FILTER_FIELDS) {
+    const values = opts.filters[field];
+    if (values?.length) body[field] = values;
+  }
+  return request<SearchResponse>(
+    "/search/by-id",
+    { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } },
+    signal,
+  );
+}
+
+/** The URL of a catalog product's image (served by the API, cached by nginx and the browser). */
+export function imageUrl(id: number): string {
+  return `${BASE}/images/${encodeURIComponent(String(id))}`;
+}

@@ -1,0 +1,72 @@
+"""Every error is JSON `{"detail": "<human message>"}`, validation errors included (a string, not a list)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .schemas import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+_LOCATION_PREFIXES = {"body", "query", "path", "header", "cookie", "form"}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad input: not an image, unknown model or filter value"},
+    404: {"model": ErrorResponse, "description": "Unknown product"},
+    413: {"model": ErrorResponse, "description": "Upload over MAX_UPLOAD_MB"},
+    415: {"model": ErrorResponse, "description": "Unsupported body content type"},
+    422: {"model": ErrorResponse, "description": "Missing or invalid field"},
+    503: {"model": ErrorResponse, "description": "Overloaded, starting or stopping: retry"},
+}
+
+
+def format_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """FastAPI/pydantic error list -> 'top_k: Input should be ...; image: Field required'."""
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if str(p) not in _LOCATION_PREFIXES]
+        where = ".".join(loc)
+        msg = str(err.get("msg", "invalid value"))
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(dict.fromkeys(parts)) or "invalid request"
+
+
+def document_string_errors(app: FastAPI) -> None:
+    """FastAPI documents 422 as its list of errors; ours is `{"detail": "<string>"}` like every error."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            components = schema.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in components:
+                components["HTTPValidationError"] = ErrorResponse.model_json_schema()
+                components["HTTPValidationError"]["title"] = "HTTPValidationError"
+                components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": format_validation_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "-")
+        log.exception("unhandled error on %s %s (request id %s)", request.method, request.url.path, request_id)
+        return JSONResponse({"detail": f"internal error (request id {request_id})"}, status_code=500)

@@ -1,0 +1,132 @@
+"""Pure ASGI middlewares: request id + structured access log + metrics, and request-size/in-flight limits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .metrics import Metrics
+
+access_log = logging.getLogger("retrievalapi.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries + text fields around the one file
+OTHER_BODY_LIMIT = 1024 * 1024
+UPLOAD_PATHS = frozenset({"/api/search"})
+
+
+class PayloadTooLargeError(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body is larger than the {limit / 1024 / 1024:.1f} MB limit")
+
+
+async def send_json(send: Send, status: int, payload: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContextMiddleware:
+    """Request id (X-Request-ID in and out), one access-log line and metrics per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            model = state.get("model", "")
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, model, str(status)).inc()
+            self.metrics.latency.labels(method, route, model).observe(elapsed)
+            fields = {"request_id": request_id, "method": method, "path": scope["path"], "route": route,
+                      "status": status, "model": model or None, "k": state.get("k"),
+                      "latency_ms": round(elapsed * 1000, 2)}
+            if route != "/api/metrics":
+                line = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+                access_log.info("request %s", line, extra={"event": "request", "fields": fields})
+
+
+class LimitsMiddleware:
+    """Refuse oversized bodies while they stream (413) and too many searches in flight (503).
+
+    A Content-Length over the limit is refused before any byte is read; a body without one is
+    counted as it arrives, so memory never holds more than the limit.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_upload_bytes: int, max_inflight: int):
+        self.app = app
+        self.metrics = metrics
+        self.upload_limit = max_upload_bytes + FORM_OVERHEAD_BYTES
+        self.max_upload_bytes = max_upload_bytes
+        self.max_inflight = max_inflight
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        is_upload = scope["path"] in UPLOAD_PATHS
+        limit = self.upload_limit if is_upload else OTHER_BODY_LIMIT
+        shown_limit = self.max_upload_bytes if is_upload else OTHER_BODY_LIMIT
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self.metrics.rejected.labels(model="", reason="too_large").inc()
+            await send_json(send, 413, {"detail": PayloadTooLargeError(shown_limit).detail},
+                            [(b"connection", b"close")])
+            return
+        if is_upload and self.inflight >= self.max_inflight:
+            self.metrics.rejected.labels(model="", reason="inflight").inc()
+            await send_json(send, 503, {"detail": f"the server is busy ({self.max_inflight} searches in progress); "
+                                                  "retry shortly"}, [(b"retry-after", b"1")])
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    self.metrics.rejected.labels(model="", reason="too_large").inc()
+                    raise PayloadTooLargeError(shown_limit)
+            return message
+
+        if is_upload:
+            self.inflight += 1
+            self.metrics.inflight.set(self.inflight)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if is_upload:
+                self.inflight -= 1
+                self.metrics.inflight.set(self.inflight)

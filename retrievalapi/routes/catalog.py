@@ -1,0 +1,66 @@
+"""Catalog routes: models, facets, product metadata and product images (cacheable)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response
+from fastapi.responses import FileResponse
+
+from ..errors import ERROR_RESPONSES
+from ..schemas import FacetsResponse, ModelsResponse, Product
+from ..service import read_evaluation
+from .deps import get_runtime
+
+IMAGE_CACHE_CONTROL = "public, max-age=86400"
+ProductId = Annotated[int, Path(ge=0, le=2**63 - 1, description="Catalog product id", examples=[15970])]
+
+router = APIRouter(prefix="/api", tags=["catalog"])
+
+
+@router.get("/models", response_model=ModelsResponse, summary="Loaded models, their indexes and evaluation")
+def models(request: Request) -> dict[str, Any]:
+    rt = get_runtime(request)
+    out = []
+    for name, engine in rt.engines.items():
+        info = engine.describe()
+        out.append({**info, "default": name == rt.default,
+                    "evaluation": read_evaluation(rt.settings.workdir, name)})
+    synthetic = any(bool(e.manifest.get("synthetic_catalog")) for e in rt.engines.values())
+    return {"default": rt.default, "synthetic_catalog": synthetic, "models": out}
+
+
+@router.get("/facets", response_model=FacetsResponse, summary="Filter values with product counts")
+def facets(request: Request) -> dict[str, Any]:
+    return get_runtime(request).facets
+
+
+@router.get("/products/{product_id}", response_model=Product, responses={404: ERROR_RESPONSES[404]},
+            summary="One product's metadata")
+def product(request: Request, product_id: ProductId) -> dict[str, Any]:
+    info = get_runtime(request).catalog.product(product_id)
+    if info is None:
+        raise HTTPException(404, f"unknown product id {product_id}")
+    return {**info, "image_url": f"/api/images/{product_id}"}
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get(
+    "/images/{product_id}", response_class=FileResponse, summary="A product's catalog image (JPEG)",
+    responses={200: {"content": {"image/jpeg": {}}, "description": "The JPEG"},
+               304: {"description": "Not modified (If-None-Match)"}, 404: ERROR_RESPONSES[404]},
+)
+def image(request: Request, product_id: ProductId) -> Response:
+    path = get_runtime(request).catalog.image_path(product_id)
+    if path is None:
+        raise HTTPException(404, f"no image for product id {product_id}")
+    st = path.stat()
+    etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+    headers = {"ETag": etag, "Cache-Control": IMAGE_CACHE_CONTROL}
+    if _etag_matches(request.headers.get("if-none-match", ""), etag):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type="image/jpeg", headers=headers, stat_result=st)

@@ -1,0 +1,123 @@
+"""POST /api/search (upload an image) and POST /api/search/by-id ("more like this")."""
+
+
+import time
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from pydantic import ValidationError
+
+from imageretrieval.engine import FILTER_FIELDS, UnknownFilterError, UnknownProductError
+
+from ..errors import ERROR_RESPONSES, format_validation_errors
+from ..schemas import DEFAULT_TOP_K, SearchResponse, make_by_id_request
+from .deps import get_runtime
+
+JSON_TYPES = ("application/json",)
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+FilterParam = Annotated[list[str] | None, Form(description="Repeat for several values (OR); fields are AND-ed")]
+
+
+def _k(top_k: int | None, top_k_alias: int | None) -> int:
+    return top_k if top_k is not None else top_k_alias if top_k_alias is not None else DEFAULT_TOP_K
+
+
+def build_router(top_k_max: int) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["search"])
+    by_id_model = make_by_id_request(top_k_max)
+    by_id_schema = by_id_model.model_json_schema()
+    TopK = Annotated[int | None, Form(ge=1, le=top_k_max, description=f"Results wanted, 1..{top_k_max} "
+                                                                       f"(default {DEFAULT_TOP_K})")]
+
+    @router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES,
+                 summary="Search the catalog with an uploaded image")
+    async def search(
+        request: Request,
+        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame), BMP, ...; "
+                                                      "EXIF orientation is honoured")],
+        model: Annotated[str | None, Form(description="Model name (default: the default model)",
+                                          examples=["efficientnet_lite0"])] = None,
+        top_k: TopK = None,
+        topK: Annotated[int | None, Form(ge=1, le=top_k_max, description="Alias of top_k")] = None,
+        gender: FilterParam = None,
+        masterCategory: FilterParam = None,
+        subCategory: FilterParam = None,
+        articleType: FilterParam = None,
+        baseColour: FilterParam = None,
+        season: FilterParam = None,
+        usage: FilterParam = None,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        rt = get_runtime(request)
+        engine = rt.engine(model)
+        k = _k(top_k, topK)
+        request.state.model, request.state.k = engine.name, k
+        filters = rt.check_filters(engine.name, {
+            "gender": gender, "masterCategory": masterCategory, "subCategory": subCategory,
+            "articleType": articleType, "baseColour": baseColour, "season": season, "usage": usage})
+        limit = rt.settings.max_upload_bytes
+        if image.size is not None and image.size > limit:
+            raise HTTPException(413, f"the image is larger than the {limit / 1024 / 1024:.1f} MB upload limit")
+        data = await image.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, f"the image is larger than the {limit / 1024 / 1024:.1f} MB upload limit")
+        hits = await rt.search_upload(engine, data, k, filters)
+        return {"model": engine.name, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+                "results": rt.as_results(hits)}
+
+    @router.post(
+        "/search/by-id", response_model=SearchResponse, responses=ERROR_RESPONSES,
+        summary="More like this: products similar to a catalog product (itself excluded)",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": by_id_schema},
+            "application/x-www-form-urlencoded": {"schema": by_id_schema},
+        }}},
+    )
+    async def search_by_id(request: Request) -> dict[str, Any]:
+        started = time.perf_counter()
+        rt = get_runtime(request)
+        payload, strict = await _read_body(request)
+        try:
+            body = by_id_model.model_validate(payload, strict=strict)
+        except ValidationError as exc:
+            raise HTTPException(422, format_validation_errors(exc.errors())) from None
+        engine = rt.engine(body.model)
+        k = _k(body.top_k, body.topK)
+        request.state.model, request.state.k = engine.name, k
+        filters = rt.check_filters(engine.name, body.filters())
+        try:
+            hits = await anyio.to_thread.run_sync(engine.search_by_id, body.product_id, k, filters or None)
+        except UnknownProductError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except UnknownFilterError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"model": engine.name, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+                "results": rt.as_results(hits)}
+
+    return router
+
+
+async def _read_body(request: Request) -> tuple[dict[str, Any], bool]:
+    """JSON or form body -> (fields, strict): JSON keeps its types, form values are strings to coerce."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in JSON_TYPES or ctype.endswith("+json"):
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the request body is not valid JSON") from None
+        if not isinstance(payload, dict):
+            raise HTTPException(422, "the JSON body must be an object, e.g. {\"product_id\": 15970}")
+        return payload, True
+    if ctype in FORM_TYPES:
+        form = await request.form()
+        payload: dict[str, Any] = {}
+        for key in set(form.keys()):
+            values = form.getlist(key)
+            if any(not isinstance(v, str) for v in values):
+                raise HTTPException(422, f"{key}: expected a text field, got a file")
+            payload[key] = values if (key in FILTER_FIELDS or len(values) > 1) else values[0]
+        return payload, False
+    raise HTTPException(415, "send the body as JSON (application/json) or as a form "
+                             "(application/x-www-form-urlencoded or multipart/form-data)")

@@ -1,0 +1,121 @@
+"""Everything loaded at startup and shared by the routes: engines, batchers, catalog, decode threads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from fastapi import HTTPException
+from PIL import Image
+
+from imageretrieval.engine import FILTER_FIELDS, RetrievalEngine, SearchHit
+from imageretrieval.images import ImageDecodeError
+
+from .batcher import MicroBatcher, OverloadedError, normalize_filters
+from .metrics import Metrics
+from .service import CatalogStore, choose_default, decode_error_message, decode_for, facet_counts, load_engines
+from .settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_VALUES = 12
+
+
+@dataclass
+class Runtime:
+    settings: ApiSettings
+    metrics: Metrics
+    engines: dict[str, RetrievalEngine]
+    default: str
+    catalog: CatalogStore
+    facets: dict[str, list[dict]]
+    filter_values: dict[str, dict[str, frozenset[str]]]
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)
+    decode_pool: ThreadPoolExecutor | None = None
+    ready: bool = False
+
+    # ----- lifecycle --------------------------------------------------------------------------
+    @classmethod
+    def load(cls, settings: ApiSettings, metrics: Metrics) -> Runtime:
+        """Blocking: load every model and index once (a StartupError says what to rebuild)."""
+        engines = load_engines(settings)
+        default = choose_default(settings, list(engines))
+        catalog = CatalogStore.load(settings.dataset_root)
+        filter_values = {
+            name: {f: frozenset(e.metadata[f].dropna().astype(str)) for f in FILTER_FIELDS}
+            for name, e in engines.items()
+        }
+        return cls(settings, metrics, engines, default, catalog, facet_counts(engines[default].metadata),
+                   filter_values)
+
+    async def start(self) -> None:
+        """On the serving event loop: decode threads, one warmed-up batcher per model, then ready."""
+        s = self.settings
+        self.decode_pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
+        self.batchers = {
+            name: MicroBatcher(engine, self.metrics, s.batch_max, s.batch_wait_ms, s.queue_max)
+            for name, engine in self.engines.items()
+        }
+        blank = Image.new("RGB", (64, 64), (255, 255, 255))
+        for name, batcher in self.batchers.items():
+            started = time.perf_counter()
+            await batcher.warm_up(batcher.engine.preprocess(blank))  # the first request must not pay for it
+            batcher.start()
+            log.debug("warmed up %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
+        self.ready = True
+
+    async def close(self) -> None:
+        """Graceful shutdown: refuse new searches, let queued ones finish, stop the workers."""
+        self.ready = False
+        await asyncio.gather(*(b.close(self.settings.shutdown_grace_s) for b in self.batchers.values()))
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+        log.info("search service stopped")
+
+    # ----- request helpers ----------------------------------------------------------------------
+    def engine(self, name: str | None) -> RetrievalEngine:
+        name = name or self.default
+        engine = self.engines.get(name)
+        if engine is None:
+            raise HTTPException(400, f"unknown model {name!r}; available: {', '.join(sorted(self.engines))}")
+        return engine
+
+    def check_filters(self, model: str, filters: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Drop empty values; an unknown value is a 400 listing some valid ones (cheap, before any work)."""
+        clean: dict[str, list[str]] = {}
+        known = self.filter_values[model]
+        for field_name, values in filters.items():
+            values = [v.strip() for v in values or [] if v and v.strip()]
+            if not values:
+                continue
+            unknown = [v for v in values if v not in known[field_name]]
+            if unknown:
+                examples = [item["value"] for item in self.facets.get(field_name, [])][:MAX_LISTED_VALUES]
+                raise HTTPException(400, f"unknown value(s) {', '.join(map(repr, unknown))} for filter "
+                                         f"{field_name!r}; e.g. {', '.join(examples)}")
+            clean[field_name] = values
+        return clean
+
+    async def search_upload(self, engine: RetrievalEngine, data: bytes, k: int,
+                            filters: dict[str, list[str]]) -> list[SearchHit]:
+        """Decode + preprocess on a worker thread, then encode + search in a shared micro-batch."""
+        if self.decode_pool is None or not self.ready:
+            raise HTTPException(503, "the service is not ready", headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        try:
+            tensor = await loop.run_in_executor(self.decode_pool, decode_for, engine, data,
+                                                self.settings.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise HTTPException(400, decode_error_message(exc)) from None
+        try:
+            return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters))
+        except OverloadedError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+
+    @staticmethod
+    def as_results(hits: list[SearchHit]) -> list[dict]:
+        return [{**hit.to_dict(), "image_url": f"/api/images/{hit.id}"} for hit in hits]
+

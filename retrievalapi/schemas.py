@@ -1,0 +1,139 @@
+"""Response and request bodies, with the examples shown in the OpenAPI schema (/docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from imageretrieval.engine import FILTER_FIELDS
+
+DEFAULT_TOP_K = 15
+
+PRODUCT_EXAMPLE = {
+    "id": 15970, "productDisplayName": "Turtle Check Men Navy Blue Shirt", "articleType": "Shirts",
+    "baseColour": "Navy Blue", "gender": "Men", "masterCategory": "Apparel", "subCategory": "Topwear",
+    "season": "Fall", "usage": "Casual", "year": 2011, "image_url": "/api/images/15970",
+}
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(examples=["top_k: Input should be less than or equal to 100"])
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PRODUCT_EXAMPLE]})
+
+    id: int
+    productDisplayName: str | None = None
+    articleType: str | None = None
+    baseColour: str | None = None
+    gender: str | None = None
+    masterCategory: str | None = None
+    subCategory: str | None = None
+    season: str | None = None
+    usage: str | None = None
+    year: int | None = None
+    image_url: str
+
+
+class Hit(Product):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"rank": 1, "score": 0.873214, **PRODUCT_EXAMPLE}]})
+
+    rank: int = Field(ge=1)
+    score: float
+
+
+class SearchResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "efficientnet_lite0", "took_ms": 61.4,
+        "results": [{"rank": 1, "score": 0.873214, **PRODUCT_EXAMPLE}],
+    }]})
+
+    model: str
+    took_ms: float
+    results: list[Hit]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    description: str | None = None
+    backbone: str | None = None
+    kind: str | None = None
+    dims: int
+    index_type: str | None = None
+    index_size: int
+    input_size: int | None = None
+    default: bool
+    evaluation: dict | None = Field(None, description="<WORKDIR>/results/<model>/summary.json; null until evaluated")
+
+
+class ModelsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "default": "efficientnet_lite0", "synthetic_catalog": False,
+        "models": [{"name": "efficientnet_lite0", "description": "EfficientNet-Lite0, ImageNet weights",
+                    "backbone": "efficientnet_lite0", "kind": "pretrained", "dims": 256, "index_type": "Flat",
+                    "index_size": 44072, "input_size": 224, "default": True,
+                    "evaluation": {"mAP": 0.41, "R@1": 0.62, "protocol": "fashion-seed test"}}],
+    }]})
+
+    default: str
+    synthetic_catalog: bool
+    models: list[ModelInfo]
+
+
+class FacetValue(BaseModel):
+    value: str
+    count: int
+
+
+class FacetsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "gender": [{"value": "Men", "count": 22147}, {"value": "Women", "count": 18631}],
+        "masterCategory": [], "subCategory": [], "articleType": [], "baseColour": [], "season": [], "usage": [],
+    }]})
+
+    gender: list[FacetValue]
+    masterCategory: list[FacetValue]
+    subCategory: list[FacetValue]
+    articleType: list[FacetValue]
+    baseColour: list[FacetValue]
+    season: list[FacetValue]
+    usage: list[FacetValue]
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    models: list[str] = Field(examples=[["efficientnet_lite0"]])
+
+
+def make_by_id_request(top_k_max: int) -> type[BaseModel]:
+    """The 'more like this' body; built per app because top_k's bound is a setting."""
+
+    class ByIdRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+            {"product_id": 15970, "model": "efficientnet_lite0", "top_k": 15, "gender": ["Men"]}]})
+
+        product_id: int = Field(description="Catalog product id; the product itself is left out of the results")
+        model: str | None = Field(None, description="Model name (default: the default model)")
+        top_k: int | None = Field(None, ge=1, le=top_k_max, description=f"Results wanted (default {DEFAULT_TOP_K})")
+        topK: int | None = Field(None, ge=1, le=top_k_max, description="Alias of top_k (the seed's name)")
+        gender: list[str] | None = None
+        masterCategory: list[str] | None = None
+        subCategory: list[str] | None = None
+        articleType: list[str] | None = None
+        baseColour: list[str] | None = None
+        season: list[str] | None = None
+        usage: list[str] | None = None
+
+        @field_validator(*FILTER_FIELDS, mode="before")
+        @classmethod
+        def _one_or_many(cls, value: object) -> object:
+            return [value] if isinstance(value, str) else value
+
+        def filters(self) -> dict[str, list[str]]:
+            return {f: getattr(self, f) for f in FILTER_FIELDS if getattr(self, f)}
+
+    return ByIdRequest

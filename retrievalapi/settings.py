@@ -1,0 +1,72 @@
+"""API settings: the library's settings (WORKDIR, DATASET_ROOT, DEVICE, DEFAULT_MODEL, ...) plus serving knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+
+from imageretrieval.images import DEFAULT_MAX_PIXELS
+from imageretrieval.settings import Settings
+
+REPO_APP_DIST = Path(__file__).resolve().parents[1] / "retrieval-app" / "dist"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name.upper(), name)
+
+
+def split_csv(value: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: env lists are comma separated, not JSON."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+class ApiSettings(Settings):
+    models: str | None = Field(
+        None, validation_alias=_env("models"),
+        description="Comma-separated models to load; default: every model with a built index.",
+    )
+    max_upload_mb: float = Field(10.0, gt=0, validation_alias=_env("max_upload_mb"))
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, gt=0, validation_alias=_env("max_image_pixels"),
+        description="Uploads with more pixels are refused before decoding (decompression bombs).",
+    )
+    top_k_max: int = Field(100, ge=1, le=10_000, validation_alias=_env("top_k_max"))
+    cors_origins: str | None = Field(None, validation_alias=_env("cors_origins"),
+                                     description="Comma-separated allowed origins, or '*'.")
+    batch_max: int = Field(32, ge=1, le=1024, validation_alias=_env("batch_max"),
+                           description="Most images encoded in one forward pass.")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, le=1000, validation_alias=_env("batch_wait_ms"),
+        description="Extra wait for a batch to fill. 0 = take what is queued: no added latency when idle, "
+                    "full batches under load (requests queue while the previous forward runs).",
+    )
+    queue_max: int = Field(128, ge=1, validation_alias=_env("queue_max"),
+                           description="Images waiting for a forward pass, per model; beyond it: 503.")
+    max_inflight: int = Field(256, ge=1, validation_alias=_env("max_inflight"),
+                              description="Search requests in progress (bodies, decoding, queued); beyond it: 503.")
+    decode_workers: int = Field(2, ge=1, le=64, validation_alias=_env("decode_workers"),
+                                description="Threads decoding and preprocessing uploads.")
+    shutdown_grace_s: float = Field(10.0, ge=0, validation_alias=_env("shutdown_grace_s"))
+    app_dist: Path | None = Field(None, validation_alias=_env("app_dist"),
+                                  description="Built web app to serve at /; default retrieval-app/dist when built.")
+    log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format"))
+    log_level: str = Field("INFO", validation_alias=_env("log_level"))
+
+    @property
+    def model_list(self) -> list[str]:
+        return split_csv(self.models)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return split_csv(self.cors_origins)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def web_app_dir(self) -> Path | None:
+        """The built single-page app to serve at /, when there is one."""
+        candidate = self.app_dist if self.app_dist is not None else REPO_APP_DIST
+        return candidate if (candidate / "index.html").is_file() else None

@@ -1,0 +1,531 @@
+"""The search API over the synthetic catalog and the tiny test models: routes, bad input, batching, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import struct
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from retrievalapi import create_app
+from retrievalapi.batcher import MicroBatcher, OverloadedError
+from retrievalapi.errors import format_validation_errors
+from retrievalapi.metrics import Metrics
+from retrievalapi.service import StartupError, load_engines
+from retrievalapi.settings import ApiSettings
+
+MAX_UPLOAD_MB = 0.25
+
+
+def api_settings(catalog: Path, workdir: Path, **kw) -> ApiSettings:
+    kw.setdefault("max_upload_mb", MAX_UPLOAD_MB)
+    kw.setdefault("app_dist", workdir / "no-app")
+    return ApiSettings(dataset_root=catalog, workdir=workdir, device="cpu", precision="fp32", num_workers=0,
+                       default_model="tiny", **kw)
+
+
+@pytest.fixture(scope="module")
+def client(synthetic_catalog, built_workdir):
+    with TestClient(create_app(api_settings(synthetic_catalog, built_workdir))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def catalog_df(synthetic_catalog):
+    from imageretrieval.catalog import load_catalog
+
+    return load_catalog(synthetic_catalog).df.set_index("id")
+
+
+def image_bytes(catalog: Path, pid: int) -> bytes:
+    return (catalog / "images" / f"{pid}.jpg").read_bytes()
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def search(client: TestClient, data: bytes, name: str = "q.jpg", **form):
+    return client.post("/api/search", files={"image": (name, data, "application/octet-stream")}, data=form)
+
+
+def png_header_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A valid PNG signature + IHDR claiming width x height, with a tiny (bogus) IDAT: cheap to build."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def first_ids(response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [hit["id"] for hit in response.json()["results"]]
+
+
+# ----- operations and catalog routes ------------------------------------------------------------
+def test_health_ready_and_request_id(client):
+    assert client.get("/api/health").json() == {"status": "ok"}
+    r = client.get("/api/ready", headers={"X-Request-ID": "abc-123"})
+    assert r.status_code == 200 and r.json() == {"status": "ready", "models": ["tiny", "tiny2"]}
+    assert r.headers["x-request-id"] == "abc-123"
+    assert len(client.get("/api/health", headers={"X-Request-ID": "bad id\n"}).headers["x-request-id"]) == 32
+
+
+def test_models_lists_every_index_and_evaluation(client, built_workdir):
+    body = client.get("/api/models").json()
+    assert body["default"] == "tiny" and body["synthetic_catalog"] is True
+    by_name = {m["name"]: m for m in body["models"]}
+    assert set(by_name) == {"tiny", "tiny2"}
+    tiny = by_name["tiny"]
+    assert tiny["default"] is True and by_name["tiny2"]["default"] is False
+    assert tiny["index_size"] == 96 and tiny["dims"] == 32 and tiny["input_size"] == 64
+    assert tiny["index_type"] == "Flat" and tiny["backbone"] == "test_efficientnet" and tiny["evaluation"] is None
+    summary = built_workdir / "results" / "tiny2" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    try:
+        summary.write_text(json.dumps({"mAP": 0.5, "R@1": 0.75, "protocol": "synthetic"}))
+        by_name = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+        assert by_name["tiny2"]["evaluation"] == {"mAP": 0.5, "R@1": 0.75, "protocol": "synthetic"}
+    finally:
+        shutil.rmtree(built_workdir / "results")
+
+
+def test_facets_counts_sorted_without_empty_values(client, catalog_df):
+    body = client.get("/api/facets").json()
+    assert list(body) == ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
+    for field, items in body.items():
+        counts = [i["count"] for i in items]
+        assert counts == sorted(counts, reverse=True)
+        assert all(i["value"] for i in items)
+        expected = catalog_df[field][catalog_df[field] != ""].value_counts()
+        assert {i["value"]: i["count"] for i in items} == expected.to_dict()
+    assert "" not in {i["value"] for i in body["usage"]} and len(body["usage"]) == 3
+
+
+def test_product_route(client, catalog_df):
+    pid = int(catalog_df.index[5])
+    body = client.get(f"/api/products/{pid}").json()
+    assert body["id"] == pid and body["image_url"] == f"/api/images/{pid}"
+    assert body["articleType"] == catalog_df.loc[pid, "articleType"]
+    assert client.get("/api/products/999999").status_code == 404
+    r = client.get("/api/products/abc")
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+
+
+def test_image_route_etag_and_cache(client, synthetic_catalog):
+    r = client.get("/api/images/1001")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.content == image_bytes(synthetic_catalog, 1001)
+    assert r.headers["cache-control"] == "public, max-age=86400"
+    etag = r.headers["etag"]
+    again = client.get("/api/images/1001", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.headers["etag"] == etag and not again.content
+    assert client.get("/api/images/1001", headers={"If-None-Match": '"other"'}).status_code == 200
+    assert client.get("/api/images/424242").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/api/images/..%2F..%2Fstyles.csv", "/api/images/1001.jpg", "/api/images/-1",
+                                  "/api/images/%2e%2e", "/api/images/1e3"])
+def test_image_route_refuses_path_tricks(client, path):
+    r = client.get(path)
+    assert r.status_code in (404, 422) and "detail" in r.json()
+
+
+def test_access_log_is_structured(client, synthetic_catalog, caplog):
+    import logging
+
+    from retrievalapi.logs import JsonFormatter
+
+    with caplog.at_level(logging.INFO, logger="retrievalapi.access"):
+        client.post("/api/search", files={"image": ("q.jpg", image_bytes(synthetic_catalog, 1003), "image/jpeg")},
+                    data={"top_k": "4", "model": "tiny2"}, headers={"X-Request-ID": "req-42"})
+    record = next(r for r in caplog.records if r.name == "retrievalapi.access" and r.fields["request_id"] == "req-42")
+    assert "request_id=req-42" in record.getMessage() and "status=200" in record.getMessage()
+    payload = json.loads(JsonFormatter().format(record))
+    assert payload["message"] == "request" and payload["status"] == 200 and payload["model"] == "tiny2"
+    assert payload["k"] == 4 and payload["route"] == "/api/search" and payload["latency_ms"] > 0
+
+
+def test_metrics_exposes_requests_and_batches(client, synthetic_catalog):
+    search(client, image_bytes(synthetic_catalog, 1002))
+    text = client.get("/api/metrics").text
+    assert 'api_requests_total{method="POST",model="tiny",route="/api/search",status="200"}' in text
+    assert 'api_request_duration_seconds_bucket{le="0.005",method="POST",model="tiny",route="/api/search"}' in text
+    assert 'api_batch_size_count{model="tiny"}' in text
+
+
+# ----- search -----------------------------------------------------------------------------------
+def test_search_finds_the_catalog_image_first(client, synthetic_catalog, catalog_df):
+    r = search(client, image_bytes(synthetic_catalog, 1010), top_k="5")
+    body = r.json()
+    assert r.status_code == 200 and body["model"] == "tiny" and body["took_ms"] > 0
+    hits = body["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert hits[0]["id"] == 1010 and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["image_url"] == "/api/images/1010"
+    assert hits[0]["productDisplayName"] == catalog_df.loc[1010, "productDisplayName"]
+    assert set(hits[0]) == {"rank", "id", "score", "productDisplayName", "articleType", "baseColour", "gender",
+                            "masterCategory", "subCategory", "season", "usage", "year", "image_url"}
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_top_k_default_alias_and_model(client, synthetic_catalog):
+    data = image_bytes(synthetic_catalog, 1020)
+    assert len(first_ids(search(client, data))) == 15
+    assert len(first_ids(search(client, data, topK="4"))) == 4
+    assert len(first_ids(search(client, data, top_k="2", topK="9"))) == 2
+    other = search(client, data, model="tiny2", top_k="3")
+    assert other.json()["model"] == "tiny2" and first_ids(other)[0] == 1020
+
+
+def test_filters_or_within_and_across_fields(client, synthetic_catalog, catalog_df):
+    data = image_bytes(synthetic_catalog, 1030)
+    women = first_ids(search(client, data, top_k="40", gender="Women"))
+    n_women = int((catalog_df["gender"] == "Women").sum())
+    assert len(women) == min(40, n_women) and all(catalog_df.loc[i, "gender"] == "Women" for i in women)
+    r = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")},
+                    data={"top_k": "100", "baseColour": ["Red", "Blue"], "gender": "Men"})
+    ids = first_ids(r)
+    sub = catalog_df[catalog_df["baseColour"].isin(["Red", "Blue"]) & (catalog_df["gender"] == "Men")]
+    assert sorted(ids) == sorted(sub.index.tolist())  # every match, K filtered results when K exist
+
+
+def test_search_by_id_json_and_form(client, catalog_df):
+    r = client.post("/api/search/by-id", json={"product_id": 1040, "top_k": 10})
+    ids = first_ids(r)
+    assert len(ids) == 10 and 1040 not in ids
+    form = client.post("/api/search/by-id", data={"product_id": "1040", "topK": "10"})
+    assert first_ids(form) == ids
+    multipart = client.post("/api/search/by-id", files={"product_id": (None, "1040")}, data={"top_k": "10"})
+    assert first_ids(multipart) == ids
+    filtered = first_ids(client.post("/api/search/by-id", json={"product_id": 1040, "gender": "Men",
+                                                                "articleType": ["Jeans", "Shorts"], "top_k": 50}))
+    assert filtered and all(catalog_df.loc[i, "gender"] == "Men" for i in filtered)
+    assert all(catalog_df.loc[i, "articleType"] in ("Jeans", "Shorts") for i in filtered) and 1040 not in filtered
+    assert client.post("/api/search/by-id", json={"product_id": 1040, "model": "tiny2"}).json()["model"] == "tiny2"
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"product_id": 999999}, 404, "999999"),
+    ({"top_k": 3}, 422, "product_id"),
+    ({"product_id": 1040, "top_k": 0}, 422, "top_k"),
+    ({"product_id": 1040, "top_k": 101}, 422, "top_k"),
+    ({"product_id": "1040"}, 422, "product_id"),
+    ({"product_id": 1040, "model": "nope"}, 400, "nope"),
+    ({"product_id": 1040, "gender": "Martian"}, 400, "Martian"),
+    ({"product_id": 1040, "colour": "Red"}, 422, "colour"),
+    ([1040], 422, "object"),
+])
+def test_search_by_id_bad_input(client, body, status, words):
+    r = client.post("/api/search/by-id", json=body)
+    assert r.status_code == status and words in r.json()["detail"]
+
+
+def test_search_by_id_bad_bodies(client):
+    r = client.post("/api/search/by-id", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["detail"]
+    r = client.post("/api/search/by-id", content=b"product_id=1", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    r = client.post("/api/search/by-id", files={"product_id": ("x.bin", b"1040", "application/octet-stream")})
+    assert r.status_code == 422 and "file" in r.json()["detail"]
+
+
+# ----- bad input never yields a 500 -------------------------------------------------------------
+@pytest.mark.parametrize(("make", "status", "words"), [
+    (lambda c: b"", 400, "empty"),
+    (lambda c: b"this is not an image at all", 400, "not a supported image"),
+    (lambda c: image_bytes(c, 1001)[: len(image_bytes(c, 1001)) // 2], 400, "truncated"),
+    (lambda c: image_bytes(c, 1001)[:600] + b"\x00" * 400 + image_bytes(c, 1001)[1000:], 400, "image"),
+    (lambda c: png_header_bomb(), 400, "too large"),
+    (lambda c: b"GIF89a" + b"\xff" * 20, 400, "image"),
+])
+def test_bad_images_are_400(client, synthetic_catalog, make, status, words):
+    r = search(client, make(synthetic_catalog))
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
+def test_pixel_limit_names_the_limit(synthetic_catalog, built_workdir):
+    settings = api_settings(synthetic_catalog, built_workdir, max_image_pixels=10_000, models="tiny")
+    with TestClient(create_app(settings)) as c:
+        r = search(c, encode(Image.new("RGB", (200, 200), "red"), "PNG"))
+        assert r.status_code == 400 and "200x200" in r.json()["detail"]
+        assert c.get("/api/ready").status_code == 200
+
+
+def test_upload_over_the_limit_is_413(client):
+    big = b"\xff\xd8" + b"\0" * int(MAX_UPLOAD_MB * 1024 * 1024 * 2)
+    r = search(client, big)
+    assert r.status_code == 413 and "MB" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit applies while the body streams in
+        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.jpg\"\r\n\r\n"
+        for _ in range(64):
+            yield b"\0" * 65536
+        yield b"\r\n--b--\r\n"
+
+    r = client.post("/api/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "MB" in r.json()["detail"]
+    just_over = b"\xff\xd8" + b"\0" * int(MAX_UPLOAD_MB * 1024 * 1024)  # within the form allowance, over the file limit
+    r = search(client, just_over)
+    assert r.status_code == 413
+    assert client.get("/api/health").status_code == 200
+
+
+@pytest.mark.parametrize(("form", "status", "words"), [
+    ({"top_k": "0"}, 422, "top_k"),
+    ({"top_k": "101"}, 422, "top_k"),
+    ({"top_k": "many"}, 422, "top_k"),
+    ({"topK": "-3"}, 422, "topK"),
+    ({"model": "no-such-model"}, 400, "no-such-model"),
+    ({"gender": "Martian"}, 400, "Martian"),
+    ({"articleType": ["Jeans", "Spacesuits"]}, 400, "Spacesuits"),
+])
+def test_bad_parameters(client, synthetic_catalog, form, status, words):
+    r = search(client, image_bytes(synthetic_catalog, 1001), **form)
+    assert r.status_code == status and words in r.json()["detail"]
+    assert isinstance(r.json()["detail"], str)
+
+
+def test_missing_image_and_wrong_body(client):
+    r = client.post("/api/search", data={"top_k": "3"})
+    assert r.status_code == 422 and r.json()["detail"] == "image: Field required"
+    r = client.post("/api/search", data={"image": "not a file"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("image:")
+    r = client.post("/api/search", json={"image": "x"})
+    assert r.status_code in (400, 422) and isinstance(r.json()["detail"], str)
+    assert client.get("/api/search").status_code == 405
+    assert client.get("/api/nowhere").json() == {"detail": "Not Found"}
+
+
+# ----- formats ------------------------------------------------------------------------------------
+def _catalog_image(catalog: Path, pid: int) -> Image.Image:
+    with Image.open(catalog / "images" / f"{pid}.jpg") as im:
+        return im.convert("RGB")
+
+
+@pytest.mark.parametrize(("fmt", "convert", "kw"), [
+    ("PNG", "RGB", {}), ("PNG", "RGBA", {}), ("PNG", "L", {}), ("PNG", "P", {}), ("PNG", "I;16", {}),
+    ("WEBP", "RGB", {"lossless": True}), ("BMP", "RGB", {}), ("TIFF", "RGB", {}),
+    ("JPEG", "CMYK", {"quality": 95}), ("JPEG", "L", {"quality": 95}),
+])
+def test_image_formats_and_modes(client, synthetic_catalog, fmt, convert, kw):
+    img = _catalog_image(synthetic_catalog, 1050)
+    img = img.convert("L").convert("I;16") if convert == "I;16" else img.convert(convert)
+    ids = first_ids(search(client, encode(img, fmt, **kw), name=f"q.{fmt.lower()}", top_k="3"))
+    if convert in ("RGB", "RGBA", "CMYK"):
+        assert ids[0] == 1050
+
+
+def test_animated_gif_uses_the_first_frame(client, synthetic_catalog):
+    first, second = _catalog_image(synthetic_catalog, 1060), _catalog_image(synthetic_catalog, 1070)
+    gif = encode(first, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+    single = encode(first, "GIF")
+    assert first_ids(search(client, gif, top_k="5")) == first_ids(search(client, single, top_k="5"))
+
+
+def test_exif_orientation_is_honoured(client, synthetic_catalog):
+    upright = _catalog_image(synthetic_catalog, 1080)
+    rotated = upright.transpose(Image.Transpose.ROTATE_90)  # stored sideways (90 deg counter-clockwise) ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... and tagged "rotate 90 deg clockwise to display": the upright product
+    tagged = search(client, encode(rotated, "JPEG", quality=98, exif=exif), top_k="3").json()["results"]
+    plain = search(client, encode(upright, "JPEG", quality=98), top_k="3").json()["results"]
+    assert tagged[0]["id"] == plain[0]["id"] == 1080
+    assert tagged[0]["score"] == pytest.approx(plain[0]["score"], abs=0.02)
+
+
+# ----- concurrency, batching, overload, shutdown -------------------------------------------------
+def test_parallel_requests_match_single_requests(client, synthetic_catalog):
+    pids = [1001 + 3 * i for i in range(8)]
+    expected = {pid: search(client, image_bytes(synthetic_catalog, pid), top_k="10").json()["results"]
+                for pid in pids}
+
+    def one(i: int):
+        pid = pids[i % len(pids)]
+        return pid, search(client, image_bytes(synthetic_catalog, pid), top_k="10")
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, range(32)))
+    for pid, r in answers:
+        assert r.status_code == 200
+        got = r.json()["results"]
+        assert [h["id"] for h in got] == [h["id"] for h in expected[pid]]
+        np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in expected[pid]], atol=1e-4)
+
+
+def test_concurrent_requests_share_forward_passes(synthetic_catalog, built_workdir):
+    settings = api_settings(synthetic_catalog, built_workdir, models="tiny", batch_wait_ms=200)
+    app = create_app(settings)
+    with TestClient(app) as c, ThreadPoolExecutor(8) as pool:
+        rs = list(pool.map(lambda pid: search(c, image_bytes(synthetic_catalog, pid), top_k="3"),
+                           range(1001, 1009)))
+        assert [first_ids(r)[0] for r in rs] == list(range(1001, 1009))
+        batches = app.state.metrics.batch_size.labels(model="tiny")
+        total = sum(s.value for m in app.state.metrics.registry.collect() if m.name == "api_batch_size"
+                    for s in m.samples if s.name == "api_batch_size_count")
+        assert batches is not None and total < 8  # 8 images, fewer forward passes
+
+
+def test_full_queue_answers_503_and_recovers(synthetic_catalog, built_workdir):
+    settings = api_settings(synthetic_catalog, built_workdir, models="tiny", queue_max=1, batch_max=1)
+    app = create_app(settings)
+    with TestClient(app) as c:
+        engine = app.state.runtime.engines["tiny"]
+        release, entered = threading.Event(), threading.Event()
+        original = engine.encode_tensors
+
+        def slow(batch):
+            entered.set()
+            release.wait(10)
+            return original(batch)
+
+        engine.encode_tensors = slow
+        data = image_bytes(synthetic_catalog, 1001)
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(search, c, data)
+            assert entered.wait(10)
+            queued = pool.submit(search, c, data)
+            while app.state.runtime.batchers["tiny"].depth < 1:
+                threading.Event().wait(0.01)
+            refused = search(c, data)
+            assert refused.status_code == 503 and "overloaded" in refused.json()["detail"]
+            release.set()
+            assert first.result().status_code == 200 and queued.result().status_code == 200
+        engine.encode_tensors = original
+        assert search(c, data).status_code == 200 and c.get("/api/ready").status_code == 200
+        assert 'reason="queue_full"' in c.get("/api/metrics").text
+
+
+def test_batcher_drains_on_close(settings):
+    from imageretrieval.engine import RetrievalEngine
+
+    engine = RetrievalEngine(settings, "tiny")
+    tensor = engine.preprocess(Image.new("RGB", (40, 60), "blue"))
+
+    async def scenario():
+        batcher = MicroBatcher(engine, Metrics(), max_batch=2, max_queue=16)
+        batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(tensor, 3)) for _ in range(6)]
+        await asyncio.sleep(0)  # all six queued
+        await batcher.close(grace_s=10)
+        results = await asyncio.gather(*pending)
+        with pytest.raises(OverloadedError):
+            await batcher.submit(tensor, 3)
+        return results
+
+    results = asyncio.run(scenario())
+    assert len(results) == 6 and all(len(r) == 3 and r[0].id == results[0][0].id for r in results)
+
+
+@pytest.mark.parametrize("filters", [{}, {"gender": ["Men"]}, {"baseColour": ["Red", "Blue"], "usage": ["Casual"]}])
+def test_batched_exact_search_matches_the_engine(settings, filters):
+    from imageretrieval.engine import RetrievalEngine
+
+    engine = RetrievalEngine(settings, "tiny")
+    batcher = MicroBatcher(engine, Metrics())
+    queries = np.asarray(engine.vectors[:7]) + np.random.default_rng(0).normal(0, 0.05, (7, engine.dims))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    ours = batcher._search_exact(queries, 20, filters)
+    reference = engine.search_vectors(queries, 20, filters or None)
+    for got, want in zip(ours, reference, strict=True):
+        assert [h.id for h in got] == [h.id for h in want] and len(got) > 0
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+        assert [h.product for h in got] == [h.product for h in want]
+
+
+def test_shutdown_marks_not_ready(synthetic_catalog, built_workdir):
+    app = create_app(api_settings(synthetic_catalog, built_workdir, models="tiny"))
+    with TestClient(app) as c:
+        assert c.get("/api/ready").status_code == 200
+    assert app.state.runtime.ready is False
+    assert not any(b.running for b in app.state.runtime.batchers.values())
+
+
+# ----- startup ------------------------------------------------------------------------------------
+def test_missing_index_is_one_clear_startup_error(synthetic_catalog, built_workdir):
+    settings = api_settings(synthetic_catalog, built_workdir, models="tiny,ghost")
+    with pytest.raises(StartupError, match=r"'ghost'"):
+        load_engines(settings)
+    empty = api_settings(synthetic_catalog, built_workdir / "nothing-here")
+    with pytest.raises(StartupError, match=r"imageretrieval index --model"):
+        load_engines(empty)
+
+
+def test_corrupt_index_names_the_rebuild_command(synthetic_catalog, built_workdir, tmp_path):
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir, ignore=shutil.ignore_patterns("features"))
+    (workdir / "indexes" / "tiny" / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(StartupError, match=r"imageretrieval index --model tiny --force"):
+        load_engines(api_settings(synthetic_catalog, workdir, models="tiny"))
+
+
+def test_startup_failure_is_reported_through_lifespan(synthetic_catalog, built_workdir):
+    app = create_app(api_settings(synthetic_catalog, built_workdir, models="efficientnet_lite1"))  # no index
+    sent: list[dict] = []
+
+    async def lifespan():
+        messages = iter([{"type": "lifespan.startup"}])
+
+        async def receive():
+            return next(messages)
+
+        async def send(message):
+            sent.append(message)
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+
+    asyncio.run(lifespan())
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert "imageretrieval index --model efficientnet_lite1" in sent[0]["message"]
+    assert "Traceback" not in sent[0]["message"]
+
+
+# ----- web app, schema, helpers -----------------------------------------------------------------
+def test_serves_the_built_web_app(synthetic_catalog, built_workdir, tmp_path):
+    dist = tmp_path / "dist"
+    (dist / "assets").mkdir(parents=True)
+    (dist / "index.html").write_text("<html>app</html>")
+    (dist / "assets" / "app.js").write_text("console.log(1)")
+    (tmp_path / "secret.txt").write_text("secret")
+    settings = api_settings(synthetic_catalog, built_workdir, models="tiny", app_dist=dist)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/").text == "<html>app</html>"
+        assert c.get("/search/some/route").text == "<html>app</html>"
+        js = c.get("/assets/app.js")
+        assert js.text == "console.log(1)" and "immutable" in js.headers["cache-control"]
+        assert "secret" not in c.get("/..%2Fsecret.txt").text
+        assert c.get("/api/unknown").status_code == 404
+        assert c.get("/api/health").json() == {"status": "ok"}
+
+
+def test_openapi_documents_routes_with_examples(client):
+    schema = client.get("/api/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/api/health", "/api/ready", "/api/models", "/api/facets", "/api/search", "/api/search/by-id",
+                 "/api/products/{product_id}", "/api/images/{product_id}", "/api/metrics"):
+        assert path in paths
+    assert "examples" in schema["components"]["schemas"]["SearchResponse"]
+    assert set(paths["/api/search/by-id"]["post"]["requestBody"]["content"]) >= {
+        "application/json", "application/x-www-form-urlencoded"}
+
+
+def test_validation_messages_are_readable():
+    errors = [{"loc": ("body", "top_k"), "msg": "Input should be less than or equal to 100"},
+              {"loc": ("body", "image"), "msg": "Field required"}]
+    assert format_validation_errors(errors) == ("top_k: Input should be less than or equal to 100; "
+                                                "image: Field required")
