@@ -79,6 +79,15 @@ def load_features(directory: Path, mmap: bool = False) -> FeatureSet | None:
     return None
 
 
+# What makes two feature sets equal; other meta keys (added over time) never invalidate features.
+IDENTITY_KEYS = ("fingerprint", "n", "ids_hash", "precision", "input_size")
+
+
+def _same_features(old: dict, new: dict) -> bool:
+    return all(old.get(k) == new.get(k) for k in IDENTITY_KEYS) and (
+        old.get("query_resolution") == new.get("query_resolution"))
+
+
 def _reusable_rows(reuse_root: Path, out_dir: Path, meta: dict, ids: np.ndarray) -> dict[int, np.ndarray]:
     """Rows of `ids` found in finished sibling feature sets computed exactly the same way."""
     same = ("fingerprint", "precision", "input_size")
@@ -163,12 +172,15 @@ def extract_features(
         "query_resolution": list(preprocess.query_resolution) if preprocess.query_resolution else None,
     }
     meta_path = out_dir / "meta.json"
+    old = load_json(meta_path) if meta_path.is_file() else None
     done = load_features(out_dir)
-    if done is not None and meta_path.is_file() and load_json(meta_path) == meta:
+    if done is not None and old is not None and _same_features(old, meta):
         log.info("features up to date in %s", out_dir)
+        if old != meta:
+            save_json(meta_path, meta)
         return done
     chunk_dir = out_dir / "chunks"
-    if meta_path.is_file() and load_json(meta_path) != meta:
+    if old is not None and not (_same_features(old, meta) and old.get("chunk_size") == chunk_size):
         log.info("model, data or settings changed: recomputing features in %s", out_dir)
         for stale in list(chunk_dir.glob("chunk_*.npy")) + [out_dir / "features.npy", out_dir / "ids.npy"]:
             stale.unlink(missing_ok=True)

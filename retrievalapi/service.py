@@ -129,7 +129,8 @@ def read_evaluation(workdir: Path, model: str) -> dict | None:
 
 def decode_for(engine: RetrievalEngine, data: bytes, max_pixels: int) -> torch.Tensor:
     """Upload bytes -> the model's uint8 input tensor (worker thread). Raises ImageDecodeError."""
-    image = open_image(data, max_pixels=max_pixels)
+    # Twice the model input is plenty: the engine downsamples further (letterbox, catalog resolution).
+    image = open_image(data, max_pixels=max_pixels, min_size=2 * engine.preprocess.input_size)
     try:
         return engine.preprocess(image)
     finally:

@@ -107,3 +107,11 @@ def test_exif_orientation_is_honoured(tmp_path):
     p = tmp_path / "o.jpg"
     img.save(p, exif=exif)
     assert open_image(p).size == (20, 40)
+
+
+def test_large_jpegs_can_decode_at_reduced_scale(tmp_path):
+    p = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(p)
+    small = open_image(p, min_size=448)
+    assert min(small.size) >= 448 and small.size[0] <= 1000
+    assert open_image(p).size == (4000, 3000)

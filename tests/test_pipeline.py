@@ -236,3 +236,21 @@ def test_extraction_reuses_rows_of_sibling_feature_sets(tmp_path, synthetic_cata
     np.testing.assert_array_equal(full.features[10:40], subset.features)
     fresh = extract_features(model, paths, cat.ids, tmp_path / "fresh", **kw)
     np.testing.assert_allclose(full.features, fresh.features, rtol=1e-5, atol=1e-6)
+
+
+def test_finished_features_survive_new_meta_keys(tmp_path, synthetic_catalog):
+    """A newer version adding a key to meta.json must not wipe an hour of finished extraction."""
+    from imageretrieval.io_utils import load_json, save_json
+
+    cat = load_catalog(synthetic_catalog)
+    paths = [cat.image_path(i) for i in cat.ids]
+    model = create_model(TINY, workdir=_tiny_workdir(tmp_path))
+    kw = dict(batch_size=8, num_workers=0, device="cpu", precision="fp32", progress=False, fingerprint="fp")
+    first = extract_features(model, paths, cat.ids, tmp_path / "f", **kw)
+    meta = load_json(tmp_path / "f" / "meta.json")
+    del meta["query_resolution"]
+    save_json(tmp_path / "f" / "meta.json", meta)
+    mtime = (tmp_path / "f" / "features.npy").stat().st_mtime_ns
+    again = extract_features(model, paths, cat.ids, tmp_path / "f", **kw)
+    assert (tmp_path / "f" / "features.npy").stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(first.features, again.features)

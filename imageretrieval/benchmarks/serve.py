@@ -255,7 +255,8 @@ def batch_counters(base: str) -> tuple[float, float]:
 
 # ----- report -----------------------------------------------------------------------------------
 def render(model: str, settings: Settings, source: str, n_queries: int, bare: BareForward,
-           levels: list[LevelResult], command: str, batch: int, index_size: int) -> str:
+           levels: list[LevelResult], command: str, batch: int, index_size: int,
+           load: tuple[float, float]) -> str:
     import torch
 
     from ..device import resolve_device, resolve_precision
@@ -271,7 +272,9 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
         f"device `{device}`, precision `{precision}`.",
         f"Model `{model}`, index of {index_size} products (catalog `{settings.dataset_root}`); "
         f"{n_queries} query images from `{source}` (uploaded as files, top_k 15, no filters), "
-        f"server and load generator on the same machine (loopback). BATCH_MAX={batch}.", "",
+        f"server and load generator on the same machine (loopback). BATCH_MAX={batch}. "
+        f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} (other jobs share the CPUs "
+        f"when it is well above 0).", "",
         "```bash", command, "```", "",
         "| what | concurrency | requests | errors | p50 ms | p95 ms | p99 ms | throughput (img/s) | images/forward |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -322,6 +325,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from ..cli import CLIError
 
         raise CLIError("--requests needs one positive number, or one per --concurrency level")
+    load_start = os.getloadavg()[0]
     paths, source = query_images(settings, args.queries, args.num_queries)
     payloads = [(p.name, p.read_bytes()) for p in paths]
     log.info("bare forward of %s (batch 1 and %d) on %d query images", model, args.batch, len(paths))
@@ -351,7 +355,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     command = (f"WORKDIR={settings.workdir} DATASET_ROOT={settings.dataset_root} "
                f"DEEPFASHION_ROOT={settings.deepfashion_root} flock /tmp/heavy.lock "
                f"imageretrieval {shlex.join(sys.argv[1:])}")
-    section = render(model, settings, source, len(paths), bare, results, command, args.batch, index_size)
+    load = (load_start, os.getloadavg()[0])
+    section = render(model, settings, source, len(paths), bare, results, command, args.batch, index_size, load)
     sys.stdout.write(section)
     if not args.no_write:
         replace_section(args.output, section)

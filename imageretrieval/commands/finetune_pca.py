@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("finetune-pca", help="coarse-to-fine search of the PCA-whitening dims on the val split")
     p.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
-    p.add_argument("--metric", choices=list(METRICS), default="map", help="what to maximize (default: map)")
+    p.add_argument("--metric", choices=list(METRICS), default="p@15",
+                   help="what to maximize (default: p@15, what a shopper sees in the top results)")
     p.add_argument("--selection", choices=SELECTIONS, default="seed")
     p.add_argument("--queries", type=int, default=600, help="seeded validation queries (default 600)")
     p.add_argument("--fit-sample", type=int, default=None,

@@ -94,4 +94,9 @@ def finetune_pca(
         return evaluate_task(task, "normalized", n, whitening, top_k=PRECISION_K, seed_ap=False).metrics[key]
 
     best, best_score, scores = coarse_to_fine(score, min(top, whitening.max_components), min_step=min_step)
+    # 0 = no whitening (L2 only): pretrained ImageNet features often rank best unwhitened, and the
+    # search must be able to say so instead of forcing some PCA dimension on the index.
+    scores[0] = score(0)
+    if scores[0] >= best_score:
+        best, best_score = 0, scores[0]
     return PCASearch(best, best_score, metric, scores, whitening.eigvals)

@@ -155,13 +155,18 @@ def plot_explained_variance(eigvals: np.ndarray, path: Path, chosen: int | None 
 def plot_pca_search(scores: Mapping[int, float], path: Path, metric: str, chosen: int | None = None,
                     title: str = "PCA dimension search (validation split)") -> Path:
     """The metric for every n_components tried by the coarse-to-fine search."""
-    ns = sorted(scores)
+    ns = sorted(n for n in scores if n > 0)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(ns, [scores[n] for n in ns], "o-", ms=3)
+    ax.plot(ns, [scores[n] for n in ns], "o-", ms=3, label="PCA-whitening to n dims")
+    if 0 in scores:
+        ax.axhline(scores[0], color="tab:gray", ls=":", lw=1, label="no whitening (L2 only)")
+    ax.legend(loc="best", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("n_components")
     ax.set_ylabel(metric)
-    if chosen:
+    if chosen == 0:
+        ax.set_title(f"{title}: best = no whitening")
+    elif chosen:
         ax.axvline(chosen, color="tab:red", ls="--", lw=0.8)
         ax.set_title(f"{title}: best {chosen}")
     else:
