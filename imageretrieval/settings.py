@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias=AliasChoices("DEVICE", "device"))
     default_model: str = Field(
-        "efficientnet_lite0", validation_alias=AliasChoices("DEFAULT_MODEL", "default_model")
+        "efficientnet_lite0_fashion", validation_alias=AliasChoices("DEFAULT_MODEL", "default_model")
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",

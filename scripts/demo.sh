@@ -4,7 +4,7 @@
 #
 #   DATASET_ROOT   use this catalog (styles.csv + images/); default: download Fashion Product Images
 #                  (small) into $WORKDIR/catalog, or a synthetic demo catalog when offline
-#   WORKDIR        artifacts (default ./workdir)      DEFAULT_MODEL  efficientnet_lite0
+#   WORKDIR        artifacts (default ./workdir)      DEFAULT_MODEL  efficientnet_lite0_fashion
 #   APP_PORT       nginx's port (8080; the next free one is used when taken)
 #   API_PORT       the API's port (8000; idem)        HOST  address nginx listens on (127.0.0.1)
 #   NO_NGINX=1     let the API serve the web app itself (also the fallback when nginx is missing)
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${VENV:-.venv}
 export WORKDIR=${WORKDIR:-${WORKDIR_ROOT:-$ROOT/workdir}}
-export DEFAULT_MODEL=${DEFAULT_MODEL:-efficientnet_lite0}
+export DEFAULT_MODEL=${DEFAULT_MODEL:-efficientnet_lite0_fashion}
 export MODELS=${MODELS:-$DEFAULT_MODEL}
 export MAX_UPLOAD_MB=${MAX_UPLOAD_MB:-10}
 HOST=${HOST:-127.0.0.1}

@@ -71,6 +71,18 @@ def test_extraction_resumes_after_interruption(tmp_path, synthetic_catalog, monk
         extract_features(model, paths, cat.ids, out, **kw)
     assert len(list((out / "chunks").glob("chunk_*.npy"))) == 2
     monkeypatch.setattr(ex, "save_npy", real)
+    encoded = _count_encoded(monkeypatch)
+    fs = extract_features(model, paths, cat.ids, out, **kw)
+    assert encoded["n"] == len(paths) - 40  # the two finished chunks were not recomputed
+    fresh = extract_features(model, paths, cat.ids, tmp_path / "fresh", **kw)
+    np.testing.assert_allclose(fs.features, fresh.features, rtol=1e-5, atol=1e-6)
+    assert (fs.ids == cat.ids).all()
+
+
+def _count_encoded(monkeypatch) -> dict:
+    """Patch the encoder to count the images it really encodes (vs rows reused or resumed)."""
+    from imageretrieval import extract as ex
+
     encoded = {"n": 0}
     real_encode = ex.encode_batches
 
@@ -80,11 +92,7 @@ def test_extraction_resumes_after_interruption(tmp_path, synthetic_catalog, monk
             yield feats
 
     monkeypatch.setattr(ex, "encode_batches", counting)
-    fs = extract_features(model, paths, cat.ids, out, **kw)
-    assert encoded["n"] == len(paths) - 40  # the two finished chunks were not recomputed
-    fresh = extract_features(model, paths, cat.ids, tmp_path / "fresh", **kw)
-    np.testing.assert_allclose(fs.features, fresh.features, rtol=1e-5, atol=1e-6)
-    assert (fs.ids == cat.ids).all()
+    return encoded
 
 
 def _tiny_workdir(tmp_path):
@@ -213,7 +221,6 @@ def test_ids_hash_is_stable_across_processes():
 
 
 def test_extraction_reuses_rows_of_sibling_feature_sets(tmp_path, synthetic_catalog, monkeypatch):
-    from imageretrieval import extract as ex
 
     cat = load_catalog(synthetic_catalog)
     paths = [cat.image_path(i) for i in cat.ids]
@@ -222,15 +229,7 @@ def test_extraction_reuses_rows_of_sibling_feature_sets(tmp_path, synthetic_cata
               fingerprint="fp")
     root = tmp_path / "feats"
     subset = extract_features(model, paths[10:40], cat.ids[10:40], root / "subset", **kw)
-    encoded = {"n": 0}
-    real_encode = ex.encode_batches
-
-    def counting(*a, **k):
-        for feats in real_encode(*a, **k):
-            encoded["n"] += len(feats)
-            yield feats
-
-    monkeypatch.setattr(ex, "encode_batches", counting)
+    encoded = _count_encoded(monkeypatch)
     full = extract_features(model, paths, cat.ids, root / "all", reuse_root=root, **kw)
     assert encoded["n"] == len(paths) - 30
     np.testing.assert_array_equal(full.features[10:40], subset.features)
