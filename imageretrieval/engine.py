@@ -151,10 +151,10 @@ class RetrievalEngine:
         mask = self.filter_mask(filters)
         extra = 1 if exclude_ids is not None else 0
         scores, rows = index_search(self.index, queries, k + extra, allowed=mask)
+        n_allowed = len(self.ids) if mask is None else int(mask.sum())
         out = []
         for qi in range(len(queries)):
             pairs = [(float(s), int(r)) for s, r in zip(scores[qi], rows[qi], strict=True) if r >= 0]
-            n_allowed = len(self.ids) if mask is None else int(mask.sum())
             if len(pairs) < min(k + extra, n_allowed):  # approximate index ran short: exact fallback
                 pairs = self._exact(queries[qi], k + extra, mask)
             skip = None if exclude_ids is None else exclude_ids[qi]

@@ -80,17 +80,20 @@ def load_features(directory: Path, mmap: bool = False) -> FeatureSet | None:
 
 
 # What makes two feature sets equal; other meta keys (added over time) never invalidate features.
-IDENTITY_KEYS = ("fingerprint", "n", "ids_hash", "precision", "input_size")
+ENCODING_KEYS = ("fingerprint", "precision", "input_size", "query_resolution")  # how a row is encoded
+IDENTITY_KEYS = ENCODING_KEYS + ("n", "ids_hash")  # ... and which rows
+
+
+def _same(old: dict, new: dict, keys: tuple[str, ...]) -> bool:
+    return all(old.get(k) == new.get(k) for k in keys)
 
 
 def _same_features(old: dict, new: dict) -> bool:
-    return all(old.get(k) == new.get(k) for k in IDENTITY_KEYS) and (
-        old.get("query_resolution") == new.get("query_resolution"))
+    return _same(old, new, IDENTITY_KEYS)
 
 
 def _reusable_rows(reuse_root: Path, out_dir: Path, meta: dict, ids: np.ndarray) -> dict[int, np.ndarray]:
     """Rows of `ids` found in finished sibling feature sets computed exactly the same way."""
-    same = ("fingerprint", "precision", "input_size")
     wanted = {str(v): i for i, v in enumerate(ids)}
     found: dict[int, np.ndarray] = {}
     for directory in sorted(Path(reuse_root).iterdir()) if Path(reuse_root).is_dir() else []:
@@ -99,7 +102,7 @@ def _reusable_rows(reuse_root: Path, out_dir: Path, meta: dict, ids: np.ndarray)
         if directory.resolve() == Path(out_dir).resolve() or not (directory / "meta.json").is_file():
             continue
         other = load_json(directory / "meta.json")
-        if any(other.get(k) != meta[k] for k in same) or other.get("query_resolution") != meta["query_resolution"]:
+        if not _same(other, meta, ENCODING_KEYS):
             continue
         fs = load_features(directory, mmap=True)
         if fs is None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from ..catalog import SELECTIONS, load_catalog, prepare_split
+from pathlib import Path
+
+from ..catalog import SELECTIONS
 from ..extract import extract_features, feature_dir
+from ..featurestore import deepfashion_table, fashion_table
 from ..models import create_model
 from ..models.registry import weights_fingerprint
 
@@ -20,21 +23,12 @@ def register(sub) -> None:
 def dataset_paths(settings, dataset: str, split: str, selection: str = "all"):
     """(name, paths, ids) of a dataset split; names key the feature folders."""
     if dataset == "fashion":
-        catalog = load_catalog(settings.dataset_root)
-        df = catalog.df
-        if selection != "all" or split != "all":
-            df = prepare_split(catalog, selection, settings.workdir, settings.seed)
-            if split != "all":
-                df = df[df["split"] == split]
+        df = fashion_table(settings, selection, split)
         name = f"fashion-{selection}" + ("" if split == "all" else f"-{split}")
-        return name, [catalog.image_path(i) for i in df["id"]], df["id"].to_numpy()
-    from ..deepfashion import load_deepfashion
-
-    df = load_deepfashion(settings.deepfashion_root, settings.seed)
-    if split != "all":
-        df = df[df["split"] == split]
+        return name, [Path(p) for p in df["path"]], df["id"].to_numpy()
+    df = deepfashion_table(settings, split)
     name = "deepfashion" + ("" if split == "all" else f"-{split}")
-    return name, list(df["path"]), df["image_id"].to_numpy().astype(str)
+    return name, [Path(p) for p in df["path"]], df["image_id"].to_numpy().astype(str)
 
 
 def run(args, settings) -> int:
