@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PRECISION", "precision"),
         description="auto = bf16 autocast where the hardware supports it fast, else fp32.",
     )
+    compile_inference: bool = Field(
+        True,
+        validation_alias=AliasChoices("COMPILE_INFERENCE", "compile_inference"),
+        description="Trace + freeze the query encoder for fp32 CPU inference (folds batch norms: "
+                    "~1.3x faster single-image search); off = plain eager PyTorch.",
+    )
     batch_size: int = Field(32, validation_alias=AliasChoices("BATCH_SIZE", "batch_size"), ge=1)
     num_workers: int = Field(1, validation_alias=AliasChoices("NUM_WORKERS", "num_workers"), ge=0)
     seed: int = Field(42, validation_alias=AliasChoices("SEED", "seed"))

@@ -83,7 +83,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # Last added runs first: request id/logging wraps the limits, which wrap CORS and the routes.
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID"])
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"])
     app.add_middleware(LimitsMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes,
                        max_inflight=settings.max_inflight)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

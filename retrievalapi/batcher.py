@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 
-from imageretrieval.engine import RESULT_FIELDS, RetrievalEngine, SearchHit
+from imageretrieval.engine import RetrievalEngine, SearchHit
 
 from .metrics import Metrics
 
@@ -40,23 +39,13 @@ def normalize_filters(filters: dict[str, list[str]] | None) -> Filters:
     return tuple(sorted((f, tuple(sorted(set(v)))) for f, v in filters.items() if v))
 
 
-def product_table(engine: RetrievalEngine) -> list[dict]:
-    """`engine.product()` for every index row, built once: per-hit pandas lookups cost ~0.2-0.7 ms each,
-    a sizeable share of a batch's time at 32 queries x 15 hits."""
-    columns = []
-    for name in RESULT_FIELDS:
-        values = engine.metadata[name].tolist()
-        columns.append([None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
-                        else int(v) if isinstance(v, np.integer) else v for v in values])
-    return [dict(zip(RESULT_FIELDS, row, strict=True)) for row in zip(*columns, strict=True)]
-
-
 @dataclass
 class _Job:
     tensor: torch.Tensor
     k: int
     filters: Filters
     future: asyncio.Future[list[SearchHit]]
+    timing: dict[str, float]  # ms per stage, for the Server-Timing header
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -64,7 +53,7 @@ class MicroBatcher:
     """Encode + search queued images in batches for one engine."""
 
     def __init__(self, engine: RetrievalEngine, metrics: Metrics, max_batch: int = 32, max_wait_ms: float = 0.0,
-                 max_queue: int = 128):
+                 max_queue: int = 128, executor: ThreadPoolExecutor | None = None):
         self.engine = engine
         self.metrics = metrics
         self.max_batch = max_batch
@@ -75,12 +64,13 @@ class MicroBatcher:
         self._closing = False
         self._current: list[_Job] = []  # the batch being formed or computed
         # One thread: forwards are serialized anyway (the engine holds a lock), and a single
-        # consumer keeps batches large instead of splitting the queue between threads.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{engine.name}")
+        # consumer keeps batches large instead of splitting the queue between threads. Pass the
+        # thread the engine was built on (shared by every model), so torch keeps one OpenMP team.
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{engine.name}")
         # Exact flat indexes are searched as one matrix product per batch (see _search_exact).
         is_flat = str(engine.manifest.get("index_factory", "")).strip() == "Flat"
         self._exact = np.ascontiguousarray(engine.vectors, dtype=np.float32) if is_flat else None
-        self._products = product_table(engine) if is_flat else []
 
     @property
     def running(self) -> bool:
@@ -100,13 +90,18 @@ class MicroBatcher:
         """One forward on the worker thread itself: its thread pools and kernels get set up before traffic."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.encode_tensors, tensor[None])
 
-    async def submit(self, tensor: torch.Tensor, k: int, filters: Filters = ()) -> list[SearchHit]:
-        """Queue one preprocessed image; returns its hits. Raises OverloadedError when full or closing."""
+    async def submit(self, tensor: torch.Tensor, k: int, filters: Filters = (),
+                     timing: dict[str, float] | None = None) -> list[SearchHit]:
+        """Queue one preprocessed image; returns its hits. Raises OverloadedError when full or closing.
+
+        `timing` (optional) receives the milliseconds spent queued, in the forward and in the search,
+        and the batch size.
+        """
         if self._queue is None or not self.running:
             raise OverloadedError("the service is shutting down; retry on another instance")
         future: asyncio.Future[list[SearchHit]] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(tensor, k, filters, future))
+            self._queue.put_nowait(_Job(tensor, k, filters, future, timing if timing is not None else {}))
         except asyncio.QueueFull:
             self.metrics.rejected.labels(model=self.engine.name, reason="queue_full").inc()
             raise OverloadedError(
@@ -144,6 +139,7 @@ class MicroBatcher:
                 started = time.perf_counter()
                 for job in batch:
                     self.metrics.queue_wait.labels(model=self.engine.name).observe(started - job.enqueued)
+                    job.timing["queue"] = (started - job.enqueued) * 1000
                 try:
                     results = await loop.run_in_executor(self._executor, self._process, batch)
                 except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the worker
@@ -169,13 +165,18 @@ class MicroBatcher:
 
     def _process(self, batch: Sequence[_Job]) -> list[list[SearchHit] | Exception]:
         """Worker thread: one forward for the batch, one index search per (k, filters) group."""
+        started = time.perf_counter()
         vectors = self.engine.encode_tensors(torch.stack([job.tensor for job in batch]))
+        forward_ms = (time.perf_counter() - started) * 1000
+        for job in batch:
+            job.timing.update(forward=forward_ms, batch=len(batch))
         groups: dict[tuple[int, Filters], list[int]] = {}
         for i, job in enumerate(batch):
             groups.setdefault((job.k, job.filters), []).append(i)
         out: list[list[SearchHit] | Exception] = [[] for _ in batch]
         for (k, filters), members in groups.items():
             queries = np.ascontiguousarray(vectors[members])
+            searched = time.perf_counter()
             try:
                 if self._exact is not None:
                     hits: list = self._search_exact(queries, k, {f: list(v) for f, v in filters})
@@ -183,8 +184,10 @@ class MicroBatcher:
                     hits = self.engine.search_vectors(queries, k, {f: list(v) for f, v in filters} or None)
             except Exception as exc:  # noqa: BLE001 - e.g. an unknown filter fails only its group
                 hits = [exc] * len(members)
+            search_ms = (time.perf_counter() - searched) * 1000
             for i, h in zip(members, hits, strict=True):
                 out[i] = h
+                batch[i].timing["search"] = search_ms
         return out
 
     def _search_exact(self, queries: np.ndarray, k: int, filters: dict[str, list[str]]) -> list[list[SearchHit]]:
@@ -213,7 +216,7 @@ class MicroBatcher:
             hits = []
             for rank, row in enumerate(rows, start=1):
                 pid = int(self.engine.ids[row])
-                hits.append(SearchHit(rank, pid, float(row_scores[row]), self._products[row]))
+                hits.append(SearchHit(rank, pid, float(row_scores[row]), self.engine.product_rows[row]))
             out.append(hits)
         return out
 
@@ -235,4 +238,5 @@ class MicroBatcher:
         if self._queue is not None:
             while not self._queue.empty():
                 self._fail([self._queue.get_nowait()], "the service is shutting down")
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True, cancel_futures=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException
 from PIL import Image
 
+from imageretrieval.device import keep_freed_memory
 from imageretrieval.engine import FILTER_FIELDS, RetrievalEngine, SearchHit
 from imageretrieval.images import ImageDecodeError
 
@@ -24,6 +25,20 @@ log = logging.getLogger(__name__)
 MAX_LISTED_VALUES = 12
 
 
+def single_threaded_search() -> None:
+    """Searches of one batch are ~1 ms of work: run FAISS and BLAS on one thread in the serving process.
+
+    Their own thread pools would otherwise spin-wait on the second core for milliseconds after each
+    search, right when the next forward (which needs both cores) starts. FAISS' OpenMP thread count
+    is per calling thread, so this runs on the inference thread itself.
+    """
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1, user_api="blas")
+
+
 @dataclass
 class Runtime:
     settings: ApiSettings
@@ -33,6 +48,7 @@ class Runtime:
     catalog: CatalogStore
     facets: dict[str, list[dict]]
     filter_values: dict[str, dict[str, frozenset[str]]]
+    inference_pool: ThreadPoolExecutor | None = None  # the one thread that loads and runs every model
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     decode_pool: ThreadPoolExecutor | None = None
     ready: bool = False
@@ -40,23 +56,34 @@ class Runtime:
     # ----- lifecycle --------------------------------------------------------------------------
     @classmethod
     def load(cls, settings: ApiSettings, metrics: Metrics) -> Runtime:
-        """Blocking: load every model and index once (a StartupError says what to rebuild)."""
-        engines = load_engines(settings)
-        default = choose_default(settings, list(engines))
-        catalog = CatalogStore.load(settings.dataset_root)
+        """Blocking: load every model and index once (a StartupError says what to rebuild).
+
+        All models load and run on one inference thread: forwards share the same cores anyway, and
+        a single thread keeps torch to one OpenMP team (see `load_engines`).
+        """
+        keep_freed_memory()
+        inference_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        inference_pool.submit(single_threaded_search).result()
+        try:
+            engines = load_engines(settings, inference_pool)
+            default = choose_default(settings, list(engines))
+            catalog = CatalogStore.load(settings.dataset_root)
+        except BaseException:
+            inference_pool.shutdown(wait=False, cancel_futures=True)
+            raise
         filter_values = {
             name: {f: frozenset(e.metadata[f].dropna().astype(str)) for f in FILTER_FIELDS}
             for name, e in engines.items()
         }
         return cls(settings, metrics, engines, default, catalog, facet_counts(engines[default].metadata),
-                   filter_values)
+                   filter_values, inference_pool)
 
     async def start(self) -> None:
         """On the serving event loop: decode threads, one warmed-up batcher per model, then ready."""
         s = self.settings
         self.decode_pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
         self.batchers = {
-            name: MicroBatcher(engine, self.metrics, s.batch_max, s.batch_wait_ms, s.queue_max)
+            name: MicroBatcher(engine, self.metrics, s.batch_max, s.batch_wait_ms, s.queue_max, self.inference_pool)
             for name, engine in self.engines.items()
         }
         blank = Image.new("RGB", (64, 64), (255, 255, 255))
@@ -71,8 +98,9 @@ class Runtime:
         """Graceful shutdown: refuse new searches, let queued ones finish, stop the workers."""
         self.ready = False
         await asyncio.gather(*(b.close(self.settings.shutdown_grace_s) for b in self.batchers.values()))
-        if self.decode_pool is not None:
-            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.decode_pool, self.inference_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         log.info("search service stopped")
 
     # ----- request helpers ----------------------------------------------------------------------
@@ -99,19 +127,25 @@ class Runtime:
             clean[field_name] = values
         return clean
 
-    async def search_upload(self, engine: RetrievalEngine, data: bytes, k: int,
-                            filters: dict[str, list[str]]) -> list[SearchHit]:
-        """Decode + preprocess on a worker thread, then encode + search in a shared micro-batch."""
+    async def search_upload(self, engine: RetrievalEngine, data: bytes, k: int, filters: dict[str, list[str]],
+                            timing: dict[str, float] | None = None) -> list[SearchHit]:
+        """Decode + preprocess on a worker thread, then encode + search in a shared micro-batch.
+
+        `timing` (optional) receives milliseconds per stage: decode, queue, forward, search; and the batch size.
+        """
         if self.decode_pool is None or not self.ready:
             raise HTTPException(503, "the service is not ready", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
+        timing = {} if timing is None else timing
+        started = time.perf_counter()
         try:
             tensor = await loop.run_in_executor(self.decode_pool, decode_for, engine, data,
                                                 self.settings.max_image_pixels)
         except ImageDecodeError as exc:
             raise HTTPException(400, decode_error_message(exc)) from None
+        timing["decode"] = (time.perf_counter() - started) * 1000
         try:
-            return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters))
+            return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing)
         except OverloadedError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,14 @@ def built_models(workdir: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and ModelArtifacts(p).manifest.is_file())
 
 
-def load_engines(settings: ApiSettings) -> dict[str, RetrievalEngine]:
-    """Load every requested model once; any failure is one StartupError with the fix in it."""
+def load_engines(settings: ApiSettings, executor: Executor | None = None) -> dict[str, RetrievalEngine]:
+    """Load every requested model once; any failure is one StartupError with the fix in it.
+
+    `executor`: build the engines on the thread that will run their forwards. Every thread that
+    starts torch's parallel work gets its own OpenMP worker team, and with more OpenMP threads than
+    cores the runtime stops spin-waiting between parallel regions: a forward then pays a wake-up per
+    layer (~35 instead of ~25 ms for a lite0 query on 2 cores, measured).
+    """
     names = settings.model_list or built_models(settings.workdir)
     if not names:
         raise StartupError(
@@ -49,7 +56,8 @@ def load_engines(settings: ApiSettings) -> dict[str, RetrievalEngine]:
     for name in names:
         started = time.perf_counter()
         try:
-            engines[name] = RetrievalEngine(settings, name)
+            engines[name] = (executor.submit(RetrievalEngine, settings, name).result() if executor is not None
+                             else RetrievalEngine(settings, name))
         except (IndexNotBuiltError, ModelNotFoundError, WeightsUnavailableError, CatalogError) as exc:
             raise StartupError(f"cannot load model {name!r}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - anything else at load time is still a broken artifact

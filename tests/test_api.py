@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from imageretrieval.benchmarks.serve import multipart_request, parse_server_timing
 from retrievalapi import create_app
 from retrievalapi.batcher import MicroBatcher, OverloadedError
 from retrievalapi.errors import format_validation_errors
@@ -181,6 +182,28 @@ def test_search_finds_the_catalog_image_first(client, synthetic_catalog, catalog
                             "masterCategory", "subCategory", "season", "usage", "year", "image_url"}
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_search_reports_where_its_time_went(client, synthetic_catalog):
+    r = search(client, image_bytes(synthetic_catalog, 1011), top_k="3")
+    timing = parse_server_timing(r.headers["server-timing"])
+    assert set(timing) == {"decode", "queue", "forward", "search", "total"}
+    assert 'desc="batch of 1"' in r.headers["server-timing"]
+    assert all(ms >= 0 for ms in timing.values())
+    assert timing["total"] >= timing["decode"] + timing["forward"] and timing["total"] == pytest.approx(
+        r.json()["took_ms"], abs=0.01)
+    by_id = client.post("/api/search/by-id", json={"product_id": 1040, "top_k": 3})
+    assert set(parse_server_timing(by_id.headers["server-timing"])) == {"search", "total"}
+
+
+def test_benchmark_upload_request_is_understood(client, synthetic_catalog):
+    """The load generator's hand-built multipart request is a valid upload for the real app."""
+    raw = multipart_request("testserver", 80, "q.jpg", image_bytes(synthetic_catalog, 1012), top_k=6)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    content_type = next(line.split(": ", 1)[1] for line in head.decode().split("\r\n")
+                        if line.startswith("Content-Type"))
+    r = client.post("/api/search", content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 200 and first_ids(r)[0] == 1012 and len(first_ids(r)) == 6
 
 
 def test_search_top_k_default_alias_and_model(client, synthetic_catalog):

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from imageretrieval.benchmarks.serve import SECTION_TITLE, BareForward, LevelResult, render, replace_section
+from imageretrieval.benchmarks.serve import (
+    SECTION_TITLE,
+    BareForward,
+    LevelResult,
+    multipart_request,
+    parse_server_timing,
+    render,
+    replace_section,
+)
 from imageretrieval.settings import Settings
 
 
 def _section(p50: float) -> str:
-    bare = BareForward(single_ms=40.0, single_ips=25.0, batch=32, batch_ms=1300.0, batch_ips=24.6,
-                       single_runs=48, batch_runs=6)
-    c1 = LevelResult(1, sent=3, ok=3, wall_s=0.15, latencies_ms=[p50, p50, p50])
+    bare = BareForward(batch=32, singles=[0.040] * 47 + [0.5], batches=[1.3] * 6)
+    c1 = LevelResult(1, sent=3, ok=3, wall_s=0.15, latencies_ms=[p50, p50, p50],
+                     stages={"decode": [3.0, 4.0, 5.0], "forward": [40.0] * 3, "total": [45.0] * 3})
     c32 = LevelResult(32, sent=40, ok=40, wall_s=2.0, latencies_ms=[900.0] * 40, mean_batch=30.0)
     return render("m", Settings(device="cpu", precision="fp32"), "q", 8, bare, [c1, c32], "cmd", 32, 44072,
-                  (0.2, 1.5))
+                  (0.2, 1.5), rounds=4)
 
 
 def test_render_reports_goals_from_the_numbers():
@@ -22,6 +30,29 @@ def test_render_reports_goals_from_the_numbers():
     assert "concurrency 1: p50 50.0 ms" in good and "+ 15 ms = 55.0 ms: **met**" in good
     assert "= 55.0 ms: **not met**" in slow
     assert "20.0 img/s = 0.81x" in good and "**met**" in good.split("concurrency 32")[1]
+    assert "| bare forward, batch 1 | 1 | 48 | 0 | 40.0 |" in good  # median: one slow outlier ignored
+    assert "decode 4.0, forward 40.0; handler total 45.0; the remaining 5.0 ms" in good
+
+
+def test_server_timing_header_is_parsed():
+    value = 'decode;dur=3.10, queue;dur=0.05, forward;dur=25.00;desc="batch of 4", search;dur=1.2, total;dur=30'
+    assert parse_server_timing(value) == {"decode": 3.1, "queue": 0.05, "forward": 25.0, "search": 1.2,
+                                          "total": 30.0}
+    assert parse_server_timing("") == {} and parse_server_timing("x;dur=abc, y") == {}
+
+
+def test_prepared_upload_is_a_valid_http_request():
+    raw = multipart_request("127.0.0.1", 8000, "q.jpg", b"\xff\xd8 jpeg bytes \r\n--not-a-boundary", top_k=7)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /api/search HTTP/1.1"
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert int(headers["Content-Length"]) == len(body)
+    boundary = headers["Content-Type"].split("boundary=")[1]
+    parts = body.split(f"--{boundary}".encode())
+    assert parts[-1] == b"--\r\n" and len(parts) == 4  # preamble, top_k, image, epilogue
+    assert b'name="top_k"\r\n\r\n7\r\n' in parts[1]
+    assert parts[2].endswith(b"\r\n\r\n\xff\xd8 jpeg bytes \r\n--not-a-boundary\r\n")
 
 
 def test_replace_section_keeps_other_sections(tmp_path):

@@ -7,8 +7,10 @@ import torch
 from imageretrieval.artifacts import ModelArtifacts, build_model_index
 from imageretrieval.catalog import load_catalog
 from imageretrieval.cli import main
+from imageretrieval.device import denormals_flushed
 from imageretrieval.engine import IndexNotBuiltError, RetrievalEngine, UnknownFilterError
 from imageretrieval.extract import extract_features
+from imageretrieval.images import open_image
 from imageretrieval.models import WeightsUnavailableError, create_model, get_model_config, list_model_names
 from imageretrieval.synthetic import drawing_for, render_product
 
@@ -129,6 +131,31 @@ def test_engine_finds_catalog_images_themselves(settings):
     assert [r[0].id for r in results] == list(ids)
     assert all(len(r) == 5 for r in results)
     assert results[0][0].product["articleType"] == cat.df.set_index("id").loc[ids[0], "articleType"]
+
+
+def test_compiled_query_encoder_matches_eager_mode(settings):
+    """The traced + frozen encoder (folded batch norms) gives the eager model's vectors and rankings."""
+    compiled = RetrievalEngine(settings.model_copy(update={"compile_inference": True}), TINY)
+    eager = RetrievalEngine(settings.model_copy(update={"compile_inference": False}), TINY)
+    assert isinstance(compiled._forward, torch.jit.ScriptModule) and eager._forward is eager.model
+    cat = load_catalog(settings.dataset_root)
+    images = [cat.image_path(i) for i in cat.ids[::9]]
+    batch = torch.stack([compiled.preprocess(open_image(p)) for p in images])
+    a, b = compiled.encode_tensors(batch), eager.encode_tensors(batch)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert compiled.encode_tensors(batch[:1]).shape == (1, compiled.dims)  # any batch size after tracing
+    assert [[h.id for h in r] for r in compiled.search(images, k=5)] == [[h.id for h in r] for r in eager.search(
+        images, k=5)]
+
+
+def test_denormal_flushing_is_scoped_to_the_block():
+    def flushed() -> bool:
+        return bool(np.float32(1e-39) * np.float32(1.0) == 0)
+
+    assert not flushed()
+    with denormals_flushed(torch.device("cpu")):
+        assert flushed()
+    assert not flushed()
 
 
 def test_larger_sharper_rendering_retrieves_the_same_product_first(settings):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import platform
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop sending after this long per level")
     p.add_argument("--batch", type=int, default=32, help="batch size of the bare batched forward (and BATCH_MAX)")
     p.add_argument("--bare-repeats", type=int, default=4, help="timed batched forwards (single: 8x this)")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="alternate this many blocks of bare forwards and API requests per level")
     p.add_argument("--queries", type=Path, default=None,
                    help="folder of query images (default: DeepFashion images when present, else catalog images)")
     p.add_argument("--num-queries", type=int, default=64)
@@ -79,51 +84,76 @@ def query_images(settings: Settings, folder: Path | None, n: int, seed: int = 0)
 # ----- bare forward -----------------------------------------------------------------------------
 @dataclass
 class BareForward:
-    single_ms: float      # median of batch-1 forwards
-    single_ips: float     # images/s at batch 1
+    """Timings (seconds) of the model forward alone, accumulated over interleaved blocks."""
+
     batch: int
-    batch_ms: float       # median of batched forwards
-    batch_ips: float      # images/s at batch B
-    single_runs: int
-    batch_runs: int
+    singles: list[float] = field(default_factory=list)
+    batches: list[float] = field(default_factory=list)
+
+    @property
+    def single_ms(self) -> float:
+        return float(np.median(self.singles)) * 1000 if self.singles else float("nan")
+
+    @property
+    def single_ips(self) -> float:
+        return 1000 / self.single_ms
+
+    @property
+    def batch_ms(self) -> float:
+        return float(np.median(self.batches)) * 1000 if self.batches else float("nan")
+
+    @property
+    def batch_ips(self) -> float:
+        return self.batch * 1000 / self.batch_ms
 
 
-def measure_bare(settings: Settings, model: str, paths: list[Path], batch: int, repeats: int) -> BareForward:
-    """The model forward alone (preprocessed uint8 input -> query vectors), as the server calls it.
+class BareModel:
+    """The model forward alone (preprocessed uint8 input -> query vectors), exactly as the server calls it.
 
-    Timed on a worker thread like the server's batcher: on a busy 2-core machine, torch's forward
-    from the main thread was measured 5-10x slower than from a worker thread, which would flatter the API.
+    Runs on its own worker thread like the server's batcher: on a busy 2-core machine, torch's
+    forward from the main thread was measured 5-10x slower than from a worker thread, which would
+    flatter the API. Blocks of bare forwards are interleaved with blocks of API requests, so that
+    both see the same machine (its speed drifts by +-20% within minutes here).
     """
-    from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-forward") as pool:
-        return pool.submit(_measure_bare, settings, model, paths, batch, repeats).result()
+    def __init__(self, settings: Settings, model: str, paths: list[Path], batch: int):
+        from concurrent.futures import ThreadPoolExecutor
 
+        from ..device import keep_freed_memory
 
-def _measure_bare(settings: Settings, model: str, paths: list[Path], batch: int, repeats: int) -> BareForward:
-    import torch
+        keep_freed_memory()  # as the server does: the bare forward gets the same allocator settings
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-forward")
+        self.result = BareForward(batch)
+        self._pool.submit(self._load, settings, model, paths, batch).result()
 
-    from ..engine import RetrievalEngine
-    from ..images import open_image
+    def _load(self, settings: Settings, model: str, paths: list[Path], batch: int) -> None:
+        import torch
 
-    engine = RetrievalEngine(settings, model)
-    tensors = [engine.preprocess(open_image(p)) for p in paths]
-    batch_tensor = torch.stack([tensors[i % len(tensors)] for i in range(batch)])
-    engine.encode_tensors(batch_tensor[:1])  # warm-up: kernel selection, allocations
-    engine.encode_tensors(batch_tensor)
-    singles = []
-    for i in range(8 * repeats):
-        t0 = time.perf_counter()
-        engine.encode_tensors(tensors[i % len(tensors)][None])
-        singles.append(time.perf_counter() - t0)
-    batches = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        engine.encode_tensors(batch_tensor)
-        batches.append(time.perf_counter() - t0)
-    single, batched = float(np.median(singles)), float(np.median(batches))
-    del engine
-    return BareForward(single * 1000, 1 / single, batch, batched * 1000, batch / batched, len(singles), len(batches))
+        from ..engine import RetrievalEngine
+        from ..images import open_image
+
+        self.engine = RetrievalEngine(settings, model)
+        self.tensors = [self.engine.preprocess(open_image(p)) for p in paths]
+        self.batch_tensor = torch.stack([self.tensors[i % len(self.tensors)] for i in range(batch)])
+        self.engine.encode_tensors(self.batch_tensor[:1])  # warm-up: kernel selection, allocations
+        self.engine.encode_tensors(self.batch_tensor)
+
+    def singles(self, n: int) -> None:
+        self._pool.submit(self._time, [t[None] for t in (self.tensors * (n // len(self.tensors) + 1))[:n]],
+                          self.result.singles).result()
+
+    def batches(self, n: int) -> None:
+        self._pool.submit(self._time, [self.batch_tensor] * n, self.result.batches).result()
+
+    def _time(self, inputs: list, into: list[float]) -> None:
+        for x in inputs:
+            t0 = time.perf_counter()
+            self.engine.encode_tensors(x)
+            into.append(time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self._pool.submit(lambda: setattr(self, "engine", None)).result()
+        self._pool.shutdown()
 
 
 # ----- server -----------------------------------------------------------------------------------
@@ -183,6 +213,7 @@ class LevelResult:
     wall_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
+    stages: dict[str, list[float]] = field(default_factory=dict)  # ms per stage, from Server-Timing
     mean_batch: float = float("nan")  # images per forward pass on the server, from /api/metrics
 
     def pct(self, q: float) -> float:
@@ -193,42 +224,108 @@ class LevelResult:
         return self.ok / self.wall_s if self.wall_s else 0.0
 
 
-async def run_level(base: str, payloads: list[tuple[str, bytes]], concurrency: int, n: int,
-                    max_seconds: float) -> LevelResult:
-    """`concurrency` clients in closed loop, `n` requests in all (or until `max_seconds`); warm-up not counted."""
-    import httpx
+def multipart_request(host: str, port: int, name: str, data: bytes, top_k: int = 15) -> bytes:
+    """A complete keep-alive `POST /api/search` request, encoded once up front.
 
-    async def client(session: httpx.AsyncClient, tickets, result: LevelResult, stop_at: float) -> None:
+    The load generator must cost next to nothing: on a 2-core machine its CPU time is the server's
+    (httpx spent ~3-5 ms of Python per upload here, which a C load generator such as wrk would not).
+    """
+    boundary = f"bench{uuid.uuid4().hex}"
+    body = b"".join([
+        f'--{boundary}\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n{top_k}\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode(),
+        data, f"\r\n--{boundary}--\r\n".encode(),
+    ])
+    head = (f"POST /api/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+            f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: send prepared bytes, read status, headers and body."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                key, value = line.split(":", 1)
+                headers[key.strip().lower()] = value.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status, headers, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+def parse_server_timing(value: str) -> dict[str, float]:
+    """`decode;dur=3.1, forward;dur=25.0;desc="..."` -> {"decode": 3.1, "forward": 25.0}."""
+    out = {}
+    for part in value.split(","):
+        name, *params = [p.strip() for p in part.split(";")]
+        for param in params:
+            if param.startswith("dur="):
+                with contextlib.suppress(ValueError):
+                    out[name] = float(param[4:])
+    return out
+
+
+async def run_level(host: str, port: int, requests: list[bytes], concurrency: int, n: int,
+                    max_seconds: float, result: LevelResult | None = None) -> LevelResult:
+    """`concurrency` clients in closed loop, `n` requests in all (or until `max_seconds`); warm-up not counted.
+
+    Pass `result` to add to an earlier block of the same level (interleaved measurements).
+    """
+    result = result if result is not None else LevelResult(concurrency)
+
+    async def client(conn: Connection, tickets, into: LevelResult, stop_at: float) -> None:
         for i in tickets:
             if time.perf_counter() > stop_at:
                 return
-            name, data = payloads[i % len(payloads)]
             t0 = time.perf_counter()
             try:
-                r = await session.post(f"{base}/api/search", files={"image": (name, data, "image/jpeg")},
-                                       data={"top_k": "15"})
-                status = r.status_code
-                good = status == 200 and len(r.json()["results"]) == 15
-            except httpx.HTTPError:
-                status, good = 0, False
-            result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            result.sent += 1
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            result.ok += good
-            result.errors += not good
+                status, headers, body = await conn.request(requests[i % len(requests)])
+                good = status == 200 and len(json.loads(body)["results"]) == 15
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, KeyError):
+                await conn.close()
+                status, good, headers = 0, False, {}
+            into.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            into.sent += 1
+            into.statuses[status] = into.statuses.get(status, 0) + 1
+            into.ok += good
+            into.errors += not good
+            for stage, ms in parse_server_timing(headers.get("server-timing", "")).items():
+                into.stages.setdefault(stage, []).append(ms)
 
-    async def wave(session: httpx.AsyncClient, count: int, result: LevelResult) -> float:
-        tickets = iter(range(count))
+    conns = [Connection(host, port) for _ in range(concurrency)]
+    try:
+        warm = LevelResult(concurrency)  # open the connections, fill caches
+        await asyncio.gather(*(client(c, iter([i]), warm, float("inf")) for i, c in enumerate(conns)))
+        tickets = iter(range(n))
         stop_at = time.perf_counter() + max_seconds
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(session, tickets, result, stop_at) for _ in range(concurrency)))
-        return time.perf_counter() - t0
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as session:
-        await wave(session, concurrency, LevelResult(concurrency))  # open the connections, fill caches
-        result = LevelResult(concurrency)
-        result.wall_s = await wave(session, n, result)
+        await asyncio.gather(*(client(c, tickets, result, stop_at) for c in conns))
+        result.wall_s += time.perf_counter() - t0
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
     return result
 
 
@@ -256,7 +353,7 @@ def batch_counters(base: str) -> tuple[float, float]:
 # ----- report -----------------------------------------------------------------------------------
 def render(model: str, settings: Settings, source: str, n_queries: int, bare: BareForward,
            levels: list[LevelResult], command: str, batch: int, index_size: int,
-           load: tuple[float, float]) -> str:
+           load: tuple[float, float], rounds: int) -> str:
     import torch
 
     from ..device import resolve_device, resolve_precision
@@ -272,15 +369,17 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
         f"device `{device}`, precision `{precision}`.",
         f"Model `{model}`, index of {index_size} products (catalog `{settings.dataset_root}`); "
         f"{n_queries} query images from `{source}` (uploaded as files, top_k 15, no filters), "
-        f"server and load generator on the same machine (loopback). BATCH_MAX={batch}. "
+        f"server and load generator on the same machine (loopback). BATCH_MAX={batch}; "
+        f"query encoder {'compiled (trace + freeze)' if settings.compile_inference else 'eager'}. "
+        f"Blocks of bare forwards and of API requests alternate ({rounds} rounds per level). "
         f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} (other jobs share the CPUs "
         f"when it is well above 0).", "",
         "```bash", command, "```", "",
         "| what | concurrency | requests | errors | p50 ms | p95 ms | p99 ms | throughput (img/s) | images/forward |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| bare forward, batch 1 | 1 | {bare.single_runs} | 0 | {bare.single_ms:.1f} | | "
+        f"| bare forward, batch 1 | 1 | {len(bare.singles)} | 0 | {bare.single_ms:.1f} | | "
         f"| {bare.single_ips:.1f} | 1 |",
-        f"| bare forward, batch {bare.batch} | - | {bare.batch_runs} batches | 0 | {bare.batch_ms:.0f} (per batch) "
+        f"| bare forward, batch {bare.batch} | - | {len(bare.batches)} batches | 0 | {bare.batch_ms:.0f} (per batch) "
         f"| | | {bare.batch_ips:.1f} | {bare.batch} |",
     ]
     for r in levels:
@@ -296,6 +395,12 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
     lines.append(f"- concurrency {top.concurrency}: {top.throughput:.1f} img/s = {ratio:.2f}x the bare batch-"
                  f"{bare.batch} forward ({bare.batch_ips:.1f} img/s), goal >= {THROUGHPUT_GOAL}x: "
                  f"**{'met' if ratio >= THROUGHPUT_GOAL else 'not met'}**")
+    if c1 is not None and c1.stages:
+        stages = ", ".join(f"{name} {np.median(values):.1f}" for name, values in c1.stages.items() if name != "total")
+        server = float(np.median(c1.stages["total"])) if "total" in c1.stages else float("nan")
+        lines.append(f"- where a concurrency-1 request's time goes (medians of the server's `Server-Timing`, ms): "
+                     f"{stages}; handler total {server:.1f}; the remaining {c1.pct(50) - server:.1f} ms of the "
+                     f"p50 are HTTP, multipart parsing, JSON and the client")
     total_errors = sum(r.errors for r in levels)
     lines.append(f"- errors: {total_errors} of {sum(r.sent for r in levels)} requests"
                  + (f" (statuses: {[r.statuses for r in levels]})" if total_errors else ""))
@@ -316,7 +421,6 @@ def replace_section(doc: Path, section: str) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     model = args.model or settings.default_model
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the figures
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     counts = [int(c) for c in args.requests.split(",") if c.strip()]
     if len(counts) == 1:
@@ -327,13 +431,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CLIError("--requests needs one positive number, or one per --concurrency level")
     load_start = os.getloadavg()[0]
     paths, source = query_images(settings, args.queries, args.num_queries)
-    payloads = [(p.name, p.read_bytes()) for p in paths]
-    log.info("bare forward of %s (batch 1 and %d) on %d query images", model, args.batch, len(paths))
-    bare = measure_bare(settings, model, paths, args.batch, args.bare_repeats)
-    log.info("bare: batch 1 %.1f ms (%.1f img/s), batch %d %.0f ms (%.1f img/s)", bare.single_ms, bare.single_ips,
-             bare.batch, bare.batch_ms, bare.batch_ips)
+    log.info("loading %s for the bare forward (batch 1 and %d) on %d query images", model, args.batch, len(paths))
+    bare = BareModel(settings, model, paths, args.batch)
+    rounds = max(1, args.rounds)
+    top = max(levels)
+    if 1 not in levels:
+        bare.singles(8 * args.bare_repeats)
     port = args.port or free_port()
-    base = f"http://127.0.0.1:{port}"
+    host, base = "127.0.0.1", f"http://127.0.0.1:{port}"
+    requests = [multipart_request(host, port, p.name, p.read_bytes()) for p in paths]
     log_path = Path(tempfile.gettempdir()) / f"bench-serve-{port}.log"
     proc = start_server(settings, model, port, args.batch, log_path)
     results: list[LevelResult] = []
@@ -343,7 +449,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         index_size = model_index_size(base, model)
         for concurrency, n in zip(levels, counts, strict=True):
             images_before, batches_before = batch_counters(base)
-            r = asyncio.run(run_level(base, payloads, concurrency, n, args.max_seconds))
+            r = LevelResult(concurrency)
+            for i in range(rounds):  # bare and API blocks alternate: both see the same machine
+                if concurrency == 1:
+                    bare.singles(max(1, 8 * args.bare_repeats // rounds))
+                if concurrency == top:
+                    bare.batches(max(1, args.bare_repeats // rounds))
+                block = n // rounds + (i < n % rounds)
+                if block:
+                    asyncio.run(run_level(host, port, requests, concurrency, block, args.max_seconds / rounds, r))
             images_after, batches_after = batch_counters(base)
             if batches_after > batches_before:  # includes the level's few warm-up requests
                 r.mean_batch = (images_after - images_before) / (batches_after - batches_before)
@@ -352,11 +466,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             results.append(r)
     finally:
         stop_server(proc)
+        bare.close()
+    log.info("bare: batch 1 %.1f ms (%.1f img/s), batch %d %.0f ms (%.1f img/s)", bare.result.single_ms,
+             bare.result.single_ips, args.batch, bare.result.batch_ms, bare.result.batch_ips)
     command = (f"WORKDIR={settings.workdir} DATASET_ROOT={settings.dataset_root} "
                f"DEEPFASHION_ROOT={settings.deepfashion_root} flock /tmp/heavy.lock "
                f"imageretrieval {shlex.join(sys.argv[1:])}")
     load = (load_start, os.getloadavg()[0])
-    section = render(model, settings, source, len(paths), bare, results, command, args.batch, index_size, load)
+    section = render(model, settings, source, len(paths), bare.result, results, command, args.batch, index_size, load,
+                     rounds)
     sys.stdout.write(section)
     if not args.no_write:
         replace_section(args.output, section)

@@ -5,7 +5,7 @@ import time
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from pydantic import ValidationError
 
 from imageretrieval.engine import FILTER_FIELDS, UnknownFilterError, UnknownProductError
@@ -18,6 +18,20 @@ JSON_TYPES = ("application/json",)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 FilterParam = Annotated[list[str] | None, Form(description="Repeat for several values (OR); fields are AND-ed")]
+
+
+TIMING_STAGES = ("decode", "queue", "forward", "search")
+
+
+def server_timing(timing: dict[str, float], total_ms: float) -> str:
+    """`Server-Timing` header value (shown by browser dev tools): where a request's time went."""
+    parts = []
+    for stage in TIMING_STAGES:
+        if stage in timing:
+            desc = f';desc="batch of {int(timing["batch"])}"' if stage == "forward" and "batch" in timing else ""
+            parts.append(f"{stage};dur={timing[stage]:.2f}{desc}")
+    parts.append(f"total;dur={total_ms:.2f}")
+    return ", ".join(parts)
 
 
 def _k(top_k: int | None, top_k_alias: int | None) -> int:
@@ -35,6 +49,7 @@ def build_router(top_k_max: int) -> APIRouter:
                  summary="Search the catalog with an uploaded image")
     async def search(
         request: Request,
+        response: Response,
         image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame), BMP, ...; "
                                                       "EXIF orientation is honoured")],
         model: Annotated[str | None, Form(description="Model name (default: the default model)",
@@ -63,9 +78,11 @@ def build_router(top_k_max: int) -> APIRouter:
         data = await image.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(413, f"the image is larger than the {limit / 1024 / 1024:.1f} MB upload limit")
-        hits = await rt.search_upload(engine, data, k, filters)
-        return {"model": engine.name, "took_ms": round((time.perf_counter() - started) * 1000, 2),
-                "results": rt.as_results(hits)}
+        timing: dict[str, float] = {}
+        hits = await rt.search_upload(engine, data, k, filters, timing)
+        took_ms = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = server_timing(timing, took_ms)
+        return {"model": engine.name, "took_ms": round(took_ms, 2), "results": rt.as_results(hits)}
 
     @router.post(
         "/search/by-id", response_model=SearchResponse, responses=ERROR_RESPONSES,
@@ -75,7 +92,7 @@ def build_router(top_k_max: int) -> APIRouter:
             "application/x-www-form-urlencoded": {"schema": by_id_schema},
         }}},
     )
-    async def search_by_id(request: Request) -> dict[str, Any]:
+    async def search_by_id(request: Request, response: Response) -> dict[str, Any]:
         started = time.perf_counter()
         rt = get_runtime(request)
         payload, strict = await _read_body(request)
@@ -87,14 +104,17 @@ def build_router(top_k_max: int) -> APIRouter:
         k = _k(body.top_k, body.topK)
         request.state.model, request.state.k = engine.name, k
         filters = rt.check_filters(engine.name, body.filters())
+        searched = time.perf_counter()
         try:
             hits = await anyio.to_thread.run_sync(engine.search_by_id, body.product_id, k, filters or None)
         except UnknownProductError as exc:
             raise HTTPException(404, str(exc)) from None
         except UnknownFilterError as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"model": engine.name, "took_ms": round((time.perf_counter() - started) * 1000, 2),
-                "results": rt.as_results(hits)}
+        searched_ms = (time.perf_counter() - searched) * 1000
+        took_ms = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = server_timing({"search": searched_ms}, took_ms)
+        return {"model": engine.name, "took_ms": round(took_ms, 2), "results": rt.as_results(hits)}
 
     return router
 
