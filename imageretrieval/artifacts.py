@@ -18,7 +18,7 @@ import numpy as np
 from .catalog import Catalog, load_catalog
 from .extract import extract_features, feature_dir
 from .featurestore import get_features, head_only_base
-from .index import build_index, save_index
+from .index import build_index, resolve_factory, save_index
 from .io_utils import load_json, save_json, save_npy
 from .models import create_model, get_model_config
 from .models.registry import weights_fingerprint
@@ -103,7 +103,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         "catalog_root": str(Path(settings.dataset_root).resolve()),
         "catalog_fingerprint": catalog.fingerprint(),
         "pca_components": n_components,
-        "index_factory": settings.index_factory,
+        "index_factory": resolve_factory(settings.index_factory, len(catalog.ids), n_components or config.dims),
     }
     art = ModelArtifacts.of(workdir, model_name)
     current = art.read_manifest()
@@ -137,7 +137,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     t1 = time.perf_counter()
     post = PostProcessor.fit(raw, n_components) if n_components else PostProcessor()
     vectors = post(raw)
-    index = build_index(vectors, settings.index_factory, seed=settings.seed)
+    index = build_index(vectors, wanted["index_factory"], seed=settings.seed)
     t_index = time.perf_counter() - t1
     art.manifest.unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
     save_index(index, art.index)
@@ -157,6 +157,6 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         "seconds": {"extract": round(t_extract, 2), "fit_and_index": round(t_index, 2)},
     }
     save_json(art.manifest, manifest)  # written last: its presence means the folder is complete
-    log.info("built %s index for %s: %d vectors x %d dims in %s", settings.index_factory, model_name,
+    log.info("built %s index for %s: %d vectors x %d dims in %s", wanted["index_factory"], model_name,
              len(ids), vectors.shape[1], art.root)
     return manifest

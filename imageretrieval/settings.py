@@ -55,7 +55,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PCA_COMPONENTS", "pca_components"),
         description="PCA-whitening output dims; None = keep the model's tuned value or its full dims.",
     )
-    index_factory: str = Field("Flat", validation_alias=AliasChoices("INDEX_FACTORY", "index_factory"))
+    index_factory: str = Field(
+        "auto",
+        validation_alias=AliasChoices("INDEX_FACTORY", "index_factory"),
+        description='FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ32", ...); "auto" = exact Flat for '
+                    "small catalogs, HNSW32 when an exact search would cost milliseconds per query.",
+    )
     query_resolution: Literal["catalog", "native"] = Field(
         "catalog",
         validation_alias=AliasChoices("QUERY_RESOLUTION", "query_resolution"),

@@ -57,11 +57,12 @@ def test_prepared_upload_is_a_valid_http_request():
 
 def test_replace_section_keeps_other_sections(tmp_path):
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\n## Pipeline\n\npipeline table\n")
+    doc.write_text("# Benchmarks\n\n<!-- bench:pipeline -->\n## Pipeline\n\npipeline table\n<!-- /bench:pipeline -->\n")
     replace_section(doc, _section(50.0))
     replace_section(doc, _section(80.0))  # replaced, not appended twice
     text = doc.read_text()
     assert text.count(SECTION_TITLE) == 1 and "## Pipeline\n\npipeline table" in text and "p50 80.0 ms" in text
+    assert "<!-- bench:pipeline -->\n## Pipeline" in text  # another benchmark's marker survives
     doc.write_text(text + "\n## Later\n\nkept\n")
     replace_section(doc, _section(50.0))
     text = doc.read_text()

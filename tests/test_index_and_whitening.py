@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imageretrieval.index import IndexFactoryError, build_index, load_index, save_index, search
+from imageretrieval.index import IndexFactoryError, build_index, load_index, resolve_factory, save_index, search
 from imageretrieval.whitening import PostProcessor, l2_normalize, whiten_apply, whiten_learn
 
 
@@ -59,6 +59,14 @@ def test_bad_factory_string_is_a_clear_error(vectors):
         build_index(vectors[0], "NotAnIndex")
     with pytest.raises(IndexFactoryError, match="at least"):
         build_index(vectors[0][:10], "IVF64,Flat")
+
+
+def test_auto_factory_is_exact_for_small_catalogs_and_a_graph_for_large_ones():
+    assert resolve_factory("auto", 500, 256) == "Flat"
+    assert resolve_factory("AUTO", 8_000_000 // 512, 512) == "Flat"
+    assert resolve_factory("auto", 44_072, 1280) == "HNSW32"
+    assert resolve_factory("auto", 44_072, 512) == "HNSW32"
+    assert resolve_factory("IVF1024,PQ32", 10, 8) == "IVF1024,PQ32"  # explicit choices are kept
 
 
 def test_whitening_decorrelates_and_has_unit_variance():

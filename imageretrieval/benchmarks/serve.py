@@ -329,11 +329,13 @@ async def run_level(host: str, port: int, requests: list[bytes], concurrency: in
     return result
 
 
-def model_index_size(base: str, model: str) -> int:
+def model_index(base: str, model: str) -> tuple[int, str]:
+    """(size, index type) of the served model's index, as the API reports it."""
     import httpx
 
     models = httpx.get(f"{base}/api/models", timeout=10).json()["models"]
-    return next(int(m["index_size"]) for m in models if m["name"] == model)
+    info = next(m for m in models if m["name"] == model)
+    return int(info["index_size"]), str(info.get("index_type") or "?")
 
 
 def batch_counters(base: str) -> tuple[float, float]:
@@ -353,7 +355,7 @@ def batch_counters(base: str) -> tuple[float, float]:
 # ----- report -----------------------------------------------------------------------------------
 def render(model: str, settings: Settings, source: str, n_queries: int, bare: BareForward,
            levels: list[LevelResult], command: str, batch: int, index_size: int,
-           load: tuple[float, float], rounds: int) -> str:
+           load: tuple[float, float], rounds: int, index_type: str = "?") -> str:
     import torch
 
     from ..device import resolve_device, resolve_precision
@@ -367,7 +369,7 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"device `{device}`, precision `{precision}`.",
-        f"Model `{model}`, index of {index_size} products (catalog `{settings.dataset_root}`); "
+        f"Model `{model}`, `{index_type}` index of {index_size} products (catalog `{settings.dataset_root}`); "
         f"{n_queries} query images from `{source}` (uploaded as files, top_k 15, no filters), "
         f"server and load generator on the same machine (loopback). BATCH_MAX={batch}; "
         f"query encoder {'compiled (trace + freeze)' if settings.compile_inference else 'eager'}. "
@@ -408,9 +410,9 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
 
 
 def replace_section(doc: Path, section: str) -> None:
-    """Replace our section (heading to the next '## ' heading) or append it; other sections are kept."""
+    """Replace our section (heading to the next '## ' heading or section marker) or append it; others are kept."""
     text = doc.read_text() if doc.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |^<!-- bench:|\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
@@ -443,10 +445,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     log_path = Path(tempfile.gettempdir()) / f"bench-serve-{port}.log"
     proc = start_server(settings, model, port, args.batch, log_path)
     results: list[LevelResult] = []
-    index_size = 0
+    index_size, index_type = 0, "?"
     try:
         wait_ready(base, proc, args.startup_timeout, log_path)
-        index_size = model_index_size(base, model)
+        index_size, index_type = model_index(base, model)
         for concurrency, n in zip(levels, counts, strict=True):
             images_before, batches_before = batch_counters(base)
             r = LevelResult(concurrency)
@@ -474,7 +476,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                f"imageretrieval {shlex.join(sys.argv[1:])}")
     load = (load_start, os.getloadavg()[0])
     section = render(model, settings, source, len(paths), bare.result, results, command, args.batch, index_size, load,
-                     rounds)
+                     rounds, index_type)
     sys.stdout.write(section)
     if not args.no_write:
         replace_section(args.output, section)
