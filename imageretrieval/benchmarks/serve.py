@@ -139,8 +139,10 @@ class BareModel:
         self.engine.encode_tensors(self.batch_tensor)
 
     def singles(self, n: int) -> None:
-        self._pool.submit(self._time, [t[None] for t in (self.tensors * (n // len(self.tensors) + 1))[:n]],
-                          self.result.singles).result()
+        """Time n batch-1 forwards, continuing through the query images where the last block stopped."""
+        start = len(self.result.singles)
+        inputs = [self.tensors[(start + i) % len(self.tensors)][None] for i in range(n)]
+        self._pool.submit(self._time, inputs, self.result.singles).result()
 
     def batches(self, n: int) -> None:
         self._pool.submit(self._time, [self.batch_tensor] * n, self.result.batches).result()
