@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Screenshots of the web app (desktop and phone) searching with a photo, through nginx.
 
-Starts `imageretrieval serve` (DATASET_ROOT, WORKDIR and DEFAULT_MODEL from the environment) and
+Starts `imageretrieval serve` (DATASET_ROOT, WORKDIR, MODELS and DEFAULT_MODEL from the environment) and
 nginx with retrieval-app/nginx.conf, then drives Debian's Chromium with Playwright:
 
     DATASET_ROOT=... WORKDIR=... python scripts/screenshots.py --query photo.jpg --out docs/screenshots
@@ -128,9 +128,9 @@ def main() -> int:
         raise SystemExit("nginx is not installed")
     api_port, web_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
+        # MODELS / DEFAULT_MODEL from the environment; unset = every built model, the shipped default first.
         api = subprocess.Popen([sys.executable, "-m", "imageretrieval.cli", "serve", "--port", str(api_port)],
-                               env={**os.environ, "MODELS": os.environ.get("MODELS", os.environ.get(
-                                   "DEFAULT_MODEL", "efficientnet_lite0"))})
+                               env=dict(os.environ))
         web = None
         try:
             wait_for(f"http://127.0.0.1:{api_port}/api/ready", api)
