@@ -106,18 +106,17 @@ class RetrievalEngine:
         self.precision = resolve_precision(settings.precision, self.device)
         with denormals_flushed(self.device):  # torch worker threads started here keep the flag
             self.model = prepare_model(create_model(model_name, workdir=settings.workdir), self.device)
+            self._forward = self.model
+            if settings.compile_inference:
+                size = self.config.input_size
+                example = to_batch(torch.full((1, 3, size, size), 255, dtype=torch.uint8), self.device)
+                self._forward = compile_for_inference(self.model, example, self.device, self.precision)
         res = self.manifest.get("catalog_resolution")
         self.preprocess = Preprocess(
             self.config.input_size,
             self.config.resize_mode,
             tuple(res) if (res and settings.query_resolution == "catalog") else None,
         )
-        self._forward = self.model
-        if settings.compile_inference:
-            size = self.config.input_size
-            example = to_batch(torch.full((1, 3, size, size), 255, dtype=torch.uint8), self.device)
-            with denormals_flushed(self.device):
-                self._forward = compile_for_inference(self.model, example, self.device, self.precision)
         catalog = load_catalog(settings.dataset_root)
         meta = catalog.df.set_index("id")
         self.metadata = meta.reindex(self.ids)
