@@ -247,6 +247,22 @@ def test_cached_head_recipe_reuses_base_features_exactly(train_settings):
     assert np.allclose(np.linalg.norm(reused.features, axis=1), 1, atol=1e-5)
 
 
+def test_instance_loss_adds_a_garment_term_and_reports_item_recall(train_settings):
+    s = train_settings
+    kw = dict(dataset="both", trainable=[], dims=16, epochs=2, lr=1e-2, batch_size=32)
+    train(s, tiny_request("no-items", **kw), progress=False)
+    info = train(s, tiny_request("items", instance_weight=1.0, **kw), progress=False)
+    plain, with_items = _log(s, "no-items"), _log(s, "items")
+    # same seed and batches: the extra proxy loss over item ids is a positive term on top
+    assert float(with_items[0]["train_loss"]) > float(plain[0]["train_loss"]) + 0.1
+    assert 0.0 <= info["final_val"]["item_r@1"] <= 1.0
+    assert get_model_config("items", s.workdir).extra["instance_weight"] == 1.0
+    with pytest.raises(ValueError, match="DeepFashion photos"):
+        train(s, tiny_request("items-bad", instance_weight=1.0, **{**kw, "dataset": "fashion"}), progress=False)
+    with pytest.raises(ValueError, match="cached features"):
+        train(s, tiny_request("items-bad", "classifier", instance_weight=1.0, dataset="both"), progress=False)
+
+
 def test_head_reuse_is_refused_when_the_trunk_differs(train_settings):
     s = train_settings
     train(s, tiny_request("head2", trainable=[], dataset="fashion", dims=16, epochs=1), progress=False)

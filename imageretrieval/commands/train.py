@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--train-batch-size", type=int, default=None, help="default: 256 (cached) or 64")
     p.add_argument("--m-per-class", type=int, default=None,
                    help="class-balanced batches of m per class (0 = plain shuffling); default 4 (metric), 0")
+    p.add_argument("--instance-weight", type=float, default=0.0,
+                   help="metric on cached features: weight of an extra proxy loss over DeepFashion item ids "
+                        "(photos of one garment), for instance-level (In-shop) retrieval; 0 = off")
     p.add_argument("--max-images", type=int, help="bn-adapt: at most this many target images")
     p.add_argument("--sample", action="append", default=[], metavar="DATASET:SPLIT=N",
                    help="metric on cached features: train on a seeded sample of N images of that split, e.g. "
@@ -76,7 +79,8 @@ def request_from_args(args) -> TrainRequest:
         trainable=trainable, input_size=args.input_size, pooling=args.pooling, dims=args.dims,
         head_hidden=args.head_hidden, loss=args.loss, m_per_class=m,
         batch_size=args.train_batch_size or (256 if cached_default else 64),
-        max_images=args.max_images, samples=parse_samples(args.sample), resume=args.resume, options=opts,
+        instance_weight=args.instance_weight, max_images=args.max_images, samples=parse_samples(args.sample),
+        resume=args.resume, options=opts,
     )
 
 

@@ -42,7 +42,8 @@ def catalog_splits(cat: Catalog, selection: str, settings: Settings) -> pd.DataF
 def training_table(settings: Settings, dataset: str, selection: str = "seed") -> tuple[LabelEncoding, pd.DataFrame]:
     """Rows of the train and val splits (never test) of the chosen dataset(s), with shared labels.
 
-    Columns: key (feature-store id), path, articleType, label, domain ("fashion"/"deepfashion"), split.
+    Columns: key (feature-store id), path, articleType, label, domain ("fashion"/"deepfashion"), split,
+    item (the DeepFashion item id: photos of one garment; "" for catalog products, one image each).
     DeepFashion rows whose category has no articleType (or one outside the encoding) are dropped.
     """
     if dataset not in DATASETS:
@@ -55,13 +56,13 @@ def training_table(settings: Settings, dataset: str, selection: str = "seed") ->
     if dataset in ("fashion", "both"):
         parts.append(pd.DataFrame({
             "key": catalog["id"].astype(str), "path": catalog["path"], "articleType": catalog["articleType"],
-            "domain": "fashion", "split": catalog["split"],
+            "domain": "fashion", "split": catalog["split"], "item": "",
         }))
     if dataset in ("deepfashion", "both"):
         df = deepfashion_table(settings, "all")
         parts.append(pd.DataFrame({
             "key": df["image_id"].astype(str), "path": df["path"], "articleType": df["articleType"],
-            "domain": "deepfashion", "split": df["split"],
+            "domain": "deepfashion", "split": df["split"], "item": df["item_id"].astype(str),
         }))
     table = pd.concat(parts, ignore_index=True)
     table = table[table["split"].isin(["train", "val"])]

@@ -27,7 +27,7 @@ from .data import ClassBalancedSampler, ImageTable, image_table_dataset, trainin
 from .freeze import default_trainable, freeze_trunk, train_mode
 from .labels import LabelEncoding
 from .losses import ProxyLoss
-from .metrics import retrieval_scores
+from .metrics import ranked_relevance, retrieval_scores
 from .plots import plot_confusion
 from .trainer import Trainer, TrainOptions, seed_everything
 
@@ -53,6 +53,7 @@ class TrainRequest:
     batch_size: int = 64
     trunk_lr_mult: float = 0.1
     proxy_lr_mult: float = 10.0
+    instance_weight: float = 0.0  # cached metric: weight of a proxy loss over DeepFashion item ids
     max_images: int | None = None  # bn-adapt: cap on target images
     samples: dict[str, int] = field(default_factory=dict)  # cached metric: {"deepfashion:train": n} (CPU budget)
     resume: bool = False
@@ -86,9 +87,11 @@ def _finish(settings: Settings, req: TrainRequest, model: FeatureExtractor, info
 
 
 def _val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_queries: int = 1000,
-                seed: int = 0) -> dict[str, float]:
+                seed: int = 0, items: np.ndarray | None = None) -> dict[str, float]:
     """Catalog val -> catalog val (leave-one-out) and photo val -> catalog val P@15 / mAP; score = their mean.
 
+    With `items` (DeepFashion item ids, "" elsewhere) it also reports `item_r@1`: photo val -> photo
+    val (leave-one-out), relevant = same garment — In-shop retrieval, reported but not in the score.
     At most `max_queries` seeded queries per direction keep a validation pass to a few seconds.
     """
     out: dict[str, float] = {}
@@ -110,6 +113,10 @@ def _val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_que
         s = retrieval_scores(emb[photo[q]], labels[photo[q]], emb[db], labels[db],
                              exclude_rows=None if len(cat) else q)
         out.update({"photo_p@15": s["p@15"], "photo_map": s["map"]})
+    if items is not None and len(photo) > 1:
+        q = pick(photo)
+        rel = ranked_relevance(emb[photo[q]], items[photo[q]], emb[photo], items[photo], exclude_rows=q)
+        out["item_r@1"] = float(rel[:, 0].mean())
     out["score"] = float(np.mean([v for k, v in out.items() if k.endswith("p@15")]))
     return out
 
@@ -146,7 +153,12 @@ def cached_trunk_features(settings: Settings, base: str, table: pd.DataFrame, se
 
 
 def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
-    """Frozen trunk: train head + proxies on cached pooled features (minutes on CPU)."""
+    """Frozen trunk: train head + proxies on cached pooled features (minutes on CPU).
+
+    `instance_weight` > 0 adds a second proxy loss over DeepFashion item ids (one proxy per garment),
+    so that photos of one garment stay closer to each other than to other garments of their type:
+    the articleType loss alone makes every garment of a type alike (In-shop retrieval suffers).
+    """
     t0 = time.perf_counter()
     seed_everything(req.options.seed)
     encoding, table = training_table(settings, req.dataset, req.selection)
@@ -165,6 +177,19 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     train = np.flatnonzero(table["split"].to_numpy() == "train")
     val = np.flatnonzero(table["split"].to_numpy() == "val")
     domains = table["domain"].to_numpy()
+    items = table["item"].to_numpy().astype(str) if "item" in table else np.full(len(table), "")
+    item_codes = np.full(len(table), -1, np.int64)
+    train_items = train[items[train] != ""]
+    item_codes[train_items] = pd.factorize(items[train_items])[0]
+    item_codes = torch.from_numpy(item_codes)
+    item_loss = None
+    if req.instance_weight > 0:
+        if len(train_items) == 0:
+            raise ValueError("--instance-weight needs DeepFashion photos in the training data (--dataset "
+                             "deepfashion or both)")
+        item_loss = ProxyLoss(req.loss, int(item_codes.max()) + 1, req.dims)
+        state["item_loss"] = item_loss
+        cfg.extra["instance_weight"] = req.instance_weight
     sampler = ClassBalancedSampler(labels[train].numpy(), req.m_per_class, req.batch_size, req.options.seed,
                                    domains=pd.factorize(domains[train])[0])
 
@@ -175,19 +200,26 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     def step(idx):
         emb = model.embed_pooled(x[idx])
         y = labels[idx]
-        return loss_fn(emb, y), int((loss_fn.predict(emb) == y).sum()), len(idx)
+        loss = loss_fn(emb, y)
+        if item_loss is not None:
+            own = item_codes[idx] >= 0
+            if own.any():
+                loss = loss + req.instance_weight * item_loss(emb[own], item_codes[idx][own])
+        return loss, int((loss_fn.predict(emb) == y).sum()), len(idx)
 
     @torch.no_grad()
     def validate() -> dict:
         model.eval()
         emb = model.embed_pooled(x[val])
-        out = _val_scores(emb.numpy(), labels[val].numpy(), domains[val])
+        out = _val_scores(emb.numpy(), labels[val].numpy(), domains[val], items=items[val])
         out["acc"] = float((loss_fn.predict(emb) == labels[val]).float().mean())
         return out
 
     opts = req.options
     groups = [{"params": list(model.head.parameters()), "lr": opts.lr},
               {"params": [loss_fn.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0}]
+    if item_loss is not None:
+        groups.append({"params": [item_loss.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0})
     out_dir = run_dir(settings, req.name)
     trainer = Trainer(state, groups, opts, out_dir, step, validate, lambda: state.train(),
                       len(sampler), torch.device("cpu"), "fp32")
@@ -358,6 +390,9 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
         same_size = req.input_size in (None, _base_size(settings, req))
         if req.trainable == [] and req.pooling in (None, "avg") and same_size:
             return train_metric_cached(settings, req, progress)
+    if req.instance_weight:
+        raise ValueError("--instance-weight applies to the metric recipe on cached features (frozen trunk, "
+                         "avg pooling, the base's input size)")
     return train_on_images(settings, req, progress)
 
 
