@@ -14,7 +14,7 @@ from imageretrieval.models import create_model, get_model_config, save_trained_m
 from imageretrieval.models.extractor import FeatureExtractor
 from imageretrieval.synthetic import COLOURS, drawing_for, render_product
 from imageretrieval.training.bn_adapt import adapt_batchnorm
-from imageretrieval.training.data import balanced_batches, training_table
+from imageretrieval.training.data import balanced_batches, sample_table, training_table
 from imageretrieval.training.freeze import default_trainable, freeze_trunk, train_mode
 from imageretrieval.training.labels import LabelEncoding
 from imageretrieval.training.losses import normalized_softmax_loss, proxy_anchor_loss
@@ -210,6 +210,18 @@ def test_classifier_recipe_learns_and_keeps_frozen_parameters(train_settings):
     for f in ("curves.png", "confusion.png", "best.pt", "last.pt", "run.json", "summary.json"):
         assert (out / f).is_file(), f
     assert info["best_epoch"] >= 1
+
+
+def test_image_recipes_train_on_seeded_samples(train_settings):
+    _, table = training_table(train_settings, "both", "all")
+    a, b = (sample_table(table, {"fashion:train": 7, "deepfashion:val": 3}, seed=1) for _ in range(2))
+    assert a.equals(b)  # seeded
+    sizes = a.groupby(["domain", "split"]).size().to_dict()
+    full = table.groupby(["domain", "split"]).size().to_dict()
+    assert sizes == {**full, ("fashion", "train"): 7, ("deepfashion", "val"): 3}
+    info = train(train_settings, tiny_request("clf-sample", "classifier", dataset="fashion", epochs=1,
+                                              m_per_class=0, samples={"fashion:train": 12}), progress=False)
+    assert info["n_train"] == 12
 
 
 def test_metric_recipe_end_to_end_with_gem_trains_the_chosen_stages(train_settings):

@@ -42,7 +42,7 @@ def register(sub) -> None:
                         "(photos of one garment), for instance-level (In-shop) retrieval; 0 = off")
     p.add_argument("--max-images", type=int, help="bn-adapt: at most this many target images")
     p.add_argument("--sample", action="append", default=[], metavar="DATASET:SPLIT=N",
-                   help="metric on cached features: train on a seeded sample of N images of that split, e.g. "
+                   help="train (or validate) on a seeded sample of N images of that split, e.g. "
                         "deepfashion:train=2500 (CPU budget; repeatable; default: everything)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", action="store_true", help="continue from <WORKDIR>/training/<name>/last.pt")

@@ -75,6 +75,17 @@ def training_table(settings: Settings, dataset: str, selection: str = "seed") ->
     return encoding, table
 
 
+def sample_table(table: pd.DataFrame, samples: dict[str, int], seed: int) -> pd.DataFrame:
+    """Keep a seeded sample of at most n rows of each `{"domain:split": n}` group (a CPU-budget option)."""
+    if not samples:
+        return table
+    parts = []
+    for (domain, split), rows in table.groupby(["domain", "split"], sort=False):
+        cap = samples.get(f"{domain}:{split}")
+        parts.append(rows.sample(cap, random_state=seed) if cap and len(rows) > cap else rows)
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
 def train_transform(size: int, scale: tuple[float, float] = (0.6, 1.0)) -> T.Compose:
     """Augmentation after letterboxing: random resized crop, horizontal flip, colour jitter."""
     return T.Compose([

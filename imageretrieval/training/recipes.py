@@ -23,7 +23,7 @@ from ..io_utils import save_json
 from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
 from ..settings import Settings
 from .bn_adapt import adapt_batchnorm
-from .data import ClassBalancedSampler, ImageTable, image_table_dataset, training_table
+from .data import ClassBalancedSampler, ImageTable, image_table_dataset, sample_table, training_table
 from .freeze import default_trainable, freeze_trunk, train_mode
 from .labels import LabelEncoding
 from .losses import ProxyLoss
@@ -55,7 +55,7 @@ class TrainRequest:
     proxy_lr_mult: float = 10.0
     instance_weight: float = 0.0  # cached metric: weight of a proxy loss over DeepFashion item ids
     max_images: int | None = None  # bn-adapt: cap on target images
-    samples: dict[str, int] = field(default_factory=dict)  # cached metric: {"deepfashion:train": n} (CPU budget)
+    samples: dict[str, int] = field(default_factory=dict)  # {"deepfashion:train": n}: seeded samples (CPU budget)
     resume: bool = False
     options: TrainOptions = field(default_factory=TrainOptions)
 
@@ -264,6 +264,7 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     encoding, table = training_table(settings, req.dataset, req.selection)
+    table = sample_table(table, req.samples, req.options.seed)
     base_cfg, base = _base_model(settings, req)
     size = req.input_size or base_cfg.input_size
     trainable = req.trainable if req.trainable is not None else default_trainable(base_cfg.architecture, base.trunk)
