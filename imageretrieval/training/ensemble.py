@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 def _member_head_spec(cfg: ModelConfig) -> dict:
     if cfg.extra.get("heads"):
         raise ValueError(f"{cfg.name} is itself an ensemble; list its members instead")
-    return {"name": cfg.name, "hidden": int(cfg.extra.get("head_hidden") or 0), "dims": int(cfg.embedding_dims)}
+    return {"name": cfg.name, "hidden": int(cfg.extra.get("head_hidden") or 0), "dims": int(cfg.embedding_dims),
+            "training": cfg.extra.get("training")}
 
 
 def ensemble_heads(settings: Settings, name: str, members: list[str], head_only: bool = True) -> dict:
