@@ -286,6 +286,7 @@ def test_ensemble_of_heads_averages_member_cosines_and_stores_only_heads(train_s
         train(s, req, progress=False)
     info = ensemble_heads(s, "duo", ["member1", "member2"])
     assert info["dims"] == 32
+    assert set(info["members_val"]) == {"member1", "member2"} and 0 <= info["val"]["score"] <= 1
     stored = torch.load(Path(info["model_dir"]) / "weights.pt")
     assert stored and not any(k.startswith("trunk.") for k in stored)  # the trunk comes from the base
     duo, a, b = (create_model(n, workdir=s.workdir) for n in ("duo", "member1", "member2"))

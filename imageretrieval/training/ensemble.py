@@ -15,7 +15,8 @@ from ..io_utils import save_json
 from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
 from ..models.extractor import DIGEST_KEY, REUSE_KEY, ConcatHeads
 from ..settings import Settings
-from .recipes import run_dir
+from .data import training_table
+from .recipes import _val_scores, cached_trunk_features, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,28 @@ def _member_head_spec(cfg: ModelConfig) -> dict:
             "training": cfg.extra.get("training")}
 
 
-def ensemble_heads(settings: Settings, name: str, members: list[str], head_only: bool = True) -> dict:
+def validation_scores(settings: Settings, model: FeatureExtractor, progress: bool = False) -> dict[str, float]:
+    """The training recipes' validation scores of a head-only model, on its base's cached val features."""
+    training = next((h.get("training") for h in model.config.extra.get("heads", []) if h.get("training")),
+                    model.config.extra.get("training")) or {}
+    dataset, selection = training.get("dataset", "both"), training.get("selection", "seed")
+    _, table = training_table(settings, dataset, selection)
+    table = table[table["split"] == "val"].reset_index(drop=True)
+    table, x = cached_trunk_features(settings, model.config.extra[REUSE_KEY], table, selection, progress=progress)
+    with torch.no_grad():
+        emb = model.embed_pooled(torch.from_numpy(x)).numpy()
+    return _val_scores(emb, table["label"].to_numpy(), table["domain"].to_numpy(),
+                       items=table["item"].to_numpy().astype(str))
+
+
+def ensemble_heads(settings: Settings, name: str, members: list[str], head_only: bool = True,
+                   validate: bool = True) -> dict:
     """Save `name`: the common trunk of `members` + all their heads (`ConcatHeads`), as a trained model.
 
     Every member must be a head trained on the same frozen base trunk (same `reuses_trunk_of` and
-    trunk digest, same pooling and input), with an L2-normalized output.
+    trunk digest, same pooling and input), with an L2-normalized output. `validate` reports the
+    validation scores of the ensemble and of each member (the members' training data's val split),
+    the numbers to choose members by.
     """
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two member models")
@@ -65,6 +83,9 @@ def ensemble_heads(settings: Settings, name: str, members: list[str], head_only:
     directory = save_trained_model(settings.workdir, model.eval(), head_only=head_only)
     info = {"recipe": "ensemble", "members": list(members), "dims": config.embedding_dims,
             "model_dir": str(directory)}
+    if validate:
+        info["val"] = validation_scores(settings, model)
+        info["members_val"] = {m: validation_scores(settings, mm) for m, mm in zip(members, models, strict=True)}
     save_json(run_dir(settings, name) / "run.json", info)
     log.info("saved ensemble %s of %s in %s", name, ", ".join(members), directory)
     return info
