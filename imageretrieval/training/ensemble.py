@@ -16,7 +16,7 @@ from ..models import FeatureExtractor, ModelConfig, create_model, get_model_conf
 from ..models.extractor import DIGEST_KEY, REUSE_KEY, ConcatHeads
 from ..settings import Settings
 from .data import training_table
-from .recipes import _val_scores, cached_trunk_features, run_dir
+from .recipes import cached_trunk_features, run_dir, val_scores
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def validation_scores(settings: Settings, model: FeatureExtractor, progress: boo
     table, x = cached_trunk_features(settings, model.config.extra[REUSE_KEY], table, selection, progress=progress)
     with torch.no_grad():
         emb = model.embed_pooled(torch.from_numpy(x)).numpy()
-    return _val_scores(emb, table["label"].to_numpy(), table["domain"].to_numpy(),
+    return val_scores(emb, table["label"].to_numpy(), table["domain"].to_numpy(),
                        items=table["item"].to_numpy().astype(str))
 
 

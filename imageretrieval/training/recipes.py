@@ -86,7 +86,7 @@ def _finish(settings: Settings, req: TrainRequest, model: FeatureExtractor, info
     return info
 
 
-def _val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_queries: int = 1000,
+def val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_queries: int = 1000,
                 seed: int = 0, items: np.ndarray | None = None) -> dict[str, float]:
     """Catalog val -> catalog val (leave-one-out) and photo val -> catalog val P@15 / mAP; score = their mean.
 
@@ -211,7 +211,7 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     def validate() -> dict:
         model.eval()
         emb = model.embed_pooled(x[val])
-        out = _val_scores(emb.numpy(), labels[val].numpy(), domains[val], items=items[val])
+        out = val_scores(emb.numpy(), labels[val].numpy(), domains[val], items=items[val])
         out["acc"] = float((loss_fn.predict(emb) == labels[val]).float().mean())
         return out
 
@@ -329,7 +329,7 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
 
     def validate() -> dict:
         emb, pred, y = embed_val()
-        out = _val_scores(emb, y, val["domain"].to_numpy())
+        out = val_scores(emb, y, val["domain"].to_numpy())
         out["acc"] = float((pred == y)[y >= 0].mean())
         if classifier:  # the seed's criterion: classification accuracy
             out["retrieval_score"], out["score"] = out["score"], out["acc"]
