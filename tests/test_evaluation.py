@@ -244,6 +244,16 @@ def test_cli_deepfashion_protocols(eval_env, capsys, tmp_path):
                        "--selection", "all", "--whiten-on", "catalog", "--pca", "16", "--query-resolution", res,
                        "--no-plots")
         assert out["database"] == 96 and out["queries"] > 0 and 0 < out["mAP"] <= 1
+    base = ["evaluate", "--model", TINY, "--protocol", "deepfashion-to-catalog", "--selection", "all",
+            "--features", "raw", "--no-plots"]
+    same = run_json(capsys, flags, *base)
+    assert run_json(capsys, flags, *base, "--query-model", TINY)["mAP"] == pytest.approx(same["mAP"])
+    make_tiny_model(eval_env[0], "tiny-other", seed=3)  # other weights: other photo vectors, other rankings
+    other = run_json(capsys, flags, *base, "--query-model", "tiny-other")
+    assert other["model"] == f"{TINY} (photos: tiny-other)" and other["mAP"] != pytest.approx(same["mAP"])
+    make_tiny_model(eval_env[0], "tiny-96", seed=3, arch="test_resnet", dims=96)
+    assert main([*flags, *base, "--query-model", "tiny-96"]) == 2  # another embedding space: a clear error
+    assert main([*flags, "evaluate", "--model", TINY, "--protocol", "inshop", "--query-model", TINY]) == 2
     dump = tmp_path / "inshop.jsonl"
     out = run_json(capsys, flags, "evaluate", "--model", TINY, "--protocol", "inshop", "--selection", "all",
                    "--features", "raw", "--dump-rankings", str(dump), "--no-plots")

@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--query-resolution", choices=["catalog", "native"], default=None,
                    help="deepfashion-to-catalog: bring query photos to the catalog's resolution first "
                         "(default: settings QUERY_RESOLUTION)")
+    p.add_argument("--query-model", default=None,
+                   help="deepfashion-to-catalog: encode the photos with this model instead (same embedding "
+                        "space, e.g. a bn-adapt model with the photos' batch-norm statistics)")
     p.add_argument("--qe-k", type=int, default=15, help="neighbours for aqe/alpha-qe (the seed's TOP_K_AQE=15)")
     p.add_argument("--qe-alpha", type=float, default=3.0, help="alpha of alpha-qe")
     p.add_argument("--dba", action="store_true", help="also expand database vectors (as the seed's AQE did)")
@@ -88,7 +91,8 @@ def build_task(args, settings, model: str):
         return protocols.deepfashion_task(
             settings, model, database=args.database or "all", selection=args.selection, n_queries=args.queries,
             query_resolution=query_resolution_of(settings, model, mode), fit_on=args.whiten_on,
-            fit_sample=args.fit_sample, database_sample=args.database_sample, with_fit=args.features != "raw")
+            fit_sample=args.fit_sample, database_sample=args.database_sample, with_fit=args.features != "raw",
+            query_model=args.query_model)
     return protocols.inshop_task(settings, model, selection=args.selection, n_queries=args.queries,
                                  fit_on=args.whiten_on, fit_sample=args.fit_sample, with_fit=args.features != "raw")
 
@@ -104,6 +108,8 @@ def run_key(args, info: dict) -> str:
         parts.append(args.relevance.replace("+", "-"))
     if "query_resolution" in info:
         parts.append(f"q{info['query_resolution']}")
+    if info.get("query_model"):
+        parts.append(f"photos-by-{info['query_model']}")
     parts.append(args.features + ("-dba" if args.dba else ""))
     return "-".join(parts)
 
@@ -149,6 +155,8 @@ def run(args, settings) -> int:
         raise CLIError("catalog protocol: --whiten-on must be train (the whole catalog contains the test queries)")
     if args.database_sample is not None and args.protocol == "inshop":
         raise CLIError("--database-sample does not apply to inshop")
+    if args.query_model and args.protocol != "deepfashion-to-catalog":
+        raise CLIError("--query-model applies to deepfashion-to-catalog only")
     try:
         task = build_task(args, settings, model)
         result = evaluate_task(task, args.features, dims, qe_k=args.qe_k, alpha=args.qe_alpha, dba=args.dba)
@@ -160,11 +168,12 @@ def run(args, settings) -> int:
     info = dict(task.info)
     if args.protocol == "catalog" and args.relevance != "articleType":
         info["relevance"] = args.relevance
-    row = reports.results_row(model, args.protocol, used, result.features_size, seconds, metrics, info)
+    shown = f"{model} (photos: {args.query_model})" if args.query_model else model
+    row = reports.results_row(shown, args.protocol, used, result.features_size, seconds, metrics, info)
     reports.append_results(settings.workdir, row)
     key = run_key(args, info)
     reports.save_run(settings.workdir, model, key, {
-        "model": model, "protocol": args.protocol, "features": used, "metrics": metrics,
+        "model": shown, "protocol": args.protocol, "features": used, "metrics": metrics,
         "info": {k: v for k, v in info.items() if k != "query_table"},
         "precision_curve": result.rankings.precision[result.evaluated].mean(axis=0).tolist(),
         "created": reports.now(),
@@ -178,13 +187,13 @@ def run(args, settings) -> int:
         write_plots(settings, model, key, result, args)
     if args.json:
         print(json.dumps({**{k: metrics[k] for k in JSON_KEYS}, "R@20": metrics["R@20"], "mAP@R": metrics["mAP@R"],
-                          "mAP_seed": metrics.get("mAP_seed"), "model": model, "protocol": args.protocol,
+                          "mAP_seed": metrics.get("mAP_seed"), "model": shown, "protocol": args.protocol,
                           "features": used, "features_size": result.features_size,
                           "skipped_queries": metrics["skipped_queries"], "database_name": info["database"],
                           "relevance": info["relevance"], "query_resolution": info.get("query_resolution"),
                           "whitening_fit": info.get("whitening_fit"), "seconds": round(seconds, 2)}))
         return 0
-    print(f"{model} on {args.protocol}: queries from {info['queries_from']}, database = {info['database']} "
+    print(f"{shown} on {args.protocol}: queries from {info['queries_from']}, database = {info['database']} "
           f"({metrics['database']}), relevance = {info['relevance']}"
           + (f", query resolution {info['query_resolution']}" if "query_resolution" in info else ""))
     print(reports.markdown_table([row], reports.DISPLAY_COLUMNS))

@@ -148,15 +148,23 @@ def deepfashion_task(
     fit_sample: int | None = None,
     database_sample: int | None = None,
     with_fit: bool = True,
+    query_model: str | None = None,
 ) -> RetrievalTask:
-    """Photos of people (DeepFashion test split) against catalog products; relevance = articleType."""
+    """Photos of people (DeepFashion test split) against catalog products; relevance = articleType.
+
+    `query_model` encodes the photos with another model of the same embedding space (e.g. the same
+    network with batch-norm statistics of the photos, `train --recipe bn-adapt`), the catalog with `model`.
+    """
     _require_deepfashion_test(settings)
-    qfs, qtable = get_features(settings, model, "deepfashion", "test", query_resolution=query_resolution,
-                               sample=n_queries)
+    qfs, qtable = get_features(settings, query_model or model, "deepfashion", "test",
+                               query_resolution=query_resolution, sample=n_queries)
     keep = _valid(qfs.features) & (qtable["articleType"].astype(str) != "").to_numpy()
     qtable = qtable[keep].reset_index(drop=True)
     queries = qfs.features[keep]
     db, db_table, db_name = _catalog_database(settings, model, database, selection, "test", database_sample)
+    if queries.shape[1] != db.shape[1]:
+        raise ValueError(f"query model {query_model} gives {queries.shape[1]}-d vectors, {model} {db.shape[1]}-d: "
+                         "the two must share one embedding space")
     fit, fit_name = _fit_features(settings, model, fit_on, selection, fit_sample) if with_fit else (None, "")
     res = "native" if query_resolution is None else f"{query_resolution[0]}x{query_resolution[1]}"
     return RetrievalTask(
@@ -166,7 +174,8 @@ def deepfashion_task(
         database_labels=db_table["articleType"].astype(str).to_numpy(), fit=fit,
         info={"queries_from": "DeepFashion In-shop test split" + (f" (sample of {n_queries})" if n_queries else ""),
               "database": db_name, "relevance": "mapped articleType", "whitening_fit": fit_name,
-              "query_resolution": res, "query_table": qtable},
+              "query_resolution": res, "query_table": qtable,
+              **({"query_model": query_model} if query_model else {})},
     )
 
 
