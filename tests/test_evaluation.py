@@ -207,11 +207,15 @@ def test_cli_catalog_protocol_dump_summary_and_results(eval_env, capsys, tmp_pat
     again = recompute_from_dump(dump)
     assert again["consistent"] and abs(again["mAP"] - out["mAP"]) < 1e-6
     assert abs(again["PrecisionHits"] - out["PrecisionHits"]) < 1e-6
+    # --pca 16 is not what the index serves (256 dims): the API's summary is left alone
+    assert not (workdir / "results" / TINY / "summary.json").exists()
+    served = run_json(capsys, flags, "evaluate", "--model", TINY, "--selection", "all", "--no-plots")
     summary = json.loads((workdir / "results" / TINY / "summary.json").read_text())
-    assert summary["protocol"] == "catalog" and summary["mAP"] == pytest.approx(out["mAP"])
+    assert summary["protocol"] == "catalog" and summary["mAP"] == pytest.approx(served["mAP"])
     assert set(summary) >= {"features", "PrecisionHits", "R@1", "R@10", "queries", "database", "created"}
     csv_rows = pd.read_csv(workdir / "results" / "results.csv")
-    assert csv_rows["Model"].tolist()[-1] == TINY and csv_rows["mAP"].iloc[-1] == pytest.approx(out["mAP"], abs=1e-4)
+    assert csv_rows["Model"].tolist()[-2:] == [TINY, TINY]
+    assert csv_rows["mAP"].iloc[-2] == pytest.approx(out["mAP"], abs=1e-4)
     assert "| " + TINY + " | catalog |" in (workdir / "results" / "results.md").read_text()
     assert (workdir / "results" / TINY / "catalog-all-test-normalized-per-class.png").is_file()
     assert (workdir / "results" / "precision-at-k-catalog-all-test-normalized.png").is_file()

@@ -148,6 +148,7 @@ def run(args, settings) -> int:
     t0 = time.perf_counter()
     model = args.model or settings.default_model
     config = get_model_config(model, settings.workdir)
+    served_dims = chosen_pca_components(settings, model, config.dims)  # what the index serves
     if args.pca is not None:
         settings.pca_components = args.pca
     dims = chosen_pca_components(settings, model, config.dims) if args.features != "raw" else None
@@ -178,7 +179,9 @@ def run(args, settings) -> int:
         "precision_curve": result.rankings.precision[result.evaluated].mean(axis=0).tolist(),
         "created": reports.now(),
     })
-    if args.protocol == "catalog" and args.database_sample is None:  # a sampled database is not the benchmark
+    # the API shows the summary next to the model: only a full-database run of the vectors the index serves
+    served = (args.features == "normalized" and dims == served_dims) or (args.features == "raw" and not served_dims)
+    if args.protocol == "catalog" and args.database_sample is None and served and args.relevance == "articleType":
         reports.write_summary(settings.workdir, model, args.protocol, used, metrics)
     if args.dump_rankings:
         n = write_rankings(args.dump_rankings, result)
