@@ -87,7 +87,7 @@ def _finish(settings: Settings, req: TrainRequest, model: FeatureExtractor, info
 
 
 def val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_queries: int = 1000,
-                seed: int = 0, items: np.ndarray | None = None) -> dict[str, float]:
+               seed: int = 0, items: np.ndarray | None = None) -> dict[str, float]:
     """Catalog val -> catalog val (leave-one-out) and photo val -> catalog val P@15 / mAP; score = their mean.
 
     With `items` (DeepFashion item ids, "" elsewhere) it also reports `item_r@1`: photo val -> photo
