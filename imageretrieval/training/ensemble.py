@@ -28,18 +28,28 @@ def _member_head_spec(cfg: ModelConfig) -> dict:
             "training": cfg.extra.get("training")}
 
 
-def validation_scores(settings: Settings, model: FeatureExtractor, progress: bool = False) -> dict[str, float]:
-    """The training recipes' validation scores of a head-only model, on its base's cached val features."""
-    training = next((h.get("training") for h in model.config.extra.get("heads", []) if h.get("training")),
-                    model.config.extra.get("training")) or {}
+def validation_scores(settings: Settings, models: list[FeatureExtractor],
+                      progress: bool = False) -> list[dict[str, float]]:
+    """The training recipes' validation scores of head-only models of one base, on its cached val features.
+
+    The val split is the one of the first model's training data; features are read once for all models.
+    """
+    config = models[0].config
+    training = next((h.get("training") for h in config.extra.get("heads", []) if h.get("training")),
+                    config.extra.get("training")) or {}
     dataset, selection = training.get("dataset", "both"), training.get("selection", "seed")
     _, table = training_table(settings, dataset, selection)
     table = table[table["split"] == "val"].reset_index(drop=True)
-    table, x = cached_trunk_features(settings, model.config.extra[REUSE_KEY], table, selection, progress=progress)
-    with torch.no_grad():
-        emb = model.embed_pooled(torch.from_numpy(x)).numpy()
-    return val_scores(emb, table["label"].to_numpy(), table["domain"].to_numpy(),
-                       items=table["item"].to_numpy().astype(str))
+    table, x = cached_trunk_features(settings, config.extra[REUSE_KEY], table, selection, progress=progress)
+    pooled = torch.from_numpy(x)
+    labels, domains = table["label"].to_numpy(), table["domain"].to_numpy()
+    items = table["item"].to_numpy().astype(str)
+    scores = []
+    for model in models:
+        with torch.no_grad():
+            emb = model.embed_pooled(pooled).numpy()
+        scores.append(val_scores(emb, labels, domains, items=items))
+    return scores
 
 
 def ensemble_heads(settings: Settings, name: str, members: list[str], head_only: bool = True,
@@ -84,8 +94,9 @@ def ensemble_heads(settings: Settings, name: str, members: list[str], head_only:
     info = {"recipe": "ensemble", "members": list(members), "dims": config.embedding_dims,
             "model_dir": str(directory)}
     if validate:
-        info["val"] = validation_scores(settings, model)
-        info["members_val"] = {m: validation_scores(settings, mm) for m, mm in zip(members, models, strict=True)}
+        ensemble_val, *members_val = validation_scores(settings, [model, *models])
+        info["val"] = ensemble_val
+        info["members_val"] = dict(zip(members, members_val, strict=True))
     save_json(run_dir(settings, name) / "run.json", info)
     log.info("saved ensemble %s of %s in %s", name, ", ".join(members), directory)
     return info

@@ -177,7 +177,7 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     train = np.flatnonzero(table["split"].to_numpy() == "train")
     val = np.flatnonzero(table["split"].to_numpy() == "val")
     domains = table["domain"].to_numpy()
-    items = table["item"].to_numpy().astype(str) if "item" in table else np.full(len(table), "")
+    items = table["item"].to_numpy().astype(str)
     item_codes = np.full(len(table), -1, np.int64)
     train_items = train[items[train] != ""]
     item_codes[train_items] = pd.factorize(items[train_items])[0]
