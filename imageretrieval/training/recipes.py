@@ -28,6 +28,7 @@ from .freeze import default_trainable, freeze_trunk, train_mode
 from .labels import LabelEncoding
 from .losses import ProxyLoss
 from .metrics import ranked_relevance, retrieval_scores
+from .pack import load_pack
 from .plots import plot_confusion
 from .trainer import Trainer, TrainOptions, seed_everything
 
@@ -56,6 +57,7 @@ class TrainRequest:
     instance_weight: float = 0.0  # cached metric: weight of a proxy loss over DeepFashion item ids
     max_images: int | None = None  # bn-adapt: cap on target images
     samples: dict[str, int] = field(default_factory=dict)  # {"deepfashion:train": n}: seeded samples (CPU budget)
+    pack: str | None = None  # a training pack folder (pack.py) instead of the dataset roots
     resume: bool = False
     options: TrainOptions = field(default_factory=TrainOptions)
 
@@ -238,22 +240,34 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
 
 
 # ----- image-based recipes (classifier, end-to-end metric): GPU-sized, tested on tiny models --------------
-def _loaders(table: pd.DataFrame, size: int, req: TrainRequest, settings: Settings):
+def image_training_table(settings: Settings, req: TrainRequest) -> tuple[LabelEncoding, pd.DataFrame]:
+    """The labelled train + val rows: from a training pack (`req.pack`) or from the dataset roots."""
+    if req.pack:
+        encoding, table, info = load_pack(Path(req.pack))
+        req.dataset, req.selection = info["dataset"], info["selection"]  # recorded in the model's config
+        log.info("training pack %s: %s", req.pack, info["counts"])
+    else:
+        encoding, table = training_table(settings, req.dataset, req.selection)
+    return encoding, sample_table(table, req.samples, req.options.seed)
+
+
+def _loaders(table: pd.DataFrame, size: int, req: TrainRequest, settings: Settings, device: torch.device):
     train = table[table["split"] == "train"].reset_index(drop=True)
     val = table[table["split"] == "val"].reset_index(drop=True)
     train_ds = image_table_dataset(train, size, augment=True)
     nw = settings.num_workers
+    # worker processes outlive epochs (no re-spawn per epoch); pinned memory speeds host -> GPU copies
+    common = {"num_workers": nw, "pin_memory": device.type == "cuda", "persistent_workers": nw > 0}
     if req.m_per_class > 0:
         sampler = ClassBalancedSampler(train["label"], req.m_per_class, req.batch_size, req.options.seed,
                                        domains=pd.factorize(train["domain"])[0])
-        loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=nw)
+        loader = DataLoader(train_ds, batch_sampler=sampler, **common)
     else:
         sampler = None
         gen = torch.Generator().manual_seed(req.options.seed)
         loader = DataLoader(train_ds, batch_size=req.batch_size, shuffle=True, drop_last=len(train) > req.batch_size,
-                            num_workers=nw, generator=gen)
-    val_loader = DataLoader(image_table_dataset(val, size, augment=False), batch_size=req.batch_size,
-                            num_workers=nw)
+                            generator=gen, **common)
+    val_loader = DataLoader(image_table_dataset(val, size, augment=False), batch_size=req.batch_size, **common)
     return train, val, loader, sampler, val_loader
 
 
@@ -263,8 +277,9 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
     seed_everything(req.options.seed)
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
-    encoding, table = training_table(settings, req.dataset, req.selection)
-    table = sample_table(table, req.samples, req.options.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    encoding, table = image_training_table(settings, req)
     base_cfg, base = _base_model(settings, req)
     size = req.input_size or base_cfg.input_size
     trainable = req.trainable if req.trainable is not None else default_trainable(base_cfg.architecture, base.trunk)
@@ -287,7 +302,7 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
     model.to(device, memory_format=torch.channels_last)
     loss_head.to(device)
     state = nn.ModuleDict({"model": model, "loss": loss_head})
-    train, val, loader, sampler, val_loader = _loaders(table, size, req, settings)
+    train, val, loader, sampler, val_loader = _loaders(table, size, req, settings, device)
     opts = req.options
     trunk_params = [p for p in model.trunk.parameters() if p.requires_grad]
     own = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("trunk.")]
@@ -385,12 +400,14 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
         raise ValueError(f"unknown recipe {req.recipe!r}; choose one of {', '.join(RECIPES)}")
     if req.recipe == "bn-adapt":
         return bn_adapt(settings, req, progress)
-    if req.recipe == "metric":
+    if req.recipe == "metric" and not req.pack:
         if req.trainable is None and resolve_device(settings.device).type == "cpu":
             req.trainable = []  # CPU default: frozen trunk, head on cached features
         same_size = req.input_size in (None, _base_size(settings, req))
         if req.trainable == [] and req.pooling in (None, "avg") and same_size:
             return train_metric_cached(settings, req, progress)
+    if req.pack and req.recipe == "bn-adapt":
+        raise ValueError("bn-adapt reads the dataset roots; --pack applies to the classifier and metric recipes")
     if req.instance_weight:
         raise ValueError("--instance-weight applies to the metric recipe on cached features (frozen trunk, "
                          "avg pooling, the base's input size)")

@@ -38,6 +38,7 @@ class TrainOptions:
     min_delta: float = 1e-4
     grad_clip: float | None = 5.0
     seed: int = 42
+    time_budget: float | None = None  # seconds: plan (and anneal) only as many epochs as fit into it
 
 
 def seed_everything(seed: int) -> None:
@@ -77,10 +78,10 @@ class Trainer:
         self.step, self.validate, self.set_train = step, validate, set_train
         self.device, self.precision = device, precision
         self.optimizer = make_optimizer(groups, opts)
-        total = opts.epochs * steps_per_epoch
+        self.planned_epochs = opts.epochs  # lowered by a time budget, so the schedule still anneals
         warmup = int(opts.warmup_epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, total, warmup, opts.schedule))
+            self.optimizer, lambda s: lr_factor(s, self.planned_epochs * steps_per_epoch, warmup, opts.schedule))
         self.epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, -math.inf, -1, 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -90,7 +91,7 @@ class Trainer:
         if full:
             blob.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                         best_score=self.best_score, best_epoch=self.best_epoch, bad_epochs=self.bad_epochs,
-                        rng=torch.get_rng_state(), options=asdict(self.opts))
+                        planned_epochs=self.planned_epochs, rng=torch.get_rng_state(), options=asdict(self.opts))
         atomic_write(self.out_dir / name, lambda p: torch.save(blob, p))
 
     def resume(self) -> bool:
@@ -103,6 +104,8 @@ class Trainer:
         self.scheduler.load_state_dict(blob["scheduler"])
         self.epoch, self.best_score = blob["epoch"], blob["best_score"]
         self.best_epoch, self.bad_epochs = blob["best_epoch"], blob["bad_epochs"]
+        if blob.get("options", {}).get("epochs") == self.opts.epochs:  # same request: keep its budgeted plan
+            self.planned_epochs = min(self.opts.epochs, blob.get("planned_epochs", self.opts.epochs))
         torch.set_rng_state(blob["rng"])
         log.info("resumed %s at epoch %d (best %.4f at epoch %d)", path, self.epoch, self.best_score, self.best_epoch)
         return True
@@ -124,15 +127,33 @@ class Trainer:
             writer.writeheader()
             writer.writerows(rows)
 
+    def _plan(self, started: float, epochs_done: int) -> None:
+        """With a time budget, lower the planned epochs to what the measured epoch time leaves room for.
+
+        The cosine schedule is defined over the planned epochs, so a budgeted run still ends annealed
+        instead of being cut off at a high learning rate.
+        """
+        budget = self.opts.time_budget
+        if not budget or not epochs_done:
+            return
+        elapsed = time.perf_counter() - started
+        fits = int((budget - elapsed) // (elapsed / epochs_done))
+        planned = max(self.epoch, min(self.planned_epochs, self.epoch + fits))
+        if planned < self.planned_epochs:
+            log.info("time budget %.0f s: %d epochs planned instead of %d (%.1f s per epoch)",
+                     budget, planned, self.planned_epochs, elapsed / epochs_done)
+            self.planned_epochs = planned
+
     def fit(self, batches: Callable[[int], Iterable], progress: bool = True) -> dict:
-        """Run epochs `self.epoch+1 .. opts.epochs`; stops early after `patience` epochs without progress."""
-        while self.epoch < self.opts.epochs and self.bad_epochs < self.opts.patience:
+        """Run epochs `self.epoch+1 .. planned`; stops early after `patience` epochs without progress."""
+        started, done = time.perf_counter(), 0
+        while self.epoch < self.planned_epochs and self.bad_epochs < self.opts.patience:
             epoch = self.epoch + 1
             t0 = time.perf_counter()
             self.set_train()
             total_loss = correct = seen = 0.0
             items = batches(epoch)
-            bar = tqdm(items, desc=f"epoch {epoch}/{self.opts.epochs}", unit="batch", disable=not progress,
+            bar = tqdm(items, desc=f"epoch {epoch}/{self.planned_epochs}", unit="batch", disable=not progress,
                        leave=False)
             for batch in bar:
                 with autocast(self.device, self.precision):
@@ -166,8 +187,11 @@ class Trainer:
             self._save(LAST, full=True)
             log.info("epoch %d: %s%s", epoch, {k: v for k, v in row.items() if k != "epoch"},
                      " (best)" if improved else "")
+            done += 1
+            self._plan(started, done)
         plot_curves(self.out_dir / LOG, self.out_dir / "curves.png")
-        summary = {"epochs_run": self.epoch, "best_epoch": self.best_epoch, "best_val_score": self.best_score,
-                   "stopped_early": self.bad_epochs >= self.opts.patience and self.epoch < self.opts.epochs}
+        summary = {"epochs_run": self.epoch, "planned_epochs": self.planned_epochs, "best_epoch": self.best_epoch,
+                   "best_val_score": self.best_score,
+                   "stopped_early": self.bad_epochs >= self.opts.patience and self.epoch < self.planned_epochs}
         save_json(self.out_dir / "summary.json", summary)
         return summary
