@@ -80,7 +80,7 @@ def load_features(directory: Path, mmap: bool = False) -> FeatureSet | None:
 
 
 # What makes two feature sets equal; other meta keys (added over time) never invalidate features.
-ENCODING_KEYS = ("fingerprint", "precision", "input_size", "query_resolution")  # how a row is encoded
+ENCODING_KEYS = ("fingerprint", "precision", "input_size", "query_resolution", "query_scale")  # how a row is encoded
 IDENTITY_KEYS = ENCODING_KEYS + ("n", "ids_hash")  # ... and which rows
 
 
@@ -174,6 +174,8 @@ def extract_features(
         "input_size": preprocess.input_size,
         "query_resolution": list(preprocess.query_resolution) if preprocess.query_resolution else None,
     }
+    if preprocess.query_scale is not None:
+        meta["query_scale"] = preprocess.query_scale
     meta_path = out_dir / "meta.json"
     old = load_json(meta_path) if meta_path.is_file() else None
     done = load_features(out_dir)

@@ -123,18 +123,21 @@ def get_features(
     query_resolution: tuple[int, int] | None = None,
     progress: bool = True,
     sample: int | None = None,
+    query_scale: float | None = None,
 ) -> tuple[FeatureSet, pd.DataFrame]:
     """Raw features of a dataset split, aligned row by row with the returned metadata table.
 
     dataset: "fashion" (ids are product ids) or "deepfashion" (ids are image ids). With
     `query_resolution`, images are first brought down to that (w, h) — the engine's query path.
+    `query_scale` re-renders every image at that scale first (evaluation query sets at other resolutions).
     `sample` keeps a seeded random subset of that many rows (the same rows for the same
     settings.seed), so slow models can be evaluated on an affordable subset; it is sliced from the
     whole split when that is already extracted.
     """
     base = head_only_base(settings, get_model_config(model_name, settings.workdir))
     if base is not None:
-        fs, table = get_features(settings, base, dataset, split, selection, query_resolution, progress, sample)
+        fs, table = get_features(settings, base, dataset, split, selection, query_resolution, progress, sample,
+                                 query_scale)
         return apply_head(create_model(model_name, workdir=settings.workdir), fs), table
     table = fashion_table(settings, selection, split) if dataset == "fashion" else deepfashion_table(settings, split)
     if sample is not None and sample < len(table):
@@ -144,6 +147,8 @@ def get_features(
     ids = table["id"].to_numpy() if dataset == "fashion" else table["image_id"].to_numpy().astype(str)
     fp = _fingerprint(settings, model_name)
     suffix = "" if query_resolution is None else f"-q{query_resolution[0]}x{query_resolution[1]}"
+    if query_scale is not None:
+        suffix += f"-x{query_scale:g}"
     candidates = [f"{dataset}-all{suffix}"] if dataset == "deepfashion" else [f"fashion-all{suffix}"]
     name = f"{dataset}-{selection}-{split}" if dataset == "fashion" else f"deepfashion-{split}"
     if sample is not None:
@@ -165,7 +170,7 @@ def get_features(
     cfg = model.config
     fs = extract_features(
         model, [Path(p) for p in table["path"]], ids, feature_dir(settings.workdir, model_name, name),
-        preprocess=Preprocess(cfg.input_size, cfg.resize_mode, query_resolution),
+        preprocess=Preprocess(cfg.input_size, cfg.resize_mode, query_resolution, query_scale),
         batch_size=settings.batch_size, num_workers=settings.num_workers, device=settings.device,
         precision=settings.precision, fingerprint=fp, progress=progress,
     )

@@ -50,6 +50,15 @@ def match_resolution(img: Image.Image, target_wh: tuple[int, int], slack: float 
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
 
 
+def rescale(img: Image.Image, scale: float) -> Image.Image:
+    """The image at `scale` x its size: antialiased down (a lower-resolution shot), bicubic up (an upscaled
+    one, no new detail). Builds query sets at resolutions the catalog never had."""
+    w, h = img.size
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
+    return img.resize(size, resample)
+
+
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
@@ -61,8 +70,11 @@ class Preprocess:
     input_size: int
     resize_mode: str = "letterbox"
     query_resolution: tuple[int, int] | None = None  # (w, h) of the catalog; None = native
+    query_scale: float | None = None  # evaluation only: re-render the image at this scale first
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        if self.query_scale is not None:
+            img = rescale(img, self.query_scale)
         if self.query_resolution is not None:
             img = match_resolution(img, self.query_resolution)
         if self.resize_mode == "center-crop":

@@ -285,3 +285,35 @@ def test_feature_samples_are_nested_and_reused(eval_env):
     assert not (workdir / "features" / TINY / "deepfashion-all-s5-q30x40").exists()  # sliced, not re-encoded
     pos = {i: k for k, i in enumerate(big.ids)}
     assert np.array_equal(small.features, big.features[[pos[i] for i in small.ids]])
+
+
+def test_cli_catalog_queries_at_another_resolution(eval_env, capsys):
+    """--query-scale re-renders the query products (a query set the catalog never had); the database keeps
+    the originals, and the API's summary is not overwritten by such a run."""
+    from imageretrieval.featurestore import get_features
+    from imageretrieval.settings import Settings
+
+    workdir, flags = eval_env
+    plain = run_json(capsys, flags, "evaluate", "--model", TINY, "--selection", "all", "--features", "raw",
+                     "--no-plots")
+    summary = (workdir / "results" / TINY / "summary.json").read_text()
+    half = run_json(capsys, flags, "evaluate", "--model", TINY, "--selection", "all", "--features", "raw",
+                    "--query-scale", "0.5", "--no-plots")
+    assert half["queries"] == plain["queries"] and half["database"] == plain["database"]
+    assert (workdir / "results" / TINY / "summary.json").read_text() == summary
+    settings = Settings(dataset_root=flags[1], workdir=workdir, device="cpu", precision="fp32", num_workers=0)
+    orig, _ = get_features(settings, TINY, "fashion", "test", "all", progress=False)
+    scaled, _ = get_features(settings, TINY, "fashion", "test", "all", progress=False, query_scale=0.5)
+    assert (orig.ids == scaled.ids).all() and not np.allclose(orig.features, scaled.features)
+    assert main([*flags, "evaluate", "--model", TINY, "--protocol", "inshop", "--query-scale", "2"]) == 2
+
+
+def test_rescale_renders_other_resolutions():
+    from PIL import Image
+
+    from imageretrieval.preprocess import Preprocess, rescale
+
+    img = Image.new("RGB", (60, 80), (200, 10, 10))
+    assert rescale(img, 0.5).size == (30, 40) and rescale(img, 4).size == (240, 320)
+    through_query_path = Preprocess(32, query_resolution=(60, 80), query_scale=4.0)(img)
+    assert through_query_path.shape == (3, 32, 32)

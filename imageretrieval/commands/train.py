@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--pack", metavar="DIR",
                    help="train on a training pack (`imageretrieval pack`) instead of the dataset roots, e.g. on "
                         "a GPU machine that does not hold the datasets; --dataset/--selection come from the pack")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="end-to-end metric: start the head and class proxies from this trained model (e.g. a head "
+                        "trained on cached features), then fine-tune the trunk as well (linear-probe-then-finetune)")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="plan only as many epochs as fit into this many minutes of training (measured after "
                         "each epoch); the learning-rate schedule is fitted to them")
@@ -87,7 +90,7 @@ def request_from_args(args) -> TrainRequest:
         head_hidden=args.head_hidden, loss=args.loss, m_per_class=m,
         batch_size=args.train_batch_size or (256 if cached_default else 64),
         instance_weight=args.instance_weight, max_images=args.max_images, samples=parse_samples(args.sample),
-        pack=args.pack, resume=args.resume, options=opts,
+        pack=args.pack, init_from=args.init_from, resume=args.resume, options=opts,
     )
 
 

@@ -111,10 +111,15 @@ def catalog_task(
     fit_sample: int | None = None,
     with_fit: bool = True,
     database_sample: int | None = None,
+    query_scale: float | None = None,
+    query_resolution: tuple[int, int] | None = None,
 ) -> RetrievalTask:
     """The seed's protocol: queries from a catalog split, database = that split or the whole catalog.
 
     `database_sample` evaluates on a seeded subset of the split (queries drawn from it), for slow models.
+    `query_scale` turns the queries into a query set the catalog never had: the same products re-rendered
+    at that scale (0.5 = half the resolution, 4 = upscaled), then through the engine's query path
+    (`query_resolution`); the database keeps the original images and each query's original is excluded.
     """
     if fit_on != "train":
         raise ValueError("catalog protocol: the whitening must be fitted on the train split (never on the queries)")
@@ -129,10 +134,22 @@ def catalog_task(
     q_rows = np.array([row_of[int(p)] for p in picked], dtype=np.int64)
     labels = relevance_labels(db_table, relevance)
     fit, fit_name = _fit_features(settings, model, fit_on, selection, fit_sample) if with_fit else (None, "")
+    queries, scaled = db[q_rows], {}
+    if query_scale is not None:
+        qfs, _ = get_features(settings, model, "fashion", split, selection, query_resolution=query_resolution,
+                              query_scale=query_scale)
+        q_of = {int(pid): i for i, pid in enumerate(qfs.ids)}
+        ok = np.array([int(p) in q_of and not np.isnan(qfs.features[q_of[int(p)]]).any() for p in picked])
+        picked, q_rows = picked[ok], q_rows[ok]
+        queries = np.asarray(qfs.features[[q_of[int(p)] for p in picked]])
+        res = "native" if query_resolution is None else f"{query_resolution[0]}x{query_resolution[1]}"
+        scaled = {"query_scale": query_scale, "query_resolution": res}
     return RetrievalTask(
-        protocol="catalog", queries=db[q_rows], database=db, query_ids=picked, database_ids=db_table["id"].to_numpy(),
+        protocol="catalog", queries=queries, database=db, query_ids=picked, database_ids=db_table["id"].to_numpy(),
         query_labels=labels[q_rows], database_labels=labels, exclude_rows=q_rows, fit=fit,
-        info={"queries_from": f"{selection} {split} split", "database": db_name, "relevance": relevance,
+        info={"queries_from": f"{selection} {split} split"
+              + (f", re-rendered at x{query_scale:g}" if query_scale is not None else ""),
+              "database": db_name, "relevance": relevance, **scaled,
               "whitening_fit": fit_name, "query_table": db_table.iloc[q_rows].reset_index(drop=True)},
     )
 

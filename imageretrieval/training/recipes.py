@@ -21,6 +21,7 @@ from ..device import autocast, resolve_device, resolve_precision, to_batch
 from ..featurestore import DIGEST_KEY, REUSE_KEY, get_features, trunk_digest
 from ..io_utils import save_json
 from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
+from ..models.weights import load_state_dict_file
 from ..settings import Settings
 from .bn_adapt import adapt_batchnorm
 from .data import ClassBalancedSampler, ImageTable, image_table_dataset, sample_table, training_table
@@ -58,6 +59,7 @@ class TrainRequest:
     max_images: int | None = None  # bn-adapt: cap on target images
     samples: dict[str, int] = field(default_factory=dict)  # {"deepfashion:train": n}: seeded samples (CPU budget)
     pack: str | None = None  # a training pack folder (pack.py) instead of the dataset roots
+    init_from: str | None = None  # end to end: start the head (+ proxies) from this trained model's
     resume: bool = False
     options: TrainOptions = field(default_factory=TrainOptions)
 
@@ -240,6 +242,43 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
 
 
 # ----- image-based recipes (classifier, end-to-end metric): GPU-sized, tested on tiny models --------------
+def init_head_from(settings: Settings, source: str, model: FeatureExtractor, loss_head: nn.Module,
+                   classes: tuple[str, ...]) -> dict:
+    """Start from a trained model's head and class proxies, then fine-tune the trunk too (LP-FT).
+
+    Training the head on frozen features first and only then unfreezing the trunk (Kumar et al.,
+    ICLR 2022) keeps the pretrained features from being distorted by a random head's gradients.
+    The head must have the same shape and the same classes; the proxies come from the source's
+    best checkpoint when it is there (random otherwise, logged).
+    """
+    from ..models.registry import WEIGHTS_FILE, model_dir
+    from .trainer import BEST
+
+    src_cfg = get_model_config(source, settings.workdir)
+    cfg = model.config
+    same = (src_cfg.embedding_dims == cfg.embedding_dims and src_cfg.trunk_dims == cfg.trunk_dims
+            and int(src_cfg.extra.get("head_hidden") or 0) == int(cfg.extra.get("head_hidden") or 0)
+            and not src_cfg.extra.get("heads"))
+    if not same:
+        raise ValueError(f"--init-from {source}: its head ({src_cfg.embedding_dims} dims, hidden "
+                         f"{src_cfg.extra.get('head_hidden') or 0}) does not match this run's; pass the same "
+                         "--dims / --head-hidden")
+    if tuple(src_cfg.extra.get("classes") or ()) != tuple(classes):
+        raise ValueError(f"--init-from {source}: it was trained on other classes than this run's")
+    directory = model_dir(source, settings.workdir)
+    state = load_state_dict_file(directory / (src_cfg.weights.ref or WEIGHTS_FILE))
+    model.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+    info = {"init_from": source, "proxies": "random"}
+    best = run_dir(settings, source) / BEST
+    if best.is_file():
+        proxies = torch.load(best, map_location="cpu", weights_only=True)["state"].get("loss.proxies")
+        if proxies is not None and proxies.shape == loss_head.proxies.shape:
+            loss_head.proxies.data.copy_(proxies)
+            info["proxies"] = str(best)
+    log.info("head initialized from %s (proxies: %s)", source, info["proxies"])
+    return info
+
+
 def image_training_table(settings: Settings, req: TrainRequest) -> tuple[LabelEncoding, pd.DataFrame]:
     """The labelled train + val rows: from a training pack (`req.pack`) or from the dataset roots."""
     if req.pack:
@@ -299,6 +338,9 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
         criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     else:
         loss_head = ProxyLoss(req.loss, len(encoding), req.dims)
+    init = init_head_from(settings, req.init_from, model, loss_head, encoding.classes) if req.init_from else {}
+    if init and classifier:
+        raise ValueError("--init-from applies to the metric recipe")
     model.to(device, memory_format=torch.channels_last)
     loss_head.to(device)
     state = nn.ModuleDict({"model": model, "loss": loss_head})
@@ -368,7 +410,7 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
     _, pred, y = embed_val()
     plot_confusion(y[y >= 0], pred[y >= 0], list(encoding.classes), out_dir / "confusion.png",
                    f"{req.name}: val predictions")
-    info = {"recipe": req.recipe, "mode": "images", **summary, "final_val": final, "n_train": len(train),
+    info = {"recipe": req.recipe, "mode": "images", **init, **summary, "final_val": final, "n_train": len(train),
             "n_val": len(val), "trainable": trainable, "classes": list(encoding.classes)}
     return _finish(settings, req, model.float(), info, t0)
 

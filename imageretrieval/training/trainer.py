@@ -127,26 +127,26 @@ class Trainer:
             writer.writeheader()
             writer.writerows(rows)
 
-    def _plan(self, started: float, epochs_done: int) -> None:
-        """With a time budget, lower the planned epochs to what the measured epoch time leaves room for.
+    def _plan(self, started: float, last_epoch_seconds: float) -> None:
+        """With a time budget, plan as many epochs as the latest epoch's duration leaves room for.
 
-        The cosine schedule is defined over the planned epochs, so a budgeted run still ends annealed
-        instead of being cut off at a high learning rate.
+        Re-planned after every epoch from the latest one (the first carries start-up costs: worker
+        start, cuDNN autotuning), so the plan can grow again after it. The cosine schedule is defined
+        over the planned epochs, so a budgeted run still ends annealed instead of being cut off.
         """
         budget = self.opts.time_budget
-        if not budget or not epochs_done:
+        if not budget:
             return
-        elapsed = time.perf_counter() - started
-        fits = int((budget - elapsed) // (elapsed / epochs_done))
-        planned = max(self.epoch, min(self.planned_epochs, self.epoch + fits))
-        if planned < self.planned_epochs:
-            log.info("time budget %.0f s: %d epochs planned instead of %d (%.1f s per epoch)",
-                     budget, planned, self.planned_epochs, elapsed / epochs_done)
+        left = budget - (time.perf_counter() - started)
+        planned = max(self.epoch, min(self.opts.epochs, self.epoch + int(left // max(last_epoch_seconds, 1e-6))))
+        if planned != self.planned_epochs:
+            log.info("time budget %.0f s: %d epochs planned (%.1f s per epoch, %.0f s left)",
+                     budget, planned, last_epoch_seconds, left)
             self.planned_epochs = planned
 
     def fit(self, batches: Callable[[int], Iterable], progress: bool = True) -> dict:
         """Run epochs `self.epoch+1 .. planned`; stops early after `patience` epochs without progress."""
-        started, done = time.perf_counter(), 0
+        started = time.perf_counter()
         while self.epoch < self.planned_epochs and self.bad_epochs < self.opts.patience:
             epoch = self.epoch + 1
             t0 = time.perf_counter()
@@ -187,8 +187,7 @@ class Trainer:
             self._save(LAST, full=True)
             log.info("epoch %d: %s%s", epoch, {k: v for k, v in row.items() if k != "epoch"},
                      " (best)" if improved else "")
-            done += 1
-            self._plan(started, done)
+            self._plan(started, time.perf_counter() - t0)
         plot_curves(self.out_dir / LOG, self.out_dir / "curves.png")
         summary = {"epochs_run": self.epoch, "planned_epochs": self.planned_epochs, "best_epoch": self.best_epoch,
                    "best_val_score": self.best_score,
