@@ -163,6 +163,8 @@ def test_default_trainable_stages_match_the_seed():
     assert not trunk.conv_stem.weight.requires_grad
     train_mode(trunk)
     assert not trunk.bn1.training and trunk.bn2.training  # frozen BN keeps its statistics
+    train_mode(trunk, freeze_bn_stats=True)
+    assert not trunk.bn2.training and trunk.bn2.weight.requires_grad  # statistics kept, affine still trains
 
 
 def test_saved_then_loaded_model_gives_identical_embeddings(tmp_path):

@@ -50,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--init-from", metavar="MODEL",
                    help="end-to-end metric: start the head and class proxies from this trained model (e.g. a head "
                         "trained on cached features), then fine-tune the trunk as well (linear-probe-then-finetune)")
+    p.add_argument("--freeze-bn-stats", action="store_true",
+                   help="images: keep every batch-norm layer's running statistics (the pretrained ones) while the "
+                        "trunk trains; small or domain-mixed batches otherwise re-estimate them")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="plan only as many epochs as fit into this many minutes of training (measured after "
                         "each epoch); the learning-rate schedule is fitted to them")
@@ -90,7 +93,8 @@ def request_from_args(args) -> TrainRequest:
         head_hidden=args.head_hidden, loss=args.loss, m_per_class=m,
         batch_size=args.train_batch_size or (256 if cached_default else 64),
         instance_weight=args.instance_weight, max_images=args.max_images, samples=parse_samples(args.sample),
-        pack=args.pack, init_from=args.init_from, resume=args.resume, options=opts,
+        pack=args.pack, init_from=args.init_from, freeze_bn_stats=args.freeze_bn_stats, resume=args.resume,
+        options=opts,
     )
 
 

@@ -44,12 +44,13 @@ def freeze_trunk(trunk: nn.Module, trainable: list[str]) -> list[str]:
     return names
 
 
-def train_mode(model: nn.Module) -> nn.Module:
-    """model.train(), but batch-norm layers whose parameters are frozen keep their running statistics."""
+def train_mode(model: nn.Module, freeze_bn_stats: bool = False) -> nn.Module:
+    """model.train(), but batch-norm layers whose parameters are frozen keep their running statistics
+    (with `freeze_bn_stats`, every batch-norm layer does: its affine parameters may still train)."""
     model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if freeze_bn_stats or (params and not any(p.requires_grad for p in params)):
                 module.eval()
     return model

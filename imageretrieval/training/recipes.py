@@ -60,6 +60,7 @@ class TrainRequest:
     samples: dict[str, int] = field(default_factory=dict)  # {"deepfashion:train": n}: seeded samples (CPU budget)
     pack: str | None = None  # a training pack folder (pack.py) instead of the dataset roots
     init_from: str | None = None  # end to end: start the head (+ proxies) from this trained model's
+    freeze_bn_stats: bool = False  # end to end: keep every batch-norm layer's running statistics
     resume: bool = False
     options: TrainOptions = field(default_factory=TrainOptions)
 
@@ -401,7 +402,8 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
 
     out_dir = run_dir(settings, req.name)
     trainer = Trainer(state, groups, opts, out_dir, step, validate,
-                      lambda: (train_mode(model), loss_head.train()), len(loader), device, precision)
+                      lambda: (train_mode(model, req.freeze_bn_stats), loss_head.train()), len(loader), device,
+                      precision)
     if req.resume:
         trainer.resume()
     summary = trainer.fit(batches, progress)
