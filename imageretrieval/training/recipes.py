@@ -59,7 +59,7 @@ class TrainRequest:
     max_images: int | None = None  # bn-adapt: cap on target images
     samples: dict[str, int] = field(default_factory=dict)  # {"deepfashion:train": n}: seeded samples (CPU budget)
     pack: str | None = None  # a training pack folder (pack.py) instead of the dataset roots
-    init_from: str | None = None  # end to end: start the head (+ proxies) from this trained model's
+    init_from: str | None = None  # end-to-end metric: start the head and class proxies from this trained model
     freeze_bn_stats: bool = False  # end to end: keep every batch-norm layer's running statistics
     resume: bool = False
     options: TrainOptions = field(default_factory=TrainOptions)
@@ -339,9 +339,9 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
         criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     else:
         loss_head = ProxyLoss(req.loss, len(encoding), req.dims)
-    init = init_head_from(settings, req.init_from, model, loss_head, encoding.classes) if req.init_from else {}
-    if init and classifier:
+    if req.init_from and classifier:
         raise ValueError("--init-from applies to the metric recipe")
+    init = init_head_from(settings, req.init_from, model, loss_head, encoding.classes) if req.init_from else {}
     model.to(device, memory_format=torch.channels_last)
     loss_head.to(device)
     state = nn.ModuleDict({"model": model, "loss": loss_head})
