@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.endswith(f"commands.{name}"):
                 continue  # command not shipped in this build
-            if not _third_party(exc):
+            if not missing_third_party(exc):
                 raise
             _register_unavailable(sub, name, exc.name)  # e.g. `train` on a GPU box without faiss
             continue
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _third_party(exc: ModuleNotFoundError) -> bool:
+def missing_third_party(exc: ModuleNotFoundError) -> bool:
+    """The import failed on a package outside this one (not installed), not on a module of ours."""
     return bool(exc.name) and exc.name.split(".")[0] != __package__
 
 
@@ -92,7 +93,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         try:
             module = importlib.import_module(f".{module_name}", __package__)
         except ModuleNotFoundError as exc:
-            if not _third_party(exc):
+            if not missing_third_party(exc):
                 raise
             continue
         found += [getattr(module, n) for n in names]

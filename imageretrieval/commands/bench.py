@@ -9,6 +9,8 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
+    from ..cli import missing_third_party
+
     p = sub.add_parser("bench", help="benchmarks (results go to docs/benchmarks.md)")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name in ("pipeline", "serve"):
@@ -17,7 +19,7 @@ def register(sub) -> None:
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.endswith(f"benchmarks.{name}"):
                 continue
-            if exc.name and exc.name.split(".")[0] != "imageretrieval":
+            if missing_third_party(exc):
                 log.debug("bench %s unavailable: needs %s", name, exc.name)  # e.g. a training-only install
                 continue
             raise

@@ -83,6 +83,7 @@ def query_resolution_of(settings, model: str, mode: str) -> tuple[int, int] | No
 def build_task(args, settings, model: str):
     from ..evaluation import protocols
 
+    mode = args.query_resolution or settings.query_resolution
     if args.protocol == "catalog":
         return protocols.catalog_task(
             settings, model, selection=args.selection, split="test",
@@ -90,10 +91,8 @@ def build_task(args, settings, model: str):
             n_queries=args.queries or protocols.DEFAULT_CATALOG_QUERIES, fit_on=args.whiten_on,
             fit_sample=args.fit_sample, with_fit=args.features != "raw", database_sample=args.database_sample,
             query_scale=args.query_scale,
-            query_resolution=query_resolution_of(settings, model, args.query_resolution or settings.query_resolution)
-            if args.query_scale else None)
+            query_resolution=query_resolution_of(settings, model, mode) if args.query_scale else None)
     if args.protocol == "deepfashion-to-catalog":
-        mode = args.query_resolution or settings.query_resolution
         return protocols.deepfashion_task(
             settings, model, database=args.database or "all", selection=args.selection, n_queries=args.queries,
             query_resolution=query_resolution_of(settings, model, mode), fit_on=args.whiten_on,

