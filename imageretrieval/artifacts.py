@@ -20,8 +20,9 @@ from .extract import extract_features, feature_dir
 from .featurestore import get_features, head_only_base
 from .io_utils import load_json, save_json, save_npy
 from .models import create_model, get_model_config
+from .models.composite import is_composite_base
 from .models.registry import weights_fingerprint
-from .preprocess import Preprocess
+from .preprocess import preprocess_for
 from .settings import Settings
 from .whitening import PostProcessor
 
@@ -113,11 +114,11 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         return current
 
     t0 = time.perf_counter()
-    if head_only_base(settings, config) is not None:  # same trunk as a base model: reuse its features
+    if head_only_base(settings, config) is not None or is_composite_base(config):  # reuse cached features
         fs, _ = get_features(settings, model_name, "fashion", progress=progress)
     else:
         model = create_model(model_name, workdir=workdir)
-        preprocess = Preprocess(config.input_size, config.resize_mode)
+        preprocess = preprocess_for(config)
         fs = extract_features(
             model,
             [catalog.image_path(i) for i in catalog.ids],

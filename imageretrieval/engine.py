@@ -29,7 +29,7 @@ from .images import open_image
 from .index import load_index
 from .index import search as index_search
 from .models import create_model, get_model_config
-from .preprocess import Preprocess
+from .preprocess import preprocess_for
 from .settings import Settings
 from .whitening import PostProcessor
 
@@ -104,19 +104,16 @@ class RetrievalEngine:
             raise IndexNotBuiltError(f"index for {model_name!r} is inconsistent: run `{rebuild} --force`")
         self.device = resolve_device(settings.device)
         self.precision = resolve_precision(settings.precision, self.device)
+        res = self.manifest.get("catalog_resolution")
+        self.preprocess = preprocess_for(self.config, tuple(res) if (res and settings.query_resolution == "catalog")
+                                         else None)
         with denormals_flushed(self.device):  # torch worker threads started here keep the flag
             self.model = prepare_model(create_model(model_name, workdir=settings.workdir), self.device)
             self._forward = self.model
             if settings.compile_inference:
-                size = self.config.input_size
-                example = to_batch(torch.full((1, 3, size, size), 255, dtype=torch.uint8), self.device)
-                self._forward = compile_for_inference(self.model, example, self.device, self.precision)
-        res = self.manifest.get("catalog_resolution")
-        self.preprocess = Preprocess(
-            self.config.input_size,
-            self.config.resize_mode,
-            tuple(res) if (res and settings.query_resolution == "catalog") else None,
-        )
+                blank = torch.full((1, *self.preprocess.shape), 255, dtype=torch.uint8)
+                self._forward = compile_for_inference(self.model, to_batch(blank, self.device), self.device,
+                                                      self.precision)
         catalog = load_catalog(settings.dataset_root)
         meta = catalog.df.set_index("id")
         self.metadata = meta.reindex(self.ids)

@@ -23,7 +23,7 @@ from .device import autocast, prepare_model, resolve_device, resolve_precision, 
 from .images import ImageDecodeError, open_image
 from .io_utils import load_json, save_json, save_npy
 from .models import FeatureExtractor
-from .preprocess import Preprocess
+from .preprocess import Preprocess, preprocess_for
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class ImageListDataset(Dataset):
             return self.preprocess(open_image(self.paths[i])), True
         except ImageDecodeError as exc:
             log.warning("skipping unreadable image: %s", exc)
-            size = self.preprocess.input_size
-            return torch.zeros(3, size, size, dtype=torch.uint8), False
+            return torch.zeros(self.preprocess.shape, dtype=torch.uint8), False
 
 
 def ids_hash(ids: np.ndarray) -> str:
@@ -163,7 +162,7 @@ def extract_features(
     ids = np.asarray(ids)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    preprocess = preprocess or Preprocess(model.config.input_size, model.config.resize_mode)
+    preprocess = preprocess or preprocess_for(model.config)
     meta = {
         "model": model.config.name,
         "fingerprint": fingerprint,

@@ -19,9 +19,10 @@ from .catalog import load_catalog, prepare_split
 from .extract import FeatureSet, extract_features, feature_dir, load_features
 from .io_utils import load_json
 from .models import FeatureExtractor, ModelConfig, create_model, get_model_config
+from .models.composite import composite_members, is_composite_base
 from .models.extractor import DIGEST_KEY, REUSE_KEY, trunk_digest
 from .models.registry import weights_fingerprint
-from .preprocess import Preprocess
+from .preprocess import preprocess_for
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,25 @@ def _base_digest(settings: Settings, base_name: str) -> str:
     return _DIGESTS[key]
 
 
+def _cached(workdir: Path, model_name: str, name: str, fingerprint: str) -> FeatureSet | None:
+    """A complete cached feature set of this model (same weights and config), or None."""
+    directory = feature_dir(workdir, model_name, name)
+    meta_path = directory / "meta.json"
+    fs = load_features(directory)
+    if fs is None or not meta_path.is_file() or load_json(meta_path).get("fingerprint") != fingerprint:
+        return None
+    return fs
+
+
+def concat_normalized(parts: list[np.ndarray]) -> np.ndarray:
+    """Each block L2-normalized row by row, then side by side: what `MultiTrunk` computes (NaN rows stay NaN)."""
+    out = []
+    for x in parts:
+        x = np.asarray(x, dtype=np.float32)
+        out.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+    return np.concatenate(out, axis=1)
+
+
 @torch.inference_mode()
 def apply_head(model: FeatureExtractor, fs: FeatureSet, batch_size: int = 8192) -> FeatureSet:
     """Embed cached pooled trunk features with the model's head (+ L2); NaN rows stay NaN."""
@@ -134,11 +154,16 @@ def get_features(
     settings.seed), so slow models can be evaluated on an affordable subset; it is sliced from the
     whole split when that is already extracted.
     """
-    base = head_only_base(settings, get_model_config(model_name, settings.workdir))
+    config = get_model_config(model_name, settings.workdir)
+    base = head_only_base(settings, config)
     if base is not None:
         fs, table = get_features(settings, base, dataset, split, selection, query_resolution, progress, sample,
                                  query_scale)
         return apply_head(create_model(model_name, workdir=settings.workdir), fs), table
+    if is_composite_base(config):
+        parts = [get_features(settings, m, dataset, split, selection, query_resolution, progress, sample, query_scale)
+                 for m in composite_members(config)]
+        return FeatureSet(concat_normalized([fs.features for fs, _ in parts]), parts[0][0].ids), parts[0][1]
     table = fashion_table(settings, selection, split) if dataset == "fashion" else deepfashion_table(settings, split)
     if sample is not None and sample < len(table):
         table = table.sample(n=sample, random_state=settings.seed).sort_index().reset_index(drop=True)
@@ -158,20 +183,25 @@ def get_features(
     name += suffix
     candidates.append(name)
     for cand in candidates:
-        directory = feature_dir(settings.workdir, model_name, cand)
-        meta_path = directory / "meta.json"
-        fs = load_features(directory)
-        if fs is None or not meta_path.is_file() or load_json(meta_path).get("fingerprint") != fp:
-            continue
-        sliced = _slice(fs, ids)
+        fs = _cached(settings.workdir, model_name, cand, fp)
+        sliced = _slice(fs, ids) if fs is not None else None
         if sliced is not None:
             return sliced, table
+    if dataset == "fashion" and split == "all" and sample is None:  # the selection's splits, extracted apart
+        splits = [_cached(settings.workdir, model_name, f"fashion-{selection}-{s}{suffix}", fp)
+                  for s in ("train", "val", "test")]
+        if all(s is not None for s in splits):
+            sliced = _slice(FeatureSet(np.concatenate([s.features for s in splits]),
+                                       np.concatenate([np.asarray(s.ids) for s in splits])), ids)
+            if sliced is not None:
+                return sliced, table
     model = create_model(model_name, workdir=settings.workdir)
     cfg = model.config
     fs = extract_features(
         model, [Path(p) for p in table["path"]], ids, feature_dir(settings.workdir, model_name, name),
-        preprocess=Preprocess(cfg.input_size, cfg.resize_mode, query_resolution, query_scale),
+        preprocess=preprocess_for(cfg, query_resolution, query_scale),
         batch_size=settings.batch_size, num_workers=settings.num_workers, device=settings.device,
         precision=settings.precision, fingerprint=fp, progress=progress,
+        reuse_root=feature_dir(settings.workdir, model_name, name).parent,  # rows other sets already hold
     )
     return fs, table

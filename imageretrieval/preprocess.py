@@ -63,22 +63,49 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
 
+def pack_side_by_side(squares: list[Image.Image], fill: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Squares of different sizes on one canvas, left to right, top-aligned (a composite model's input)."""
+    canvas = Image.new("RGB", (sum(sq.width for sq in squares), max(sq.height for sq in squares)), fill)
+    left = 0
+    for sq in squares:
+        canvas.paste(sq, (left, 0))
+        left += sq.width
+    return canvas
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Callable PIL RGB image -> uint8 tensor (3, size, size)."""
+    """Callable PIL RGB image -> uint8 tensor (3, size, size), or for a composite model (`packed_sizes`)
+    one square per member at the member's own size, side by side (see models/composite.py)."""
 
     input_size: int
     resize_mode: str = "letterbox"
     query_resolution: tuple[int, int] | None = None  # (w, h) of the catalog; None = native
     query_scale: float | None = None  # evaluation only: re-render the image at this scale first
+    packed_sizes: tuple[int, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) of every output."""
+        if self.packed_sizes:
+            return 3, max(self.packed_sizes), sum(self.packed_sizes)
+        return 3, self.input_size, self.input_size
+
+    def _square(self, img: Image.Image, size: int) -> Image.Image:
+        return center_crop(img, size) if self.resize_mode == "center-crop" else letterbox(img, size)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.query_scale is not None:
             img = rescale(img, self.query_scale)
         if self.query_resolution is not None:
             img = match_resolution(img, self.query_resolution)
-        if self.resize_mode == "center-crop":
-            img = center_crop(img, self.input_size)
-        else:
-            img = letterbox(img, self.input_size)
-        return to_uint8_tensor(img)
+        if self.packed_sizes:
+            return to_uint8_tensor(pack_side_by_side([self._square(img, s) for s in self.packed_sizes]))
+        return to_uint8_tensor(self._square(img, self.input_size))
+
+
+def preprocess_for(config, query_resolution: tuple[int, int] | None = None,
+                   query_scale: float | None = None) -> Preprocess:
+    """The preprocessing a model config asks for (a `ModelConfig`; composites pack their members' squares)."""
+    sizes = tuple(int(s) for s in config.extra.get("member_sizes") or ())
+    return Preprocess(config.input_size, config.resize_mode, query_resolution, query_scale, sizes)

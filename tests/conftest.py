@@ -62,3 +62,19 @@ def make_settings(catalog: Path, workdir: Path, **kw) -> Settings:
 @pytest.fixture()
 def settings(synthetic_catalog, built_workdir) -> Settings:
     return make_settings(synthetic_catalog, built_workdir)
+
+
+def count_encoded(monkeypatch) -> dict:
+    """Patch the encoder to count the images it really encodes (vs rows reused or resumed)."""
+    from imageretrieval import extract as ex
+
+    encoded = {"n": 0}
+    real_encode = ex.encode_batches
+
+    def counting(*a, **k):
+        for feats in real_encode(*a, **k):
+            encoded["n"] += len(feats)
+            yield feats
+
+    monkeypatch.setattr(ex, "encode_batches", counting)
+    return encoded

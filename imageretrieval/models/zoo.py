@@ -79,3 +79,14 @@ def efficientnet_lite1() -> ModelConfig:
 @register_model
 def efficientnet_lite2() -> ModelConfig:
     return _lite(2, 260)
+
+
+@register_model
+def efficientnet_lite012() -> ModelConfig:
+    from .composite import composite_config
+
+    return composite_config(
+        "efficientnet_lite012", [efficientnet_lite0(), efficientnet_lite1(), efficientnet_lite2()],
+        "EfficientNet-Lite0, -Lite1 and -Lite2 side by side (224/240/260 px), L2-normalized pooled features "
+        "concatenated: the best frozen features of the zoo for a catalog head (offline weights)",
+    )

@@ -21,6 +21,7 @@ from ..device import autocast, resolve_device, resolve_precision, to_batch
 from ..featurestore import DIGEST_KEY, REUSE_KEY, get_features, trunk_digest
 from ..io_utils import save_json
 from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
+from ..models.composite import composite_members
 from ..models.weights import load_state_dict_file
 from ..settings import Settings
 from .bn_adapt import adapt_batchnorm
@@ -444,6 +445,13 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
     """Dispatch a request; `metric` with a frozen trunk and avg pooling trains on cached features."""
     if req.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {req.recipe!r}; choose one of {', '.join(RECIPES)}")
+    composite = bool(composite_members(get_model_config(req.base, settings.workdir)))
+    if composite and (req.recipe != "metric" or req.pack or req.trainable or req.pooling not in (None, "avg")
+                      or req.input_size not in (None, _base_size(settings, req))):
+        raise ValueError(f"{req.base} is a composite of frozen backbones: it trains a head on their cached "
+                         "features only (--recipe metric --trainable none, no --pack, --pooling or --input-size)")
+    if composite:
+        req.trainable = []  # on any device
     if req.recipe == "bn-adapt":
         return bn_adapt(settings, req, progress)
     if req.recipe == "metric" and not req.pack:
