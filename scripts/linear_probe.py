@@ -43,3 +43,11 @@ rows = np.arange(len(y_test))
 p15 = retrieval_scores(emb, y_test, emb, y_test, exclude_rows=rows)["p@15"]
 print(f"{name}: linear probe (C={strength:g}) on {len(y_train)} train products, {x_train.shape[1]} dims: "
       f"test accuracy {accuracy:.4f}, class-probability ranking P@15 {p15:.4f} ({len(y_test)} queries)")
+predicted = probe.classes_[proba.argmax(1)]
+pairs: dict[tuple[str, str], int] = {}
+for truth, guess in zip(y_test, predicted, strict=True):
+    if truth != guess:
+        pairs[(truth, guess)] = pairs.get((truth, guess), 0) + 1
+top = sorted(pairs.items(), key=lambda kv: -kv[1])[:6]
+print(f"{len(y_test) - int((predicted == y_test).sum())} errors; most frequent (true -> predicted): "
+      + ", ".join(f"{t} -> {g} {n}" for (t, g), n in top))
