@@ -15,7 +15,7 @@ from .settings import Settings
 
 COMMAND_MODULES = [
     "prepare", "models", "extract", "index", "search", "serve",
-    "evaluate", "finetune_pca", "train", "pack", "ensemble", "compose", "download_catalog", "bench", "synthetic",
+    "evaluate", "finetune_pca", "train", "pack", "ensemble", "compose", "download_catalog", "bench", "make_synthetic",
 ]
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",
