@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .models.composite import SIZES_KEY
+
 WHITE = (255, 255, 255)
 
 
@@ -107,5 +109,5 @@ class Preprocess:
 def preprocess_for(config, query_resolution: tuple[int, int] | None = None,
                    query_scale: float | None = None) -> Preprocess:
     """The preprocessing a model config asks for (a `ModelConfig`; composites pack their members' squares)."""
-    sizes = tuple(int(s) for s in config.extra.get("member_sizes") or ())
+    sizes = tuple(int(s) for s in config.extra.get(SIZES_KEY) or ())
     return Preprocess(config.input_size, config.resize_mode, query_resolution, query_scale, sizes)
