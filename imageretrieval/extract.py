@@ -199,6 +199,7 @@ def extract_features(
     net = prepare_model(model, dev)
     t0 = time.perf_counter()
     bar = tqdm(total=n_todo, desc=f"extract {model.config.name}", unit="img", disable=not progress)
+    n_copied = 0
     for c in todo:
         lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
         feats = np.full((hi - lo, model.config.dims), np.nan, np.float32)
@@ -206,6 +207,7 @@ def extract_features(
         for i, row in known.items():
             feats[i] = row
         bar.update(len(known))
+        n_copied += len(known)
         missing = [i for i in range(hi - lo) if i not in known]
         if missing:
             loader = make_loader([paths[lo + i] for i in missing], preprocess, batch_size, num_workers, dev)
@@ -213,8 +215,10 @@ def extract_features(
         save_npy(chunk_dir / f"chunk_{c:05d}.npy", feats.astype(np.float32))
     bar.close()
     elapsed = time.perf_counter() - t0
-    if n_todo:
-        log.info("extracted %d images in %.1fs (%.1f img/s, %s, %s)", n_todo, elapsed, n_todo / elapsed, dev, prec)
+    if n_todo > n_copied:
+        n_new = n_todo - n_copied
+        log.info("encoded %d images in %.1fs (%.1f img/s, %s, %s)%s", n_new, elapsed, n_new / elapsed, dev, prec,
+                 f"; {n_copied} rows copied from other feature sets" if n_copied else "")
 
     features = np.concatenate([np.load(chunk_dir / f"chunk_{c:05d}.npy") for c in range(n_chunks)], axis=0)
     save_npy(out_dir / "ids.npy", ids)
