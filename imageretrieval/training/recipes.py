@@ -445,9 +445,11 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
     """Dispatch a request; `metric` with a frozen trunk and avg pooling trains on cached features."""
     if req.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {req.recipe!r}; choose one of {', '.join(RECIPES)}")
-    composite = bool(composite_members(get_model_config(req.base, settings.workdir)))
+    base_cfg = get_model_config(req.base, settings.workdir)
+    same_size = req.input_size in (None, base_cfg.input_size)
+    composite = bool(composite_members(base_cfg))
     if composite and (req.recipe != "metric" or req.pack or req.trainable or req.pooling not in (None, "avg")
-                      or req.input_size not in (None, _base_size(settings, req))):
+                      or not same_size):
         raise ValueError(f"{req.base} is a composite of frozen backbones: it trains a head on their cached "
                          "features only (--recipe metric --trainable none, no --pack, --pooling or --input-size)")
     if composite:
@@ -457,7 +459,6 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
     if req.recipe == "metric" and not req.pack:
         if req.trainable is None and resolve_device(settings.device).type == "cpu":
             req.trainable = []  # CPU default: frozen trunk, head on cached features
-        same_size = req.input_size in (None, _base_size(settings, req))
         if req.trainable == [] and req.pooling in (None, "avg") and same_size:
             return train_metric_cached(settings, req, progress)
     if req.pack and req.recipe == "bn-adapt":
@@ -466,10 +467,6 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
         raise ValueError("--instance-weight applies to the metric recipe on cached features (frozen trunk, "
                          "avg pooling, the base's input size)")
     return train_on_images(settings, req, progress)
-
-
-def _base_size(settings: Settings, req: TrainRequest) -> int:
-    return get_model_config(req.base, settings.workdir).input_size
 
 
 __all__ = ["RECIPES", "LabelEncoding", "TrainOptions", "TrainRequest", "train"]
