@@ -61,13 +61,6 @@ if model.config.extra.get(REUSE_KEY) != "efficientnet_lite0" or model.head is No
 trunk = model.trunk
 
 
-def prefix(x: torch.Tensor) -> torch.Tensor:
-    x = trunk.bn1(trunk.conv_stem((x - model.mean) / model.std))
-    for block in trunk.blocks[:FROZEN_BLOCKS]:
-        x = block(x)
-    return x
-
-
 @torch.inference_mode()
 def prefix_maps(split: str, flip: bool) -> np.ndarray:
     """The frozen stages' output maps of a seed split (computed once, written atomically)."""
