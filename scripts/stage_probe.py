@@ -30,6 +30,8 @@ from imageretrieval.settings import Settings
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 log = logging.getLogger("stage_probe")
+if len(sys.argv) < 2:
+    sys.exit(__doc__)
 name, combinations = sys.argv[1], sys.argv[2:] or ["avg", "b4+b5+b6"]
 settings = Settings()
 
@@ -56,7 +58,6 @@ def pooled_stages(split: str) -> dict[str, np.ndarray]:
             parts.setdefault(k, []).append(v.numpy())
     out = {k: np.concatenate(v) for k, v in parts.items()}
     out["label"] = table["articleType"].astype(str).to_numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: _savez(tmp, out))
     return out
 

@@ -22,7 +22,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,9 +73,8 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, split: str, flip: b
         row += len(x)
     out.flush()
     del out
-    Path(partial).replace(path)
+    partial.replace(path)
     return np.load(path, mmap_mode="r")
-
 
 
 def main(source: str, name: str, epochs: int, trunk_lr: float, head_lr: float) -> None:
@@ -173,5 +171,7 @@ def main(source: str, name: str, epochs: int, trunk_lr: float, head_lr: float) -
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 8,
          float(sys.argv[4]) if len(sys.argv) > 4 else 1e-4, float(sys.argv[5]) if len(sys.argv) > 5 else 3e-4)
