@@ -4,19 +4,23 @@ A head trained on frozen pooled features (`train --trainable none`) cannot adapt
 the trunk end to end on images costs a full forward pass per image and step (~5 img/s here). But
 when the early stages stay frozen and the only augmentation is a horizontal flip, their output
 maps are fixed: this script computes them once (blocks 0-4 of the lite trunk: 14x14x112 at 224 px,
-fp16, for the seed selection's train split, its mirror image, val and test) and then trains blocks
+fp16, for the source's train split, its mirror image, val and, for the seed selection, test; photos
+through the engine's query path) and then trains blocks
 5-6 + the head convolution + the embedding head + the class proxies on them (~65 img/s of
 training), starting from the source model (linear probe, then fine-tune). Every batch-norm layer
 keeps its pretrained statistics (see docs/training.md on why re-estimating them breaks the head).
 The best epoch by the training recipe's validation score is saved as a new model of the zoo, so
 `imageretrieval evaluate --model NAME` measures it like any other.
 
-    python scripts/suffix_finetune.py SOURCE NAME [EPOCHS] [TRUNK_LR] [HEAD_LR]
+    python scripts/suffix_finetune.py SOURCE NAME [EPOCHS] [TRUNK_LR] [HEAD_LR] [--no-flip] [--val-sample N]
 
-SOURCE: a head trained on `efficientnet_lite0` features of the seed selection (catalog only), e.g.
-lite0-metric-seed-mlp80. The maps land in <WORKDIR>/prefix-maps/ (~1.1 GB) and are reused.
+SOURCE: a head trained on `efficientnet_lite0` features (`train --trainable none`), e.g.
+lite0-metric-seed-mlp80 (seed catalog) or lite0-metric-both-mlp80 (whole catalog + photos); the run
+trains on the same dataset and split. The maps land in <WORKDIR>/prefix-maps/ (~44 KB per image
+and copy: 1.1 GB for the seed selection with its mirror) and are reused.
 """
 
+import argparse
 import copy
 import json
 import logging
@@ -24,20 +28,24 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from imageretrieval.artifacts import catalog_resolution
+from imageretrieval.catalog import load_catalog
 from imageretrieval.device import to_batch
 from imageretrieval.evaluation.protocols import sample_rows
 from imageretrieval.extract import make_loader
 from imageretrieval.featurestore import fashion_table
+from imageretrieval.io_utils import save_json
 from imageretrieval.models import FeatureExtractor, create_model
 from imageretrieval.models.extractor import DIGEST_KEY, REUSE_KEY
 from imageretrieval.models.registry import TRUNK_FROM_BASE, save_trained_model
 from imageretrieval.preprocess import preprocess_for
 from imageretrieval.settings import Settings
-from imageretrieval.training.data import balanced_batches
+from imageretrieval.training.data import balanced_batches, training_table
 from imageretrieval.training.losses import ProxyLoss
 from imageretrieval.training.metrics import retrieval_scores
 from imageretrieval.training.recipes import run_dir, val_scores
@@ -49,21 +57,30 @@ BATCH, PER_CLASS = 64, 4
 
 
 @torch.inference_mode()
-def prefix_maps(settings: Settings, model: FeatureExtractor, split: str, flip: bool) -> np.ndarray:
-    """The frozen stages' output maps of a seed split (computed once, written atomically)."""
+def prefix_maps(settings: Settings, model: FeatureExtractor, name: str, paths: list[str], flip: bool = False,
+                query_resolution: tuple[int, int] | None = None) -> np.ndarray:
+    """The frozen stages' output maps of the images at `paths`, computed once and written atomically.
+
+    `name` names the image list (e.g. `seed-train`, `deepfashion-train-q60x80`); the list itself is
+    saved beside the maps and checked on reuse, so a changed split never reuses stale maps.
+    """
     path = settings.workdir / "prefix-maps" / f"efficientnet_lite0-b{FROZEN_BLOCKS}" / \
-        f"seed-{split}{'-flip' if flip else ''}.npy"
+        f"{name}{'-flip' if flip else ''}.npy"
+    keys_path = path.with_suffix(".paths.json")
     if path.is_file():
-        return np.load(path, mmap_mode="r")
+        maps = np.load(path, mmap_mode="r")
+        same = json.loads(keys_path.read_text()) == paths if keys_path.is_file() else len(maps) == len(paths)
+        if same:
+            return maps
+        log.warning("%s: cached for another image list; computing it again", path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = fashion_table(settings, "seed", split)
-    loader = make_loader(list(table["path"]), preprocess_for(model.config), 32, 1, torch.device("cpu"))
+    loader = make_loader(paths, preprocess_for(model.config, query_resolution), 32, 1, torch.device("cpu"))
     side = model.config.input_size // 16
     partial = path.with_suffix(".partial.npy")
-    out = np.lib.format.open_memmap(partial, "w+", np.float16, (len(table), 112, side, side))
+    out = np.lib.format.open_memmap(partial, "w+", np.float16, (len(paths), 112, side, side))
     row = 0
     net = copy.deepcopy(model.trunk).to(memory_format=torch.channels_last)
-    for images, _ in tqdm(loader, desc=f"maps {split}{' flipped' if flip else ''}", unit="batch"):
+    for images, _ in tqdm(loader, desc=f"maps {name}{' flipped' if flip else ''}", unit="batch"):
         x = to_batch(images, torch.device("cpu"))
         x = torch.flip(x, dims=[3]) if flip else x
         x = net.bn1(net.conv_stem((x - model.mean) / model.std))
@@ -73,24 +90,59 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, split: str, flip: b
         row += len(x)
     out.flush()
     del out
+    save_json(keys_path, paths)
     partial.replace(path)
     return np.load(path, mmap_mode="r")
 
 
-def main(source: str, name: str, epochs: int, trunk_lr: float, head_lr: float) -> None:
+def split_maps(settings: Settings, model: FeatureExtractor, rows: pd.DataFrame, name: str,
+               flip: bool = False) -> np.ndarray:
+    """Maps of a training table's rows (one split): catalog products, then photos at the query resolution."""
+    parts = []
+    for domain, part in rows.groupby("domain", sort=False):
+        if domain == "fashion":
+            parts.append(prefix_maps(settings, model, name, list(part["path"]), flip))
+        else:
+            res = catalog_resolution(load_catalog(settings.dataset_root))  # the engine's query path
+            split = part["split"].iloc[0]
+            parts.append(prefix_maps(settings, model, f"deepfashion-{split}-q{res[0]}x{res[1]}", list(part["path"]),
+                                     flip, res))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def main(args: argparse.Namespace) -> None:
     settings = Settings()
     torch.manual_seed(0)
+    source, name, epochs, trunk_lr, head_lr = args.source, args.name, args.epochs, args.trunk_lr, args.head_lr
     model = create_model(source, workdir=settings.workdir).eval()
     if model.config.extra.get(REUSE_KEY) != "efficientnet_lite0" or model.head is None:
         sys.exit(f"{source}: expected a head trained on frozen efficientnet_lite0 features")
     trunk = model.trunk
-    classes = json.loads((run_dir(settings, source) / "run.json").read_text())["classes"]
-    code = {c: i for i, c in enumerate(classes)}
-    labels = {s: np.array([code[c] for c in fashion_table(settings, "seed", s)["articleType"]])
-              for s in ("train", "val", "test")}
-    maps = {s: prefix_maps(settings, model, s, False) for s in ("val", "test", "train")}
-    # (2, n, C, H, W) in RAM: ~0.85 GB
-    train_maps = np.stack([maps["train"], prefix_maps(settings, model, "train", True)])
+    run = json.loads((run_dir(settings, source) / "run.json").read_text())
+    dataset, selection = run["request"]["dataset"], run["request"]["selection"]
+    encoding, table = training_table(settings, dataset, selection)
+    if list(encoding.classes) != run["classes"]:
+        sys.exit(f"{source}: its classes differ from the {dataset}/{selection} training table's")
+    val_name = f"{selection}-val"
+    cat_val = table.index[(table["split"] == "val") & (table["domain"] == "fashion")]
+    if args.val_sample and len(cat_val) > args.val_sample:  # a validation pass in seconds, not minutes
+        keep = cat_val[sample_rows(len(cat_val), args.val_sample, settings.seed)]
+        table = table.drop(cat_val.difference(keep)).reset_index(drop=True)
+        val_name += f"-s{args.val_sample}"
+    rows = {s: table[table["split"] == s] for s in ("train", "val")}  # catalog rows first, then photos
+    labels = {s: r["label"].to_numpy() for s, r in rows.items()}
+    domains = {s: r["domain"].to_numpy() for s, r in rows.items()}
+    items = rows["val"]["item"].to_numpy().astype(str)
+    maps = {"val": split_maps(settings, model, rows["val"], val_name)}
+    with_test = dataset == "fashion" and selection == "seed"
+    if with_test:  # the catalog protocol's test split, scored inside the run
+        test_table = fashion_table(settings, "seed", "test")
+        labels["test"] = encoding.encode(test_table["articleType"])
+        maps["test"] = prefix_maps(settings, model, "seed-test", list(test_table["path"]))
+    train = [split_maps(settings, model, rows["train"], f"{selection}-train")]
+    if args.flip:
+        train.append(split_maps(settings, model, rows["train"], f"{selection}-train", flip=True))
+    train_maps = np.stack(train)  # (1 or 2, n, C, H, W) in RAM: ~44 KB per image and copy
 
     suffix = nn.Sequential(*trunk.blocks[FROZEN_BLOCKS:], trunk.conv_head, trunk.bn2)
     suffix = suffix.to(memory_format=torch.channels_last)
@@ -98,7 +150,7 @@ def main(source: str, name: str, epochs: int, trunk_lr: float, head_lr: float) -
         p.requires_grad_(False)
     for p in suffix.parameters():
         p.requires_grad_(True)
-    loss_fn = ProxyLoss("proxy-anchor", len(classes), model.config.embedding_dims)
+    loss_fn = ProxyLoss("proxy-anchor", len(encoding), model.config.embedding_dims)
     best_ckpt = torch.load(run_dir(settings, source) / BEST, map_location="cpu", weights_only=True)
     loss_fn.proxies.data.copy_(best_ckpt["state"]["loss.proxies"])
     optimizer = torch.optim.AdamW([
@@ -106,6 +158,7 @@ def main(source: str, name: str, epochs: int, trunk_lr: float, head_lr: float) -
         {"params": list(model.head.parameters()), "lr": head_lr},
         {"params": [loss_fn.proxies], "lr": head_lr * 10, "weight_decay": 0.0}], weight_decay=1e-4)
     n_batches = len(labels["train"]) // BATCH
+    domain_codes = pd.factorize(domains["train"])[0]  # every batch holds both domains of a class
     total = epochs * n_batches
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))  # cosine to 0
@@ -120,48 +173,54 @@ def main(source: str, name: str, epochs: int, trunk_lr: float, head_lr: float) -
                                for i in range(0, len(maps[split]), 256)])
 
     def validate() -> dict:
-        out = val_scores(embed("val"), labels["val"], np.array(["fashion"] * len(labels["val"])))
-        return {"p@15": out["catalog_p@15"], "map": out["catalog_map"]}
+        """The training recipe's validation: catalog val (and photo val -> catalog val) P@15; score = their mean."""
+        return val_scores(embed("val"), labels["val"], domains["val"], items=items)
 
-    def test() -> dict:
-        """The catalog protocol's figures: 600 seeded test queries against the test split."""
+    def test() -> dict | str:
+        """The catalog protocol's figures: 600 seeded test queries against the seed test split."""
+        if not with_test:
+            return "run `imageretrieval evaluate` on the saved model"
         emb, y = embed("test"), labels["test"]
         q = sample_rows(len(y), 600, settings.seed)
         return retrieval_scores(emb[q], y[q], emb, y, exclude_rows=q)
 
+    def show(scores: dict) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+
     start = validate()
-    log.info("start (%s): val P@15 %.4f mAP %.4f; test %s", source, start["p@15"], start["map"], test())
-    best, best_state, best_epoch = start["p@15"], None, 0
+    log.info("start (%s): val %s; test %s", source, show(start), test())
+    best, best_state, best_epoch = start["score"], None, 0
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         suffix.eval()  # batch-norm statistics stay the pretrained ones; the weights train
         total_loss = 0.0
-        for rows in tqdm(balanced_batches(labels["train"], PER_CLASS, BATCH, n_batches, rng), desc=f"epoch {epoch}",
-                         unit="batch", leave=False):
-            mirrored = rng.integers(0, 2, len(rows))
-            emb = model.embed_pooled(suffix(as_batch(train_maps[mirrored, rows])).mean((2, 3)))
-            loss = loss_fn(emb, torch.from_numpy(labels["train"][rows]))
+        batches = balanced_batches(labels["train"], PER_CLASS, BATCH, n_batches, rng, domain_codes)
+        for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False):
+            mirrored = rng.integers(0, len(train_maps), len(batch))
+            emb = model.embed_pooled(suffix(as_batch(train_maps[mirrored, batch])).mean((2, 3)))
+            loss = loss_fn(emb, torch.from_numpy(labels["train"][batch]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             total_loss += loss.item()
         val = validate()
-        log.info("epoch %d: loss %.3f, val P@15 %.4f mAP %.4f (%.0f s)", epoch, total_loss / n_batches, val["p@15"],
-                 val["map"], time.perf_counter() - t0)
-        if val["p@15"] > best:
-            best, best_epoch = val["p@15"], epoch
+        log.info("epoch %d: loss %.3f, val %s (%.0f s)", epoch, total_loss / n_batches, show(val),
+                 time.perf_counter() - t0)
+        if val["score"] > best:
+            best, best_epoch = val["score"], epoch
             best_state = copy.deepcopy(model.state_dict())
     if best_state is None:
-        sys.exit(f"no epoch beat {source} on val (P@15 {start['p@15']:.4f}); nothing saved")
+        sys.exit(f"no epoch beat {source} on val (score {start['score']:.4f}); nothing saved")
     model.load_state_dict(best_state)
-    log.info("best epoch %d: val P@15 %.4f; test %s; %.0f s of training", best_epoch, best, test(),
+    log.info("best epoch %d: val score %.4f; test %s; %.0f s of training", best_epoch, best, test(),
              time.perf_counter() - t0)
     extra = {k: v for k, v in model.config.extra.items() if k not in (REUSE_KEY, DIGEST_KEY, TRUNK_FROM_BASE)}
     extra["training"] = {**extra.get("training", {}), "finetuned_from": source, "mode": "cached-prefix-maps",
                          "trainable": ["blocks.5", "blocks.6", "conv_head", "bn2"], "epochs": epochs,
-                         "best_epoch": best_epoch, "lr": [trunk_lr, head_lr]}
+                         "best_epoch": best_epoch, "lr": [trunk_lr, head_lr], "flip": args.flip,
+                         "val_sample": args.val_sample}
     config = model.config.model_copy(update={"name": name, "base_model": source, "extra": extra,
                                              "description": f"{source} with blocks 5-6 and conv_head fine-tuned"},
                                      deep=True)
@@ -171,7 +230,14 @@ def main(source: str, name: str, epochs: int, trunk_lr: float, head_lr: float) -
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 8,
-         float(sys.argv[4]) if len(sys.argv) > 4 else 1e-4, float(sys.argv[5]) if len(sys.argv) > 5 else 3e-4)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="a head trained on frozen lite0 features (`train --trainable none`)")
+    parser.add_argument("name", help="name of the new model")
+    parser.add_argument("epochs", nargs="?", type=int, default=8)
+    parser.add_argument("trunk_lr", nargs="?", type=float, default=1e-4)
+    parser.add_argument("head_lr", nargs="?", type=float, default=3e-4)
+    parser.add_argument("--no-flip", dest="flip", action="store_false",
+                        help="no mirrored copy of the train maps (half the extraction; no flip augmentation)")
+    parser.add_argument("--val-sample", type=int, default=0,
+                        help="validate on a seeded sample of at most N catalog val products (0: all)")
+    main(parser.parse_args())
