@@ -12,18 +12,20 @@ keeps its pretrained statistics (see docs/training.md on why re-estimating them 
 The best epoch by the training recipe's validation score is saved as a new model of the zoo, so
 `imageretrieval evaluate --model NAME` measures it like any other.
 
-    python scripts/suffix_finetune.py SOURCE NAME [EPOCHS] [TRUNK_LR] [HEAD_LR] [--no-flip] [--val-sample N]
+    python scripts/suffix_finetune.py SOURCE NAME [EPOCHS] [TRUNK_LR] [HEAD_LR] [--no-flip] [--val-sample N] [--resume]
 
 SOURCE: a head trained on `efficientnet_lite0` features (`train --trainable none`), e.g.
 lite0-metric-seed-mlp80 (seed catalog) or lite0-metric-both-mlp80 (whole catalog + photos); the run
 trains on the same dataset and split. The maps land in <WORKDIR>/prefix-maps/ (~44 KB per image
-and copy: 1.1 GB for the seed selection with its mirror) and are reused.
+and copy: 1.1 GB for the seed selection with its mirror) and are reused. After every epoch the run's
+state is saved (<WORKDIR>/training/NAME/suffix-last.pt); `--resume` continues an interrupted run there.
 """
 
 import argparse
 import copy
 import json
 import logging
+import math
 import sys
 import time
 
@@ -39,7 +41,7 @@ from imageretrieval.device import to_batch
 from imageretrieval.evaluation.protocols import sample_rows
 from imageretrieval.extract import make_loader
 from imageretrieval.featurestore import fashion_table
-from imageretrieval.io_utils import save_json
+from imageretrieval.io_utils import atomic_write, save_json
 from imageretrieval.models import FeatureExtractor, create_model
 from imageretrieval.models.extractor import DIGEST_KEY, REUSE_KEY
 from imageretrieval.models.registry import TRUNK_FROM_BASE, save_trained_model
@@ -53,6 +55,7 @@ from imageretrieval.training.trainer import BEST
 
 log = logging.getLogger("suffix_finetune")
 FROZEN_BLOCKS = 5  # blocks 0-4 stay frozen; 5, 6, conv_head and bn2 train
+LAST = "suffix-last.pt"  # the state after the last finished epoch, in the new model's training folder
 BATCH, PER_CLASS = 64, 4
 
 
@@ -161,7 +164,7 @@ def main(args: argparse.Namespace) -> None:
     domain_codes = pd.factorize(domains["train"])[0]  # every batch holds both domains of a class
     total = epochs * n_batches
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))  # cosine to 0
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))  # cosine to 0
 
     def as_batch(array) -> torch.Tensor:
         return torch.from_numpy(np.asarray(array, dtype=np.float32)).contiguous(memory_format=torch.channels_last)
@@ -187,12 +190,29 @@ def main(args: argparse.Namespace) -> None:
     def show(scores: dict) -> str:
         return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
 
-    start = validate()
-    log.info("start (%s): val %s; test %s", source, show(start), test())
-    best, best_state, best_epoch = start["score"], None, 0
     rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    checkpoint = run_dir(settings, name) / LAST
+    run_args = {k: getattr(args, k) for k in ("source", "epochs", "trunk_lr", "head_lr", "flip", "val_sample")}
+    first_epoch, spent = 1, 0.0
+    if args.resume and checkpoint.is_file():
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if ckpt["args"] != run_args:
+            sys.exit(f"{checkpoint}: saved by a run with other arguments ({ckpt['args']}); "
+                     "rerun with those or without --resume")
+        model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt["loss"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        rng.bit_generator.state = ckpt["rng"]
+        start, best, best_state, best_epoch = ckpt["start"], ckpt["best"], ckpt["best_state"], ckpt["best_epoch"]
+        first_epoch, spent = ckpt["epoch"] + 1, ckpt["seconds"]
+        log.info("resumed from %s after epoch %d", checkpoint, ckpt["epoch"])
+    else:
+        start = validate()
+        log.info("start (%s): val %s; test %s", source, show(start), test())
+        best, best_state, best_epoch = start["score"], None, 0
+    t0 = time.perf_counter() - spent
+    for epoch in range(first_epoch, epochs + 1):
         suffix.eval()  # batch-norm statistics stay the pretrained ones; the weights train
         total_loss = 0.0
         batches = balanced_batches(labels["train"], PER_CLASS, BATCH, n_batches, rng, domain_codes)
@@ -211,6 +231,12 @@ def main(args: argparse.Namespace) -> None:
         if val["score"] > best:
             best, best_epoch = val["score"], epoch
             best_state = copy.deepcopy(model.state_dict())
+        state = {"args": run_args, "epoch": epoch, "seconds": time.perf_counter() - t0, "model": model.state_dict(),
+                 "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "rng": rng.bit_generator.state, "start": {k: float(v) for k, v in start.items()},
+                 "best": float(best), "best_state": best_state,
+                 "best_epoch": best_epoch}
+        atomic_write(checkpoint, lambda path, state=state: torch.save(state, path))  # --resume continues here
     if best_state is None:
         sys.exit(f"no epoch beat {source} on val (score {start['score']:.4f}); nothing saved")
     model.load_state_dict(best_state)
@@ -240,4 +266,6 @@ if __name__ == "__main__":
                         help="no mirrored copy of the train maps (half the extraction; no flip augmentation)")
     parser.add_argument("--val-sample", type=int, default=0,
                         help="validate on a seeded sample of at most N catalog val products (0: all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue after the last finished epoch of an interrupted run of NAME (same arguments)")
     main(parser.parse_args())
