@@ -2,23 +2,25 @@
 
 A head trained on frozen pooled features (`train --trainable none`) cannot adapt the trunk. Training
 the trunk end to end on images costs a full forward pass per image and step (~5 img/s here). But
-when the early stages stay frozen and the only augmentation is a horizontal flip, their output
-maps are fixed: this script computes them once (blocks 0-4 of the lite trunk: 14x14x112 at 224 px,
-fp16, for the source's train split, its mirror image, val and, for the seed selection, test; photos
-through the engine's query path) and then trains blocks
-5-6 + the head convolution + the embedding head + the class proxies on them (~65 img/s of
-training), starting from the source model (linear probe, then fine-tune). Every batch-norm layer
-keeps its pretrained statistics (see docs/training.md on why re-estimating them breaks the head).
-The best epoch by the training recipe's validation score is saved as a new model of the zoo, so
-`imageretrieval evaluate --model NAME` measures it like any other.
+when the early stages stay frozen and the only augmentation is a horizontal flip, their output maps
+are fixed: this script computes them once (blocks 0-4 of the lite trunk, fp16: 14x14x112 for lite0
+at 224 px) for the source's train split, its mirror image, val and, for the seed selection, test
+(photos through the engine's query path), and then trains blocks 5-6 + the head convolution + the
+embedding head + the class proxies on them (~65 img/s of training for lite0), starting from the
+source model (linear probe, then fine-tune). Every batch-norm layer keeps its pretrained statistics
+(see docs/training.md on why re-estimating them breaks the head). The best epoch by the training
+recipe's validation score is saved as a new model of the zoo, so `imageretrieval evaluate --model
+NAME` measures it like any other.
 
-    python scripts/suffix_finetune.py SOURCE NAME [EPOCHS] [TRUNK_LR] [HEAD_LR] [--no-flip] [--val-sample N] [--resume]
+    python scripts/suffix_finetune.py SOURCE NAME [EPOCHS] [TRUNK_LR] [HEAD_LR] [--no-flip]
+        [--val-sample N] [--resume]
 
-SOURCE: a head trained on `efficientnet_lite0` features (`train --trainable none`), e.g.
+SOURCE: a head trained on frozen `efficientnet_lite0`, `_lite1` or `_lite2` features, e.g.
 lite0-metric-seed-mlp80 (seed catalog) or lite0-metric-both-mlp80 (whole catalog + photos); the run
-trains on the same dataset and split. The maps land in <WORKDIR>/prefix-maps/ (~44 KB per image
-and copy: 1.1 GB for the seed selection with its mirror) and are reused. After every epoch the run's
-state is saved (<WORKDIR>/training/NAME/suffix-last.pt); `--resume` continues an interrupted run there.
+trains on the same dataset and split. The maps land in <WORKDIR>/prefix-maps/ (~44 KB per image and
+copy for lite0: 1.1 GB for the seed selection with its mirror) and are reused. After every epoch the
+run's state is saved (<WORKDIR>/training/NAME/suffix-last.pt); `--resume` continues an interrupted
+run from there.
 """
 
 import argparse
@@ -55,8 +57,17 @@ from imageretrieval.training.trainer import BEST
 
 log = logging.getLogger("suffix_finetune")
 FROZEN_BLOCKS = 5  # blocks 0-4 stay frozen; 5, 6, conv_head and bn2 train
+LITE_TRUNKS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LAST = "suffix-last.pt"  # the state after the last finished epoch, in the new model's training folder
 BATCH, PER_CLASS = 64, 4
+
+
+def prefix(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The frozen stages of a timm efficientnet_lite trunk: stem, then blocks 0 .. FROZEN_BLOCKS-1."""
+    x = trunk.bn1(trunk.conv_stem(x))
+    for block in trunk.blocks[:FROZEN_BLOCKS]:
+        x = block(x)
+    return x
 
 
 @torch.inference_mode()
@@ -67,7 +78,7 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, name: str, paths: l
     `name` names the image list (e.g. `seed-train`, `deepfashion-train-q60x80`); the list itself is
     saved beside the maps and checked on reuse, so a changed split never reuses stale maps.
     """
-    path = settings.workdir / "prefix-maps" / f"efficientnet_lite0-b{FROZEN_BLOCKS}" / \
+    path = settings.workdir / "prefix-maps" / f"{model.config.extra[REUSE_KEY]}-b{FROZEN_BLOCKS}" / \
         f"{name}{'-flip' if flip else ''}.npy"
     keys_path = path.with_suffix(".paths.json")
     if path.is_file():
@@ -78,17 +89,16 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, name: str, paths: l
         log.warning("%s: cached for another image list; computing it again", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     loader = make_loader(paths, preprocess_for(model.config, query_resolution), 32, 1, torch.device("cpu"))
-    side = model.config.input_size // 16
-    partial = path.with_suffix(".partial.npy")
-    out = np.lib.format.open_memmap(partial, "w+", np.float16, (len(paths), 112, side, side))
-    row = 0
     net = copy.deepcopy(model.trunk).to(memory_format=torch.channels_last)
+    probe = torch.zeros(1, 3, model.config.input_size, model.config.input_size)
+    shape = prefix(net, probe).shape[1:]  # (C, H, W): 112 x 14 x 14 for lite0 at 224 px
+    partial = path.with_suffix(".partial.npy")
+    out = np.lib.format.open_memmap(partial, "w+", np.float16, (len(paths), *shape))
+    row = 0
     for images, _ in tqdm(loader, desc=f"maps {name}{' flipped' if flip else ''}", unit="batch"):
         x = to_batch(images, torch.device("cpu"))
         x = torch.flip(x, dims=[3]) if flip else x
-        x = net.bn1(net.conv_stem((x - model.mean) / model.std))
-        for block in net.blocks[:FROZEN_BLOCKS]:
-            x = block(x)
+        x = prefix(net, (x - model.mean) / model.std)
         out[row:row + len(x)] = x.float().numpy().astype(np.float16)
         row += len(x)
     out.flush()
@@ -118,8 +128,8 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     source, name, epochs, trunk_lr, head_lr = args.source, args.name, args.epochs, args.trunk_lr, args.head_lr
     model = create_model(source, workdir=settings.workdir).eval()
-    if model.config.extra.get(REUSE_KEY) != "efficientnet_lite0" or model.head is None:
-        sys.exit(f"{source}: expected a head trained on frozen efficientnet_lite0 features")
+    if model.config.extra.get(REUSE_KEY) not in LITE_TRUNKS or model.head is None:
+        sys.exit(f"{source}: expected a head trained on frozen {' / '.join(LITE_TRUNKS)} features")
     trunk = model.trunk
     run = json.loads((run_dir(settings, source) / "run.json").read_text())
     dataset, selection = run["request"]["dataset"], run["request"]["selection"]
@@ -257,7 +267,7 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="a head trained on frozen lite0 features (`train --trainable none`)")
+    parser.add_argument("source", help="a head trained on frozen lite0/1/2 features (`train --trainable none`)")
     parser.add_argument("name", help="name of the new model")
     parser.add_argument("epochs", nargs="?", type=int, default=8)
     parser.add_argument("trunk_lr", nargs="?", type=float, default=1e-4)
