@@ -81,12 +81,11 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, name: str, paths: l
     path = settings.workdir / "prefix-maps" / f"{model.config.extra[REUSE_KEY]}-b{FROZEN_BLOCKS}" / \
         f"{name}{'-flip' if flip else ''}.npy"
     keys_path = path.with_suffix(".paths.json")
-    if path.is_file():
-        maps = np.load(path, mmap_mode="r")
-        same = json.loads(keys_path.read_text()) == paths if keys_path.is_file() else len(maps) == len(paths)
-        if same:
-            return maps
+    if path.is_file() and keys_path.is_file():
+        if json.loads(keys_path.read_text()) == paths:
+            return np.load(path, mmap_mode="r")
         log.warning("%s: cached for another image list; computing it again", path)
+    keys_path.unlink(missing_ok=True)  # maps without their list are never reused
     path.parent.mkdir(parents=True, exist_ok=True)
     loader = make_loader(paths, preprocess_for(model.config, query_resolution), 32, 1, torch.device("cpu"))
     net = copy.deepcopy(model.trunk).to(memory_format=torch.channels_last)
@@ -103,8 +102,8 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, name: str, paths: l
         row += len(x)
     out.flush()
     del out
-    save_json(keys_path, paths)
     partial.replace(path)
+    save_json(keys_path, paths)  # last: a crash before this leaves maps that are computed again
     return np.load(path, mmap_mode="r")
 
 
