@@ -19,14 +19,11 @@ import numpy as np
 from imageretrieval.evaluation.protocols import RetrievalTask, catalog_task
 from imageretrieval.evaluation.runner import evaluate_task
 from imageretrieval.settings import Settings
+from imageretrieval.whitening import l2_normalize
 
 log = logging.getLogger("late_fusion")
 WEIGHTS = np.round(np.arange(0.0, 1.01, 0.1), 2)
 SHOWN = ("PrecisionHits", "mAP", "R@1")
-
-
-def l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def fuse(a: RetrievalTask, b: RetrievalTask, w: float) -> RetrievalTask:
@@ -34,8 +31,8 @@ def fuse(a: RetrievalTask, b: RetrievalTask, w: float) -> RetrievalTask:
     if not (np.array_equal(a.query_ids, b.query_ids) and np.array_equal(a.database_ids, b.database_ids)):
         raise ValueError("the two models' tasks have different queries or databases (undecodable images?)")
     out = copy.copy(a)
-    out.queries = np.concatenate([np.sqrt(w) * l2(a.queries), np.sqrt(1 - w) * l2(b.queries)], 1)
-    out.database = np.concatenate([np.sqrt(w) * l2(a.database), np.sqrt(1 - w) * l2(b.database)], 1)
+    out.queries = np.concatenate([np.sqrt(w) * l2_normalize(a.queries), np.sqrt(1 - w) * l2_normalize(b.queries)], 1)
+    out.database = np.concatenate([np.sqrt(w) * l2_normalize(a.database), np.sqrt(1 - w) * l2_normalize(b.database)], 1)
     return out
 
 

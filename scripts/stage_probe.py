@@ -22,9 +22,10 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from imageretrieval.extract import make_loader
-from imageretrieval.featurestore import fashion_table
+from imageretrieval.featurestore import concat_normalized, fashion_table
 from imageretrieval.io_utils import atomic_write
 from imageretrieval.models import create_model
+from imageretrieval.models.pooling import gem, global_avg, global_max
 from imageretrieval.preprocess import preprocess_for
 from imageretrieval.settings import Settings
 
@@ -51,9 +52,8 @@ def pooled_stages(split: str) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
     for images, _ in tqdm(loader, desc=f"{name} {split}", unit="batch"):
         fmap = model.forward_trunk(images.float() / 255)
-        pooled = {k: v.mean((2, 3)) for k, v in taps.items()}
-        pooled.update(avg=fmap.mean((2, 3)), max=fmap.amax((2, 3)),
-                      gem=fmap.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3))
+        pooled = {k: global_avg(v) for k, v in taps.items()}
+        pooled.update(avg=global_avg(fmap), max=global_max(fmap), gem=gem(fmap, 3.0))
         for k, v in pooled.items():
             parts.setdefault(k, []).append(v.numpy())
     out = {k: np.concatenate(v) for k, v in parts.items()}
@@ -68,8 +68,7 @@ def _savez(path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def features(stages: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
-    return np.concatenate([v / np.linalg.norm(v, axis=1, keepdims=True)
-                           for v in (stages[k].astype(np.float32) for k in keys)], axis=1)
+    return concat_normalized([stages[k] for k in keys])
 
 
 train, test = pooled_stages("train"), pooled_stages("test")
@@ -80,5 +79,5 @@ for combination in combinations:
     scaler = StandardScaler().fit(x_train)
     probe = LogisticRegression(C=0.05, max_iter=500).fit(scaler.transform(x_train), train["label"])
     accuracy = float((probe.predict(scaler.transform(x_test)) == test["label"]).mean())
-    print(f"{name} {combination}: {x_train.shape[1]} dims, test accuracy {accuracy:.4f} "
-          f"({len(x_train)} train / {len(x_test)} test products, {time.perf_counter() - t0:.0f} s)")
+    log.info("%s %s: %d dims, test accuracy %.4f (%d train / %d test products, %.0f s)", name, combination,
+             x_train.shape[1], accuracy, len(x_train), len(x_test), time.perf_counter() - t0)

@@ -108,14 +108,13 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, name: str, paths: l
 
 
 def split_maps(settings: Settings, model: FeatureExtractor, rows: pd.DataFrame, name: str,
-               flip: bool = False) -> np.ndarray:
-    """Maps of a training table's rows (one split): catalog products, then photos at the query resolution."""
+               res: tuple[int, int] | None, flip: bool = False) -> np.ndarray:
+    """Maps of a training table's rows (one split): catalog products, then photos brought to `res` (w, h)."""
     parts = []
     for domain, part in rows.groupby("domain", sort=False):
         if domain == "fashion":
             parts.append(prefix_maps(settings, model, name, list(part["path"]), flip))
         else:
-            res = catalog_resolution(load_catalog(settings.dataset_root))  # the engine's query path
             split = part["split"].iloc[0]
             parts.append(prefix_maps(settings, model, f"deepfashion-{split}-q{res[0]}x{res[1]}", list(part["path"]),
                                      flip, res))
@@ -145,15 +144,17 @@ def main(args: argparse.Namespace) -> None:
     labels = {s: r["label"].to_numpy() for s, r in rows.items()}
     domains = {s: r["domain"].to_numpy() for s, r in rows.items()}
     items = rows["val"]["item"].to_numpy().astype(str)
-    maps = {"val": split_maps(settings, model, rows["val"], val_name)}
+    res = catalog_resolution(load_catalog(settings.dataset_root)) \
+        if (table["domain"] == "deepfashion").any() else None  # photos take the engine's query path
+    maps = {"val": split_maps(settings, model, rows["val"], val_name, res)}
     with_test = dataset == "fashion" and selection == "seed"
     if with_test:  # the catalog protocol's test split, scored inside the run
         test_table = fashion_table(settings, "seed", "test")
         labels["test"] = encoding.encode(test_table["articleType"])
         maps["test"] = prefix_maps(settings, model, "seed-test", list(test_table["path"]))
-    train = [split_maps(settings, model, rows["train"], f"{selection}-train")]
+    train = [split_maps(settings, model, rows["train"], f"{selection}-train", res)]
     if args.flip:
-        train.append(split_maps(settings, model, rows["train"], f"{selection}-train", flip=True))
+        train.append(split_maps(settings, model, rows["train"], f"{selection}-train", res, flip=True))
     train_maps = np.stack(train)  # (1 or 2, n, C, H, W) in RAM: ~44 KB per image and copy
 
     suffix = nn.Sequential(*trunk.blocks[FROZEN_BLOCKS:], trunk.conv_head, trunk.bn2)
@@ -277,4 +278,7 @@ if __name__ == "__main__":
                         help="validate on a seeded sample of at most N catalog val products (0: all)")
     parser.add_argument("--resume", action="store_true",
                         help="continue after the last finished epoch of an interrupted run of NAME (same arguments)")
-    main(parser.parse_args())
+    parsed = parser.parse_args()
+    if parsed.epochs < 1:
+        parser.error(f"EPOCHS must be at least 1 (got {parsed.epochs})")
+    main(parsed)
