@@ -30,6 +30,7 @@ from .index import load_index
 from .index import search as index_search
 from .models import create_model, get_model_config
 from .preprocess import preprocess_for
+from .rerank import DEFAULT_POOL, category_first, check_rerank, encode_categories, rerank_by_category
 from .settings import Settings
 from .whitening import PostProcessor
 
@@ -119,6 +120,7 @@ class RetrievalEngine:
         self.metadata = meta.reindex(self.ids)
         self.row_of = {int(pid): row for row, pid in enumerate(self.ids)}
         self.product_rows = product_rows(self.metadata)
+        self.category_codes, self.categories = encode_categories(self.metadata["articleType"].tolist())
         self._lock = threading.Lock()
 
     # ----- encoding -------------------------------------------------------------------------
@@ -166,43 +168,71 @@ class RetrievalEngine:
         k: int,
         filters: Mapping[str, Sequence[str]] | None = None,
         exclude_ids: Sequence[int | None] | None = None,
+        rerank: str | None = None,
     ) -> list[list[SearchHit]]:
+        """Top-k hits per query vector; `rerank="category"` shows the voted articleType first."""
+        rerank = check_rerank(rerank)
         mask = self.filter_mask(filters)
         extra = 1 if exclude_ids is not None else 0
-        scores, rows = index_search(self.index, queries, k + extra, allowed=mask)
+        fetch = self.candidates_needed(k, rerank) + extra
+        scores, rows = index_search(self.index, queries, fetch, allowed=mask)
         n_allowed = len(self.ids) if mask is None else int(mask.sum())
         out = []
         for qi in range(len(queries)):
-            pairs = [(float(s), int(r)) for s, r in zip(scores[qi], rows[qi], strict=True) if r >= 0]
-            if len(pairs) < min(k + extra, n_allowed):  # approximate index ran short: exact fallback
-                pairs = self._exact(queries[qi], k + extra, mask)
+            q_rows, q_scores = rows[qi], scores[qi]
+            if int((q_rows >= 0).sum()) < min(fetch, n_allowed):  # approximate index ran short: exact fallback
+                q_scores, q_rows = self._exact(queries[qi], fetch, mask)
             skip = None if exclude_ids is None else exclude_ids[qi]
-            hits = []
-            for score, row in pairs:
-                pid = int(self.ids[row])
-                if skip is not None and pid == skip:
-                    continue
-                hits.append(SearchHit(len(hits) + 1, pid, score, self.product_rows[row]))
-                if len(hits) == k:
-                    break
-            out.append(hits)
+            out.append(self.hits_from_candidates(q_rows, q_scores, k, rerank, skip))
         return out
 
-    def _exact(self, query: np.ndarray, k: int, mask: np.ndarray | None) -> list[tuple[float, int]]:
+    @staticmethod
+    def candidates_needed(k: int, rerank: str = "none") -> int:
+        """How many nearest neighbours a search fetches: k, or the re-ranking's pool."""
+        return k if rerank == "none" else max(k, DEFAULT_POOL)
+
+    def hits_from_candidates(self, rows: np.ndarray, scores: np.ndarray, k: int, rerank: str = "none",
+                             skip_id: int | None = None) -> list[SearchHit]:
+        """Ranked candidate rows (best first, -1 = none) -> the top-k hits, `skip_id` left out.
+
+        With rerank="category", the candidates' articleTypes vote (`rerank.vote_category`) and that
+        type comes first; a "more like this" query (`skip_id`) needs no vote: its own type is known.
+        """
+        rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        keep = rows >= 0
+        if skip_id is not None:
+            keep &= self.ids[np.maximum(rows, 0)] != skip_id
+        rows, scores = rows[keep], scores[keep]
+        if rerank == "category" and len(rows):
+            own = self.row_of.get(int(skip_id)) if skip_id is not None else None
+            if own is not None:
+                predicted = np.array([self.category_codes[own]])
+                order = category_first(np.arange(len(rows))[None], self.category_codes[rows], predicted, None)[0]
+            else:
+                order, _ = rerank_by_category(np.arange(len(rows))[None], scores[None], self.category_codes[rows],
+                                              pool=None)
+                order = order[0]
+            rows, scores = rows[order], scores[order]
+        return [SearchHit(rank, int(self.ids[row]), float(score), self.product_rows[row])
+                for rank, (row, score) in enumerate(zip(rows[:k], scores[:k], strict=True), start=1)]
+
+    def _exact(self, query: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the exact top-k, ties by row."""
         rows = np.arange(len(self.ids)) if mask is None else np.flatnonzero(mask)
         scores = np.asarray(self.vectors[rows]) @ query
         top = np.lexsort((rows, -scores))[:k]
-        return [(float(scores[i]), int(rows[i])) for i in top]
+        return scores[top], rows[top]
 
     def search(
         self,
         images: Sequence[Image.Image | str | Path | bytes],
         k: int = 15,
         filters: Mapping[str, Sequence[str]] | None = None,
+        rerank: str | None = None,
     ) -> list[list[SearchHit]]:
         """Encode the images (paths/bytes are decoded) and return the top-k hits for each."""
         decoded = [img if isinstance(img, Image.Image) else open_image(img) for img in images]
-        return self.search_vectors(self.encode(decoded), k, filters)
+        return self.search_vectors(self.encode(decoded), k, filters, rerank=rerank)
 
     def vector_of(self, product_id: int) -> np.ndarray:
         row = self.row_of.get(int(product_id))
@@ -210,10 +240,10 @@ class RetrievalEngine:
             raise UnknownProductError(f"product {product_id} is not in the {self.name} index")
         return np.asarray(self.vectors[row], dtype=np.float32)
 
-    def search_by_id(self, product_id: int, k: int = 15, filters=None) -> list[SearchHit]:
+    def search_by_id(self, product_id: int, k: int = 15, filters=None, rerank: str | None = None) -> list[SearchHit]:
         """'More like this': the stored vector of a catalog product, the product itself excluded."""
         q = self.vector_of(product_id)[None]
-        return self.search_vectors(q, k, filters, exclude_ids=[int(product_id)])[0]
+        return self.search_vectors(q, k, filters, exclude_ids=[int(product_id)], rerank=rerank)[0]
 
     def product(self, product_id: int, row: int | None = None) -> dict:
         row = self.row_of.get(int(product_id)) if row is None else row

@@ -46,6 +46,7 @@ class _Job:
     filters: Filters
     future: asyncio.Future[list[SearchHit]]
     timing: dict[str, float]  # ms per stage, for the Server-Timing header
+    rerank: str = "none"
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -91,7 +92,7 @@ class MicroBatcher:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.encode_tensors, tensor[None])
 
     async def submit(self, tensor: torch.Tensor, k: int, filters: Filters = (),
-                     timing: dict[str, float] | None = None) -> list[SearchHit]:
+                     timing: dict[str, float] | None = None, rerank: str = "none") -> list[SearchHit]:
         """Queue one preprocessed image; returns its hits. Raises OverloadedError when full or closing.
 
         `timing` (optional) receives the milliseconds spent queued, in the forward and in the search,
@@ -101,7 +102,7 @@ class MicroBatcher:
             raise OverloadedError("the service is shutting down; retry on another instance")
         future: asyncio.Future[list[SearchHit]] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(tensor, k, filters, future, timing if timing is not None else {}))
+            self._queue.put_nowait(_Job(tensor, k, filters, future, timing if timing is not None else {}, rerank))
         except asyncio.QueueFull:
             self.metrics.rejected.labels(model=self.engine.name, reason="queue_full").inc()
             raise OverloadedError(
@@ -164,24 +165,25 @@ class MicroBatcher:
                 job.future.set_exception(OverloadedError(message))
 
     def _process(self, batch: Sequence[_Job]) -> list[list[SearchHit] | Exception]:
-        """Worker thread: one forward for the batch, one index search per (k, filters) group."""
+        """Worker thread: one forward for the batch, one index search per (k, filters, rerank) group."""
         started = time.perf_counter()
         vectors = self.engine.encode_tensors(torch.stack([job.tensor for job in batch]))
         forward_ms = (time.perf_counter() - started) * 1000
         for job in batch:
             job.timing.update(forward=forward_ms, batch=len(batch))
-        groups: dict[tuple[int, Filters], list[int]] = {}
+        groups: dict[tuple[int, Filters, str], list[int]] = {}
         for i, job in enumerate(batch):
-            groups.setdefault((job.k, job.filters), []).append(i)
+            groups.setdefault((job.k, job.filters, job.rerank), []).append(i)
         out: list[list[SearchHit] | Exception] = [[] for _ in batch]
-        for (k, filters), members in groups.items():
+        for (k, filters, rerank), members in groups.items():
             queries = np.ascontiguousarray(vectors[members])
             searched = time.perf_counter()
             try:
                 if self._exact is not None:
-                    hits: list = self._search_exact(queries, k, {f: list(v) for f, v in filters})
+                    hits: list = self._search_exact(queries, k, {f: list(v) for f, v in filters}, rerank)
                 else:
-                    hits = self.engine.search_vectors(queries, k, {f: list(v) for f, v in filters} or None)
+                    hits = self.engine.search_vectors(queries, k, {f: list(v) for f, v in filters} or None,
+                                                      rerank=rerank)
             except Exception as exc:  # noqa: BLE001 - e.g. an unknown filter fails only its group
                 hits = [exc] * len(members)
             search_ms = (time.perf_counter() - searched) * 1000
@@ -190,7 +192,8 @@ class MicroBatcher:
                 batch[i].timing["search"] = search_ms
         return out
 
-    def _search_exact(self, queries: np.ndarray, k: int, filters: dict[str, list[str]]) -> list[list[SearchHit]]:
+    def _search_exact(self, queries: np.ndarray, k: int, filters: dict[str, list[str]], rerank: str = "none"
+                      ) -> list[list[SearchHit]]:
         """Flat index: the same exact inner-product ranking as one matrix product for the whole group.
 
         FAISS' flat search costs several times a plain GEMM + partial sort here (small CPU, many
@@ -203,21 +206,17 @@ class MicroBatcher:
         if mask is not None:
             scores[:, ~mask] = -np.inf
         n_valid = scores.shape[1] if mask is None else int(mask.sum())
-        k = min(k, n_valid)
+        fetch = min(self.engine.candidates_needed(k, rerank), n_valid)
         out = []
         for row_scores in scores:
-            if k == 0:
+            if fetch == 0:
                 out.append([])
                 continue
-            part = np.argpartition(-row_scores, k - 1)[:k]
+            part = np.argpartition(-row_scores, fetch - 1)[:fetch]
             cut = row_scores[part].min()
             rows = np.flatnonzero(row_scores >= cut)  # every tie at the cut, so the order is deterministic
-            rows = rows[np.lexsort((rows, -row_scores[rows]))][:k]
-            hits = []
-            for rank, row in enumerate(rows, start=1):
-                pid = int(self.engine.ids[row])
-                hits.append(SearchHit(rank, pid, float(row_scores[row]), self.engine.product_rows[row]))
-            out.append(hits)
+            rows = rows[np.lexsort((rows, -row_scores[rows]))][:fetch]
+            out.append(self.engine.hits_from_candidates(rows, row_scores[rows], k, rerank))
         return out
 
     async def close(self, grace_s: float = 10.0) -> None:

@@ -128,7 +128,7 @@ class Runtime:
         return clean
 
     async def search_upload(self, engine: RetrievalEngine, data: bytes, k: int, filters: dict[str, list[str]],
-                            timing: dict[str, float] | None = None) -> list[SearchHit]:
+                            timing: dict[str, float] | None = None, rerank: str = "none") -> list[SearchHit]:
         """Decode + preprocess on a worker thread, then encode + search in a shared micro-batch.
 
         `timing` (optional) receives milliseconds per stage: decode, queue, forward, search; and the batch size.
@@ -145,7 +145,7 @@ class Runtime:
             raise HTTPException(400, decode_error_message(exc)) from None
         timing["decode"] = (time.perf_counter() - started) * 1000
         try:
-            return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing)
+            return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
         except OverloadedError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from imageretrieval.engine import FILTER_FIELDS
 
 DEFAULT_TOP_K = 15
+Rerank = Literal["none", "category"]
+RERANK_DESCRIPTION = ("none: pure visual similarity; category: the articleType voted by the nearest "
+                      "products comes first (for 'more like this', the product's own type)")
 
 PRODUCT_EXAMPLE = {
     "id": 15970, "productDisplayName": "Turtle Check Men Navy Blue Shirt", "articleType": "Shirts",
@@ -44,12 +49,13 @@ class Hit(Product):
 
 class SearchResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "model": "efficientnet_lite0", "took_ms": 61.4,
+        "model": "efficientnet_lite0", "took_ms": 61.4, "rerank": "none",
         "results": [{"rank": 1, "score": 0.873214, **PRODUCT_EXAMPLE}],
     }]})
 
     model: str
     took_ms: float
+    rerank: Rerank = "none"
     results: list[Hit]
 
 
@@ -120,6 +126,7 @@ def make_by_id_request(top_k_max: int) -> type[BaseModel]:
         model: str | None = Field(None, description="Model name (default: the default model)")
         top_k: int | None = Field(None, ge=1, le=top_k_max, description=f"Results wanted (default {DEFAULT_TOP_K})")
         topK: int | None = Field(None, ge=1, le=top_k_max, description="Alias of top_k (the seed's name)")
+        rerank: Rerank = Field("none", description=RERANK_DESCRIPTION)
         gender: list[str] | None = None
         masterCategory: list[str] | None = None
         subCategory: list[str] | None = None

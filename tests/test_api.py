@@ -242,8 +242,30 @@ def test_search_by_id_json_and_form(client, catalog_df):
     assert client.post("/api/search/by-id", json={"product_id": 1040, "model": "tiny2"}).json()["model"] == "tiny2"
 
 
+def test_category_rerank_shows_one_type_first(client, synthetic_catalog, catalog_df):
+    """rerank=category: the voted type (for by-id, the product's own) leads; visual order kept within it."""
+    plain = client.post("/api/search", files={"image": ("q.jpg", image_bytes(synthetic_catalog, 1001))},
+                        data={"top_k": "100"})  # the re-ranking's whole pool
+    r = client.post("/api/search", files={"image": ("q.jpg", image_bytes(synthetic_catalog, 1001))},
+                    data={"top_k": "30", "rerank": "category"})
+    assert r.json()["rerank"] == "category" and plain.json()["rerank"] == "none"
+    types = [hit["articleType"] for hit in r.json()["results"]]
+    first = types[0]
+    n_first = types.count(first)
+    assert types[:n_first] == [first] * n_first  # one block, then the rest
+    same_plain = [i for i in first_ids(plain) if catalog_df.loc[i, "articleType"] == first]
+    assert first_ids(r)[:n_first] == same_plain[:n_first]  # visual order kept within the type
+    by_id = client.post("/api/search/by-id", json={"product_id": 1040, "top_k": 11, "rerank": "category"}).json()
+    own = catalog_df.loc[1040, "articleType"]
+    assert by_id["rerank"] == "category" and [h["articleType"] for h in by_id["results"]] == [own] * 11
+    bad = client.post("/api/search", files={"image": ("q.jpg", image_bytes(synthetic_catalog, 1001))},
+                      data={"rerank": "colour"})
+    assert bad.status_code == 422 and "rerank" in bad.json()["detail"]
+
+
 @pytest.mark.parametrize(("body", "status", "words"), [
     ({"product_id": 999999}, 404, "999999"),
+    ({"product_id": 1040, "rerank": "shuffle"}, 422, "rerank"),
     ({"top_k": 3}, 422, "product_id"),
     ({"product_id": 1040, "top_k": 0}, 422, "top_k"),
     ({"product_id": 1040, "top_k": 101}, 422, "top_k"),
@@ -455,16 +477,17 @@ def test_batcher_drains_on_close(settings):
     assert len(results) == 6 and all(len(r) == 3 and r[0].id == results[0][0].id for r in results)
 
 
+@pytest.mark.parametrize("rerank", ["none", "category"])
 @pytest.mark.parametrize("filters", [{}, {"gender": ["Men"]}, {"baseColour": ["Red", "Blue"], "usage": ["Casual"]}])
-def test_batched_exact_search_matches_the_engine(settings, filters):
+def test_batched_exact_search_matches_the_engine(settings, filters, rerank):
     from imageretrieval.engine import RetrievalEngine
 
     engine = RetrievalEngine(settings, "tiny")
     batcher = MicroBatcher(engine, Metrics())
     queries = np.asarray(engine.vectors[:7]) + np.random.default_rng(0).normal(0, 0.05, (7, engine.dims))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    ours = batcher._search_exact(queries, 20, filters)
-    reference = engine.search_vectors(queries, 20, filters or None)
+    ours = batcher._search_exact(queries, 20, filters, rerank)
+    reference = engine.search_vectors(queries, 20, filters or None, rerank=rerank)
     for got, want in zip(ours, reference, strict=True):
         assert [h.id for h in got] == [h.id for h in want] and len(got) > 0
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)

@@ -204,7 +204,9 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     pg = page
     assert pg.locator("#synthetic-banner").is_visible()
     assert pg.locator("#model-select").input_value() == "tiny"
-    pg.set_input_files("#file-input", str(synthetic_catalog / "images" / "1001.jpg"))
+    with pg.expect_response(lambda r: r.url.endswith("/api/search")) as first_search:
+        pg.set_input_files("#file-input", str(synthetic_catalog / "images" / "1001.jpg"))
+    assert first_search.value.json()["rerank"] == "category"  # "same type first" by default
     wait_results(pg, 15)
     assert_images_loaded(pg)
     assert result_ids(pg)[0] == 1001  # a catalog image finds itself first
@@ -213,6 +215,14 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     assert "Tshirts" in first.locator(".meta").inner_text()
     assert "Similarity" in first.locator(".score").inner_text()
     assert "15 results" in pg.locator("#status").inner_text()
+
+    # unticking "same type first" asks the API for the purely visual order
+    assert pg.locator("#same-type").is_checked() and "order" not in query(pg)
+    with pg.expect_response(lambda r: r.url.endswith("/api/search")) as visual:
+        pg.uncheck("#same-type")
+    assert visual.value.json()["rerank"] == "none"
+    wait_results(pg, 15)
+    assert query(pg)["order"] == ["visual"]
 
     pg.select_option("#topk-select", "5")
     wait_results(pg, 5)
@@ -232,7 +242,8 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     pg.select_option("#filter-articleType", "Watches")
     wait_results(pg, 5)
     assert all("Watches" in m and "Women" in m for m in cards(pg).locator(".meta").all_inner_texts())
-    assert query(pg) == {"model": ["tiny2"], "k": ["5"], "gender": ["Women"], "articleType": ["Watches"]}
+    assert query(pg) == {"model": ["tiny2"], "k": ["5"], "gender": ["Women"], "articleType": ["Watches"],
+                         "order": ["visual"]}
 
     # a reload keeps model, K and filters (and the photo, from the session) and searches again
     before = result_ids(pg)
@@ -241,6 +252,7 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     assert pg.locator("#model-select").input_value() == "tiny2"
     assert pg.locator("#topk-select").input_value() == "5"
     assert pg.locator("#filter-gender").input_value() == "Women"
+    assert not pg.locator("#same-type").is_checked()
     assert result_ids(pg) == before
 
     pg.click("#clear-filters")

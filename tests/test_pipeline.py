@@ -198,6 +198,10 @@ def test_cli_search_json_shape(settings, capsys):
     for key in ["score", "articleType", "productDisplayName", "gender", "masterCategory", "subCategory",
                 "baseColour"]:
         assert key in hit
+    rc = main(["--workdir", str(settings.workdir), "--dataset-root", str(settings.dataset_root), "--device", "cpu",
+               "search", "--model", TINY, "--image", img, "--top-k", "8", "--rerank", "category", "--json"])
+    reranked = json.loads(capsys.readouterr().out.strip().splitlines()[0])["results"]
+    assert rc == 0 and len({h["articleType"] for h in reranked}) == 1  # 12 products per type: 8 of one type
 
 
 def test_cli_errors_name_the_problem(settings, capsys, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..catalog import SELECTIONS
 from ..evaluation.protocols import PROTOCOLS, RELEVANCES
 from ..evaluation.variants import VARIANTS
+from ..rerank import DEFAULT_VOTE_K, RERANKS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ def register(sub) -> None:
     p.add_argument("--qe-k", type=int, default=15, help="neighbours for aqe/alpha-qe (the seed's TOP_K_AQE=15)")
     p.add_argument("--qe-alpha", type=float, default=3.0, help="alpha of alpha-qe")
     p.add_argument("--dba", action="store_true", help="also expand database vectors (as the seed's AQE did)")
+    p.add_argument("--rerank", choices=RERANKS, default="none",
+                   help="category: show the articleType voted by the top --vote-k neighbours first, as the "
+                        "engine's rerank=category does (not for inshop)")
+    p.add_argument("--vote-k", type=int, default=DEFAULT_VOTE_K,
+                   help=f"neighbours that vote for --rerank category (default {DEFAULT_VOTE_K})")
     p.add_argument("--dump-rankings", type=Path, help="write one JSON line per query (top 100 + relevant ranks)")
     p.add_argument("--tsne", action="store_true", help="also draw a t-SNE of the database vectors")
     p.add_argument("--no-plots", action="store_true", help="skip the precision@k and per-class plots")
@@ -57,12 +63,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def used_features_label(variant: str, dims: int | None, qe_k: int, alpha: float, dba: bool, tag: str) -> str:
+def used_features_label(variant: str, dims: int | None, qe_k: int, alpha: float, dba: bool, tag: str,
+                        rerank: str = "none", vote_k: int = DEFAULT_VOTE_K) -> str:
     pca = "L2 only" if not dims else f"PCAw {dims}"
     label = {"raw": "raw (cosine)", "normalized": f"normalized ({pca})",
              "aqe": f"AQE k={qe_k} ({pca})", "alpha-qe": f"alpha-QE k={qe_k} a={alpha:g} ({pca})"}[variant]
     if dba and variant in ("aqe", "alpha-qe"):
         label += " +DBA"
+    if rerank == "category":
+        label += f" +category-first (vote k={vote_k})"
     return f"{label} {tag}".strip()
 
 
@@ -118,6 +127,8 @@ def run_key(args, info: dict) -> str:
     if info.get("query_model"):
         parts.append(f"photos-by-{info['query_model']}")
     parts.append(args.features + ("-dba" if args.dba else ""))
+    if args.rerank != "none":
+        parts.append(args.rerank + (f"{args.vote_k}" if args.vote_k != DEFAULT_VOTE_K else ""))
     return "-".join(parts)
 
 
@@ -167,14 +178,21 @@ def run(args, settings) -> int:
         raise CLIError("--query-model applies to deepfashion-to-catalog only")
     if args.query_scale is not None and (args.protocol != "catalog" or not 0 < args.query_scale <= 16):
         raise CLIError("--query-scale applies to the catalog protocol and takes a scale in (0, 16], e.g. 0.5 or 4")
+    if args.rerank != "none" and args.protocol == "inshop":
+        raise CLIError("--rerank category needs catalog articleTypes in the database: catalog and "
+                       "deepfashion-to-catalog only")
+    if args.vote_k < 1:
+        raise CLIError("--vote-k must be at least 1")
     try:
         task = build_task(args, settings, model)
-        result = evaluate_task(task, args.features, dims, qe_k=args.qe_k, alpha=args.qe_alpha, dba=args.dba)
+        result = evaluate_task(task, args.features, dims, qe_k=args.qe_k, alpha=args.qe_alpha, dba=args.dba,
+                               rerank=args.rerank, vote_k=args.vote_k)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0
     metrics = result.metrics
-    used = used_features_label(args.features, dims, args.qe_k, args.qe_alpha, args.dba, args.tag)
+    used = used_features_label(args.features, dims, args.qe_k, args.qe_alpha, args.dba, args.tag, args.rerank,
+                               args.vote_k)
     info = dict(task.info)
     if args.protocol == "catalog" and args.relevance != "articleType":
         info["relevance"] = args.relevance
@@ -190,7 +208,8 @@ def run(args, settings) -> int:
     })
     # the API shows the summary next to the model: only a full-database run of the vectors the index serves
     served = (args.features == "normalized" and dims == served_dims) or (args.features == "raw" and not served_dims)
-    plain = args.database_sample is None and args.query_scale is None and args.relevance == "articleType"
+    plain = (args.database_sample is None and args.query_scale is None and args.relevance == "articleType"
+             and args.rerank == "none")
     if args.protocol == "catalog" and plain and served:
         reports.write_summary(settings.workdir, model, args.protocol, used, metrics)
     if args.dump_rankings:

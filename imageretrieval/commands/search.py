@@ -6,6 +6,7 @@ import json
 
 from ..engine import FILTER_FIELDS, RetrievalEngine
 from ..images import ImageDecodeError, open_image
+from ..rerank import RERANKS
 
 
 def register(sub) -> None:
@@ -16,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help=f"restrict results, e.g. gender=Men (fields: {', '.join(FILTER_FIELDS)})")
     p.add_argument("--query-resolution", choices=["catalog", "native"], help="see QUERY_RESOLUTION")
+    p.add_argument("--rerank", choices=RERANKS, default="none",
+                   help="category: the articleType voted by the nearest products first (docs/results.md)")
     p.add_argument("--json", action="store_true", help="JSON lines output")
     p.set_defaults(func=run)
 
@@ -51,7 +54,7 @@ def run(args, settings) -> int:
             print(json.dumps({"query": path, "model": name, "error": str(exc)}) if args.json
                   else f"{path}: error: {exc}")
             status = 2
-    results = engine.search(images, args.top_k, filters) if images else []
+    results = engine.search(images, args.top_k, filters, rerank=args.rerank) if images else []
     for path, hits in zip(paths, results, strict=True):
         if args.json:
             print(json.dumps({"query": path, "model": name, "results": [h.to_dict() for h in hits]}))

@@ -43,6 +43,7 @@ class RetrievalTask:
     database_labels: np.ndarray
     exclude_rows: np.ndarray | None = None  # per query: its own database row, or -1
     fit: np.ndarray | None = None  # raw features the whitening is fitted on
+    database_categories: np.ndarray | None = None  # catalog articleType per database row (category re-ranking)
     info: dict = field(default_factory=dict)
 
 
@@ -147,6 +148,7 @@ def catalog_task(
     return RetrievalTask(
         protocol="catalog", queries=queries, database=db, query_ids=picked, database_ids=db_table["id"].to_numpy(),
         query_labels=labels[q_rows], database_labels=labels, exclude_rows=q_rows, fit=fit,
+        database_categories=db_table["articleType"].astype(str).to_numpy(),
         info={"queries_from": f"{selection} {split} split"
               + (f", re-rendered at x{query_scale:g}" if query_scale is not None else ""),
               "database": db_name, "relevance": relevance, **scaled,
@@ -189,6 +191,7 @@ def deepfashion_task(
         query_ids=qtable["image_id"].to_numpy().astype(str), database_ids=db_table["id"].to_numpy(),
         query_labels=qtable["articleType"].astype(str).to_numpy(),
         database_labels=db_table["articleType"].astype(str).to_numpy(), fit=fit,
+        database_categories=db_table["articleType"].astype(str).to_numpy(),
         info={"queries_from": "DeepFashion In-shop test split" + (f" (sample of {n_queries})" if n_queries else ""),
               "database": db_name, "relevance": "mapped articleType", "whitening_fit": fit_name,
               "query_resolution": res, "query_table": qtable,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import rerank as rr
 from . import metrics
 
 RECALL_KS = (1, 10, 20)
@@ -70,12 +71,18 @@ def rank_queries(
     max_k: int = 50,
     seed_ap: bool = False,
     chunk_elements: int = 4_000_000,
+    category_codes: np.ndarray | None = None,
+    vote_k: int = rr.DEFAULT_VOTE_K,
+    vote_alpha: float = rr.DEFAULT_VOTE_ALPHA,
+    rerank_pool: int | None = rr.DEFAULT_POOL,
 ) -> Rankings:
     """Rank the whole database for every query; relevance = equal labels.
 
     exclude_rows: per query, the database row of the query itself (or -1): it is removed from that
     query's ranking and never counts as relevant. With `seed_ap`, also computes the seed-compatible
-    AP (query included, see `metrics.average_precision_seed`).
+    AP (query included, see `metrics.average_precision_seed`). With `category_codes` (one per
+    database row), every ranking is re-ranked category-first (`rerank.rerank_by_category`), the
+    query itself left out of the vote; `ap_seed` stays the plain ranking's.
     """
     queries = np.asarray(queries, dtype=np.float32)
     database = np.asarray(database, dtype=np.float32)
@@ -99,6 +106,11 @@ def rank_queries(
         has_ex = np.flatnonzero(ex >= 0)
         s[has_ex, ex[has_ex]] = -np.inf
         rel_all[has_ex, ex[has_ex]] = False
+        if category_codes is not None:
+            head = order[:, :max(1, min(vote_k, nd))]
+            order, _ = rr.rerank_by_category(order, np.take_along_axis(s, head, axis=1), category_codes,
+                                             vote_k, vote_alpha, rerank_pool)
+            order = move_to_end(order, ex)  # the query itself stays last even when its type comes first
         ranked = np.take_along_axis(rel_all, order, axis=1)
         n_rel = ranked.sum(axis=1)
         parts["rows"].append(order[:, :top_k])

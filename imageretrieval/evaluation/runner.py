@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import rerank as rr
 from .metrics import nanmean
 from .protocols import RetrievalTask
 from .ranking import RECALL_KS, Rankings, rank_queries
@@ -58,14 +59,23 @@ def evaluate_task(
     dba: bool = False,
     top_k: int = DUMP_TOP_K,
     seed_ap: bool | None = None,
+    rerank: str = "none",
+    vote_k: int = rr.DEFAULT_VOTE_K,
 ) -> EvalResult:
     """Post-process features, rank the database for every query, and summarize.
 
     `whitening` (fitted on `task.fit` when not given) is reused across calls by the PCA search.
     Queries without any relevant database item are reported (`skipped_queries`) and left out of
-    every mean, since no ranking can score on them.
+    every mean, since no ranking can score on them. `rerank="category"` re-ranks every ranking
+    category-first as the engine does (`imageretrieval.rerank`), from the database's articleTypes.
     """
     t0 = time.perf_counter()
+    codes = None
+    if rr.check_rerank(rerank) == "category":
+        if task.database_categories is None:
+            raise ValueError(f"category re-ranking needs the catalog's articleTypes; the {task.protocol} "
+                             "database has none")
+        codes, _ = rr.encode_categories(task.database_categories)
     if variant != "raw" and whitening is None:
         if task.fit is None or len(task.fit) < 2:
             raise ValueError("this variant needs whitening features (task.fit)")
@@ -75,7 +85,7 @@ def evaluate_task(
     if seed_ap is None:
         seed_ap = task.exclude_rows is not None
     rankings = rank_queries(q, d, task.query_labels, task.database_labels, task.exclude_rows,
-                            top_k=top_k, seed_ap=seed_ap)
+                            top_k=top_k, seed_ap=seed_ap, category_codes=codes, vote_k=vote_k)
     evaluated = rankings.n_relevant > 0
     if (~evaluated).any():
         log.info("%d of %d queries have no relevant item in the database: left out of the means",

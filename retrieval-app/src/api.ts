@@ -57,9 +57,13 @@ export interface SearchResult extends Product {
   image_url: string;
 }
 
+/** none: pure visual similarity; category: the product type voted by the nearest products comes first. */
+export type Rerank = "none" | "category";
+
 export interface SearchResponse {
   model: string;
   took_ms: number;
+  rerank: Rerank;
   results: SearchResult[];
 }
 
@@ -67,6 +71,7 @@ export interface SearchOptions {
   model: string;
   topK: number;
   filters: Filters;
+  rerank: Rerank;
 }
 
 /** An error to show to the user as it is: the API's own `detail`, or a plain explanation. */
@@ -150,6 +155,7 @@ export function searchByImage(
   form.append("image", image, filename);
   form.append("model", opts.model);
   form.append("top_k", String(opts.topK));
+  form.append("rerank", opts.rerank);
   for (const field of FILTER_FIELDS) {
     for (const value of opts.filters[field] ?? []) form.append(field, value);
   }
@@ -158,7 +164,12 @@ export function searchByImage(
 
 /** "More like this": search with a catalog product's stored vector. */
 export function searchById(productId: number, opts: SearchOptions, signal?: AbortSignal): Promise<SearchResponse> {
-  const body: Record<string, unknown> = { product_id: productId, model: opts.model, top_k: opts.topK };
+  const body: Record<string, unknown> = {
+    product_id: productId,
+    model: opts.model,
+    top_k: opts.topK,
+    rerank: opts.rerank,
+  };
   for (const field of FILTER_FIELDS) {
     const values = opts.filters[field];
     if (values?.length) body[field] = values;

@@ -60,6 +60,7 @@ const ui = {
   model: $<HTMLSelectElement>("model-select"),
   modelInfo: $("model-info"),
   topK: $<HTMLSelectElement>("topk-select"),
+  sameType: $<HTMLInputElement>("same-type"),
   clearFilters: $<HTMLButtonElement>("clear-filters"),
   results: $("results"),
   resultsTitle: $("results-title"),
@@ -136,6 +137,7 @@ function renderOptionsState(): void {
   const n = Object.values(state.filters).reduce((sum, v) => sum + (v?.length ?? 0), 0);
   const parts = [state.model ?? "", `${state.topK} results`];
   if (n) parts.push(`${n} ${n === 1 ? "filter" : "filters"}`);
+  if (state.rerank === "none") parts.push("by look only");
   ui.optionsState.textContent = parts.filter(Boolean).join(" · ");
 }
 
@@ -226,6 +228,7 @@ function syncControls(): void {
     renderModelInfo();
   }
   renderTopK();
+  ui.sameType.checked = state.rerank === "category";
   syncFilterControls();
 }
 
@@ -326,7 +329,7 @@ async function uploadBlob(q: ImageQuery): Promise<{ blob: Blob; name: string }> 
 
 // ----- searching ------------------------------------------------------------------------------
 function searchOptions() {
-  return { model: state.model ?? "", topK: state.topK, filters: state.filters };
+  return { model: state.model ?? "", topK: state.topK, filters: state.filters, rerank: state.rerank };
 }
 
 function setLoading(on: boolean): void {
@@ -560,6 +563,11 @@ ui.topK.addEventListener("change", () => {
   updateUrl();
   void runSearch();
 });
+ui.sameType.addEventListener("change", () => {
+  state.rerank = ui.sameType.checked ? "category" : "none";
+  updateUrl();
+  void runSearch();
+});
 for (const field of FORM_FILTERS) {
   filterSelects[field].addEventListener("change", () => {
     const v = filterSelects[field].value;
@@ -627,6 +635,7 @@ ui.options.addEventListener("toggle", () => {
 syncOptionsOpen();
 
 renderTopK();
+ui.sameType.checked = state.rerank === "category";
 syncFilterControls();
 renderOptionsState();
 renderStart();

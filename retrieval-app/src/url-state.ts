@@ -1,7 +1,8 @@
-// Model, K, filters and the "more like this" product live in the URL, so a search can be
-// reloaded or shared: ?model=efficientnet_lite0&k=15&gender=Men&articleType=Tshirts&like=1163
+// Model, K, filters, the ranking and the "more like this" product live in the URL, so a search can
+// be reloaded or shared: ?model=efficientnet_lite0&k=15&gender=Men&articleType=Tshirts&like=1163
+// (&order=visual turns off "same type first", which is on by default: docs/results.md measures it).
 
-import { FILTER_FIELDS, type Filters } from "./api";
+import { FILTER_FIELDS, type Filters, type Rerank } from "./api";
 
 export const TOP_K_CHOICES = [5, 10, 15, 30, 50] as const;
 export const DEFAULT_TOP_K = 15;
@@ -12,7 +13,10 @@ export interface ViewState {
   topK: number;
   filters: Filters;
   likeId: number | null;
+  rerank: Rerank;
 }
+
+export const DEFAULT_RERANK: Rerank = "category";
 
 export function parseState(search: string): ViewState {
   const params = new URLSearchParams(search);
@@ -28,6 +32,7 @@ export function parseState(search: string): ViewState {
     topK: Number.isFinite(k) && k >= 1 ? Math.min(k, MAX_TOP_K) : DEFAULT_TOP_K,
     filters,
     likeId: Number.isFinite(like) && like >= 0 ? like : null,
+    rerank: params.get("order") === "visual" ? "none" : DEFAULT_RERANK,
   };
 }
 
@@ -38,6 +43,7 @@ export function stateToSearch(state: ViewState): string {
   for (const field of FILTER_FIELDS) {
     for (const value of state.filters[field] ?? []) params.append(field, value);
   }
+  if (state.rerank !== DEFAULT_RERANK) params.set("order", "visual");
   if (state.likeId !== null) params.set("like", String(state.likeId));
   const s = params.toString();
   return s ? `?${s}` : "";

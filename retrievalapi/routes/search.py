@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from imageretrieval.engine import FILTER_FIELDS, UnknownFilterError, UnknownProductError
 
 from ..errors import ERROR_RESPONSES, format_validation_errors
-from ..schemas import DEFAULT_TOP_K, SearchResponse, make_by_id_request
+from ..schemas import DEFAULT_TOP_K, RERANK_DESCRIPTION, Rerank, SearchResponse, make_by_id_request
 from .deps import get_runtime
 
 JSON_TYPES = ("application/json",)
@@ -56,6 +56,7 @@ def build_router(top_k_max: int) -> APIRouter:
                                           examples=["efficientnet_lite0"])] = None,
         top_k: TopK = None,
         topK: Annotated[int | None, Form(ge=1, le=top_k_max, description="Alias of top_k")] = None,
+        rerank: Annotated[Rerank, Form(description=RERANK_DESCRIPTION)] = "none",
         gender: FilterParam = None,
         masterCategory: FilterParam = None,
         subCategory: FilterParam = None,
@@ -79,10 +80,10 @@ def build_router(top_k_max: int) -> APIRouter:
         if len(data) > limit:
             raise HTTPException(413, f"the image is larger than the {limit / 1024 / 1024:.1f} MB upload limit")
         timing: dict[str, float] = {}
-        hits = await rt.search_upload(engine, data, k, filters, timing)
+        hits = await rt.search_upload(engine, data, k, filters, timing, rerank)
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing(timing, took_ms)
-        return {"model": engine.name, "took_ms": round(took_ms, 2), "results": rt.as_results(hits)}
+        return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": rerank, "results": rt.as_results(hits)}
 
     @router.post(
         "/search/by-id", response_model=SearchResponse, responses=ERROR_RESPONSES,
@@ -106,7 +107,8 @@ def build_router(top_k_max: int) -> APIRouter:
         filters = rt.check_filters(engine.name, body.filters())
         searched = time.perf_counter()
         try:
-            hits = await anyio.to_thread.run_sync(engine.search_by_id, body.product_id, k, filters or None)
+            hits = await anyio.to_thread.run_sync(engine.search_by_id, body.product_id, k, filters or None,
+                                                  body.rerank)
         except UnknownProductError as exc:
             raise HTTPException(404, str(exc)) from None
         except UnknownFilterError as exc:
@@ -114,7 +116,8 @@ def build_router(top_k_max: int) -> APIRouter:
         searched_ms = (time.perf_counter() - searched) * 1000
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing({"search": searched_ms}, took_ms)
-        return {"model": engine.name, "took_ms": round(took_ms, 2), "results": rt.as_results(hits)}
+        return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": body.rerank,
+                "results": rt.as_results(hits)}
 
     return router
 

@@ -1,0 +1,97 @@
+"""Category-first re-ranking: hand-computed votes and partitions, and its effect on the metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imageretrieval.evaluation.protocols import RetrievalTask
+from imageretrieval.evaluation.ranking import rank_queries
+from imageretrieval.evaluation.runner import evaluate_task
+from imageretrieval.rerank import (
+    NO_CATEGORY,
+    category_first,
+    check_rerank,
+    encode_categories,
+    rerank_by_category,
+    vote_category,
+)
+
+
+def test_vote_weights_similarity_by_alpha():
+    codes = [[0, 1, 1]]
+    scores = [[0.9, 0.5, 0.5]]
+    assert vote_category(codes, scores, alpha=0).tolist() == [1]  # two votes beat one
+    assert vote_category(codes, scores, alpha=3).tolist() == [0]  # 0.729 beats 0.125 + 0.125
+    assert vote_category([[2, 0]], [[-0.3, -0.5]], alpha=3).tolist() == [2]  # no weight: nearest wins the tie
+
+
+def test_vote_ties_go_to_the_best_ranked_and_missing_voters_are_skipped():
+    assert vote_category([[3, 1, 1, 3]], [[1, 1, 1, 1]], alpha=0).tolist() == [3]
+    assert vote_category([[NO_CATEGORY, 4, NO_CATEGORY]], [[1.0, 0.2, 0.9]], alpha=0).tolist() == [4]
+    assert vote_category([[NO_CATEGORY, NO_CATEGORY]], [[1.0, 1.0]]).tolist() == [NO_CATEGORY]
+    with pytest.raises(ValueError, match="shape"):
+        vote_category([[1, 2]], [[1.0]])
+
+
+def test_category_first_is_a_stable_partition_inside_the_pool():
+    row_codes = np.array([0, 1, 0, 1, 1, 0])
+    order = np.array([[1, 0, 3, 2, 4, 5]])
+    assert category_first(order, row_codes, np.array([0]), pool=None).tolist() == [[0, 2, 5, 1, 3, 4]]
+    assert category_first(order, row_codes, np.array([0]), pool=3).tolist() == [[0, 1, 3, 2, 4, 5]]
+    assert category_first(order, row_codes, np.array([NO_CATEGORY])).tolist() == order.tolist()
+    with_empty = np.array([[1, -1, 0]])  # an empty slot stays behind
+    assert category_first(with_empty, row_codes, np.array([0]), pool=None).tolist() == [[0, 1, -1]]
+
+
+def test_rerank_by_category_votes_then_partitions():
+    row_codes = np.array([0, 1, 1, 0, 2])
+    order = np.array([[0, 1, 2, 3, 4], [4, 3, 0, 1, 2]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.9, -np.inf, 0.1, 0.05, 0.0]])
+    out, predicted = rerank_by_category(order, scores, row_codes, vote_k=3, alpha=0)
+    assert predicted.tolist() == [1, 2]  # row 2: the excluded item (-inf) does not vote; 2 has 1 vote of 2
+    assert out.tolist() == [[1, 2, 0, 3, 4], [4, 3, 0, 1, 2]]
+
+
+def test_encode_categories_and_check_rerank():
+    codes, names = encode_categories(["Shirts", None, "Jeans", "", "Shirts", float("nan")])
+    assert names == ["Jeans", "Shirts"] and codes.tolist() == [1, NO_CATEGORY, 0, NO_CATEGORY, 1, NO_CATEGORY]
+    assert check_rerank(None) == "none" and check_rerank("category") == "category"
+    with pytest.raises(ValueError, match="none, category"):
+        check_rerank("colour")
+
+
+def _task(categories: np.ndarray | None) -> RetrievalTask:
+    """One query along x; database rows by decreasing similarity: A, B, A, A, B (labels = categories)."""
+    db = np.array([[1.0, 0.0], [0.95, 0.31], [0.9, 0.44], [0.8, 0.6], [0.0, 1.0]], np.float32)
+    labels = np.array(["B", "A", "A", "B", "A"])
+    return RetrievalTask("catalog", np.array([[1.0, 0.0]], np.float32), db, np.array([9]), np.arange(5),
+                         np.array(["A"]), labels, database_categories=categories)
+
+
+def test_category_rerank_in_the_evaluation_hand_computed():
+    task = _task(np.array(["B", "A", "A", "B", "A"]))
+    plain = evaluate_task(task, "raw")
+    assert plain.rankings.top_rows[0].tolist() == [0, 1, 2, 3, 4]
+    # votes of the top 15 (all 5), weights cos^3: A = 0.857 + 0.729 + 0 = 1.59 beats B = 1 + 0.512
+    reranked = evaluate_task(task, "raw", rerank="category")
+    assert reranked.rankings.top_rows[0].tolist() == [1, 2, 4, 0, 3]
+    assert reranked.metrics["R@1"] == 1.0 and plain.metrics["R@1"] == 0.0
+    assert reranked.metrics["mAP"] == pytest.approx(1.0)
+    assert plain.metrics["mAP"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 5) / 3)
+    nearest = evaluate_task(task, "raw", rerank="category", vote_k=1)  # B wins alone: order unchanged
+    assert nearest.rankings.top_rows[0].tolist() == [0, 3, 1, 2, 4]
+    with pytest.raises(ValueError, match="articleTypes"):
+        evaluate_task(_task(None), "raw", rerank="category")
+
+
+def test_the_query_itself_never_votes():
+    task = _task(np.array(["B", "A", "A", "B", "A"]))
+    direct = rank_queries(task.queries, task.database, task.query_labels, task.database_labels,
+                          exclude_rows=np.array([0]), category_codes=np.array([1, 0, 0, 1, 0]), vote_k=1)
+    # row 0 (the query itself) is excluded; the nearest remaining is row 1 (A): A first, the query last
+    assert direct.top_rows[0].tolist() == [1, 2, 4, 3]
+    same_type = rank_queries(task.queries, task.database, task.query_labels, task.database_labels,
+                             exclude_rows=np.array([0]), category_codes=np.array([1, 1, 0, 1, 0]), vote_k=1)
+    # now row 1 votes for the query's own type: that type comes first, yet the query itself stays out
+    assert same_type.top_rows[0].tolist() == [1, 3, 2, 4]
