@@ -1,64 +1,81 @@
-"""Late fusion of two zoo models on the catalog protocol: how much do their embeddings complement each other?
+"""Late fusion of two or more zoo models on the catalog protocol: how much do their embeddings complement each other?
 
-Each model's embeddings are L2-normalized and concatenated with weights sqrt(w) and sqrt(1 - w), so
-the fused cosine is w * cos_A + (1 - w) * cos_B. The weight is chosen on the val split (600 seeded
-val queries against the val split, the catalog protocol's recipe) and then scored once on the test
-split, so the test figure is not tuned on the test queries.
+Each model's embeddings are L2-normalized and concatenated with weights sqrt(w_i) (the w_i sum to 1), so
+the fused cosine is sum_i w_i * cos_i. The weights are chosen on the val split (600 seeded val queries
+against the val split, the catalog protocol's recipe) over a 0.1 grid, then scored once on the test
+split, so the test figure is not tuned on the test queries. `--rerank category` scores (and chooses)
+with the engine's category-first re-ranking (imageretrieval/rerank.py).
 
-    python scripts/late_fusion.py MODEL_A MODEL_B [--selection seed]
+    python scripts/late_fusion.py MODEL_A MODEL_B [MODEL_C ...] [--selection seed] [--rerank category]
 
-Both models' features come from the feature store (extracted on first use, like `evaluate`).
+The models' features come from the feature store (extracted on first use, like `evaluate`).
 """
 
 import argparse
 import copy
+import itertools
 import logging
 
 import numpy as np
 
 from imageretrieval.evaluation.protocols import RetrievalTask, catalog_task
 from imageretrieval.evaluation.runner import evaluate_task
+from imageretrieval.rerank import RERANKS
 from imageretrieval.settings import Settings
 from imageretrieval.whitening import l2_normalize
 
 log = logging.getLogger("late_fusion")
-WEIGHTS = np.round(np.arange(0.0, 1.01, 0.1), 2)
+GRID_STEPS = 10  # weights in steps of 0.1
 SHOWN = ("PrecisionHits", "mAP", "R@1")
 
 
-def fuse(a: RetrievalTask, b: RetrievalTask, w: float) -> RetrievalTask:
-    """Task `a` with every vector replaced by the weighted concatenation of a's and b's."""
-    if not (np.array_equal(a.query_ids, b.query_ids) and np.array_equal(a.database_ids, b.database_ids)):
-        raise ValueError("the two models' tasks have different queries or databases (undecodable images?)")
-    out = copy.copy(a)
-    out.queries = np.concatenate([np.sqrt(w) * l2_normalize(a.queries), np.sqrt(1 - w) * l2_normalize(b.queries)], 1)
-    out.database = np.concatenate([np.sqrt(w) * l2_normalize(a.database), np.sqrt(1 - w) * l2_normalize(b.database)], 1)
+def weight_grid(n_models: int, steps: int = GRID_STEPS) -> list[tuple[float, ...]]:
+    """Every weight vector of n_models non-negative multiples of 1/steps that sum to 1."""
+    return [tuple(round(c / steps, 4) for c in (*cut, steps - sum(cut)))
+            for cut in itertools.product(range(steps + 1), repeat=n_models - 1) if sum(cut) <= steps]
+
+
+def fuse(tasks: list[RetrievalTask], weights: tuple[float, ...]) -> RetrievalTask:
+    """The first task with every vector replaced by the weighted concatenation of all tasks' vectors."""
+    first = tasks[0]
+    for other in tasks[1:]:
+        if not (np.array_equal(first.query_ids, other.query_ids) and np.array_equal(first.database_ids,
+                                                                                     other.database_ids)):
+            raise ValueError("the models' tasks have different queries or databases (undecodable images?)")
+    out = copy.copy(first)
+    out.queries = np.concatenate([np.sqrt(w) * l2_normalize(t.queries) for w, t in zip(weights, tasks, strict=True)], 1)
+    out.database = np.concatenate([np.sqrt(w) * l2_normalize(t.database) for w, t in zip(weights, tasks, strict=True)],
+                                  1)
     return out
 
 
-def scores(task: RetrievalTask) -> dict[str, float]:
-    metrics = evaluate_task(task, variant="raw").metrics
+def scores(task: RetrievalTask, rerank: str) -> dict[str, float]:
+    metrics = evaluate_task(task, variant="raw", rerank=rerank).metrics
     return {k: round(float(metrics[k]), 4) for k in SHOWN}
 
 
 def main(args: argparse.Namespace) -> None:
     settings = Settings()
     tasks = {split: [catalog_task(settings, m, selection=args.selection, split=split, database="split",
-                                  with_fit=False) for m in (args.model_a, args.model_b)]
+                                  with_fit=False) for m in args.models]
              for split in ("val", "test")}
-    val = {w: scores(fuse(*tasks["val"], w)) for w in WEIGHTS}
+    val = {w: scores(fuse(tasks["val"], w), args.rerank) for w in weight_grid(len(args.models))}
     for w, s in val.items():
-        log.info("val  w(%s) = %.1f: %s", args.model_a, w, s)
-    best = max(WEIGHTS, key=lambda w: (val[w]["PrecisionHits"], val[w]["mAP"]))
-    log.info("chosen on val: w = %.1f", best)
-    for w in (0.0, best, 1.0):
-        log.info("test w(%s) = %.1f: %s", args.model_a, w, scores(fuse(*tasks["test"], w)))
+        log.info("val  weights %s: %s", w, s)
+    best = max(val, key=lambda w: (val[w]["PrecisionHits"], val[w]["mAP"]))
+    log.info("chosen on val: weights %s for %s (rerank %s)", best, ", ".join(args.models), args.rerank)
+    singles = [tuple(float(i == j) for j in range(len(args.models))) for i in range(len(args.models))]
+    for w in (*singles, best):
+        log.info("test weights %s: %s", w, scores(fuse(tasks["test"], w), args.rerank))
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_a")
-    parser.add_argument("model_b")
+    parser.add_argument("models", nargs="+", help="two or more zoo models")
     parser.add_argument("--selection", default="seed", help="catalog selection (default: seed)")
-    main(parser.parse_args())
+    parser.add_argument("--rerank", choices=RERANKS, default="none", help="score with category-first re-ranking")
+    args = parser.parse_args()
+    if len(args.models) < 2:
+        parser.error("give two or more models to fuse")
+    main(args)

@@ -61,6 +61,7 @@ def evaluate_task(
     seed_ap: bool | None = None,
     rerank: str = "none",
     vote_k: int = rr.DEFAULT_VOTE_K,
+    vote_alpha: float = rr.DEFAULT_VOTE_ALPHA,
 ) -> EvalResult:
     """Post-process features, rank the database for every query, and summarize.
 
@@ -85,7 +86,8 @@ def evaluate_task(
     if seed_ap is None:
         seed_ap = task.exclude_rows is not None
     rankings = rank_queries(q, d, task.query_labels, task.database_labels, task.exclude_rows,
-                            top_k=top_k, seed_ap=seed_ap, category_codes=codes, vote_k=vote_k)
+                            top_k=top_k, seed_ap=seed_ap, category_codes=codes, vote_k=vote_k,
+                            vote_alpha=vote_alpha)
     evaluated = rankings.n_relevant > 0
     if (~evaluated).any():
         log.info("%d of %d queries have no relevant item in the database: left out of the means",
