@@ -120,7 +120,7 @@ class RetrievalEngine:
         self.metadata = meta.reindex(self.ids)
         self.row_of = {int(pid): row for row, pid in enumerate(self.ids)}
         self.product_rows = product_rows(self.metadata)
-        self.category_codes, self.categories = encode_categories(self.metadata["articleType"].tolist())
+        self.category_codes, _ = encode_categories(self.metadata["articleType"].tolist())  # for rerank=category
         self._lock = threading.Lock()
 
     # ----- encoding -------------------------------------------------------------------------
