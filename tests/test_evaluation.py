@@ -289,7 +289,8 @@ def test_feature_samples_are_nested_and_reused(eval_env):
 
 def test_cli_catalog_queries_at_another_resolution(eval_env, capsys):
     """--query-scale re-renders the query products (a query set the catalog never had); the database keeps
-    the originals, and the API's summary is not overwritten by such a run."""
+    the originals, and the API's summary is not overwritten by such a run (nor by a re-ranked one or one
+    against the whole catalog: the summary stays the canonical protocol's)."""
     from imageretrieval.featurestore import get_features
     from imageretrieval.settings import Settings
 
@@ -301,11 +302,17 @@ def test_cli_catalog_queries_at_another_resolution(eval_env, capsys):
                     "--query-scale", "0.5", "--no-plots")
     assert half["queries"] == plain["queries"] and half["database"] == plain["database"]
     assert (workdir / "results" / TINY / "summary.json").read_text() == summary
+    for other in (["--rerank", "category"], ["--database", "all"]):
+        run_json(capsys, flags, "evaluate", "--model", TINY, "--selection", "all", "--features", "raw", "--no-plots",
+                 *other)
+        assert (workdir / "results" / TINY / "summary.json").read_text() == summary, other
     settings = Settings(dataset_root=flags[1], workdir=workdir, device="cpu", precision="fp32", num_workers=0)
     orig, _ = get_features(settings, TINY, "fashion", "test", "all", progress=False)
     scaled, _ = get_features(settings, TINY, "fashion", "test", "all", progress=False, query_scale=0.5)
     assert (orig.ids == scaled.ids).all() and not np.allclose(orig.features, scaled.features)
     assert main([*flags, "evaluate", "--model", TINY, "--protocol", "inshop", "--query-scale", "2"]) == 2
+    assert main([*flags, "evaluate", "--model", TINY, "--protocol", "inshop", "--rerank", "category"]) == 2
+    assert main([*flags, "evaluate", "--model", TINY, "--rerank", "category", "--vote-k", "0"]) == 2
 
 
 def test_rescale_renders_other_resolutions():

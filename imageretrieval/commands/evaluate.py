@@ -206,10 +206,11 @@ def run(args, settings) -> int:
         "precision_curve": result.rankings.precision[result.evaluated].mean(axis=0).tolist(),
         "created": reports.now(),
     })
-    # the API shows the summary next to the model: only a full-database run of the vectors the index serves
+    # the API shows the summary next to the model: only a run of the canonical protocol (the selection's whole
+    # test split, articleType relevance, plain ranking) with the vectors the index serves
     served = (args.features == "normalized" and dims == served_dims) or (args.features == "raw" and not served_dims)
     plain = (args.database_sample is None and args.query_scale is None and args.relevance == "articleType"
-             and args.rerank == "none")
+             and args.rerank == "none" and (args.database or "test") == "test")
     if args.protocol == "catalog" and plain and served:
         reports.write_summary(settings.workdir, model, args.protocol, used, metrics)
     if args.dump_rankings:
