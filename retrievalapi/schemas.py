@@ -49,13 +49,16 @@ class Hit(Product):
 
 class SearchResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "model": "efficientnet_lite0", "took_ms": 61.4, "rerank": "none",
+        "model": "efficientnet_lite0", "took_ms": 61.4, "rerank": "category", "type_first": "Shirts",
         "results": [{"rank": 1, "score": 0.873214, **PRODUCT_EXAMPLE}],
     }]})
 
     model: str
     took_ms: float
     rerank: Rerank = "none"
+    type_first: str | None = Field(None, description="with rerank=category: the articleType shown first (the "
+                                                     "vote's winner; for by-id the product's own type when any "
+                                                     "result has it); null otherwise")
     results: list[Hit]
 
 

@@ -251,6 +251,7 @@ def test_category_rerank_shows_one_type_first(client, synthetic_catalog, catalog
     assert r.json()["rerank"] == "category" and plain.json()["rerank"] == "none"
     types = [hit["articleType"] for hit in r.json()["results"]]
     first = types[0]
+    assert r.json()["type_first"] == first and plain.json()["type_first"] is None
     n_first = types.count(first)
     assert types[:n_first] == [first] * n_first  # one block, then the rest
     same_plain = [i for i in first_ids(plain) if catalog_df.loc[i, "articleType"] == first]
@@ -258,6 +259,11 @@ def test_category_rerank_shows_one_type_first(client, synthetic_catalog, catalog
     by_id = client.post("/api/search/by-id", json={"product_id": 1040, "top_k": 11, "rerank": "category"}).json()
     own = catalog_df.loc[1040, "articleType"]
     assert by_id["rerank"] == "category" and [h["articleType"] for h in by_id["results"]] == [own] * 11
+    assert by_id["type_first"] == own
+    other = "Watches" if own != "Watches" else "Jeans"  # no result has the product's own type: nothing to show
+    filtered = client.post("/api/search/by-id", json={"product_id": 1040, "rerank": "category",
+                                                      "articleType": other}).json()
+    assert filtered["results"] and filtered["type_first"] is None
     bad = client.post("/api/search", files={"image": ("q.jpg", image_bytes(synthetic_catalog, 1001))},
                       data={"rerank": "colour"})
     assert bad.status_code == 422 and "rerank" in bad.json()["detail"]

@@ -215,12 +215,14 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     assert "Tshirts" in first.locator(".meta").inner_text()
     assert "Similarity" in first.locator(".score").inner_text()
     assert "15 results" in pg.locator("#status").inner_text()
+    assert pg.locator("#status").inner_text().endswith(f"· {first_search.value.json()['type_first']} first")
 
     # unticking "same type first" asks the API for the purely visual order
     assert pg.locator("#same-type").is_checked() and "order" not in query(pg)
     with pg.expect_response(lambda r: r.url.endswith("/api/search")) as visual:
         pg.uncheck("#same-type")
     assert visual.value.json()["rerank"] == "none"
+    pg.wait_for_function("() => !document.querySelector('#status').textContent.includes(' first')")
     wait_results(pg, 15)
     assert query(pg)["order"] == ["visual"]
 

@@ -64,6 +64,8 @@ export interface SearchResponse {
   model: string;
   took_ms: number;
   rerank: Rerank;
+  /** With rerank "category": the product type shown first; null otherwise. */
+  type_first: string | null;
   results: SearchResult[];
 }
 

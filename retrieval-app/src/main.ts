@@ -417,8 +417,9 @@ function renderResults(resp: SearchResponse): void {
   ui.empty.replaceChildren();
   const n = resp.results.length;
   const all = n > 0 && n < state.topK && hasFilters(state.filters) ? " (every product that passes the filters)" : "";
+  const first = resp.type_first ? ` · ${resp.type_first} first` : "";
   ui.status.textContent = n
-    ? `${n} ${n === 1 ? "result" : "results"}${all} in ${Math.round(resp.took_ms)} ms with ${resp.model}`
+    ? `${n} ${n === 1 ? "result" : "results"}${all} in ${Math.round(resp.took_ms)} ms with ${resp.model}${first}`
     : "";
   if (!n) renderNoResults();
 }

@@ -34,6 +34,18 @@ def server_timing(timing: dict[str, float], total_ms: float) -> str:
     return ", ".join(parts)
 
 
+def type_first(hits: list, rerank: str, expected: str | None = None) -> str | None:
+    """The articleType that category-first re-ranking put first, for the client to show.
+
+    For an image search the vote's winner is always the first hit's type (its voters are in the
+    re-ranked pool); for "more like this" it is the product's own type, unless no result has it.
+    """
+    if rerank != "category" or not hits:
+        return None
+    first = hits[0].product.get("articleType")
+    return first if expected is None or first == expected else None
+
+
 def _k(top_k: int | None, top_k_alias: int | None) -> int:
     return top_k if top_k is not None else top_k_alias if top_k_alias is not None else DEFAULT_TOP_K
 
@@ -83,7 +95,8 @@ def build_router(top_k_max: int) -> APIRouter:
         hits = await rt.search_upload(engine, data, k, filters, timing, rerank)
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing(timing, took_ms)
-        return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": rerank, "results": rt.as_results(hits)}
+        return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": rerank,
+                "type_first": type_first(hits, rerank), "results": rt.as_results(hits)}
 
     @router.post(
         "/search/by-id", response_model=SearchResponse, responses=ERROR_RESPONSES,
@@ -116,8 +129,9 @@ def build_router(top_k_max: int) -> APIRouter:
         searched_ms = (time.perf_counter() - searched) * 1000
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing({"search": searched_ms}, took_ms)
+        own = engine.product(body.product_id).get("articleType")
         return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": body.rerank,
-                "results": rt.as_results(hits)}
+                "type_first": type_first(hits, body.rerank, own), "results": rt.as_results(hits)}
 
     return router
 
