@@ -2,7 +2,7 @@
 show the products of that type first.
 
 A shopper who photographs a shirt wants shirts; the nearest neighbours by appearance alone mix in
-look-alike types (tops among t-shirts, casual shoes among sports shoes). A vote of the top neighbours'
+look-alike types (tops among t-shirts, trousers among jeans). A vote of the top neighbours'
 types, each weighted by max(similarity, 0) ** alpha like alpha-QE, predicts the type more reliably
 than the single nearest neighbour, and a *stable* partition of the top `pool` candidates puts that
 type first while keeping the visual order within each part. The types come from the catalog's
@@ -92,9 +92,9 @@ def rerank_by_category(order: np.ndarray, scores: np.ndarray, row_codes: np.ndar
     return category_first(order, row_codes, predicted, pool), predicted
 
 
-def encode_categories(values, known: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def encode_categories(values) -> tuple[np.ndarray, list[str]]:
     """Category strings -> (int codes, the sorted names behind them); empty/None values -> NO_CATEGORY."""
     strings = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values]
-    names = sorted({s for s in strings if s}) if known is None else list(known)
+    names = sorted({s for s in strings if s})
     index = {name: i for i, name in enumerate(names)}
     return np.array([index.get(s, NO_CATEGORY) for s in strings], dtype=np.int64), names
