@@ -19,7 +19,7 @@ from .catalog import load_catalog, prepare_split
 from .extract import FeatureSet, extract_features, feature_dir, load_features
 from .io_utils import load_json
 from .models import FeatureExtractor, ModelConfig, create_model, get_model_config
-from .models.composite import composite_members, is_composite_base
+from .models.composite import composite_members, is_composite_base, member_weights
 from .models.extractor import DIGEST_KEY, REUSE_KEY, trunk_digest
 from .models.registry import weights_fingerprint
 from .preprocess import preprocess_for
@@ -105,12 +105,14 @@ def _cached(workdir: Path, model_name: str, name: str, fingerprint: str) -> Feat
     return fs
 
 
-def concat_normalized(parts: list[np.ndarray]) -> np.ndarray:
-    """Each block L2-normalized row by row, then side by side: what `MultiTrunk` computes (NaN rows stay NaN)."""
+def concat_normalized(parts: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
+    """Each block L2-normalized row by row (and scaled by sqrt(weight) for a fusion), then side by side:
+    what `MultiTrunk` computes (NaN rows stay NaN)."""
     out = []
-    for x in parts:
+    for i, x in enumerate(parts):
         x = np.asarray(x, dtype=np.float32)
-        out.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+        scale = np.float32(np.sqrt(weights[i])) if weights is not None else np.float32(1.0)
+        out.append(scale * x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
     return np.concatenate(out, axis=1)
 
 
@@ -163,7 +165,8 @@ def get_features(
     if is_composite_base(config):
         parts = [get_features(settings, m, dataset, split, selection, query_resolution, progress, sample, query_scale)
                  for m in composite_members(config)]
-        return FeatureSet(concat_normalized([fs.features for fs, _ in parts]), parts[0][0].ids), parts[0][1]
+        features = concat_normalized([fs.features for fs, _ in parts], member_weights(config))
+        return FeatureSet(features, parts[0][0].ids), parts[0][1]
     table = fashion_table(settings, selection, split) if dataset == "fashion" else deepfashion_table(settings, split)
     if sample is not None and sample < len(table):
         table = table.sample(n=sample, random_state=settings.seed).sort_index().reset_index(drop=True)

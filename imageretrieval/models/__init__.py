@@ -10,6 +10,7 @@ from .registry import (
     list_model_names,
     register_model,
     save_composite,
+    save_fusion,
     save_trained_model,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "list_model_names",
     "register_model",
     "save_composite",
+    "save_fusion",
     "save_trained_model",
 ]

@@ -10,10 +10,16 @@ at the member's own input size) packed side by side on one canvas (`Preprocess.p
 `MultiTrunk` cuts them apart again. So a member sees exactly what it sees alone, and a composite's
 features are the members' cached features, L2-normalized and concatenated: nothing is re-encoded
 for a member that was already extracted.
+
+A *fusion* (`fusion_config`, `imageretrieval fuse`) is a composite of any embedding models, trained
+ones included, with weights w_i (summing to 1): member i's L2-normalized embedding is scaled by
+sqrt(w_i), so the fused cosine is sum_i w_i * cos_i (late fusion) and the fused vector has unit norm.
+A member may itself be a composite (or a head trained on one): it reads its own packed squares.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +30,8 @@ from .config import ModelConfig, WeightSource
 
 MEMBERS_KEY = "composite_of"  # config.extra of a composite (and of heads trained on it): member model names
 SIZES_KEY = "member_sizes"  # ... and their input sizes, in order: the packed input's layout
+LAYOUTS_KEY = "member_layouts"  # a fusion's members' own squares (a nested composite reads several)
+WEIGHTS_KEY = "member_weights"  # a fusion's weights (sum 1): member i's block is scaled by sqrt(w_i)
 
 
 def composite_members(config: ModelConfig) -> list[str]:
@@ -60,16 +68,71 @@ def composite_config(name: str, members: Sequence[ModelConfig], description: str
     )
 
 
+def member_layout(config: ModelConfig) -> list[int]:
+    """The squares a model reads: its packed members' sizes for a composite (or a head on one), else its input."""
+    return [int(s) for s in config.extra.get(SIZES_KEY) or [config.input_size]]
+
+
+def fusion_config(name: str, members: Sequence[ModelConfig], weights: Sequence[float] | None = None,
+                  description: str = "") -> ModelConfig:
+    """The config of a weighted late fusion of embedding models (trained or not; see the module docstring).
+
+    `weights` (default: equal) are normalized to sum to 1; every one must be positive.
+    """
+    if len(members) < 2:
+        raise ValueError("a fusion needs at least two member models")
+    weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(members):
+        raise ValueError(f"{len(weights)} weights for {len(members)} members: give one weight per member")
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError("fusion weights must be positive numbers (leave a member out instead of weighting it 0)")
+    names = [m.name for m in members]
+    if name in names:
+        raise ValueError(f"the fusion's name {name!r} must differ from its members'")
+    for m in members:
+        if m.resize_mode != members[0].resize_mode:
+            raise ValueError(f"{m.name}: fusion members must share one resize mode")
+    total = sum(weights)
+    weights = [round(w / total, 6) for w in weights]
+    layouts = [member_layout(m) for m in members]
+    shown = ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
+    return ModelConfig(
+        name=name,
+        description=description or f"weighted fusion of {shown} (cosine = weighted mean of the members' cosines)",
+        kind="trained" if any(m.kind == "trained" for m in members) else "pretrained",
+        architecture=f"fusion({','.join(names)})",
+        trunk_dims=sum(m.dims for m in members),
+        input_size=max(max(lay) for lay in layouts),
+        resize_mode=members[0].resize_mode,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        weights=WeightSource(type="members", ref="+".join(names)),
+        extra={MEMBERS_KEY: names, SIZES_KEY: [s for lay in layouts for s in lay], LAYOUTS_KEY: layouts,
+               WEIGHTS_KEY: weights},
+    )
+
+
+def member_weights(config: ModelConfig) -> list[float] | None:
+    """A fusion's member weights; None for a plain composite (every block weighs 1)."""
+    weights = config.extra.get(WEIGHTS_KEY)
+    return [float(w) for w in weights] if weights else None
+
+
 class MultiTrunk(nn.Module):
     """Runs each member on its square of the packed input; returns (B, sum of dims, 1, 1) so that the
     composite's average pooling is the identity."""
 
-    def __init__(self, members: Sequence[nn.Module], sizes: Sequence[int]):
+    def __init__(self, members: Sequence[nn.Module], sizes: Sequence[int],
+                 layouts: Sequence[Sequence[int]] | None = None, weights: Sequence[float] | None = None):
         super().__init__()
-        if len(members) != len(sizes):
-            raise ValueError("one input size per member")
-        self.members = nn.ModuleList(members)
         self.sizes = [int(s) for s in sizes]
+        self.layouts = [[int(s) for s in lay] for lay in layouts] if layouts else [[s] for s in self.sizes]
+        if len(members) != len(self.layouts) or [s for lay in self.layouts for s in lay] != self.sizes:
+            raise ValueError("one input layout per member, together the packed sizes")
+        if weights is not None and len(weights) != len(members):
+            raise ValueError("one weight per member")
+        self.members = nn.ModuleList(members)
+        self.scales = [math.sqrt(float(w)) for w in weights] if weights is not None else [1.0] * len(members)
 
     def forward_features(self, packed: torch.Tensor) -> torch.Tensor:
         expected = (max(self.sizes), sum(self.sizes))
@@ -77,7 +140,8 @@ class MultiTrunk(nn.Module):
             raise ValueError(f"composite input must be {expected[0]}x{expected[1]} (the members' squares side by "
                              f"side), got {tuple(packed.shape[-2:])}")
         parts, left = [], 0
-        for member, size in zip(self.members, self.sizes, strict=True):
-            parts.append(F.normalize(member(packed[:, :, :size, left:left + size]).float(), dim=-1))
-            left += size
+        for member, layout, scale in zip(self.members, self.layouts, self.scales, strict=True):
+            width = sum(layout)
+            parts.append(scale * F.normalize(member(packed[:, :, :max(layout), left:left + width]).float(), dim=-1))
+            left += width
         return torch.cat(parts, dim=-1)[:, :, None, None]

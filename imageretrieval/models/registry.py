@@ -15,7 +15,17 @@ from pathlib import Path
 import torch
 
 from ..io_utils import atomic_write, save_json
-from .composite import SIZES_KEY, MultiTrunk, composite_config, composite_members
+from .composite import (
+    LAYOUTS_KEY,
+    SIZES_KEY,
+    WEIGHTS_KEY,
+    MultiTrunk,
+    composite_config,
+    composite_members,
+    fusion_config,
+    is_composite_base,
+    member_weights,
+)
 from .config import ModelConfig
 from .extractor import DIGEST_KEY, REUSE_KEY, FeatureExtractor, trunk_digest
 from .weights import (
@@ -195,6 +205,8 @@ def create_model(
     import timm
 
     config = config or get_model_config(name, workdir)
+    if is_composite_base(config):  # a composite or fusion: every member loads its own weights
+        return FeatureExtractor(config, _composite_trunk(config, pretrained, workdir)).eval()
     if config.kind == "trained":
         from_base = bool(config.extra.get(TRUNK_FROM_BASE)) and pretrained
         trunk = _base_trunk(config, workdir) if from_base else _bare_trunk(config, workdir)
@@ -210,8 +222,6 @@ def create_model(
                 state = {**{f"trunk.{k}": v for k, v in model.trunk.state_dict().items()}, **state}
             model.load_state_dict(state)
         return model.eval()
-    if composite_members(config):
-        return FeatureExtractor(config, _composite_trunk(config, pretrained, workdir)).eval()
     trunk = timm.create_model(config.architecture, pretrained=False)
     if pretrained:
         trunk = _load_trunk_weights(config, trunk, workdir)
@@ -221,7 +231,7 @@ def create_model(
 def _composite_trunk(config: ModelConfig, pretrained: bool, workdir: Path | None) -> MultiTrunk:
     members = composite_members(config)
     return MultiTrunk([create_model(m, pretrained=pretrained, workdir=workdir) for m in members],
-                      config.extra[SIZES_KEY])
+                      config.extra[SIZES_KEY], config.extra.get(LAYOUTS_KEY), member_weights(config))
 
 
 def _bare_trunk(config: ModelConfig, workdir: Path | None) -> torch.nn.Module:
@@ -272,6 +282,18 @@ def save_composite(workdir: Path, name: str, members: list[str]) -> Path:
     if name in members:
         raise ValueError(f"the composite's name {name!r} must differ from its members'")
     config = composite_config(name, [get_model_config(m, workdir) for m in members])
+    directory = trained_model_dir(workdir, name)
+    save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
+    return directory
+
+
+def save_fusion(workdir: Path, name: str, members: list[str], weights: list[float] | None = None) -> Path:
+    """Save the weighted late fusion of `members` (any embedding models; composite.py `fusion_config`) as a
+    named model of the workdir: a config only, since every member loads its own weights. An existing fusion
+    of that name is replaced (new weights or members); any other model of that name is refused."""
+    config = fusion_config(name, [get_model_config(m, workdir) for m in members], weights)
+    if name in list_model_names(workdir) and WEIGHTS_KEY not in get_model_config(name, workdir).extra:
+        raise ValueError(f"{name!r} is already a model of the zoo (not a fusion): choose another --name")
     directory = trained_model_dir(workdir, name)
     save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
     return directory
