@@ -4,7 +4,8 @@ Each model's embeddings are L2-normalized and concatenated with weights sqrt(w_i
 the fused cosine is sum_i w_i * cos_i. The weights are chosen on the val split (600 seeded val queries
 against the val split, the catalog protocol's recipe) over a 0.1 grid, then scored once on the test
 split, so the test figure is not tuned on the test queries. `--rerank category` scores (and chooses)
-with the engine's category-first re-ranking (imageretrieval/rerank.py).
+with the engine's category-first re-ranking (imageretrieval/rerank.py). The chosen weights are printed as
+an `imageretrieval fuse` command, which saves the fusion as one model of the zoo (same vectors).
 
     python scripts/late_fusion.py MODEL_A MODEL_B [MODEL_C ...] [--selection seed] [--rerank category]
 
@@ -67,6 +68,10 @@ def main(args: argparse.Namespace) -> None:
     singles = [tuple(float(i == j) for j in range(len(args.models))) for i in range(len(args.models))]
     for w in (*singles, best):
         log.info("test weights %s: %s", w, scores(fuse(tasks["test"], w), args.rerank))
+    kept = [(m, w) for m, w in zip(args.models, best, strict=True) if w > 0]
+    if len(kept) > 1:
+        log.info("as one zoo model: imageretrieval fuse --name NAME %s --weights %s",
+                 " ".join(m for m, _ in kept), ",".join(f"{w:g}" for _, w in kept))
 
 
 if __name__ == "__main__":
