@@ -24,6 +24,7 @@ from .models.extractor import DIGEST_KEY, REUSE_KEY, trunk_digest
 from .models.registry import weights_fingerprint
 from .preprocess import preprocess_for
 from .settings import Settings
+from .whitening import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,8 @@ def _cached(workdir: Path, model_name: str, name: str, fingerprint: str) -> Feat
 def concat_normalized(parts: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
     """Each block L2-normalized row by row (and scaled by sqrt(weight) for a fusion), then side by side:
     what `MultiTrunk` computes (NaN rows stay NaN)."""
-    out = []
-    for i, x in enumerate(parts):
-        x = np.asarray(x, dtype=np.float32)
-        scale = np.float32(np.sqrt(weights[i])) if weights is not None else np.float32(1.0)
-        out.append(scale * x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
-    return np.concatenate(out, axis=1)
+    scales = [np.float32(np.sqrt(w)) for w in weights] if weights is not None else [np.float32(1.0)] * len(parts)
+    return np.concatenate([scale * l2_normalize(x) for scale, x in zip(scales, parts, strict=True)], axis=1)
 
 
 @torch.inference_mode()

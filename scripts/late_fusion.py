@@ -21,9 +21,9 @@ import numpy as np
 
 from imageretrieval.evaluation.protocols import RetrievalTask, catalog_task
 from imageretrieval.evaluation.runner import evaluate_task
+from imageretrieval.featurestore import concat_normalized
 from imageretrieval.rerank import RERANKS
 from imageretrieval.settings import Settings
-from imageretrieval.whitening import l2_normalize
 
 log = logging.getLogger("late_fusion")
 GRID_STEPS = 10  # weights in steps of 0.1
@@ -43,10 +43,9 @@ def fuse(tasks: list[RetrievalTask], weights: tuple[float, ...]) -> RetrievalTas
         if not (np.array_equal(first.query_ids, other.query_ids) and np.array_equal(first.database_ids,
                                                                                      other.database_ids)):
             raise ValueError("the models' tasks have different queries or databases (undecodable images?)")
-    out = copy.copy(first)
-    out.queries = np.concatenate([np.sqrt(w) * l2_normalize(t.queries) for w, t in zip(weights, tasks, strict=True)], 1)
-    out.database = np.concatenate([np.sqrt(w) * l2_normalize(t.database) for w, t in zip(weights, tasks, strict=True)],
-                                  1)
+    out = copy.copy(first)  # the vectors of the fused model (`imageretrieval fuse`), from the same function
+    out.queries = concat_normalized([t.queries for t in tasks], list(weights))
+    out.database = concat_normalized([t.database for t in tasks], list(weights))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..models import get_model_config, save_fusion
+from ..models.composite import member_weights
 
 
 def parse_weights(text: str) -> list[float]:
@@ -36,6 +37,6 @@ def run(args, settings) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     cfg = get_model_config(args.name, settings.workdir)
-    shown = " + ".join(f"{w:g} x {m}" for m, w in zip(args.members, cfg.extra["member_weights"], strict=True))
+    shown = " + ".join(f"{w:g} x {m}" for m, w in zip(args.members, member_weights(cfg), strict=True))
     print(f"{args.name}: {shown}, {cfg.dims} dims, saved in {directory}")
     return 0
