@@ -132,6 +132,8 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
             fingerprint=wanted["model_fingerprint"] + wanted["weights_fingerprint"],
             progress=progress,
             reuse_root=feature_dir(workdir, model_name, "fashion-all").parent,
+            runtime=settings.runtime,
+            workdir=workdir,
         )
     t_extract = time.perf_counter() - t0
     valid = fs.valid

@@ -16,16 +16,9 @@ from PIL import Image
 
 from .artifacts import ModelArtifacts
 from .catalog import ATTRIBUTE_COLUMNS, load_catalog
-from .device import (
-    autocast,
-    compile_for_inference,
-    denormals_flushed,
-    prepare_model,
-    resolve_device,
-    resolve_precision,
-    to_batch,
-)
+from .device import resolve_device
 from .images import open_image
+from .inference import create_encoder, resolve_inference
 from .index import load_index
 from .index import search as index_search
 from .models import create_model, get_model_config
@@ -104,17 +97,13 @@ class RetrievalEngine:
         if not (self.index.ntotal == len(self.ids) == len(self.vectors)):
             raise IndexNotBuiltError(f"index for {model_name!r} is inconsistent: run `{rebuild} --force`")
         self.device = resolve_device(settings.device)
-        self.precision = resolve_precision(settings.precision, self.device)
+        self.runtime, self.precision = resolve_inference(settings.runtime, settings.precision, self.device)
         res = self.manifest.get("catalog_resolution")
         self.preprocess = preprocess_for(self.config, tuple(res) if (res and settings.query_resolution == "catalog")
                                          else None)
-        with denormals_flushed(self.device):  # torch worker threads started here keep the flag
-            self.model = prepare_model(create_model(model_name, workdir=settings.workdir), self.device)
-            self._forward = self.model
-            if settings.compile_inference:
-                blank = torch.full((1, *self.preprocess.shape), 255, dtype=torch.uint8)
-                self._forward = compile_for_inference(self.model, to_batch(blank, self.device), self.device,
-                                                      self.precision)
+        self.encoder = create_encoder(create_model(model_name, workdir=settings.workdir), self.preprocess.shape,
+                                      self.runtime, self.device, self.precision, settings.workdir,
+                                      compile=settings.compile_inference)
         catalog = load_catalog(settings.dataset_root)
         meta = catalog.df.set_index("id")
         self.metadata = meta.reindex(self.ids)
@@ -124,19 +113,17 @@ class RetrievalEngine:
         self._lock = threading.Lock()
 
     # ----- encoding -------------------------------------------------------------------------
-    @torch.inference_mode()
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Images -> post-processed query vectors (n, dims), one batched forward pass."""
         if not images:
             return np.zeros((0, self.dims), np.float32)
         return self.encode_tensors(torch.stack([self.preprocess(img) for img in images]))
 
-    @torch.inference_mode()
-    def encode_tensors(self, batch: torch.Tensor) -> np.ndarray:
+    def encode_tensors(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         """Preprocessed uint8 (n, 3, H, W) -> query vectors; lets a server preprocess while a forward runs."""
-        with self._lock, denormals_flushed(self.device), autocast(self.device, self.precision):
-            raw = self._forward(to_batch(batch, self.device)).float().cpu().numpy()
-        return self.postprocess(raw)
+        with self._lock:
+            raw = self.encoder(batch)
+        return self.postprocess(np.asarray(raw, dtype=np.float32))
 
     @property
     def dims(self) -> int:
@@ -262,6 +249,8 @@ class RetrievalEngine:
             "index_type": self.manifest.get("index_factory"),
             "index_size": int(self.index.ntotal),
             "input_size": self.config.input_size,
+            "input_width": self.config.input_hw[1],
+            "runtime": self.encoder.runtime,
             "synthetic_catalog": bool(self.manifest.get("synthetic_catalog")),
         }
 

@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .device import autocast, prepare_model, resolve_device, resolve_precision, to_batch
+from .device import resolve_device
 from .images import ImageDecodeError, open_image
+from .inference import Encoder, create_encoder, resolve_inference
 from .io_utils import load_json, save_json, save_npy
 from .models import FeatureExtractor
 from .preprocess import Preprocess, preprocess_for
@@ -79,7 +80,7 @@ def load_features(directory: Path, mmap: bool = False) -> FeatureSet | None:
 
 
 # What makes two feature sets equal; other meta keys (added over time) never invalidate features.
-ENCODING_KEYS = ("fingerprint", "precision", "input_size", "query_resolution", "query_scale")  # how a row is encoded
+ENCODING_KEYS = ("fingerprint", "precision", "input_size", "input_width", "query_resolution", "query_scale")  # how a row is encoded
 IDENTITY_KEYS = ENCODING_KEYS + ("n", "ids_hash")  # ... and which rows
 
 
@@ -124,17 +125,32 @@ def make_loader(paths, preprocess, batch_size, num_workers, device) -> DataLoade
     )
 
 
-@torch.inference_mode()
-def encode_batches(model, loader, device, precision, progress=None):
-    """Yield (features float32 numpy, ok mask) per batch."""
+def encode_batches(encoder: Encoder, loader, progress=None):
+    """Yield float32 features per batch (NaN rows for images that failed to decode)."""
     for images, ok in loader:
-        with autocast(device, precision):
-            out = model(to_batch(images, device))
-        feats = out.float().cpu().numpy()
+        feats = np.array(encoder(images), dtype=np.float32, copy=True)
         feats[~ok.numpy()] = np.nan
         if progress is not None:
             progress.update(len(images))
         yield feats
+
+
+class _RowStream:
+    """Rows of a stream of (batch, dims) arrays, handed out `n` at a time across batch boundaries."""
+
+    def __init__(self, batches):
+        self.batches = iter(batches)
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+
+    def take(self, n: int) -> np.ndarray:
+        while self.n_pending < n:
+            batch = next(self.batches)
+            self.pending.append(batch)
+            self.n_pending += len(batch)
+        rows = np.concatenate(self.pending, axis=0)
+        self.pending, self.n_pending = [rows[n:]], len(rows) - n
+        return rows[:n]
 
 
 def extract_features(
@@ -151,17 +167,20 @@ def extract_features(
     fingerprint: str = "",
     progress: bool = True,
     reuse_root: Path | None = None,
+    runtime: str = "torch",
+    workdir: Path | None = None,
 ) -> FeatureSet:
     """Extract features for `paths` into `out_dir`, resuming from finished chunks.
 
     With `reuse_root` (the model's feature folder), rows already encoded in a sibling feature set
     with the same model fingerprint, input size, precision and query resolution are copied, not
     re-encoded (e.g. the whole catalog after its test split was extracted for evaluation).
+    `runtime` (inference.py) runs the forward passes; ONNX exports are cached under `workdir`.
     """
     out_dir = Path(out_dir)
     ids = np.asarray(ids)
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    runtime, prec = resolve_inference(runtime, precision, dev)
     preprocess = preprocess or preprocess_for(model.config)
     meta = {
         "model": model.config.name,
@@ -171,6 +190,7 @@ def extract_features(
         "chunk_size": chunk_size,
         "precision": prec,
         "input_size": preprocess.input_size,
+        "input_width": preprocess.input_width,
         "query_resolution": list(preprocess.query_resolution) if preprocess.query_resolution else None,
     }
     if preprocess.query_scale is not None:
@@ -196,10 +216,9 @@ def extract_features(
     n_todo = sum(min(chunk_size, len(ids) - c * chunk_size) for c in todo)
     if len(todo) < n_chunks:
         log.info("resuming: %d of %d chunks already done", n_chunks - len(todo), n_chunks)
-    net = prepare_model(model, dev)
     t0 = time.perf_counter()
     bar = tqdm(total=n_todo, desc=f"extract {model.config.name}", unit="img", disable=not progress)
-    n_copied = 0
+    plan = []  # (chunk, its features with the reused rows filled in, the rows to encode)
     for c in todo:
         lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
         feats = np.full((hi - lo, model.config.dims), np.nan, np.float32)
@@ -207,17 +226,23 @@ def extract_features(
         for i, row in known.items():
             feats[i] = row
         bar.update(len(known))
-        n_copied += len(known)
-        missing = [i for i in range(hi - lo) if i not in known]
+        plan.append((c, feats, [i for i in range(hi - lo) if i not in known]))
+    n_copied = n_todo - sum(len(missing) for _, _, missing in plan)
+    encoder = create_encoder(model, preprocess.shape, runtime, dev, prec, workdir) if n_copied < n_todo else None
+    # One loader over every image still to encode: its workers start once, not once per chunk.
+    to_encode = [paths[c * chunk_size + i] for c, _, missing in plan for i in missing]
+    rows = _RowStream(encode_batches(encoder, make_loader(to_encode, preprocess, batch_size, num_workers, dev), bar)
+                      if to_encode else iter(()))
+    for c, feats, missing in plan:
         if missing:
-            loader = make_loader([paths[lo + i] for i in missing], preprocess, batch_size, num_workers, dev)
-            feats[missing] = np.concatenate(list(encode_batches(net, loader, dev, prec, bar)), axis=0)
+            feats[missing] = rows.take(len(missing))
         save_npy(chunk_dir / f"chunk_{c:05d}.npy", feats.astype(np.float32))
     bar.close()
     elapsed = time.perf_counter() - t0
     if n_todo > n_copied:
         n_new = n_todo - n_copied
-        log.info("encoded %d images in %.1fs (%.1f img/s, %s, %s)%s", n_new, elapsed, n_new / elapsed, dev, prec,
+        log.info("encoded %d images in %.1fs (%.1f img/s, %s, %s, %s)%s", n_new, elapsed, n_new / elapsed, dev, prec,
+                 encoder.runtime if encoder else "-",
                  f"; {n_copied} rows copied from other feature sets" if n_copied else "")
 
     features = np.concatenate([np.load(chunk_dir / f"chunk_{c:05d}.npy") for c in range(n_chunks)], axis=0)

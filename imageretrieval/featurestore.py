@@ -203,5 +203,6 @@ def get_features(
         batch_size=settings.batch_size, num_workers=settings.num_workers, device=settings.device,
         precision=settings.precision, fingerprint=fp, progress=progress,
         reuse_root=feature_dir(settings.workdir, model_name, name).parent,  # rows other sets already hold
+        runtime=settings.runtime, workdir=settings.workdir,
     )
     return fs, table

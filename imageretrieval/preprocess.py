@@ -17,24 +17,32 @@ from .models.composite import SIZES_KEY
 WHITE = (255, 255, 255)
 
 
-def letterbox(img: Image.Image, size: int, fill: tuple[int, int, int] = WHITE) -> Image.Image:
-    """Resize to fit a size x size square (keeping aspect ratio) and pad the rest with `fill`."""
+def letterbox(img: Image.Image, size: int, fill: tuple[int, int, int] = WHITE, width: int | None = None) -> Image.Image:
+    """Resize to fit a `width` x `size` box (square when `width` is None), keeping the aspect ratio, and pad
+    the rest with `fill`."""
+    box_w, box_h = width or size, size
     w, h = img.size
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    scale = min(box_w / w, box_h / h)
+    nw, nh = min(box_w, max(1, round(w * scale))), min(box_h, max(1, round(h * scale)))
+    if (nw, nh) == (box_w, box_h) == (w, h):
+        return img
     resized = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    canvas = Image.new("RGB", (size, size), fill)
-    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    if (nw, nh) == (box_w, box_h):
+        return resized
+    canvas = Image.new("RGB", (box_w, box_h), fill)
+    canvas.paste(resized, ((box_w - nw) // 2, (box_h - nh) // 2))
     return canvas
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
+def center_crop(img: Image.Image, size: int, width: int | None = None) -> Image.Image:
+    """Resize to cover a `width` x `size` box (square when `width` is None) and cut out its centre."""
+    box_w, box_h = width or size, size
     w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+    scale = max(box_w / w, box_h / h)
+    img = img.resize((max(box_w, round(w * scale)), max(box_h, round(h * scale))), Image.Resampling.BICUBIC)
     w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    left, top = (w - box_w) // 2, (h - box_h) // 2
+    return img.crop((left, top, left + box_w, top + box_h))
 
 
 def match_resolution(img: Image.Image, target_wh: tuple[int, int], slack: float = 1.25) -> Image.Image:
@@ -77,24 +85,25 @@ def pack_side_by_side(squares: list[Image.Image], fill: tuple[int, int, int] = W
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Callable PIL RGB image -> uint8 tensor (3, size, size), or for a composite model (`packed_sizes`)
+    """Callable PIL RGB image -> uint8 tensor (3, height, width), or for a composite model (`packed_sizes`)
     one square per member at the member's own size, side by side (see models/composite.py)."""
 
-    input_size: int
+    input_size: int  # the height (and the width of a square input)
     resize_mode: str = "letterbox"
     query_resolution: tuple[int, int] | None = None  # (w, h) of the catalog; None = native
     query_scale: float | None = None  # evaluation only: re-render the image at this scale first
     packed_sizes: tuple[int, ...] = ()
+    input_width: int | None = None  # None = square
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """The (C, H, W) of every output."""
         if self.packed_sizes:
             return 3, max(self.packed_sizes), sum(self.packed_sizes)
-        return 3, self.input_size, self.input_size
+        return 3, self.input_size, self.input_width or self.input_size
 
-    def _square(self, img: Image.Image, size: int) -> Image.Image:
-        return center_crop(img, size) if self.resize_mode == "center-crop" else letterbox(img, size)
+    def _square(self, img: Image.Image, size: int, width: int | None = None) -> Image.Image:
+        return center_crop(img, size, width) if self.resize_mode == "center-crop" else letterbox(img, size, width=width)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.query_scale is not None:
@@ -103,11 +112,12 @@ class Preprocess:
             img = match_resolution(img, self.query_resolution)
         if self.packed_sizes:
             return to_uint8_tensor(pack_side_by_side([self._square(img, s) for s in self.packed_sizes]))
-        return to_uint8_tensor(self._square(img, self.input_size))
+        return to_uint8_tensor(self._square(img, self.input_size, self.input_width))
 
 
 def preprocess_for(config, query_resolution: tuple[int, int] | None = None,
                    query_scale: float | None = None) -> Preprocess:
     """The preprocessing a model config asks for (a `ModelConfig`; composites pack their members' squares)."""
     sizes = tuple(int(s) for s in config.extra.get(SIZES_KEY) or ())
-    return Preprocess(config.input_size, config.resize_mode, query_resolution, query_scale, sizes)
+    return Preprocess(config.input_size, config.resize_mode, query_resolution, query_scale, sizes,
+                      None if sizes else config.input_width)

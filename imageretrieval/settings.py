@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PRECISION", "precision"),
         description="auto = bf16 autocast where the hardware supports it fast, else fp32.",
     )
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto",
+        validation_alias=AliasChoices("RUNTIME", "runtime"),
+        description="Inference runtime for extraction, search and evaluation: auto = PyTorch on CUDA (and for "
+                    "bf16), else ONNX Runtime when installed, else OpenVINO, else PyTorch (imageretrieval/inference.py).",
+    )
     compile_inference: bool = Field(
         True,
         validation_alias=AliasChoices("COMPILE_INFERENCE", "compile_inference"),

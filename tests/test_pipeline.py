@@ -119,9 +119,10 @@ def test_engine_finds_catalog_images_themselves(settings):
 
 def test_compiled_query_encoder_matches_eager_mode(settings):
     """The traced + frozen encoder (folded batch norms) gives the eager model's vectors and rankings."""
-    compiled = RetrievalEngine(settings.model_copy(update={"compile_inference": True}), TINY)
-    eager = RetrievalEngine(settings.model_copy(update={"compile_inference": False}), TINY)
-    assert isinstance(compiled._forward, torch.jit.ScriptModule) and eager._forward is eager.model
+    compiled = RetrievalEngine(settings.model_copy(update={"compile_inference": True, "runtime": "torch"}), TINY)
+    eager = RetrievalEngine(settings.model_copy(update={"compile_inference": False, "runtime": "torch"}), TINY)
+    assert isinstance(compiled.encoder.forward, torch.jit.ScriptModule)
+    assert eager.encoder.forward is eager.encoder.model
     cat = load_catalog(settings.dataset_root)
     images = [cat.image_path(i) for i in cat.ids[::9]]
     batch = torch.stack([compiled.preprocess(open_image(p)) for p in images])

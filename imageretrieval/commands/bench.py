@@ -1,4 +1,4 @@
-"""`imageretrieval bench pipeline|serve`: measured speed figures, appended to docs/benchmarks.md."""
+"""`imageretrieval bench encoder|pipeline|serve`: measured speed figures, appended to docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("bench", help="benchmarks (results go to docs/benchmarks.md)")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    for name in ("pipeline", "serve"):
+    for name in ("encoder", "pipeline", "serve"):
         try:
             module = importlib.import_module(f"..benchmarks.{name}", __package__)
         except ModuleNotFoundError as exc:

@@ -34,7 +34,9 @@ class ModelConfig(BaseModel):
     trunk_dims: int = Field(description="channels of the trunk's last feature map")
     embedding_dims: int | None = Field(None, description="linear projection after pooling (trained heads)")
     l2_normalize_output: bool = False
-    input_size: int = 224
+    input_size: int = Field(224, description="input height in pixels (and width, for a square input)")
+    input_width: int | None = Field(None, description="input width when it differs from the height (a portrait "
+                                                      "input such as 96x128 fits the catalog's 60x80 photos)")
     resize_mode: Literal["letterbox", "center-crop"] = "letterbox"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -46,5 +48,13 @@ class ModelConfig(BaseModel):
     def dims(self) -> int:
         return self.embedding_dims or self.trunk_dims
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        return self.input_size, self.input_width or self.input_size
+
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        dump = self.model_dump(mode="json")
+        if dump.get("input_width") is None:  # square inputs keep the fingerprints they had before the field
+            dump.pop("input_width", None)
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]

@@ -9,6 +9,7 @@ Three sources of names, looked up in this order:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +87,31 @@ def model_dir(name: str, workdir: Path | None) -> Path | None:
     return _trained_dirs(workdir).get(name)
 
 
+_SIZED = re.compile(r"^(?P<base>[^@]+)@(?P<w>\d+)x(?P<h>\d+)$")
+
+
+def sized_name(name: str, width: int, height: int) -> str:
+    """The name of a pretrained model of the zoo at another input size, e.g. `efficientnet_lite0@96x128`."""
+    return f"{name}@{width}x{height}"
+
+
+def _sized_config(name: str) -> ModelConfig | None:
+    """`<pretrained model>@<W>x<H>`: that model with a W x H (width x height) input, the same weights."""
+    match = _SIZED.match(name)
+    if match is None or match["base"] not in _REGISTRY:
+        return None
+    width, height = int(match["w"]), int(match["h"])
+    base = _REGISTRY[match["base"]]()
+    if base.weights.type == "members":
+        raise ModelNotFoundError(f"{name}: a composite keeps its members' input sizes (no @WxH)")
+    if not (16 <= width <= 1024 and 16 <= height <= 1024):
+        raise ModelNotFoundError(f"{name}: input width and height must be between 16 and 1024 pixels")
+    return base.model_copy(update={
+        "name": name, "input_size": height, "input_width": None if width == height else width,
+        "description": f"{base.description.split(' at ')[0]} at {width}x{height} px (width x height)",
+    }, deep=True)
+
+
 def get_model_config(name: str, workdir: Path | None = None) -> ModelConfig:
     from . import zoo  # noqa: F401
 
@@ -94,6 +120,9 @@ def get_model_config(name: str, workdir: Path | None = None) -> ModelConfig:
     directory = model_dir(name, workdir)
     if directory is not None:
         return ModelConfig.model_validate_json((directory / CONFIG_FILE).read_text())
+    sized = _sized_config(name)
+    if sized is not None:
+        return sized
     raise ModelNotFoundError(
         f"unknown model {name!r}; known models: {', '.join(list_model_names(workdir))} "
         "(`imageretrieval models` lists them)"

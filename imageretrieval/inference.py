@@ -1,0 +1,243 @@
+"""Inference runtimes: one `Encoder` interface over PyTorch, ONNX Runtime and OpenVINO.
+
+On a CPU, PyTorch's per-operator overhead dominates a small network's forward; ONNX Runtime and
+OpenVINO run the same graph several times faster (docs/benchmarks.md). Any model of the zoo
+(pretrained, trained, composite, fusion) is exported once to ONNX -- uint8 images (B, 3, H, W) in,
+embeddings out, the scaling to [0, 1] and the normalization inside the graph -- and cached under
+`<WORKDIR>/exports/<model>/` with a fingerprint of its weights' content and its input, so a retrained
+or resized model is exported anew and a stale export is never used. PyTorch stays the runtime for
+CUDA and for training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .device import (
+    autocast,
+    compile_for_inference,
+    denormals_flushed,
+    prepare_model,
+    resolve_precision,
+    to_batch,
+)
+from .io_utils import atomic_write
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+EXPORT_OPSET = 18
+EXPORT_FORMAT = 1  # bump when the exported graph's contract changes (inputs, outputs, scaling)
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+class RuntimeUnavailableError(RuntimeError):
+    """The chosen runtime is not installed or cannot run here; the message names the fix."""
+
+
+def runtime_installed(runtime: str) -> bool:
+    return runtime == "torch" or importlib.util.find_spec(_PACKAGES[runtime]) is not None
+
+
+def resolve_runtime(runtime: str, device: torch.device, precision: str = "auto") -> str:
+    """The runtime that `auto` means here: PyTorch on CUDA or when bf16 is asked for explicitly (autocast is a
+    PyTorch feature), else ONNX Runtime (measured fastest on CPUs with AVX2 and with AMX alike,
+    docs/benchmarks.md), else OpenVINO, else PyTorch. `precision` is the setting, before `auto` is resolved."""
+    if runtime not in RUNTIMES:
+        raise RuntimeUnavailableError(f"unknown RUNTIME={runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        if device.type != "cpu" or precision == "bf16":
+            return "torch"
+        return next((r for r in ("onnxruntime", "openvino") if runtime_installed(r)), "torch")
+    if runtime != "torch":
+        if device.type != "cpu":
+            raise RuntimeUnavailableError(f"RUNTIME={runtime} runs on the CPU here: use RUNTIME=torch with "
+                                          f"DEVICE={device.type}, or DEVICE=cpu")
+        if not runtime_installed(runtime):
+            raise RuntimeUnavailableError(f"RUNTIME={runtime} but the {_PACKAGES[runtime]} package is not "
+                                          f"installed: run `pip install {_PACKAGES[runtime]}` or use RUNTIME=auto")
+        if precision == "bf16":
+            raise RuntimeUnavailableError(f"PRECISION=bf16 is PyTorch autocast: use RUNTIME=torch, or "
+                                          f"PRECISION=auto|fp32 with RUNTIME={runtime}")
+    return runtime
+
+
+def resolve_inference(runtime: str, precision: str, device: torch.device) -> tuple[str, str]:
+    """(runtime, precision) for the settings: the exported runtimes compute in fp32."""
+    chosen = resolve_runtime(runtime, device, precision)
+    return chosen, resolve_precision(precision, device) if chosen == "torch" else "fp32"
+
+
+def default_threads() -> int:
+    """Threads for a runtime's operators: PyTorch's setting (it follows OMP_NUM_THREADS)."""
+    return max(1, torch.get_num_threads())
+
+
+# ----- export ------------------------------------------------------------------------------------------
+class _Uint8Input(torch.nn.Module):
+    """uint8 (B, 3, H, W) -> the model's embedding: the exported graph takes raw pixels."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.float() / 255.0).float()
+
+
+def export_fingerprint(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> str:
+    """Content hash of everything the exported graph depends on: weights and buffers, config, input shape."""
+    h = hashlib.sha256(f"{EXPORT_FORMAT}:{EXPORT_OPSET}:{tuple(input_shape)}".encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        h.update(config.fingerprint().encode())
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    for key, value in sorted((k, v) for k, v in model.named_buffers() if k not in model.state_dict()):
+        h.update(key.encode())  # non-persistent buffers (mean/std) are part of the function too
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def export_dir(workdir: Path, model_name: str) -> Path:
+    return Path(workdir) / "exports" / model_name
+
+
+def _export(model: torch.nn.Module, input_shape: tuple[int, int, int], path: Path) -> None:
+    wrapper = _Uint8Input(model).eval()
+    example = torch.full((2, *input_shape), 255, dtype=torch.uint8)
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(wrapper, (example,), str(path), input_names=["images"], output_names=["embeddings"],
+                              dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                              opset_version=EXPORT_OPSET, dynamo=True, external_data=False, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the TorchScript exporter handles what torch.export cannot
+            log.info("torch.export could not export %s (%s); using the TorchScript exporter",
+                     type(model).__name__, exc.__class__.__name__)
+            torch.onnx.export(wrapper, (example,), str(path), input_names=["images"], output_names=["embeddings"],
+                              dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter prints its progress to stdout; keep a CLI's --json output clean."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], directory: Path) -> Path:
+    """The model's ONNX export for this input shape: reused when its fingerprint matches, else written
+    atomically (older exports of the model removed)."""
+    model = model.eval().float().cpu()
+    fingerprint = export_fingerprint(model, input_shape)
+    path = Path(directory) / f"model-{fingerprint}.onnx"
+    if path.is_file():
+        return path
+    log.info("exporting %s to ONNX (%s)", getattr(getattr(model, "config", None), "name", "model"), path)
+    atomic_write(path, lambda p: _export(model, input_shape, p))
+    for stale in Path(directory).glob("model-*.onnx"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return path
+
+
+# ----- encoders -----------------------------------------------------------------------------------------
+class Encoder:
+    """uint8 images (B, 3, H, W) as a numpy array or tensor -> float32 embeddings (B, dims)."""
+
+    runtime = "torch"
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchEncoder(Encoder):
+    """PyTorch eager, or traced + frozen for fp32 CPU inference (`compile`), with bf16 autocast if asked."""
+
+    runtime = "torch"
+
+    def __init__(self, model: torch.nn.Module, input_shape: tuple[int, int, int], device: torch.device,
+                 precision: str, compile: bool = False):
+        self.device, self.precision = device, precision
+        with denormals_flushed(device):  # torch worker threads started here keep the flag
+            self.model = prepare_model(model, device)
+            self.forward = self.model
+            if compile:
+                blank = to_batch(torch.full((1, *input_shape), 255, dtype=torch.uint8), device)
+                self.forward = compile_for_inference(self.model, blank, device, precision)
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+        with denormals_flushed(self.device), autocast(self.device, self.precision):
+            return self.forward(to_batch(batch, self.device)).float().cpu().numpy()
+
+
+class OnnxRuntimeEncoder(Encoder):
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        batch = images.numpy() if isinstance(images, torch.Tensor) else images
+        return self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+
+
+class OpenVinoEncoder(Encoder):
+    runtime = "openvino"
+
+    def __init__(self, path: Path, threads: int):
+        import openvino as ov
+
+        core = ov.Core()
+        self.compiled = core.compile_model(str(path), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        batch = images.numpy() if isinstance(images, torch.Tensor) else images
+        result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.uint8)})
+        return np.array(result[self.compiled.output(0)], dtype=np.float32)
+
+
+def create_encoder(model: torch.nn.Module, input_shape: tuple[int, int, int], runtime: str = "auto",
+                   device: torch.device | None = None, precision: str = "fp32", workdir: Path | None = None,
+                   compile: bool = False, threads: int | None = None) -> Encoder:
+    """The encoder of `model` on the chosen runtime (`auto`: see `resolve_runtime`) and precision setting.
+
+    ONNX exports are cached under `<workdir>/exports/<model>/` (a temporary folder without a workdir).
+    """
+    device = device or torch.device("cpu")
+    chosen, precision = resolve_inference(runtime, precision, device)
+    if chosen == "torch":
+        return TorchEncoder(model, input_shape, device, precision, compile)
+    name = getattr(getattr(model, "config", None), "name", "model")
+    if workdir is None:
+        import tempfile
+
+        workdir = Path(tempfile.gettempdir()) / "imageretrieval"
+    path = export_onnx(model, input_shape, export_dir(workdir, name))
+    threads = threads or default_threads()
+    if chosen == "onnxruntime":
+        return OnnxRuntimeEncoder(path, threads)
+    return OpenVinoEncoder(path, threads)

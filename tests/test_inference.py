@@ -1,0 +1,160 @@
+"""Inference runtimes: exported models give PyTorch's embeddings; exports are cached and rebuilt when stale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imageretrieval.engine import RetrievalEngine
+from imageretrieval.images import open_image
+from imageretrieval.inference import (
+    RuntimeUnavailableError,
+    create_encoder,
+    export_dir,
+    export_onnx,
+    resolve_runtime,
+)
+from imageretrieval.models import create_model, get_model_config
+from imageretrieval.models.config import ModelConfig, WeightSource
+from imageretrieval.models.extractor import FeatureExtractor
+from imageretrieval.preprocess import letterbox, preprocess_for
+
+from .conftest import TINY
+
+CPU = torch.device("cpu")
+
+
+def _tiny(seed: int = 0, width: int | None = None) -> FeatureExtractor:
+    torch.manual_seed(seed)
+    config = ModelConfig(name="rt-tiny", architecture="test_efficientnet", trunk_dims=256, input_size=64,
+                         input_width=width, embedding_dims=32, extra={"head_hidden": 48},
+                         l2_normalize_output=True, weights=WeightSource(type="random"))
+    return FeatureExtractor(config).eval()
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("width", [None, 48])
+def test_exported_runtimes_give_torchs_embeddings(tmp_path, runtime, width):
+    model = _tiny(width=width)
+    shape = preprocess_for(model.config).shape
+    assert shape == (3, 64, width or 64)
+    images = np.random.default_rng(0).integers(0, 256, (5, *shape), dtype=np.uint8)
+    reference = create_encoder(model, shape, "torch", workdir=tmp_path)(images)
+    encoder = create_encoder(model, shape, runtime, workdir=tmp_path)
+    assert encoder.runtime == runtime
+    for batch in (images, images[:1], torch.from_numpy(images[:3])):  # any batch size, numpy or tensor
+        out = encoder(batch)
+        assert out.dtype == np.float32 and out.shape == (len(batch), 32)
+        assert _cosines(out, reference[:len(batch)]).mean() >= 0.9999
+    np.testing.assert_allclose(encoder(images), reference, atol=1e-4)
+
+
+def test_export_is_cached_by_content_and_rebuilt_when_stale(tmp_path):
+    model = _tiny(seed=0)
+    shape = preprocess_for(model.config).shape
+    first = export_onnx(model, shape, tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert export_onnx(_tiny(seed=0), shape, tmp_path) == first and first.stat().st_mtime_ns == stamp  # same weights
+    retrained = export_onnx(_tiny(seed=1), shape, tmp_path)  # same config, other weights
+    assert retrained != first and retrained.is_file() and not first.exists()  # the stale export is gone
+    resized = export_onnx(_tiny(seed=1), (3, 64, 32), tmp_path)  # other input shape
+    assert resized not in (first, retrained)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [resized.name]  # no temp files
+
+
+def test_auto_runtime_rule(monkeypatch):
+    assert resolve_runtime("auto", CPU, "fp32") == "onnxruntime"
+    assert resolve_runtime("auto", CPU, "bf16") == "torch"  # bf16 autocast is a PyTorch feature
+    assert resolve_runtime("auto", torch.device("cuda"), "fp32") == "torch"
+    assert resolve_runtime("openvino", CPU) == "openvino"
+    with pytest.raises(RuntimeUnavailableError, match="RUNTIME=torch"):
+        resolve_runtime("onnxruntime", torch.device("cuda"))
+    with pytest.raises(RuntimeUnavailableError, match="choose one of"):
+        resolve_runtime("tensorrt", CPU)
+    import imageretrieval.inference as inference
+
+    monkeypatch.setattr(inference, "runtime_installed", lambda r: r in ("torch", "openvino"))
+    assert resolve_runtime("auto", CPU) == "openvino"
+    with pytest.raises(RuntimeUnavailableError, match="pip install onnxruntime"):
+        resolve_runtime("onnxruntime", CPU)
+    monkeypatch.setattr(inference, "runtime_installed", lambda r: r == "torch")
+    assert resolve_runtime("auto", CPU) == "torch"
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_engine_ranks_the_same_on_every_runtime(settings, runtime):
+    torch_engine = RetrievalEngine(settings.model_copy(update={"runtime": "torch"}), TINY)
+    engine = RetrievalEngine(settings.model_copy(update={"runtime": runtime}), TINY)
+    assert engine.encoder.runtime == runtime and engine.describe()["runtime"] == runtime
+    assert any(export_dir(settings.workdir, TINY).glob("model-*.onnx"))
+    from imageretrieval.catalog import load_catalog
+
+    cat = load_catalog(settings.dataset_root)
+    images = [open_image(cat.image_path(i)) for i in cat.ids[::7]]
+    a, b = engine.encode(images), torch_engine.encode(images)
+    assert _cosines(a, b).min() >= 0.9999
+    assert [[h.id for h in r] for r in engine.search(images, k=5)] == \
+        [[h.id for h in r] for r in torch_engine.search(images, k=5)]
+
+
+def test_portrait_letterbox_fills_the_box_for_catalog_shaped_images():
+    product = Image.new("RGB", (60, 80), (10, 20, 30))
+    boxed = letterbox(product, 128, width=96)
+    assert boxed.size == (96, 128)
+    assert boxed.getpixel((0, 0)) == (10, 20, 30) and boxed.getpixel((95, 127)) == (10, 20, 30)  # no padding
+    wide = letterbox(Image.new("RGB", (120, 60), (0, 0, 0)), 128, width=96)  # a landscape image: white bands
+    assert wide.size == (96, 128) and wide.getpixel((48, 2)) == (255, 255, 255) and wide.getpixel((48, 64)) == (0, 0, 0)
+    square = letterbox(product, 64)
+    assert square.size == (64, 64) and square.getpixel((2, 32)) == (255, 255, 255)
+
+
+def test_sized_variant_of_a_pretrained_model(tmp_path):
+    base = get_model_config("efficientnet_lite0")
+    sized = get_model_config("efficientnet_lite0@96x128")
+    assert sized.name == "efficientnet_lite0@96x128" and sized.input_hw == (128, 96)
+    assert sized.weights == base.weights and sized.fingerprint() != base.fingerprint()
+    assert get_model_config("efficientnet_lite0@160x160").input_hw == (160, 160)
+    assert preprocess_for(sized).shape == (3, 128, 96)
+    model = create_model("efficientnet_lite0@96x128", pretrained=False)
+    assert model(torch.zeros(1, 3, 128, 96)).shape == (1, 1280)
+    from imageretrieval.models.registry import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        get_model_config("efficientnet_lite012@96x128")  # a composite keeps its members' sizes
+    with pytest.raises(ModelNotFoundError):
+        get_model_config("efficientnet_lite0@8x8")
+    with pytest.raises(ModelNotFoundError):
+        get_model_config("nope@96x128")
+
+
+def test_square_configs_keep_their_fingerprint():
+    """The input_width field is left out of square models' fingerprints: their cached features stay valid."""
+    import hashlib
+    import json
+
+    config = get_model_config("efficientnet_lite0")
+    dump = config.model_dump(mode="json")
+    dump.pop("input_width")
+    assert config.fingerprint() == hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_bench_encoder_runs_every_runtime_side_by_side(settings, capsys, monkeypatch):
+    from imageretrieval.cli import main
+
+    for key, value in {"DATASET_ROOT": str(settings.dataset_root), "WORKDIR": str(settings.workdir),
+                       "DEVICE": "cpu", "NUM_WORKERS": "0"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["bench", "encoder", "--model", TINY, "--rounds", "1", "--batch", "4", "--images", "20",
+                 "--no-write"]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ") and " ms | " in line]
+    assert [line.split(" | ")[0] for line in table] == ["| torch", "| torch-compiled", "| onnxruntime", "| openvino"]
+    assert all(" 64x64 " in line for line in table)
+    extraction = [line for line in out.splitlines() if line.startswith("| onnxruntime | 64x64 | 20 |")]
+    assert len(extraction) == 1 and extraction[0].endswith("x |")
