@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
-# Two images from one file (docker-compose.yml builds both):
-#   --target api : the FastAPI search service and the `imageretrieval` CLI, CPU-only PyTorch
-#   --target app : nginx serving the built web app and proxying /api to the API
+# Three images from one file (docker-compose.yml builds them):
+#   --target indexer : the whole `imageretrieval` CLI with CPU-only PyTorch (builds indexes, trains, evaluates)
+#   --target api     : the FastAPI search service without PyTorch: it runs the ONNX model that
+#                      `imageretrieval index` stored beside each index (requirements-serve.txt)
+#   --target app     : nginx serving the built web app and proxying /api to the API
 ARG PYTHON_VERSION=3.11
 
 # ----- the web app, built with Node -----------------------------------------------------------
@@ -12,8 +14,8 @@ RUN npm ci --no-audit --no-fund
 COPY retrieval-app/ ./
 RUN npm run build
 
-# ----- Python dependencies in a virtualenv (copied alone into the final image) -----------------
-FROM python:${PYTHON_VERSION}-slim-bookworm AS api-build
+# ----- the whole CLI's dependencies in a virtualenv (copied alone into the indexer image) -----
+FROM python:${PYTHON_VERSION}-slim-bookworm AS indexer-build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
@@ -32,7 +34,37 @@ COPY retrievalapi ./retrievalapi
 RUN pip install --no-deps . \
  && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
 
-# ----- the API image --------------------------------------------------------------------------
+# ----- the serving dependencies alone: no PyTorch -------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS api-build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /build
+COPY requirements-serve.txt ./
+RUN pip install -r requirements-serve.txt
+COPY pyproject.toml README.md ./
+COPY imageretrieval ./imageretrieval
+COPY retrievalapi ./retrievalapi
+RUN pip install --no-deps . \
+ && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
+
+# ----- the indexer image: the whole CLI --------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS indexer
+RUN useradd --create-home --uid 10001 retrieval \
+ && mkdir -p /data /workdir \
+ && chown retrieval:retrieval /workdir
+COPY --from=indexer-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    DATASET_ROOT=/data/fashion-product-small \
+    WORKDIR_ROOT=/workdir \
+    DEVICE=cpu
+USER 10001
+WORKDIR /home/retrieval
+CMD ["imageretrieval", "index"]
+
+# ----- the API image ------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS api
 RUN useradd --create-home --uid 10001 retrieval \
  && mkdir -p /data /workdir \

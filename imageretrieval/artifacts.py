@@ -16,12 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, load_catalog
-from .extract import extract_features, feature_dir
-from .featurestore import get_features, head_only_base
-from .io_utils import load_json, save_json, save_npy
-from .models import create_model, get_model_config
-from .models.composite import is_composite_base
-from .models.registry import weights_fingerprint
+from .io_utils import atomic_write, load_json, save_json, save_npy
 from .preprocess import preprocess_for
 from .settings import Settings
 from .whitening import PostProcessor
@@ -47,6 +42,7 @@ class ModelArtifacts:
     ids = property(lambda self: self.root / "ids.npy")
     vectors = property(lambda self: self.root / "vectors.npy")
     postprocess = property(lambda self: self.root / "postprocess.npz")
+    encoder = property(lambda self: self.root / "encoder.onnx")  # the model, exported (serving without PyTorch)
 
     def exists(self) -> bool:
         return all(p.is_file() for p in (self.manifest, self.index, self.ids, self.vectors, self.postprocess))
@@ -89,9 +85,35 @@ def catalog_resolution(catalog: Catalog, sample: int = 400, seed: int = 0) -> tu
     return int(np.median(arr[:, 0])), int(np.median(arr[:, 1]))
 
 
+def export_serving_encoder(settings: Settings, model_name: str, art: ModelArtifacts) -> dict | None:
+    """Copy the model's ONNX export beside its index (`encoder.onnx`), so that the API can serve the index
+    with ONNX Runtime or OpenVINO alone. None (with a warning) where the model cannot be exported."""
+    import shutil
+
+    from .inference import export_dir, export_onnx
+    from .models import create_model, get_model_config
+
+    config = get_model_config(model_name, settings.workdir)
+    try:
+        model = create_model(model_name, workdir=settings.workdir)
+        path = export_onnx(model, preprocess_for(config).shape, export_dir(settings.workdir, model_name))
+    except Exception as exc:  # noqa: BLE001 - the index still serves through PyTorch
+        log.warning("%s: no ONNX export beside the index (%s: %s); serving it needs PyTorch",
+                    model_name, type(exc).__name__, exc)
+        art.encoder.unlink(missing_ok=True)
+        return None
+    atomic_write(art.encoder, lambda p: shutil.copyfile(path, p))
+    return {"file": art.encoder.name, "export": path.name}
+
+
 def build_model_index(settings: Settings, model_name: str, force: bool = False, progress: bool = True) -> dict:
     """Extract catalog features, fit post-processing, build the FAISS index. No-op when current."""
+    from .extract import extract_features, feature_dir
+    from .featurestore import get_features, head_only_base
     from .index import build_index, resolve_factory, save_index  # faiss: not needed to train on a GPU box
+    from .models import create_model, get_model_config
+    from .models.composite import is_composite_base
+    from .models.registry import weights_fingerprint
 
     workdir = settings.workdir
     config = get_model_config(model_name, workdir)
@@ -148,6 +170,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     save_npy(art.ids, ids.astype(np.int64))
     save_npy(art.vectors, vectors.astype(np.float32))
     post.save(art.postprocess)
+    encoder = export_serving_encoder(settings, model_name, art)
     manifest = {
         **wanted,
         "dims": int(vectors.shape[1]),
@@ -155,6 +178,11 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         "size": int(len(ids)),
         "skipped_images": int((~valid).sum()),
         "input_size": config.input_size,
+        "preprocess": preprocess_for(config).to_dict(),
+        "description": config.description,
+        "backbone": config.architecture,
+        "kind": config.kind,
+        "encoder": encoder,
         "catalog_resolution": list(catalog_resolution(catalog)),
         "synthetic_catalog": (Path(settings.dataset_root) / "SYNTHETIC").exists(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -1,17 +1,25 @@
-"""Device and precision choices: CUDA when present; bf16 autocast only where it is actually fast."""
+"""Device and precision choices: CUDA when present; bf16 autocast only where it is actually fast.
+
+PyTorch is imported inside the functions that use it: a serving install without it still tunes
+the allocator (`keep_freed_memory`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -21,11 +29,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """bf16 on CPU pays off only with AVX512-BF16 or AMX; on plain AVX2 it is ~10x slower than fp32."""
+    import torch
+
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
+    import torch
+
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -34,6 +46,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str):
+    import torch
+
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -41,6 +55,8 @@ def autocast(device: torch.device, precision: str):
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Eval mode, on device, channels_last (faster convolutions on CPU and GPU)."""
+    import torch
+
     return model.eval().to(device).to(memory_format=torch.channels_last)
 
 
@@ -85,6 +101,8 @@ def denormals_flushed(device: torch.device):
     so the engine builds its model and runs its forwards inside this block. Restoring keeps the
     caller's own float math (e.g. a test framework's subnormal checks) untouched.
     """
+    import torch
+
     if device.type != "cpu":
         yield
         return
@@ -107,6 +125,8 @@ def compile_for_inference(model: torch.nn.Module, example: torch.Tensor, device:
     example's height and width (the engine's input size is fixed); any batch size works. Autocast
     (bf16) and CUDA keep eager mode, where tracing brings nothing reliable.
     """
+    import torch
+
     if device.type != "cpu" or precision != "fp32":
         return model
     try:
@@ -122,5 +142,7 @@ def compile_for_inference(model: torch.nn.Module, example: torch.Tensor, device:
 
 def to_batch(uint8_batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (B,3,H,W) -> float [0,1] channels_last on device."""
+    import torch
+
     x = uint8_batch.to(device, non_blocking=True).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last)

@@ -11,18 +11,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from .artifacts import ModelArtifacts
 from .catalog import ATTRIBUTE_COLUMNS, load_catalog
-from .device import resolve_device
 from .images import open_image
-from .inference import create_encoder, resolve_inference
 from .index import load_index
 from .index import search as index_search
-from .models import create_model, get_model_config
-from .preprocess import preprocess_for
+from .inference import create_encoder, device_type, load_exported, resolve_inference, runtime_installed
+from .preprocess import Preprocess, preprocess_for
 from .rerank import DEFAULT_POOL, category_first, check_rerank, encode_categories, rerank_by_category
 from .settings import Settings
 from .whitening import PostProcessor
@@ -32,6 +29,14 @@ log = logging.getLogger(__name__)
 FILTER_FIELDS = tuple(ATTRIBUTE_COLUMNS)
 RESULT_FIELDS = ("productDisplayName", "articleType", "baseColour", "gender", "masterCategory",
                  "subCategory", "season", "usage", "year")
+
+
+def _known_model(settings: Settings, name: str) -> None:
+    """Raise ModelNotFoundError for a name the zoo does not know (where PyTorch is installed to ask it)."""
+    if runtime_installed("torch"):
+        from .models import get_model_config
+
+        get_model_config(name, settings.workdir)
 
 
 class IndexNotBuiltError(RuntimeError):
@@ -79,10 +84,10 @@ class RetrievalEngine:
     def __init__(self, settings: Settings, model_name: str):
         self.settings = settings
         self.name = model_name
-        self.config = get_model_config(model_name, settings.workdir)  # unknown names fail first
         art = ModelArtifacts.of(settings.workdir, model_name)
         rebuild = f"imageretrieval index --model {model_name}"
         if not art.exists():
+            _known_model(settings, model_name)  # unknown names fail first
             raise IndexNotBuiltError(f"no index for model {model_name!r} in {art.root}: run `{rebuild}`")
         try:
             self.manifest = art.read_manifest()
@@ -96,14 +101,30 @@ class RetrievalEngine:
             ) from exc
         if not (self.index.ntotal == len(self.ids) == len(self.vectors)):
             raise IndexNotBuiltError(f"index for {model_name!r} is inconsistent: run `{rebuild} --force`")
-        self.device = resolve_device(settings.device)
-        self.runtime, self.precision = resolve_inference(settings.runtime, settings.precision, self.device)
         res = self.manifest.get("catalog_resolution")
-        self.preprocess = preprocess_for(self.config, tuple(res) if (res and settings.query_resolution == "catalog")
-                                         else None)
-        self.encoder = create_encoder(create_model(model_name, workdir=settings.workdir), self.preprocess.shape,
-                                      self.runtime, self.device, self.precision, settings.workdir,
-                                      compile=settings.compile_inference)
+        query_resolution = tuple(res) if (res and settings.query_resolution == "catalog") else None
+        self.runtime, self.precision = resolve_inference(settings.runtime, settings.precision,
+                                                         device_type(settings.device))
+        exported = self.manifest.get("encoder") and self.manifest.get("preprocess") and art.encoder.is_file()
+        if self.runtime != "torch" and exported:  # the index's own model, exported: no PyTorch needed
+            self.preprocess = Preprocess.from_dict(self.manifest["preprocess"], query_resolution)
+            self.encoder = load_exported(art.encoder, self.runtime)
+            self.info = {k: self.manifest.get(k) for k in ("description", "backbone", "kind")}
+        elif self.runtime != "torch" and not runtime_installed("torch"):
+            raise IndexNotBuiltError(f"the index of {model_name!r} in {art.root} holds no exported model "
+                                     f"(encoder.onnx), and PyTorch is not installed to run it: run `{rebuild} "
+                                     "--force` where PyTorch is installed")
+        else:
+            from .device import resolve_device
+            from .models import create_model, get_model_config
+
+            config = get_model_config(model_name, settings.workdir)
+            self.preprocess = preprocess_for(config, query_resolution)
+            device = resolve_device(settings.device)
+            self.encoder = create_encoder(create_model(model_name, workdir=settings.workdir), self.preprocess.shape,
+                                          self.runtime, device, self.precision, settings.workdir,
+                                          compile=settings.compile_inference)
+            self.info = {"description": config.description, "backbone": config.architecture, "kind": config.kind}
         catalog = load_catalog(settings.dataset_root)
         meta = catalog.df.set_index("id")
         self.metadata = meta.reindex(self.ids)
@@ -117,9 +138,9 @@ class RetrievalEngine:
         """Images -> post-processed query vectors (n, dims), one batched forward pass."""
         if not images:
             return np.zeros((0, self.dims), np.float32)
-        return self.encode_tensors(torch.stack([self.preprocess(img) for img in images]))
+        return self.encode_tensors(np.stack([self.preprocess(img) for img in images]))
 
-    def encode_tensors(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+    def encode_tensors(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed uint8 (n, 3, H, W) -> query vectors; lets a server preprocess while a forward runs."""
         with self._lock:
             raw = self.encoder(batch)
@@ -241,15 +262,15 @@ class RetrievalEngine:
     def describe(self) -> dict:
         return {
             "name": self.name,
-            "description": self.config.description,
-            "backbone": self.config.architecture,
-            "kind": self.config.kind,
+            "description": self.info["description"] or "",
+            "backbone": self.info["backbone"] or "",
+            "kind": self.info["kind"] or "trained",
             "dims": self.dims,
             "raw_dims": self.manifest.get("raw_dims"),
             "index_type": self.manifest.get("index_factory"),
             "index_size": int(self.index.ntotal),
-            "input_size": self.config.input_size,
-            "input_width": self.config.input_hw[1],
+            "input_size": self.preprocess.shape[1],
+            "input_width": self.preprocess.shape[2],
             "runtime": self.encoder.runtime,
             "synthetic_catalog": bool(self.manifest.get("synthetic_catalog")),
         }

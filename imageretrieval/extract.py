@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -46,7 +45,7 @@ class ImageListDataset(Dataset):
             return self.preprocess(open_image(self.paths[i])), True
         except ImageDecodeError as exc:
             log.warning("skipping unreadable image: %s", exc)
-            return torch.zeros(self.preprocess.shape, dtype=torch.uint8), False
+            return np.zeros(self.preprocess.shape, dtype=np.uint8), False
 
 
 def ids_hash(ids: np.ndarray) -> str:
@@ -80,7 +79,8 @@ def load_features(directory: Path, mmap: bool = False) -> FeatureSet | None:
 
 
 # What makes two feature sets equal; other meta keys (added over time) never invalidate features.
-ENCODING_KEYS = ("fingerprint", "precision", "input_size", "input_width", "query_resolution", "query_scale")  # how a row is encoded
+# How a row is encoded:
+ENCODING_KEYS = ("fingerprint", "precision", "input_size", "input_width", "query_resolution", "query_scale")
 IDENTITY_KEYS = ENCODING_KEYS + ("n", "ids_hash")  # ... and which rows
 
 

@@ -6,7 +6,8 @@ OpenVINO run the same graph several times faster (docs/benchmarks.md). Any model
 embeddings out, the scaling to [0, 1] and the normalization inside the graph -- and cached under
 `<WORKDIR>/exports/<model>/` with a fingerprint of its weights' content and its input, so a retrained
 or resized model is exported anew and a stale export is never used. PyTorch stays the runtime for
-CUDA and for training.
+CUDA and for training. `imageretrieval index` copies the export beside the index it built, so a
+serving install runs it with ONNX Runtime or OpenVINO alone, without PyTorch (engine.py).
 """
 
 from __future__ import annotations
@@ -18,19 +19,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .device import (
-    autocast,
-    compile_for_inference,
-    denormals_flushed,
-    prepare_model,
-    resolve_precision,
-    to_batch,
-)
+from .device import autocast, compile_for_inference, denormals_flushed, prepare_model, resolve_precision, to_batch
 from .io_utils import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +42,38 @@ class RuntimeUnavailableError(RuntimeError):
 
 
 def runtime_installed(runtime: str) -> bool:
-    return runtime == "torch" or importlib.util.find_spec(_PACKAGES[runtime]) is not None
+    return importlib.util.find_spec(_PACKAGES.get(runtime, runtime)) is not None
 
 
-def resolve_runtime(runtime: str, device: torch.device, precision: str = "auto") -> str:
+def device_type(device: str) -> str:
+    """"cpu" or "cuda" for a DEVICE setting; without PyTorch there is only the CPU."""
+    if device != "auto":
+        return device
+    if not runtime_installed("torch"):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_runtime(runtime: str, device: torch.device | str, precision: str = "auto") -> str:
     """The runtime that `auto` means here: PyTorch on CUDA or when bf16 is asked for explicitly (autocast is a
     PyTorch feature), else ONNX Runtime (measured fastest on CPUs with AVX2 and with AMX alike,
     docs/benchmarks.md), else OpenVINO, else PyTorch. `precision` is the setting, before `auto` is resolved."""
     if runtime not in RUNTIMES:
         raise RuntimeUnavailableError(f"unknown RUNTIME={runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    kind = getattr(device, "type", device)
     if runtime == "auto":
-        if device.type != "cpu" or precision == "bf16":
+        if kind != "cpu" or precision == "bf16":
             return "torch"
         return next((r for r in ("onnxruntime", "openvino") if runtime_installed(r)), "torch")
+    if runtime == "torch" and not runtime_installed("torch"):
+        raise RuntimeUnavailableError("RUNTIME=torch but PyTorch is not installed (a serving install): use "
+                                      "RUNTIME=auto, onnxruntime or openvino")
     if runtime != "torch":
-        if device.type != "cpu":
+        if kind != "cpu":
             raise RuntimeUnavailableError(f"RUNTIME={runtime} runs on the CPU here: use RUNTIME=torch with "
-                                          f"DEVICE={device.type}, or DEVICE=cpu")
+                                          f"DEVICE={kind}, or DEVICE=cpu")
         if not runtime_installed(runtime):
             raise RuntimeUnavailableError(f"RUNTIME={runtime} but the {_PACKAGES[runtime]} package is not "
                                           f"installed: run `pip install {_PACKAGES[runtime]}` or use RUNTIME=auto")
@@ -71,27 +83,38 @@ def resolve_runtime(runtime: str, device: torch.device, precision: str = "auto")
     return runtime
 
 
-def resolve_inference(runtime: str, precision: str, device: torch.device) -> tuple[str, str]:
+def resolve_inference(runtime: str, precision: str, device: torch.device | str) -> tuple[str, str]:
     """(runtime, precision) for the settings: the exported runtimes compute in fp32."""
     chosen = resolve_runtime(runtime, device, precision)
-    return chosen, resolve_precision(precision, device) if chosen == "torch" else "fp32"
+    if chosen != "torch":
+        return chosen, "fp32"
+    import torch
+
+    return chosen, resolve_precision(precision, torch.device(device) if isinstance(device, str) else device)
 
 
 def default_threads() -> int:
-    """Threads for a runtime's operators: PyTorch's setting (it follows OMP_NUM_THREADS)."""
-    return max(1, torch.get_num_threads())
+    """Threads for a runtime's operators: OMP_NUM_THREADS when set (PyTorch follows it too), else the cores."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 # ----- export ------------------------------------------------------------------------------------------
-class _Uint8Input(torch.nn.Module):
+def _uint8_input(model: torch.nn.Module) -> torch.nn.Module:
     """uint8 (B, 3, H, W) -> the model's embedding: the exported graph takes raw pixels."""
+    import torch
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
+    class Uint8Input(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.model = inner
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images.float() / 255.0).float()
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.model(images.float() / 255.0).float()
+
+    return Uint8Input(model).eval()
 
 
 def export_fingerprint(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> str:
@@ -114,7 +137,9 @@ def export_dir(workdir: Path, model_name: str) -> Path:
 
 
 def _export(model: torch.nn.Module, input_shape: tuple[int, int, int], path: Path) -> None:
-    wrapper = _Uint8Input(model).eval()
+    import torch
+
+    wrapper = _uint8_input(model)
     example = torch.full((2, *input_shape), 255, dtype=torch.uint8)
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
@@ -132,9 +157,17 @@ def _export(model: torch.nn.Module, input_shape: tuple[int, int, int], path: Pat
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The dynamo exporter prints its progress to stdout; keep a CLI's --json output clean."""
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        yield
+    """The exporter prints its progress to stdout and logs every graph pass: keep a CLI's output clean."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], directory: Path) -> Path:
@@ -170,6 +203,8 @@ class TorchEncoder(Encoder):
 
     def __init__(self, model: torch.nn.Module, input_shape: tuple[int, int, int], device: torch.device,
                  precision: str, compile: bool = False):
+        import torch
+
         self.device, self.precision = device, precision
         with denormals_flushed(device):  # torch worker threads started here keep the flag
             self.model = prepare_model(model, device)
@@ -178,10 +213,11 @@ class TorchEncoder(Encoder):
                 blank = to_batch(torch.full((1, *input_shape), 255, dtype=torch.uint8), device)
                 self.forward = compile_for_inference(self.model, blank, device, precision)
 
-    @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        import torch
+
         batch = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-        with denormals_flushed(self.device), autocast(self.device, self.precision):
+        with torch.inference_mode(), denormals_flushed(self.device), autocast(self.device, self.precision):
             return self.forward(to_batch(batch, self.device)).float().cpu().numpy()
 
 
@@ -199,7 +235,7 @@ class OnnxRuntimeEncoder(Encoder):
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        batch = images.numpy() if isinstance(images, torch.Tensor) else images
+        batch = images if isinstance(images, np.ndarray) else images.numpy()
         return self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
 
 
@@ -215,7 +251,7 @@ class OpenVinoEncoder(Encoder):
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        batch = images.numpy() if isinstance(images, torch.Tensor) else images
+        batch = images if isinstance(images, np.ndarray) else images.numpy()
         result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.uint8)})
         return np.array(result[self.compiled.output(0)], dtype=np.float32)
 
@@ -227,6 +263,8 @@ def create_encoder(model: torch.nn.Module, input_shape: tuple[int, int, int], ru
 
     ONNX exports are cached under `<workdir>/exports/<model>/` (a temporary folder without a workdir).
     """
+    import torch
+
     device = device or torch.device("cpu")
     chosen, precision = resolve_inference(runtime, precision, device)
     if chosen == "torch":
@@ -237,7 +275,14 @@ def create_encoder(model: torch.nn.Module, input_shape: tuple[int, int, int], ru
 
         workdir = Path(tempfile.gettempdir()) / "imageretrieval"
     path = export_onnx(model, input_shape, export_dir(workdir, name))
+    return load_exported(path, chosen, threads)
+
+
+def load_exported(path: Path, runtime: str, threads: int | None = None) -> Encoder:
+    """An exported model (ONNX file) on ONNX Runtime or OpenVINO: needs no PyTorch."""
     threads = threads or default_threads()
-    if chosen == "onnxruntime":
+    if runtime == "onnxruntime":
         return OnnxRuntimeEncoder(path, threads)
-    return OpenVinoEncoder(path, threads)
+    if runtime == "openvino":
+        return OpenVinoEncoder(path, threads)
+    raise RuntimeUnavailableError(f"{path.name} is an ONNX model: it runs on onnxruntime or openvino, not {runtime}")

@@ -1,4 +1,4 @@
-"""Image -> model input: letterbox onto white, resize, uint8 CHW tensor (normalization is in the model).
+"""Image -> model input: letterbox onto white, resize, uint8 CHW array (normalization is in the model).
 
 Catalog photos are portrait products on white; letterboxing keeps the whole product where a center
 crop would cut off collars and hems.
@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .models.composite import SIZES_KEY
+from .models.config import SIZES_KEY
 
 WHITE = (255, 255, 255)
 
@@ -69,8 +68,16 @@ def rescale(img: Image.Image, scale: float) -> Image.Image:
     return img.resize(size, resample)
 
 
-def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+def to_uint8_array(img: Image.Image) -> np.ndarray:
+    """RGB image -> contiguous uint8 (3, H, W) array."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def to_uint8_tensor(img: Image.Image):
+    """RGB image -> uint8 (3, H, W) tensor (training's data loaders)."""
+    import torch
+
+    return torch.from_numpy(to_uint8_array(img))
 
 
 def pack_side_by_side(squares: list[Image.Image], fill: tuple[int, int, int] = WHITE) -> Image.Image:
@@ -85,7 +92,7 @@ def pack_side_by_side(squares: list[Image.Image], fill: tuple[int, int, int] = W
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Callable PIL RGB image -> uint8 tensor (3, height, width), or for a composite model (`packed_sizes`)
+    """Callable PIL RGB image -> uint8 array (3, height, width), or for a composite model (`packed_sizes`)
     one square per member at the member's own size, side by side (see models/composite.py)."""
 
     input_size: int  # the height (and the width of a square input)
@@ -105,14 +112,25 @@ class Preprocess:
     def _square(self, img: Image.Image, size: int, width: int | None = None) -> Image.Image:
         return center_crop(img, size, width) if self.resize_mode == "center-crop" else letterbox(img, size, width=width)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def to_dict(self) -> dict:
+        """The model-side settings (what an index's manifest records for a serving install)."""
+        return {"input_size": self.input_size, "input_width": self.input_width, "resize_mode": self.resize_mode,
+                "packed_sizes": list(self.packed_sizes)}
+
+    @classmethod
+    def from_dict(cls, data: dict, query_resolution: tuple[int, int] | None = None) -> Preprocess:
+        return cls(int(data["input_size"]), str(data.get("resize_mode", "letterbox")), query_resolution, None,
+                   tuple(int(s) for s in data.get("packed_sizes") or ()),
+                   int(data["input_width"]) if data.get("input_width") else None)
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
         if self.query_scale is not None:
             img = rescale(img, self.query_scale)
         if self.query_resolution is not None:
             img = match_resolution(img, self.query_resolution)
         if self.packed_sizes:
-            return to_uint8_tensor(pack_side_by_side([self._square(img, s) for s in self.packed_sizes]))
-        return to_uint8_tensor(self._square(img, self.input_size, self.input_width))
+            return to_uint8_array(pack_side_by_side([self._square(img, s) for s in self.packed_sizes]))
+        return to_uint8_array(self._square(img, self.input_size, self.input_width))
 
 
 def preprocess_for(config, query_resolution: tuple[int, int] | None = None,

@@ -45,13 +45,13 @@ class Settings(BaseSettings):
         "auto",
         validation_alias=AliasChoices("RUNTIME", "runtime"),
         description="Inference runtime for extraction, search and evaluation: auto = PyTorch on CUDA (and for "
-                    "bf16), else ONNX Runtime when installed, else OpenVINO, else PyTorch (imageretrieval/inference.py).",
+                    "bf16), else ONNX Runtime when installed, else OpenVINO, else PyTorch (inference.py).",
     )
     compile_inference: bool = Field(
         True,
         validation_alias=AliasChoices("COMPILE_INFERENCE", "compile_inference"),
-        description="Trace + freeze the query encoder for fp32 CPU inference (folds batch norms: "
-                    "~1.3x faster single-image search); off = plain eager PyTorch.",
+        description="RUNTIME=torch only: trace + freeze the query encoder for fp32 CPU inference (folds batch "
+                    "norms); off = plain eager PyTorch.",
     )
     batch_size: int = Field(32, validation_alias=AliasChoices("BATCH_SIZE", "batch_size"), ge=1)
     num_workers: int = Field(1, validation_alias=AliasChoices("NUM_WORKERS", "num_workers"), ge=0)

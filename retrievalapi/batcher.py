@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from imageretrieval.engine import RetrievalEngine, SearchHit
 
@@ -41,7 +40,7 @@ def normalize_filters(filters: dict[str, list[str]] | None) -> Filters:
 
 @dataclass
 class _Job:
-    tensor: torch.Tensor
+    tensor: np.ndarray  # the preprocessed uint8 (3, H, W) image
     k: int
     filters: Filters
     future: asyncio.Future[list[SearchHit]]
@@ -87,11 +86,11 @@ class MicroBatcher:
         self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.engine.name}")
 
-    async def warm_up(self, tensor: torch.Tensor) -> None:
+    async def warm_up(self, tensor: np.ndarray) -> None:
         """One forward on the worker thread itself: its thread pools and kernels get set up before traffic."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.encode_tensors, tensor[None])
 
-    async def submit(self, tensor: torch.Tensor, k: int, filters: Filters = (),
+    async def submit(self, tensor: np.ndarray, k: int, filters: Filters = (),
                      timing: dict[str, float] | None = None, rerank: str = "none") -> list[SearchHit]:
         """Queue one preprocessed image; returns its hits. Raises OverloadedError when full or closing.
 
@@ -167,7 +166,7 @@ class MicroBatcher:
     def _process(self, batch: Sequence[_Job]) -> list[list[SearchHit] | Exception]:
         """Worker thread: one forward for the batch, one index search per (k, filters, rerank) group."""
         started = time.perf_counter()
-        vectors = self.engine.encode_tensors(torch.stack([job.tensor for job in batch]))
+        vectors = self.engine.encode_tensors(np.stack([job.tensor for job in batch]))
         forward_ms = (time.perf_counter() - started) * 1000
         for job in batch:
             job.timing.update(forward=forward_ms, batch=len(batch))

@@ -9,8 +9,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from imageretrieval.artifacts import ModelArtifacts
@@ -42,7 +42,7 @@ def load_engines(settings: ApiSettings, executor: Executor | None = None) -> dic
     """Load every requested model once; any failure is one StartupError with the fix in it.
 
     `executor`: build the engines on the thread that will run their forwards. Every thread that
-    starts torch's parallel work gets its own OpenMP worker team, and with more OpenMP threads than
+    starts torch's parallel work (RUNTIME=torch) gets its own OpenMP worker team, and with more OpenMP threads than
     cores the runtime stops spin-waiting between parallel regions: a forward then pays a wake-up per
     layer (~35 instead of ~25 ms for a lite0 query on 2 cores, measured).
     """
@@ -135,10 +135,11 @@ def read_evaluation(workdir: Path, model: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def decode_for(engine: RetrievalEngine, data: bytes, max_pixels: int) -> torch.Tensor:
-    """Upload bytes -> the model's uint8 input tensor (worker thread). Raises ImageDecodeError."""
+def decode_for(engine: RetrievalEngine, data: bytes, max_pixels: int) -> np.ndarray:
+    """Upload bytes -> the model's uint8 input array (worker thread). Raises ImageDecodeError."""
     # Twice the model input is plenty: the engine downsamples further (letterbox, catalog resolution).
-    image = open_image(data, max_pixels=max_pixels, min_size=2 * engine.preprocess.input_size)
+    # JPEGs are decoded at a reduced scale in the DCT (draft mode) down to that size.
+    image = open_image(data, max_pixels=max_pixels, min_size=2 * max(engine.preprocess.shape[1:]))
     try:
         return engine.preprocess(image)
     finally:

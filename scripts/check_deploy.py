@@ -68,8 +68,14 @@ def check_dockerfile(problems: list[str]) -> dict[str, str]:
         for m in re.finditer(r"COPY\s+--from=(\S+)", body):
             if m.group(1) not in stages:
                 problems.append(f"Dockerfile stage {name}: COPY --from={m.group(1)}: no such stage")
-    if "download.pytorch.org/whl/cpu" not in stages.get("api-build", ""):
-        problems.append("Dockerfile: the API's PyTorch is not installed from the CPU-only index")
+    if "download.pytorch.org/whl/cpu" not in stages.get("indexer-build", ""):
+        problems.append("Dockerfile: the indexer's PyTorch is not installed from the CPU-only index")
+    serve = stages.get("api-build", "")
+    if "requirements-serve.txt" not in serve or "requirements.txt " in serve or "torch" in serve:
+        problems.append("Dockerfile: the API image must install requirements-serve.txt alone (no PyTorch)")
+    requirements = (REPO / "requirements-serve.txt").read_text().lower()
+    if re.search(r"^(torch|torchvision|timm)\b", requirements, re.M):
+        problems.append("requirements-serve.txt: the serving install must not need PyTorch")
     return stages
 
 

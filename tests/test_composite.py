@@ -37,8 +37,8 @@ def test_packed_input_holds_each_members_own_square():
     img = Image.new("RGB", (30, 40), (200, 10, 10))
     packed = Preprocess(56, packed_sizes=(40, 56))(img)
     assert tuple(packed.shape) == Preprocess(56, packed_sizes=(40, 56)).shape == (3, 56, 96)
-    assert torch.equal(packed[:, :40, :40], Preprocess(40)(img))
-    assert torch.equal(packed[:, :, 40:], Preprocess(56)(img))
+    assert np.array_equal(packed[:, :40, :40], Preprocess(40)(img))
+    assert np.array_equal(packed[:, :, 40:], Preprocess(56)(img))
     assert (packed[:, 40:, :40] == 255).all()  # below the smaller square: white canvas
 
 
@@ -48,8 +48,8 @@ def test_composite_config_and_forward_equal_the_members_side_by_side(composite_s
     assert cfg.trunk_dims == 256 + 96 and cfg.input_size == 56 and cfg.extra["member_sizes"] == [40, 56]
     img = open_image(next(iter((s.dataset_root / "images").glob("*.jpg"))))
     with torch.no_grad():
-        whole = create_model("duo", workdir=s.workdir)(preprocess_for(cfg)(img)[None].float() / 255)
-        parts = [create_model(m, workdir=s.workdir)(Preprocess(SIZES[m])(img)[None].float() / 255).numpy()
+        whole = create_model("duo", workdir=s.workdir)(torch.from_numpy(preprocess_for(cfg)(img))[None].float() / 255)
+        parts = [create_model(m, workdir=s.workdir)(torch.from_numpy(Preprocess(SIZES[m])(img))[None].float() / 255).numpy()
                  for m in SIZES]
     np.testing.assert_allclose(whole.numpy(), concat_normalized(parts), atol=1e-5)
     with pytest.raises(ValueError, match="56x96"):

@@ -47,10 +47,10 @@ def test_fusion_forward_is_the_weighted_members_side_by_side(fusion_settings):
     cfg = get_model_config("fused", s.workdir)
     img = Image.new("RGB", (30, 44), (20, 120, 200))
     with torch.no_grad():
-        whole = create_model("fused", workdir=s.workdir)(preprocess_for(cfg)(img)[None].float() / 255).numpy()
-        emb = create_model("embedder", workdir=s.workdir)(Preprocess(48)(img)[None].float() / 255).numpy()
+        whole = create_model("fused", workdir=s.workdir)(torch.from_numpy(preprocess_for(cfg)(img))[None].float() / 255).numpy()
+        emb = create_model("embedder", workdir=s.workdir)(torch.from_numpy(Preprocess(48)(img))[None].float() / 255).numpy()
         duo_cfg = get_model_config("duo", s.workdir)
-        duo = create_model("duo", workdir=s.workdir)(preprocess_for(duo_cfg)(img)[None].float() / 255).numpy()
+        duo = create_model("duo", workdir=s.workdir)(torch.from_numpy(preprocess_for(duo_cfg)(img))[None].float() / 255).numpy()
     np.testing.assert_allclose(whole, concat_normalized([emb, duo], [0.75, 0.25]), atol=1e-5)
     assert np.linalg.norm(whole) == pytest.approx(1.0, abs=1e-5)  # weights sum to 1: unit vectors
 

@@ -158,3 +158,56 @@ def test_bench_encoder_runs_every_runtime_side_by_side(settings, capsys, monkeyp
     assert all(" 64x64 " in line for line in table)
     extraction = [line for line in out.splitlines() if line.startswith("| onnxruntime | 64x64 | 20 |")]
     assert len(extraction) == 1 and extraction[0].endswith("x |")
+
+
+_WITHOUT_TORCH = '''
+import importlib.util, sys
+BLOCKED = ("torch", "timm", "torchvision")
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed (blocked by the test)")
+sys.meta_path.insert(0, Block())
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a, **k: None if name.split(".")[0] in BLOCKED else _find_spec(name, *a, **k)
+'''
+
+
+def test_api_serves_an_index_without_pytorch(settings, tmp_path):
+    """A serving install (no torch, timm, torchvision) answers searches from the index's exported encoder,
+    with the vectors PyTorch gives."""
+    import json
+    import subprocess
+    import sys
+
+    from imageretrieval.artifacts import ModelArtifacts
+    from imageretrieval.catalog import load_catalog
+
+    art = ModelArtifacts.of(settings.workdir, TINY)
+    manifest = art.read_manifest()
+    assert art.encoder.is_file() and manifest["encoder"]["file"] == "encoder.onnx"
+    assert manifest["preprocess"]["input_size"] == 64
+    pid = int(load_catalog(settings.dataset_root).ids[5])
+    expected = RetrievalEngine(settings.model_copy(update={"runtime": "torch"}), TINY).search(
+        [load_catalog(settings.dataset_root).image_path(pid)], k=5)[0]
+    script = _WITHOUT_TORCH + f'''
+from fastapi.testclient import TestClient
+from retrievalapi import create_app
+from retrievalapi.settings import ApiSettings
+s = ApiSettings(dataset_root={str(settings.dataset_root)!r}, workdir={str(settings.workdir)!r}, models="{TINY}",
+                default_model="{TINY}", pca_components=32)
+with TestClient(create_app(s)) as c:
+    data = open({str(load_catalog(settings.dataset_root).image_path(pid))!r}, "rb").read()
+    r = c.post("/api/search", files={{"image": ("q.jpg", data, "image/jpeg")}}, data={{"top_k": "5"}})
+    models = c.get("/api/models").json()
+print(json.dumps({{"status": r.status_code, "body": r.json(), "models": models,
+                  "torch": [m for m in sys.modules if m.split(".")[0] in BLOCKED]}}))
+'''
+    out = subprocess.run([sys.executable, "-c", "import json\n" + script], capture_output=True, text=True,
+                         timeout=300, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == 200 and result["torch"] == []
+    assert [h["id"] for h in result["body"]["results"]] == [h.id for h in expected]
+    scores = [h["score"] for h in result["body"]["results"]]
+    np.testing.assert_allclose(scores, [h.score for h in expected], atol=1e-4)

@@ -125,7 +125,7 @@ def test_compiled_query_encoder_matches_eager_mode(settings):
     assert eager.encoder.forward is eager.encoder.model
     cat = load_catalog(settings.dataset_root)
     images = [cat.image_path(i) for i in cat.ids[::9]]
-    batch = torch.stack([compiled.preprocess(open_image(p)) for p in images])
+    batch = np.stack([compiled.preprocess(open_image(p)) for p in images])
     a, b = compiled.encode_tensors(batch), eager.encode_tensors(batch)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert compiled.encode_tensors(batch[:1]).shape == (1, compiled.dims)  # any batch size after tracing

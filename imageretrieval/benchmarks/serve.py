@@ -127,14 +127,13 @@ class BareModel:
         self._pool.submit(self._load, settings, model, paths, batch).result()
 
     def _load(self, settings: Settings, model: str, paths: list[Path], batch: int) -> None:
-        import torch
 
         from ..engine import RetrievalEngine
         from ..images import open_image
 
         self.engine = RetrievalEngine(settings, model)
         self.tensors = [self.engine.preprocess(open_image(p)) for p in paths]
-        self.batch_tensor = torch.stack([self.tensors[i % len(self.tensors)] for i in range(batch)])
+        self.batch_tensor = np.stack([self.tensors[i % len(self.tensors)] for i in range(batch)])
         self.engine.encode_tensors(self.batch_tensor[:1])  # warm-up: kernel selection, allocations
         self.engine.encode_tensors(self.batch_tensor)
 
@@ -360,21 +359,23 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
            load: tuple[float, float], rounds: int, index_type: str = "?") -> str:
     import torch
 
-    from ..device import resolve_device, resolve_precision
+    from ..device import resolve_device
+    from ..inference import resolve_inference
 
     device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
+    runtime, precision = resolve_inference(settings.runtime, settings.precision, device)
     c1 = next((r for r in levels if r.concurrency == 1), None)
     top = max(levels, key=lambda r: r.concurrency)
     lines = [
         SECTION_TITLE, "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"device `{device}`, precision `{precision}`.",
+        f"device `{device}`, runtime `{runtime}`, precision `{precision}`.",
         f"Model `{model}`, `{index_type}` index of {index_size} products (catalog `{settings.dataset_root}`); "
         f"{n_queries} query images from `{source}` (uploaded as files, top_k 15, no filters), "
         f"server and load generator on the same machine (loopback). BATCH_MAX={batch}; "
-        f"query encoder {'compiled (trace + freeze)' if settings.compile_inference else 'eager'}. "
+        + (f"query encoder {'compiled (trace + freeze)' if settings.compile_inference else 'eager'}. "
+           if runtime == "torch" else "the index's exported encoder. ") +
         f"Blocks of bare forwards and of API requests alternate ({rounds} rounds per level). "
         f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} (other jobs share the CPUs "
         f"when it is well above 0).", "",

@@ -26,12 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, WeightSource
+from .config import LAYOUTS_KEY, MEMBERS_KEY, SIZES_KEY, WEIGHTS_KEY, ModelConfig, WeightSource
 
-MEMBERS_KEY = "composite_of"  # config.extra of a composite (and of heads trained on it): member model names
-SIZES_KEY = "member_sizes"  # ... and their input sizes, in order: the packed input's layout
-LAYOUTS_KEY = "member_layouts"  # a fusion's members' own squares (a nested composite reads several)
-WEIGHTS_KEY = "member_weights"  # a fusion's weights (sum 1): member i's block is scaled by sqrt(w_i)
+__all__ = ["LAYOUTS_KEY", "MEMBERS_KEY", "SIZES_KEY", "WEIGHTS_KEY", "MultiTrunk", "composite_config",
+           "composite_members", "fusion_config", "is_composite_base", "member_layout", "member_weights"]
 
 
 def composite_members(config: ModelConfig) -> list[str]:

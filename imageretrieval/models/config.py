@@ -8,6 +8,20 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+MEMBERS_KEY = "composite_of"  # config.extra of a composite (and of heads trained on it): member model names
+SIZES_KEY = "member_sizes"  # ... and their input sizes, in order: the packed input's layout
+LAYOUTS_KEY = "member_layouts"  # a fusion's members' own squares (a nested composite reads several)
+WEIGHTS_KEY = "member_weights"  # a fusion's weights (sum 1): member i's block is scaled by sqrt(w_i)
+
+
+class ModelNotFoundError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The model exists but its weights cannot be reached; the message names the fix."""
+
 
 class WeightSource(BaseModel):
     """Where the weights come from.

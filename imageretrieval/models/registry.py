@@ -27,7 +27,7 @@ from .composite import (
     is_composite_base,
     member_weights,
 )
-from .config import ModelConfig
+from .config import ModelConfig, ModelNotFoundError, WeightsUnavailableError
 from .extractor import DIGEST_KEY, REUSE_KEY, FeatureExtractor, trunk_digest
 from .weights import (
     find_local_checkpoint,
@@ -45,15 +45,6 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 TRUNK_FROM_BASE = "trunk_from_base"  # config.extra: weights.pt holds only the head; the trunk is the base's
-
-
-class ModelNotFoundError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
-        return str(self.args[0])
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The model exists but its weights cannot be reached; the message names the fix."""
 
 
 def register_model(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
