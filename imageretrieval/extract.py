@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .device import resolve_device
@@ -30,22 +31,38 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 2048
 
 
-class ImageListDataset(Dataset):
-    """Paths -> (uint8 tensor, ok flag). Bad files never crash the loader."""
+def load_image(path: Path, preprocess: Preprocess) -> tuple[np.ndarray, bool]:
+    """One image -> (uint8 model input, ok). A bad file never crashes extraction: it gets a blank input."""
+    try:
+        return preprocess(open_image(path)), True
+    except ImageDecodeError as exc:
+        log.warning("skipping unreadable image: %s", exc)
+        return np.zeros(preprocess.shape, dtype=np.uint8), False
 
-    def __init__(self, paths: Sequence[Path], preprocess: Preprocess):
-        self.paths = list(paths)
-        self.preprocess = preprocess
 
-    def __len__(self) -> int:
-        return len(self.paths)
+def image_batches(paths: Sequence[Path], preprocess: Preprocess, batch_size: int = 32, threads: int = 1,
+                  prefetch: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 batch (B, 3, H, W), ok mask (B,)) for `paths` in order, decoded ahead by `threads` threads.
 
-    def __getitem__(self, i: int):
-        try:
-            return self.preprocess(open_image(self.paths[i])), True
-        except ImageDecodeError as exc:
-            log.warning("skipping unreadable image: %s", exc)
-            return np.zeros(self.preprocess.shape, dtype=np.uint8), False
+    Threads, not processes: Pillow and the inference runtimes release the GIL, so decoding overlaps
+    the forward without copying batches between processes. `threads=0` decodes in the caller.
+    """
+    chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
+
+    def load(chunk: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        loaded = [load_image(Path(p), preprocess) for p in chunk]
+        return np.stack([x for x, _ in loaded]), np.array([ok for _, ok in loaded], dtype=bool)
+
+    if threads <= 0:
+        yield from map(load, chunks)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        pending = deque(pool.submit(load, c) for c in chunks[:prefetch])
+        for nxt in chunks[prefetch:]:
+            yield pending.popleft().result()
+            pending.append(pool.submit(load, nxt))
+        while pending:
+            yield pending.popleft().result()
 
 
 def ids_hash(ids: np.ndarray) -> str:
@@ -114,22 +131,11 @@ def _reusable_rows(reuse_root: Path, out_dir: Path, meta: dict, ids: np.ndarray)
     return found
 
 
-def make_loader(paths, preprocess, batch_size, num_workers, device) -> DataLoader:
-    return DataLoader(
-        ImageListDataset(paths, preprocess),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-
-
-def encode_batches(encoder: Encoder, loader, progress=None):
+def encode_batches(encoder: Encoder, batches: Iterable[tuple[np.ndarray, np.ndarray]], progress=None):
     """Yield float32 features per batch (NaN rows for images that failed to decode)."""
-    for images, ok in loader:
+    for images, ok in batches:
         feats = np.array(encoder(images), dtype=np.float32, copy=True)
-        feats[~ok.numpy()] = np.nan
+        feats[~ok] = np.nan
         if progress is not None:
             progress.update(len(images))
         yield feats
@@ -228,11 +234,12 @@ def extract_features(
         bar.update(len(known))
         plan.append((c, feats, [i for i in range(hi - lo) if i not in known]))
     n_copied = n_todo - sum(len(missing) for _, _, missing in plan)
-    encoder = create_encoder(model, preprocess.shape, runtime, dev, prec, workdir) if n_copied < n_todo else None
-    # One loader over every image still to encode: its workers start once, not once per chunk.
+    encoder = (create_encoder(model, preprocess.shape, runtime, dev, prec, workdir, spin=False)
+               if n_copied < n_todo else None)
+    # One stream over every image still to encode, decoded ahead while the encoder runs.
     to_encode = [paths[c * chunk_size + i] for c, _, missing in plan for i in missing]
-    rows = _RowStream(encode_batches(encoder, make_loader(to_encode, preprocess, batch_size, num_workers, dev), bar)
-                      if to_encode else iter(()))
+    batches = image_batches(to_encode, preprocess, batch_size, num_workers)
+    rows = _RowStream(encode_batches(encoder, batches, bar) if to_encode else iter(()))
     for c, feats, missing in plan:
         if missing:
             feats[missing] = rows.take(len(missing))

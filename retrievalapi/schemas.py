@@ -70,7 +70,9 @@ class ModelInfo(BaseModel):
     dims: int
     index_type: str | None = None
     index_size: int
-    input_size: int | None = None
+    input_size: int | None = Field(None, description="input height in pixels")
+    input_width: int | None = Field(None, description="input width in pixels")
+    runtime: str | None = Field(None, description="inference runtime: onnxruntime, openvino or torch")
     default: bool
     evaluation: dict | None = Field(None, description="<WORKDIR>/results/<model>/summary.json; null until evaluated")
 
@@ -80,7 +82,8 @@ class ModelsResponse(BaseModel):
         "default": "efficientnet_lite0", "synthetic_catalog": False,
         "models": [{"name": "efficientnet_lite0", "description": "EfficientNet-Lite0, ImageNet weights",
                     "backbone": "efficientnet_lite0", "kind": "pretrained", "dims": 256, "index_type": "Flat",
-                    "index_size": 44072, "input_size": 224, "default": True,
+                    "index_size": 44072, "input_size": 224, "input_width": 224,
+                    "runtime": "onnxruntime", "default": True,
                     "evaluation": {"mAP": 0.41, "R@1": 0.62, "protocol": "fashion-seed test"}}],
     }]})
 

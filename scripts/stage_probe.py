@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from imageretrieval.extract import make_loader
+from imageretrieval.extract import image_batches
 from imageretrieval.featurestore import concat_normalized, fashion_table
 from imageretrieval.io_utils import atomic_write
 from imageretrieval.models import create_model
@@ -48,7 +48,7 @@ def pooled_stages(split: str) -> dict[str, np.ndarray]:
     for i in range(2, len(trunk.blocks)):
         trunk.blocks[i].register_forward_hook(lambda _m, _i, out, key=f"b{i}": taps.__setitem__(key, out))
     table = fashion_table(settings, "seed", split)
-    loader = make_loader(list(table["path"]), preprocess_for(model.config), 32, 1, torch.device("cpu"))
+    loader = ((torch.from_numpy(x), ok) for x, ok in image_batches(list(table["path"]), preprocess_for(model.config)))
     parts: dict[str, list[np.ndarray]] = {}
     for images, _ in tqdm(loader, desc=f"{name} {split}", unit="batch"):
         fmap = model.forward_trunk(images.float() / 255)

@@ -41,7 +41,7 @@ from imageretrieval.artifacts import catalog_resolution
 from imageretrieval.catalog import load_catalog
 from imageretrieval.device import to_batch
 from imageretrieval.evaluation.protocols import sample_rows
-from imageretrieval.extract import make_loader
+from imageretrieval.extract import image_batches
 from imageretrieval.featurestore import fashion_table
 from imageretrieval.io_utils import atomic_write, save_json
 from imageretrieval.models import FeatureExtractor, create_model
@@ -87,14 +87,16 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, name: str, paths: l
         log.warning("%s: cached for another image list; computing it again", path)
     keys_path.unlink(missing_ok=True)  # maps without their list are never reused
     path.parent.mkdir(parents=True, exist_ok=True)
-    loader = make_loader(paths, preprocess_for(model.config, query_resolution), 32, 1, torch.device("cpu"))
+    n_batches = -(-len(paths) // 32)
+    preprocess = preprocess_for(model.config, query_resolution)
+    loader = ((torch.from_numpy(x), ok) for x, ok in image_batches(paths, preprocess, 32))
     net = copy.deepcopy(model.trunk).to(memory_format=torch.channels_last)
     probe = torch.zeros(1, 3, model.config.input_size, model.config.input_size)
     shape = prefix(net, probe).shape[1:]  # (C, H, W): 112 x 14 x 14 for lite0 at 224 px
     partial = path.with_suffix(".partial.npy")
     out = np.lib.format.open_memmap(partial, "w+", np.float16, (len(paths), *shape))
     row = 0
-    for images, _ in tqdm(loader, desc=f"maps {name}{' flipped' if flip else ''}", unit="batch"):
+    for images, _ in tqdm(loader, total=n_batches, desc=f"maps {name}{' flipped' if flip else ''}", unit="batch"):
         x = to_batch(images, torch.device("cpu"))
         x = torch.flip(x, dims=[3]) if flip else x
         x = prefix(net, (x - model.mean) / model.std)

@@ -475,7 +475,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     log.info("bare: batch 1 %.1f ms (%.1f img/s), batch %d %.0f ms (%.1f img/s)", bare.result.single_ms,
              bare.result.single_ips, args.batch, bare.result.batch_ms, bare.result.batch_ips)
     command = (f"WORKDIR={settings.workdir} DATASET_ROOT={settings.dataset_root} "
-               f"DEEPFASHION_ROOT={settings.deepfashion_root} flock /tmp/heavy.lock "
+               f"DEEPFASHION_ROOT={settings.deepfashion_root} "
                f"imageretrieval {shlex.join(sys.argv[1:])}")
     load = (load_start, os.getloadavg()[0])
     section = render(model, settings, source, len(paths), bare.result, results, command, args.batch, index_size, load,

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Does int8 pay? Post-training static quantization (ONNX Runtime, QDQ, per-channel) of a model's export,
+calibrated on seeded catalog train images; speed and catalog-protocol quality against fp32, side by side.
+
+    DATASET_ROOT=... WORKDIR=... python scripts/int8_probe.py efficientnet_lite0_fashion [--calibration 256]
+
+The catalog protocol's database (the seed test split) is encoded with both models; the fp32 figures are
+the ones `imageretrieval evaluate --model M --protocol catalog --features raw` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from imageretrieval.evaluation.protocols import catalog_task
+from imageretrieval.evaluation.runner import evaluate_task
+from imageretrieval.extract import image_batches
+from imageretrieval.featurestore import fashion_table
+from imageretrieval.images import open_image
+from imageretrieval.inference import OnnxRuntimeEncoder, default_threads, export_dir, export_onnx
+from imageretrieval.models import create_model, get_model_config
+from imageretrieval.preprocess import preprocess_for
+from imageretrieval.settings import Settings
+
+log = logging.getLogger("int8_probe")
+
+
+def encode_all(encoder, paths, preprocess) -> np.ndarray:
+    return np.concatenate([np.asarray(encoder(images)) for images, _ in image_batches(paths, preprocess)])
+
+
+def speed(encoders: dict, x: np.ndarray, rounds: int = 3) -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[list, list]] = {k: ([], []) for k in encoders}
+    for _ in range(rounds):
+        for name, enc in encoders.items():
+            t0 = time.perf_counter()
+            for _ in range(6):
+                enc(x)
+            out[name][0].append(6 * len(x) / (time.perf_counter() - t0))
+            times = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                enc(x[:1])
+                times.append(time.perf_counter() - t0)
+            out[name][1].append(1000 * float(np.median(times)))
+    return {k: (float(np.median(a)), float(np.median(b))) for k, (a, b) in out.items()}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--calibration", type=int, default=256, help="catalog train images to calibrate on")
+    parser.add_argument("--ops", default="", help="comma-separated ONNX op types to quantize (default: all "
+                                                  "supported), e.g. Conv to keep the heads in fp32")
+    args = parser.parse_args()
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    settings = Settings()
+    config = get_model_config(args.model, settings.workdir)
+    preprocess = preprocess_for(config)
+    fp32_path = export_onnx(create_model(args.model, workdir=settings.workdir), preprocess.shape,
+                            export_dir(settings.workdir, args.model))
+    train = fashion_table(settings, "seed", "train").sample(args.calibration, random_state=settings.seed)
+    calibration = np.stack([preprocess(open_image(p)) for p in train["path"]])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": calibration[i:i + 16]} for i in range(0, len(calibration), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, int8_path = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=[o for o in args.ops.split(",") if o] or None)
+        threads = default_threads()
+        encoders = {"fp32": OnnxRuntimeEncoder(fp32_path, threads), "int8": OnnxRuntimeEncoder(int8_path, threads)}
+        timing = speed(encoders, calibration[:32])
+        task = catalog_task(settings, args.model, with_fit=False)
+        table = fashion_table(settings, "seed", "test")
+        row_of = {int(p): i for i, p in enumerate(table["id"])}
+        rows = [row_of[int(p)] for p in task.database_ids]
+        paths = [Path(table["path"].iloc[r]) for r in rows]
+        results = {}
+        for name, enc in encoders.items():
+            feats = encode_all(enc, paths, preprocess)
+            task.database = feats
+            task.queries = feats[task.exclude_rows]
+            results[name] = evaluate_task(task, "raw").metrics
+    fp = results["fp32"]
+    print(f"| {args.model} | batch 32 img/s | batch 1 ms | catalog P@15 | catalog mAP |")
+    print("|---|---|---|---|---|")
+    for name in encoders:
+        m = results[name]
+        print(f"| {name} | {timing[name][0]:.0f} | {timing[name][1]:.2f} | {m['PrecisionHits']:.4f} "
+              f"({m['PrecisionHits'] - fp['PrecisionHits']:+.4f}) | {m['mAP']:.4f} ({m['mAP'] - fp['mAP']:+.4f}) |")
+
+
+if __name__ == "__main__":
+    main()
