@@ -97,3 +97,18 @@ def test_cli_fuse_saves_a_named_fusion(fusion_settings, capsys):
     assert get_model_config("pair", s.workdir).extra["member_weights"] == [0.25, 0.75]
     assert main(["models", "--json", *flags]) == 0
     assert '"name": "pair", "kind": "trained", "backbone": "fusion(embedder,small)"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_fusion_of_a_composite_exports_with_torchs_embeddings(fusion_settings, tmp_path, runtime):
+    """A fusion holding a nested composite (three trunks cut from one packed input) runs on the exported
+    runtimes with PyTorch's embeddings."""
+    from imageretrieval.inference import create_encoder
+
+    s = fusion_settings
+    model = create_model("fused", workdir=s.workdir)
+    preprocess = preprocess_for(model.config)
+    images = np.stack([preprocess(Image.new("RGB", (30 + 7 * i, 44), (20 * i, 120, 200))) for i in range(3)])
+    reference = create_encoder(model, preprocess.shape, "torch", workdir=tmp_path)(images)
+    exported = create_encoder(model, preprocess.shape, runtime, workdir=tmp_path)(images)
+    np.testing.assert_allclose(exported, reference, atol=1e-4)
