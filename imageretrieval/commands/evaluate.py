@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..catalog import SELECTIONS
-from ..evaluation.protocols import PROTOCOLS, RELEVANCES
+from ..evaluation.protocols import PROTOCOLS, RELEVANCE_ALIASES, RELEVANCES
 from ..evaluation.variants import VARIANTS
 from ..rerank import DEFAULT_VOTE_K, RERANKS
 
@@ -34,7 +34,9 @@ def register(sub) -> None:
     p.add_argument("--database-sample", type=int, default=None,
                    help="a seeded sample of the database split (slow models; not with --database all "
                         "for catalog)")
-    p.add_argument("--relevance", choices=RELEVANCES, default="articleType", help="catalog protocol ground truth")
+    p.add_argument("--relevance", choices=[*RELEVANCES, *RELEVANCE_ALIASES], default="articleType",
+                   type=lambda v: RELEVANCE_ALIASES.get(v, v),
+                   help="catalog protocol ground truth; type, type+colour, type+colour+gender are short names")
     p.add_argument("--whiten-on", choices=["train", "catalog"], default="train",
                    help="whitening fit set: the selection's train split, or the whole catalog (not for catalog)")
     p.add_argument("--fit-sample", type=int, default=None, help="fit the whitening on a seeded sample of that size")
@@ -224,12 +226,18 @@ def run(args, settings) -> int:
                           "features": used, "features_size": result.features_size,
                           "skipped_queries": metrics["skipped_queries"], "database_name": info["database"],
                           "relevance": info["relevance"], "query_resolution": info.get("query_resolution"),
-                          "whitening_fit": info.get("whitening_fit"), "seconds": round(seconds, 2)}))
+                          "whitening_fit": info.get("whitening_fit"), "seconds": round(seconds, 2),
+                          **reports.shopper_metrics(metrics)}))
         return 0
     print(f"{shown} on {args.protocol}: queries from {info['queries_from']}, database = {info['database']} "
           f"({metrics['database']}), relevance = {info['relevance']}"
           + (f", query resolution {info['query_resolution']}" if "query_resolution" in info else ""))
     print(reports.markdown_table([row], reports.DISPLAY_COLUMNS))
+    shopper = reports.shopper_metrics(metrics)
+    if shopper:
+        print("what a shopper sees: " + ", ".join(f"{k} {v:.4f}" for k, v in shopper.items())
+              + " (share of the top 15 that agrees with the query; oracle = the best any ranking can reach; "
+                "exact_R@1 = the very product first)")
     if metrics["skipped_queries"]:
         print(f"({metrics['skipped_queries']} queries without any relevant database item left out)")
     print("mAP: full-ranking AP, the query excluded (from a dump: mean over queries of mean_j j / relevant_ranks[j]);"

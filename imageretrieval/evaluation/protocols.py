@@ -26,7 +26,9 @@ from ..settings import Settings
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("catalog", "deepfashion-to-catalog", "inshop")
-RELEVANCES = ("articleType", "subCategory", "articleType+baseColour")
+RELEVANCES = ("articleType", "subCategory", "articleType+baseColour", "articleType+baseColour+gender")
+RELEVANCE_ALIASES = {"type": "articleType", "type+colour": "articleType+baseColour",
+                     "type+colour+gender": "articleType+baseColour+gender"}
 DEFAULT_CATALOG_QUERIES = 600
 
 
@@ -44,13 +46,25 @@ class RetrievalTask:
     exclude_rows: np.ndarray | None = None  # per query: its own database row, or -1
     fit: np.ndarray | None = None  # raw features the whitening is fitted on
     database_categories: np.ndarray | None = None  # catalog articleType per database row (category re-ranking)
+    query_attributes: dict[str, np.ndarray] | None = None  # articleType/baseColour/gender, "" when unknown
+    database_attributes: dict[str, np.ndarray] | None = None  # ... of the database rows (agreement.py)
     info: dict = field(default_factory=dict)
+
+
+PHOTO_GENDERS = {"MEN": "Men", "WOMEN": "Women"}  # DeepFashion's folder -> the catalog's gender
+
+
+def _attributes(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The attributes a shopper compares (evaluation/agreement.py), "" where a product has none."""
+    return {c: table[c].fillna("").astype(str).to_numpy() for c in ("articleType", "baseColour", "gender")}
 
 
 def relevance_labels(table: pd.DataFrame, relevance: str) -> np.ndarray:
     """One string per row; two rows are relevant to each other when their strings are equal."""
-    if relevance == "articleType+baseColour":
-        return (table["articleType"].astype(str) + "|" + table["baseColour"].astype(str)).to_numpy()
+    relevance = RELEVANCE_ALIASES.get(relevance, relevance)
+    if relevance in ("articleType+baseColour", "articleType+baseColour+gender"):
+        fields = relevance.split("+")
+        return table[fields].astype(str).agg("|".join, axis=1).to_numpy()
     if relevance in ("articleType", "subCategory"):
         return table[relevance].astype(str).to_numpy()
     raise ValueError(f"unknown relevance {relevance!r}; choose one of {', '.join(RELEVANCES)}")
@@ -149,6 +163,7 @@ def catalog_task(
         protocol="catalog", queries=queries, database=db, query_ids=picked, database_ids=db_table["id"].to_numpy(),
         query_labels=labels[q_rows], database_labels=labels, exclude_rows=q_rows, fit=fit,
         database_categories=db_table["articleType"].astype(str).to_numpy(),
+        query_attributes=_attributes(db_table.iloc[q_rows]), database_attributes=_attributes(db_table),
         info={"queries_from": f"{selection} {split} split"
               + (f", re-rendered at x{query_scale:g}" if query_scale is not None else ""),
               "database": db_name, "relevance": relevance, **scaled,
@@ -192,6 +207,8 @@ def deepfashion_task(
         query_labels=qtable["articleType"].astype(str).to_numpy(),
         database_labels=db_table["articleType"].astype(str).to_numpy(), fit=fit,
         database_categories=db_table["articleType"].astype(str).to_numpy(),
+        query_attributes={"gender": qtable["gender"].map(PHOTO_GENDERS).fillna("").astype(str).to_numpy()},
+        database_attributes=_attributes(db_table),
         info={"queries_from": "DeepFashion In-shop test split" + (f" (sample of {n_queries})" if n_queries else ""),
               "database": db_name, "relevance": "mapped articleType", "whitening_fit": fit_name,
               "query_resolution": res, "query_table": qtable,

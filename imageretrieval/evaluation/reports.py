@@ -95,12 +95,21 @@ def append_results(workdir: Path, row: dict) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
+def shopper_metrics(metrics: dict) -> dict:
+    """The shopper-agreement figures of a run (evaluation/agreement.py) and the exact product's R@1."""
+    return {k: v for k, v in metrics.items() if "@" in k and k.split("@")[0] in SHOPPER_PREFIXES}
+
+
+SHOPPER_PREFIXES = ("colour", "gender", "type+colour+gender", "exact_R")
+
+
 def write_summary(workdir: Path, model: str, protocol: str, features: str, metrics: dict) -> Path:
     """<WORKDIR>/results/<model>/summary.json, read by the API (latest catalog-protocol run wins)."""
     path = model_results_dir(workdir, model) / "summary.json"
     save_json(path, {
         "protocol": protocol, "features": features, "mAP": metrics["mAP"],
         "PrecisionHits": metrics["PrecisionHits"], "R@1": metrics["R@1"], "R@10": metrics["R@10"],
+        **shopper_metrics(metrics),
         "queries": metrics["queries"], "database": metrics["database"], "created": now(),
     })
     return path

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import rerank as rr
+from .agreement import exact_recall_at_1, shopper_agreement
 from .metrics import nanmean
 from .protocols import RetrievalTask
 from .ranking import RECALL_KS, Rankings, rank_queries
@@ -93,6 +94,13 @@ def evaluate_task(
         log.info("%d of %d queries have no relevant item in the database: left out of the means",
                  int((~evaluated).sum()), len(evaluated))
     metrics = summarize(rankings, evaluated, len(d))
+    if task.query_attributes and task.database_attributes:
+        own = None if task.exclude_rows is None else np.asarray(task.exclude_rows)[evaluated]
+        metrics.update(shopper_agreement(rankings.top_rows[evaluated],
+                                         {k: np.asarray(v)[evaluated] for k, v in task.query_attributes.items()},
+                                         task.database_attributes, PRECISION_K, own))
+    if task.info.get("query_scale") is not None and task.exclude_rows is not None:  # re-rendered catalog products
+        metrics["exact_R@1"] = exact_recall_at_1(q, d, task.exclude_rows)
     return EvalResult(task, variant, int(q.shape[1]), rankings, evaluated, metrics, time.perf_counter() - t0, d)
 
 
