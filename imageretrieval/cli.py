@@ -20,7 +20,8 @@ COMMAND_MODULES = [
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",
                "UnknownProductError"]), ("images", ["ImageDecodeError"]), ("index", ["IndexFactoryError"]),
-               ("models", ["ModelNotFoundError", "WeightsUnavailableError"])]
+               ("models", ["ModelNotFoundError", "WeightsUnavailableError"]),
+               ("inference", ["RuntimeUnavailableError"])]
 
 log = logging.getLogger("imageretrieval")
 

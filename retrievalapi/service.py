@@ -17,6 +17,7 @@ from imageretrieval.artifacts import ModelArtifacts
 from imageretrieval.catalog import ATTRIBUTE_COLUMNS, CatalogError, load_catalog
 from imageretrieval.engine import RESULT_FIELDS, IndexNotBuiltError, RetrievalEngine
 from imageretrieval.images import ImageDecodeError, open_image
+from imageretrieval.inference import RuntimeUnavailableError
 from imageretrieval.models import ModelNotFoundError, WeightsUnavailableError
 
 from .settings import ApiSettings
@@ -58,7 +59,8 @@ def load_engines(settings: ApiSettings, executor: Executor | None = None) -> dic
         try:
             engines[name] = (executor.submit(RetrievalEngine, settings, name).result() if executor is not None
                              else RetrievalEngine(settings, name))
-        except (IndexNotBuiltError, ModelNotFoundError, WeightsUnavailableError, CatalogError) as exc:
+        except (IndexNotBuiltError, ModelNotFoundError, WeightsUnavailableError, CatalogError,
+                RuntimeUnavailableError) as exc:
             raise StartupError(f"cannot load model {name!r}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - anything else at load time is still a broken artifact
             raise StartupError(

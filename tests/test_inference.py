@@ -211,3 +211,13 @@ print(json.dumps({{"status": r.status_code, "body": r.json(), "models": models,
     assert [h["id"] for h in result["body"]["results"]] == [h.id for h in expected]
     scores = [h["score"] for h in result["body"]["results"]]
     np.testing.assert_allclose(scores, [h.score for h in expected], atol=1e-4)
+
+
+def test_an_unavailable_runtime_is_a_one_line_cli_error(settings, capsys, monkeypatch):
+    from imageretrieval.cli import main
+
+    monkeypatch.setenv("RUNTIME", "onnxruntime")
+    image = str(next((settings.dataset_root / "images").glob("*.jpg")))
+    assert main(["--workdir", str(settings.workdir), "--dataset-root", str(settings.dataset_root), "--device", "cpu",
+                 "--precision", "bf16", "search", "--model", TINY, "--image", image]) == 2
+    assert "PRECISION=bf16 is PyTorch autocast" in capsys.readouterr().err
