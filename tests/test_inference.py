@@ -221,3 +221,21 @@ def test_an_unavailable_runtime_is_a_one_line_cli_error(settings, capsys, monkey
     assert main(["--workdir", str(settings.workdir), "--dataset-root", str(settings.dataset_root), "--device", "cpu",
                  "--precision", "bf16", "search", "--model", TINY, "--image", image]) == 2
     assert "PRECISION=bf16 is PyTorch autocast" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_decoding_keeps_order_and_flags_bad_files(settings, tmp_path, threads):
+    from imageretrieval.extract import image_batches
+
+    paths = sorted((settings.dataset_root / "images").glob("*.jpg"))[:11]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    paths.insert(4, broken)
+    preprocess = preprocess_for(get_model_config(TINY, settings.workdir))
+    expected = list(image_batches(paths, preprocess, batch_size=5, threads=0, prefetch=2))
+    got = list(image_batches(paths, preprocess, batch_size=5, threads=threads, prefetch=2))
+    assert [len(b) for b, _ in got] == [5, 5, 2]
+    for (a, ok_a), (b, ok_b) in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ok_a, ok_b)
+    assert got[0][1].tolist() == [True, True, True, True, False] and not got[0][0][4].any()
