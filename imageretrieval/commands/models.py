@@ -25,6 +25,7 @@ def model_rows(settings) -> list[dict]:
             "backbone": cfg.architecture,
             "dims": cfg.dims,
             "input_size": cfg.input_size,
+            "input": f"{cfg.input_hw[1]}x{cfg.input_hw[0]}",
             "weights": f"{cfg.weights.type}:{cfg.weights.ref}",
             "weights_available": weights_available(cfg, settings.workdir),
             "index_built": ModelArtifacts.of(settings.workdir, name).exists(),
@@ -40,13 +41,14 @@ def run(args, settings) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
-    header = f"{'name':24} {'kind':10} {'backbone':24} {'dims':>5} {'size':>4}  {'weights':9} {'index':5}"
+    header = f"{'name':24} {'kind':10} {'backbone':24} {'dims':>5} {'input':>7}  {'weights':9} {'index':5}"
     print(header)
     print("-" * len(header))
     for r in rows:
         star = " *" if r["default"] else ""
-        print(f"{r['name']:24} {r['kind']:10} {r['backbone']:24} {r['dims']:>5} {r['input_size']:>4}  "
+        print(f"{r['name']:24} {r['kind']:10} {r['backbone']:24} {r['dims']:>5} {r['input']:>7}  "
               f"{'yes' if r['weights_available'] else 'no':9} {'yes' if r['index_built'] else 'no':5}{star}")
     print("\n* default model. Weights 'no' for a hub model: run once online, or put a checkpoint in "
-          "<WORKDIR>/checkpoints/<name>.pth.")
+          "<WORKDIR>/checkpoints/<name>.pth. Input is width x height; any pretrained model also exists "
+          "at another size as NAME@WxH.")
     return 0
