@@ -133,6 +133,11 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     current = art.read_manifest()
     if not force and current is not None and art.exists() and all(current.get(k) == v for k, v in wanted.items()):
         log.info("index for %s is up to date (%s)", model_name, art.root)
+        if not (current.get("encoder") and art.encoder.is_file()):  # built before indexes held their model
+            current = {**current, "encoder": export_serving_encoder(settings, model_name, art),
+                       "preprocess": preprocess_for(config).to_dict(), "description": config.description,
+                       "backbone": config.architecture, "kind": config.kind}
+            save_json(art.manifest, current)
         return current
 
     t0 = time.perf_counter()

@@ -239,3 +239,20 @@ def test_threaded_decoding_keeps_order_and_flags_bad_files(settings, tmp_path, t
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(ok_a, ok_b)
     assert got[0][1].tolist() == [True, True, True, True, False] and not got[0][0][4].any()
+
+
+def test_an_index_built_before_exports_gets_its_encoder_without_a_rebuild(settings):
+    """Upgrading: `imageretrieval index` on a current index that holds no encoder.onnx adds it, nothing else."""
+    from imageretrieval.artifacts import ModelArtifacts, build_model_index
+    from imageretrieval.io_utils import load_json, save_json
+
+    art = ModelArtifacts.of(settings.workdir, "tiny2")
+    manifest = load_json(art.manifest)
+    old = {k: v for k, v in manifest.items() if k not in ("encoder", "preprocess", "description", "backbone", "kind")}
+    save_json(art.manifest, old)
+    art.encoder.unlink()
+    vectors = art.vectors.stat().st_mtime_ns
+    again = build_model_index(settings, "tiny2", progress=False)
+    assert art.encoder.is_file() and again["encoder"]["file"] == "encoder.onnx"
+    assert load_json(art.manifest)["preprocess"]["input_size"] == 64
+    assert art.vectors.stat().st_mtime_ns == vectors  # not rebuilt
