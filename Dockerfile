@@ -14,13 +14,16 @@ RUN npm ci --no-audit --no-fund
 COPY retrieval-app/ ./
 RUN npm run build
 
-# ----- the whole CLI's dependencies in a virtualenv (copied alone into the indexer image) -----
-FROM python:${PYTHON_VERSION}-slim-bookworm AS indexer-build
+# ----- an empty virtualenv; each build stage installs its requirements, then the package -----
+FROM python:${PYTHON_VERSION}-slim-bookworm AS venv-base
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /build
+
+# ----- the whole CLI's dependencies (copied alone into the indexer image) ----------------------
+FROM venv-base AS indexer-build
 COPY requirements.txt ./
 # CPU-only PyTorch first, at the versions requirements.txt pins (no CUDA libraries: gigabytes
 # smaller); `pip install -r` then finds torch/torchvision already satisfied.
@@ -34,13 +37,8 @@ COPY retrievalapi ./retrievalapi
 RUN pip install --no-deps . \
  && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
 
-# ----- the serving dependencies alone: no PyTorch -------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-bookworm AS api-build
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
-WORKDIR /build
+# ----- the serving dependencies alone: no PyTorch (copied alone into the API image) -------------
+FROM venv-base AS api-build
 COPY requirements-serve.txt ./
 RUN pip install -r requirements-serve.txt
 COPY pyproject.toml README.md ./
@@ -49,12 +47,11 @@ COPY retrievalapi ./retrievalapi
 RUN pip install --no-deps . \
  && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
 
-# ----- the indexer image: the whole CLI --------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-bookworm AS indexer
+# ----- what the indexer and API images share: a non-root user and the settings ---------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS python-runtime
 RUN useradd --create-home --uid 10001 retrieval \
  && mkdir -p /data /workdir \
  && chown retrieval:retrieval /workdir
-COPY --from=indexer-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DATASET_ROOT=/data/fashion-product-small \
@@ -62,22 +59,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     DEVICE=cpu
 USER 10001
 WORKDIR /home/retrieval
+
+# ----- the indexer image: the whole CLI --------------------------------------------------------
+FROM python-runtime AS indexer
+COPY --from=indexer-build /opt/venv /opt/venv
 CMD ["imageretrieval", "index"]
 
 # ----- the API image ------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-bookworm AS api
-RUN useradd --create-home --uid 10001 retrieval \
- && mkdir -p /data /workdir \
- && chown retrieval:retrieval /workdir
+FROM python-runtime AS api
 COPY --from=api-build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    DATASET_ROOT=/data/fashion-product-small \
-    WORKDIR_ROOT=/workdir \
-    DEVICE=cpu \
-    MAX_UPLOAD_MB=10
-USER 10001
-WORKDIR /home/retrieval
+ENV MAX_UPLOAD_MB=10
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/api/ready', timeout=4)"]
