@@ -85,18 +85,18 @@ def catalog_resolution(catalog: Catalog, sample: int = 400, seed: int = 0) -> tu
     return int(np.median(arr[:, 0])), int(np.median(arr[:, 1]))
 
 
-def export_serving_encoder(settings: Settings, model_name: str, art: ModelArtifacts) -> dict | None:
+def export_serving_encoder(settings: Settings, model_name: str, art: ModelArtifacts, model=None) -> dict | None:
     """Copy the model's ONNX export beside its index (`encoder.onnx`), so that the API can serve the index
-    with ONNX Runtime or OpenVINO alone. None (with a warning) where the model cannot be exported."""
+    with ONNX Runtime or OpenVINO alone. None (with a warning) where the model cannot be exported.
+    `model`: the model already loaded by the caller, if any."""
     import shutil
 
     from .inference import export_dir, export_onnx
-    from .models import create_model, get_model_config
+    from .models import create_model
 
-    config = get_model_config(model_name, settings.workdir)
     try:
-        model = create_model(model_name, workdir=settings.workdir)
-        path = export_onnx(model, preprocess_for(config).shape, export_dir(settings.workdir, model_name))
+        model = model if model is not None else create_model(model_name, workdir=settings.workdir)
+        path = export_onnx(model, preprocess_for(model.config).shape, export_dir(settings.workdir, model_name))
     except Exception as exc:  # noqa: BLE001 - the index still serves through PyTorch
         log.warning("%s: no ONNX export beside the index (%s: %s); serving it needs PyTorch",
                     model_name, type(exc).__name__, exc)
@@ -104,6 +104,12 @@ def export_serving_encoder(settings: Settings, model_name: str, art: ModelArtifa
         return None
     atomic_write(art.encoder, lambda p: shutil.copyfile(path, p))
     return {"file": art.encoder.name, "export": path.name}
+
+
+def _serving_fields(config) -> dict:
+    """What a serving install reads from the manifest instead of the model's config."""
+    return {"preprocess": preprocess_for(config).to_dict(), "description": config.description,
+            "backbone": config.architecture, "kind": config.kind}
 
 
 def build_model_index(settings: Settings, model_name: str, force: bool = False, progress: bool = True) -> dict:
@@ -134,13 +140,13 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     if not force and current is not None and art.exists() and all(current.get(k) == v for k, v in wanted.items()):
         log.info("index for %s is up to date (%s)", model_name, art.root)
         if not (current.get("encoder") and art.encoder.is_file()):  # built before indexes held their model
-            current = {**current, "encoder": export_serving_encoder(settings, model_name, art),
-                       "preprocess": preprocess_for(config).to_dict(), "description": config.description,
-                       "backbone": config.architecture, "kind": config.kind}
+            current = {**current, **_serving_fields(config),
+                       "encoder": export_serving_encoder(settings, model_name, art)}
             save_json(art.manifest, current)
         return current
 
     t0 = time.perf_counter()
+    model = None  # loaded only when the catalog is encoded here
     if head_only_base(settings, config) is not None or is_composite_base(config):  # reuse cached features
         fs, _ = get_features(settings, model_name, "fashion", progress=progress)
     else:
@@ -175,7 +181,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     save_npy(art.ids, ids.astype(np.int64))
     save_npy(art.vectors, vectors.astype(np.float32))
     post.save(art.postprocess)
-    encoder = export_serving_encoder(settings, model_name, art)
+    encoder = export_serving_encoder(settings, model_name, art, model)
     manifest = {
         **wanted,
         "dims": int(vectors.shape[1]),
@@ -183,10 +189,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         "size": int(len(ids)),
         "skipped_images": int((~valid).sum()),
         "input_size": config.input_size,
-        "preprocess": preprocess_for(config).to_dict(),
-        "description": config.description,
-        "backbone": config.architecture,
-        "kind": config.kind,
+        **_serving_fields(config),
         "encoder": encoder,
         "catalog_resolution": list(catalog_resolution(catalog)),
         "synthetic_catalog": (Path(settings.dataset_root) / "SYNTHETIC").exists(),

@@ -120,15 +120,15 @@ def _uint8_input(model: torch.nn.Module) -> torch.nn.Module:
 def export_fingerprint(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> str:
     """Content hash of everything the exported graph depends on: weights and buffers, config, input shape."""
     h = hashlib.sha256(f"{EXPORT_FORMAT}:{EXPORT_OPSET}:{tuple(input_shape)}".encode())
+    from .models.extractor import hash_tensors
+
     config = getattr(model, "config", None)
     if config is not None:
         h.update(config.fingerprint().encode())
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    for key, value in sorted((k, v) for k, v in model.named_buffers() if k not in model.state_dict()):
-        h.update(key.encode())  # non-persistent buffers (mean/std) are part of the function too
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    state = model.state_dict()
+    hash_tensors(h, state.items())
+    # non-persistent buffers (mean/std) are part of the function too
+    hash_tensors(h, [(k, v) for k, v in model.named_buffers() if k not in state])
     return h.hexdigest()[:16]
 
 

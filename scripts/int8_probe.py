@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from imageretrieval.benchmarks.encoder import latency_ms, throughput
 from imageretrieval.evaluation.protocols import catalog_task
 from imageretrieval.evaluation.runner import evaluate_task
 from imageretrieval.extract import image_batches
@@ -36,19 +36,12 @@ def encode_all(encoder, paths, preprocess) -> np.ndarray:
 
 
 def speed(encoders: dict, x: np.ndarray, rounds: int = 3) -> dict[str, tuple[float, float]]:
+    """(batch throughput img/s, batch-1 latency ms) per encoder, medians of alternating rounds."""
     out: dict[str, tuple[list, list]] = {k: ([], []) for k in encoders}
     for _ in range(rounds):
         for name, enc in encoders.items():
-            t0 = time.perf_counter()
-            for _ in range(6):
-                enc(x)
-            out[name][0].append(6 * len(x) / (time.perf_counter() - t0))
-            times = []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                enc(x[:1])
-                times.append(time.perf_counter() - t0)
-            out[name][1].append(1000 * float(np.median(times)))
+            out[name][0].append(throughput(enc, x, 6))
+            out[name][1].append(latency_ms(enc, x[:1], 20))
     return {k: (float(np.median(a)), float(np.median(b))) for k, (a, b) in out.items()}
 
 

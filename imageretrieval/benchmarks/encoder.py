@@ -58,7 +58,8 @@ def _sizes(model: str, sizes: str) -> list[str]:
     return names
 
 
-def _latency_ms(encoder, x: np.ndarray, calls: int) -> float:
+def latency_ms(encoder, x: np.ndarray, calls: int) -> float:
+    """Median milliseconds of `calls` forwards of `x`."""
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
@@ -67,7 +68,8 @@ def _latency_ms(encoder, x: np.ndarray, calls: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def _throughput(encoder, x: np.ndarray, batches: int) -> float:
+def throughput(encoder, x: np.ndarray, batches: int) -> float:
+    """Images per second over `batches` forwards of the batch `x`."""
     t0 = time.perf_counter()
     for _ in range(batches):
         encoder(x)
@@ -105,8 +107,8 @@ def run(args, settings) -> int:
             log.info("round %d of %d", r + 1, args.rounds)
             for key, encoder in encoders.items():
                 x = inputs[key[0]]
-                results[key]["b1"].append(_latency_ms(encoder, x[:1], 20))
-                results[key]["bn"].append(_throughput(encoder, x, max(2, 256 // args.batch)))
+                results[key]["b1"].append(latency_ms(encoder, x[:1], 20))
+                results[key]["bn"].append(throughput(encoder, x, max(2, 256 // args.batch)))
         rows = []
         for (name, rt), res in results.items():
             h, w = get_model_config(name, settings.workdir).input_hw
@@ -122,14 +124,14 @@ def run(args, settings) -> int:
                 model = create_model(config.name, workdir=settings.workdir)
                 encoder = encoders.get((config.name, auto)) or create_encoder(
                     model, preprocess_for(config).shape, auto, cpu, "fp32", Path(export_root))
-                bare_before = _throughput(encoder, inputs[config.name], max(2, len(ids) // args.batch // 4))
+                bare_before = throughput(encoder, inputs[config.name], max(2, len(ids) // args.batch // 4))
                 with tempfile.TemporaryDirectory() as out:
                     t0 = time.perf_counter()
                     extract_features(model, paths, ids, Path(out), batch_size=args.batch,
                                      num_workers=settings.num_workers, device="cpu", precision="fp32",
                                      progress=False, runtime=auto, workdir=Path(export_root))
                     rate = len(ids) / (time.perf_counter() - t0)
-                bare_after = _throughput(encoder, inputs[config.name], max(2, len(ids) // args.batch // 4))
+                bare_after = throughput(encoder, inputs[config.name], max(2, len(ids) // args.batch // 4))
                 bare = (bare_before + bare_after) / 2
                 h, w = config.input_hw
                 extraction.append(f"| {auto} | {w}x{h} | {len(ids)} | {rate:.0f} img/s | {bare:.0f} img/s | "

@@ -51,12 +51,17 @@ def make_head(config: ModelConfig) -> nn.Module | None:
     return _single_head(config.trunk_dims, int(config.extra.get("head_hidden") or 0), config.embedding_dims)
 
 
+def hash_tensors(h, named_tensors) -> None:
+    """Feed (name, tensor) pairs, sorted by name, into the hashlib object `h`: names and raw bytes."""
+    for key, value in sorted(named_tensors, key=lambda item: item[0]):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+
+
 def trunk_digest(model: FeatureExtractor) -> str:
     """Content hash of the trunk's weights and buffers: equal digests = the same trunk function."""
     h = hashlib.sha256()
-    for key, value in sorted(model.trunk.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    hash_tensors(h, model.trunk.state_dict().items())
     return h.hexdigest()[:16]
 
 
