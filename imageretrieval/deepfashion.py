@@ -22,6 +22,9 @@ class DeepFashionError(CatalogError):
     pass
 
 
+PHOTO_GENDERS = {"MEN": "Men", "WOMEN": "Women"}  # a photo's folder -> the catalog's gender value
+
+
 @lru_cache(maxsize=1)
 def category_mapping() -> pd.DataFrame:
     """The documented mapping of the 23 (gender, category) pairs to Fashion Product articleTypes."""

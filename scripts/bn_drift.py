@@ -22,7 +22,7 @@ from imageretrieval.models import create_model
 from imageretrieval.settings import Settings
 from imageretrieval.training.data import ClassBalancedSampler, image_table_dataset, sample_table
 from imageretrieval.training.pack import load_pack
-from imageretrieval.training.recipes import val_scores
+from imageretrieval.training.validation import val_scores
 
 pack, name = sys.argv[1], sys.argv[2]
 n_batches = int(sys.argv[3]) if len(sys.argv) > 3 else 40

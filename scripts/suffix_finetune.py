@@ -52,8 +52,9 @@ from imageretrieval.settings import Settings
 from imageretrieval.training.data import balanced_batches, training_table
 from imageretrieval.training.losses import ProxyLoss
 from imageretrieval.training.metrics import retrieval_scores
-from imageretrieval.training.recipes import run_dir, val_scores
+from imageretrieval.training.recipes import run_dir
 from imageretrieval.training.trainer import BEST
+from imageretrieval.training.validation import val_scores
 
 log = logging.getLogger("suffix_finetune")
 FROZEN_BLOCKS = 5  # blocks 0-4 stay frozen; 5, 6, conv_head and bn2 train

@@ -8,6 +8,7 @@ from ..training.data import DATASETS
 from ..training.losses import LOSSES
 from ..training.recipes import RECIPES, TrainRequest, train
 from ..training.trainer import TrainOptions
+from ..training.validation import VAL_SCORES
 
 
 def register(sub) -> None:
@@ -40,6 +41,21 @@ def register(sub) -> None:
     p.add_argument("--instance-weight", type=float, default=0.0,
                    help="metric on cached features: weight of an extra proxy loss over DeepFashion item ids "
                         "(photos of one garment), for instance-level (In-shop) retrieval; 0 = off")
+    p.add_argument("--colour-weight", type=float, default=0.0,
+                   help="metric on cached features: weight of an extra proxy loss over the catalog's baseColour "
+                        "(the results share the query's colour); 0 = off")
+    p.add_argument("--gender-weight", type=float, default=0.0,
+                   help="metric on cached features: weight of an extra proxy loss over gender (catalog products "
+                        "and photos; Unisex left out); 0 = off")
+    p.add_argument("--view-scale", type=float, action="append", default=[], dest="view_scales", metavar="SCALE",
+                   help="catalog products re-rendered at this scale (as `evaluate --query-scale`) are a second "
+                        "view of the product (repeatable, e.g. 0.5); the first one is also validated on")
+    p.add_argument("--view-weight", type=float, default=0.0,
+                   help="metric on cached features: weight of a paired-view loss that finds each product's "
+                        "rendering at a --view-scale among the batch (the very product); 0 = off")
+    p.add_argument("--val-score", choices=VAL_SCORES, default="type",
+                   help="what selects the best epoch: type (catalog and photo P@15) or shopper (those plus "
+                        "colour, gender, exact-product and In-shop figures; docs/training.md)")
     p.add_argument("--max-images", type=int, help="bn-adapt: at most this many target images")
     p.add_argument("--sample", action="append", default=[], metavar="DATASET:SPLIT=N",
                    help="train (or validate) on a seeded sample of N images of that split, e.g. "
@@ -92,7 +108,9 @@ def request_from_args(args) -> TrainRequest:
         trainable=trainable, input_size=args.input_size, pooling=args.pooling, dims=args.dims,
         head_hidden=args.head_hidden, loss=args.loss, m_per_class=m,
         batch_size=args.train_batch_size or (256 if cached_default else 64),
-        instance_weight=args.instance_weight, max_images=args.max_images, samples=parse_samples(args.sample),
+        instance_weight=args.instance_weight, colour_weight=args.colour_weight, gender_weight=args.gender_weight,
+        view_scales=args.view_scales, view_weight=args.view_weight, val_score=args.val_score,
+        max_images=args.max_images, samples=parse_samples(args.sample),
         pack=args.pack, init_from=args.init_from, freeze_bn_stats=args.freeze_bn_stats, resume=args.resume,
         options=opts,
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..deepfashion import PHOTO_GENDERS
 from ..featurestore import deepfashion_table, fashion_table, get_features
 from ..settings import Settings
 
@@ -49,9 +50,6 @@ class RetrievalTask:
     query_attributes: dict[str, np.ndarray] | None = None  # articleType/baseColour/gender, "" when unknown
     database_attributes: dict[str, np.ndarray] | None = None  # ... of the database rows (agreement.py)
     info: dict = field(default_factory=dict)
-
-
-PHOTO_GENDERS = {"MEN": "Men", "WOMEN": "Women"}  # DeepFashion's folder -> the catalog's gender
 
 
 def _attributes(table: pd.DataFrame) -> dict[str, np.ndarray]:

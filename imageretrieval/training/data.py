@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
 from ..catalog import Catalog, load_catalog, prepare_split, select
+from ..deepfashion import PHOTO_GENDERS
 from ..featurestore import deepfashion_table
 from ..images import ImageDecodeError, open_image
 from ..preprocess import Preprocess, letterbox, match_resolution, to_uint8_tensor
@@ -43,7 +44,9 @@ def training_table(settings: Settings, dataset: str, selection: str = "seed") ->
     """Rows of the train and val splits (never test) of the chosen dataset(s), with shared labels.
 
     Columns: key (feature-store id), path, articleType, label, domain ("fashion"/"deepfashion"), split,
-    item (the DeepFashion item id: photos of one garment; "" for catalog products, one image each).
+    item (the DeepFashion item id: photos of one garment; "" for catalog products, one image each),
+    colour and gender (the catalog's baseColour and gender; a photo's gender from its MEN/WOMEN folder,
+    no colour; "" when unknown).
     DeepFashion rows whose category has no articleType (or one outside the encoding) are dropped.
     """
     if dataset not in DATASETS:
@@ -57,12 +60,14 @@ def training_table(settings: Settings, dataset: str, selection: str = "seed") ->
         parts.append(pd.DataFrame({
             "key": catalog["id"].astype(str), "path": catalog["path"], "articleType": catalog["articleType"],
             "domain": "fashion", "split": catalog["split"], "item": "",
+            "colour": catalog["baseColour"].fillna("").astype(str), "gender": catalog["gender"].fillna("").astype(str),
         }))
     if dataset in ("deepfashion", "both"):
         df = deepfashion_table(settings, "all")
         parts.append(pd.DataFrame({
             "key": df["image_id"].astype(str), "path": df["path"], "articleType": df["articleType"],
             "domain": "deepfashion", "split": df["split"], "item": df["item_id"].astype(str),
+            "colour": "", "gender": df["gender"].map(PHOTO_GENDERS).fillna("").astype(str),
         }))
     table = pd.concat(parts, ignore_index=True)
     table = table[table["split"].isin(["train", "val"])]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from ..io_utils import save_json
@@ -16,7 +17,8 @@ from ..models import FeatureExtractor, ModelConfig, create_model, get_model_conf
 from ..models.extractor import DIGEST_KEY, REUSE_KEY, ConcatHeads
 from ..settings import Settings
 from .data import training_table
-from .recipes import cached_trunk_features, run_dir, val_scores
+from .recipes import cached_trunk_features, cached_view_features, run_dir
+from .validation import val_scores
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,10 @@ log = logging.getLogger(__name__)
 def _member_head_spec(cfg: ModelConfig) -> dict:
     if cfg.extra.get("heads"):
         raise ValueError(f"{cfg.name} is itself an ensemble; list its members instead")
+    objectives = cfg.extra.get("training_objectives") or {}
     return {"name": cfg.name, "hidden": int(cfg.extra.get("head_hidden") or 0), "dims": int(cfg.embedding_dims),
-            "training": cfg.extra.get("training")}
+            "training": cfg.extra.get("training"),
+            **({"view_scales": objectives["view_scales"]} if objectives.get("view_scales") else {})}
 
 
 def validation_scores(settings: Settings, models: list[FeatureExtractor],
@@ -44,11 +48,25 @@ def validation_scores(settings: Settings, models: list[FeatureExtractor],
     pooled = torch.from_numpy(x)
     labels, domains = table["label"].to_numpy(), table["domain"].to_numpy()
     items = table["item"].to_numpy().astype(str)
+    colours, genders = table["colour"].to_numpy().astype(str), table["gender"].to_numpy().astype(str)
+    score = training.get("val_score", "type")
+    scales = next((h.get("view_scales") for h in config.extra.get("heads", []) if h.get("view_scales")),
+                  (config.extra.get("training_objectives") or {}).get("view_scales"))
+    views = None
+    if scales:
+        views = torch.from_numpy(cached_view_features(settings, config.extra[REUSE_KEY], table, selection,
+                                                      scales[0], progress))
+    has_view = None if views is None else ~torch.isnan(views).any(1)
     scores = []
     for model in models:
         with torch.no_grad():
             emb = model.embed_pooled(pooled).numpy()
-        scores.append(val_scores(emb, labels, domains, items=items))
+            view_emb = None
+            if views is not None:
+                view_emb = np.full(emb.shape, np.nan, np.float32)
+                view_emb[has_view.numpy()] = model.embed_pooled(views[has_view]).numpy()
+        scores.append(val_scores(emb, labels, domains, items=items, colours=colours, genders=genders,
+                                 views=view_emb, score=score))
     return scores
 
 
@@ -78,7 +96,8 @@ def ensemble_heads(settings: Settings, name: str, members: list[str], head_only:
             raise ValueError(f"{cfg.name}: members must have L2-normalized outputs")
     specs = [_member_head_spec(c) for c in configs]
     models = [create_model(m, workdir=settings.workdir) for m in members]
-    extra = {k: v for k, v in first.extra.items() if k not in ("head_hidden", "training", "instance_weight")}
+    extra = {k: v for k, v in first.extra.items() if k not in ("head_hidden", "training", "instance_weight",
+                                                                "training_objectives")}
     extra.update(heads=specs, members=list(members))
     config = first.model_copy(update={
         "name": name, "embedding_dims": sum(s["dims"] for s in specs), "extra": extra,

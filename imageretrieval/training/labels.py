@@ -1,4 +1,5 @@
-"""ONE articleType label encoding shared by every dataset (the seed's DeepFashion run failed without it)."""
+"""Label encodings shared by every dataset: articleType (the seed's DeepFashion run failed without one
+encoding), baseColour and gender (a shopper's other two questions)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,17 @@ class LabelEncoding:
 
     def __len__(self) -> int:
         return len(self.classes)
+
+
+# Unisex is left out (-1): it agrees with both genders, so it must not be pushed away from either.
+GENDERS = ("Boys", "Girls", "Men", "Women")
+
+
+def gender_encoding() -> LabelEncoding:
+    """The catalog's genders; a DeepFashion photo's MEN/WOMEN folder maps onto Men/Women."""
+    return LabelEncoding(GENDERS)
+
+
+def colour_encoding(catalog_colours: Iterable[str]) -> LabelEncoding:
+    """The catalog's baseColours, sorted (DeepFashion photos have none: they encode to -1)."""
+    return LabelEncoding(tuple(sorted({c for c in catalog_colours if isinstance(c, str) and c and c != "nan"})))

@@ -1,4 +1,4 @@
-"""Proxy-based metric-learning losses: pure functions of (embeddings, labels, proxies) + thin modules.
+"""Metric-learning losses: pure functions of (embeddings, labels, proxies) or of paired views + thin modules.
 
 Proxy-Anchor (Kim et al., CVPR 2020) and normalized softmax (Zhai & Wu, 2019; ArcFace without the
 margin). Written out here (≈20 lines) rather than pulled from a dependency; the tests compare
@@ -29,6 +29,18 @@ def normalized_softmax_loss(emb: torch.Tensor, labels: torch.Tensor, proxies: to
     """Cross-entropy over cosine similarities to class proxies, scaled by 1/temperature."""
     cos = F.normalize(emb.float(), dim=1) @ F.normalize(proxies.float(), dim=1).T
     return F.cross_entropy(cos / temperature, labels)
+
+
+def view_contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Symmetric InfoNCE over paired views: row i of `a` and row i of `b` are one product.
+
+    Each view must find its own pair among the batch's other products (cross-entropy over cosine
+    similarities / temperature, both directions averaged): instance identity under a change of
+    rendering (another scale, crop or JPEG quality), which a class-level loss never asks for.
+    """
+    cos = F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T / temperature
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(cos, target) + F.cross_entropy(cos.T, target))
 
 
 LOSSES = {"proxy-anchor": proxy_anchor_loss, "normalized-softmax": normalized_softmax_loss}

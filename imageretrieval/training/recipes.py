@@ -27,12 +27,12 @@ from ..settings import Settings
 from .bn_adapt import adapt_batchnorm
 from .data import ClassBalancedSampler, ImageTable, image_table_dataset, sample_table, training_table
 from .freeze import default_trainable, freeze_trunk, train_mode
-from .labels import LabelEncoding
-from .losses import ProxyLoss
-from .metrics import ranked_relevance, retrieval_scores
+from .labels import LabelEncoding, colour_encoding, gender_encoding
+from .losses import ProxyLoss, view_contrastive_loss
 from .pack import load_pack
 from .plots import plot_confusion
 from .trainer import Trainer, TrainOptions, seed_everything
+from .validation import val_scores
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class TrainRequest:
     trunk_lr_mult: float = 0.1
     proxy_lr_mult: float = 10.0
     instance_weight: float = 0.0  # cached metric: weight of a proxy loss over DeepFashion item ids
+    colour_weight: float = 0.0  # cached metric: weight of a proxy loss over the catalog's baseColours
+    gender_weight: float = 0.0  # cached metric: weight of a proxy loss over genders (catalog and photos)
+    view_scales: list[float] = field(default_factory=list)  # catalog products re-rendered at these scales
+    view_weight: float = 0.0  # cached metric: weight of the paired-view (instance) loss over those renderings
+    val_score: str = "type"  # type | shopper (validation.py)
     max_images: int | None = None  # bn-adapt: cap on target images
     samples: dict[str, int] = field(default_factory=dict)  # {"deepfashion:train": n}: seeded samples (CPU budget)
     pack: str | None = None  # a training pack folder (pack.py) instead of the dataset roots
@@ -92,41 +97,6 @@ def _finish(settings: Settings, req: TrainRequest, model: FeatureExtractor, info
     return info
 
 
-def val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_queries: int = 1000,
-               seed: int = 0, items: np.ndarray | None = None) -> dict[str, float]:
-    """Catalog val -> catalog val (leave-one-out) and photo val -> catalog val P@15 / mAP; score = their mean.
-
-    With `items` (DeepFashion item ids, "" elsewhere) it also reports `item_r@1`: photo val -> photo
-    val (leave-one-out), relevant = same garment — In-shop retrieval, reported but not in the score.
-    At most `max_queries` seeded queries per direction keep a validation pass to a few seconds.
-    """
-    out: dict[str, float] = {}
-    rng = np.random.default_rng(seed)
-    cat = np.flatnonzero(domain == "fashion")
-    photo = np.flatnonzero(domain == "deepfashion")
-
-    def pick(rows: np.ndarray) -> np.ndarray:
-        return np.sort(rng.choice(len(rows), size=max_queries, replace=False)) if len(rows) > max_queries \
-            else np.arange(len(rows))
-
-    if len(cat) > 1:
-        q = pick(cat)
-        s = retrieval_scores(emb[cat[q]], labels[cat[q]], emb[cat], labels[cat], exclude_rows=q)
-        out.update({"catalog_p@15": s["p@15"], "catalog_map": s["map"]})
-    db = cat if len(cat) else photo
-    if len(photo) and len(db):
-        q = pick(photo)
-        s = retrieval_scores(emb[photo[q]], labels[photo[q]], emb[db], labels[db],
-                             exclude_rows=None if len(cat) else q)
-        out.update({"photo_p@15": s["p@15"], "photo_map": s["map"]})
-    if items is not None and len(photo) > 1:
-        q = pick(photo)
-        rel = ranked_relevance(emb[photo[q]], items[photo[q]], emb[photo], items[photo], exclude_rows=q)
-        out["item_r@1"] = float(rel[:, 0].mean())
-    out["score"] = float(np.mean([v for k, v in out.items() if k.endswith("p@15")]))
-    return out
-
-
 # ----- metric learning on cached trunk features (the CPU default) ----------------------------------
 def cached_trunk_features(settings: Settings, base: str, table: pd.DataFrame, selection: str,
                           samples: dict[str, int] | None = None,
@@ -158,20 +128,49 @@ def cached_trunk_features(settings: Settings, base: str, table: pd.DataFrame, se
     return pd.concat(parts, ignore_index=True), np.concatenate(feats).astype(np.float32)
 
 
+def cached_view_features(settings: Settings, base: str, table: pd.DataFrame, selection: str, scale: float,
+                         progress: bool = True) -> np.ndarray:
+    """Pooled base features of the table's catalog products re-rendered at `scale`, row by row (NaN for photos).
+
+    The rendering is the evaluation's `--query-scale` query set (the engine's query path after a
+    rescale), so a model trained to pair the two renderings is measured on the same transformation.
+    """
+    res = catalog_resolution(load_catalog(settings.dataset_root))
+    fs, _ = get_features(settings, base, "fashion", "all", selection, query_resolution=res, progress=progress,
+                         query_scale=scale)
+    pos = {str(k): i for i, k in enumerate(fs.ids)}
+    out = np.full((len(table), fs.features.shape[1]), np.nan, np.float32)
+    rows = np.flatnonzero((table["domain"] == "fashion").to_numpy() & table["key"].isin(pos).to_numpy())
+    out[rows] = fs.features[[pos[k] for k in table["key"].to_numpy()[rows]]]
+    return out
+
+
+def _codes(values: np.ndarray, encoding: LabelEncoding) -> torch.Tensor:
+    return torch.from_numpy(encoding.encode(values))
+
+
 def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
     """Frozen trunk: train head + proxies on cached pooled features (minutes on CPU).
 
-    `instance_weight` > 0 adds a second proxy loss over DeepFashion item ids (one proxy per garment),
-    so that photos of one garment stay closer to each other than to other garments of their type:
-    the articleType loss alone makes every garment of a type alike (In-shop retrieval suffers).
+    Besides the articleType proxy loss, each objective with a weight > 0 adds its own term:
+    `instance_weight` a proxy loss over DeepFashion item ids (one proxy per garment: photos of one
+    garment closer to each other than to other garments of their type), `colour_weight` and
+    `gender_weight` proxy losses over baseColour and gender (rows without one are left out), and
+    `view_weight` a paired-view loss between a catalog product and its rendering at one of
+    `view_scales` (the very product found again at another resolution). The articleType loss alone
+    makes every product of a type alike: colour, gender and the product itself are lost.
     """
     t0 = time.perf_counter()
     seed_everything(req.options.seed)
+    if req.view_weight > 0 and not req.view_scales:
+        raise ValueError("--view-weight needs at least one --view-scale (e.g. 0.5)")
     encoding, table = training_table(settings, req.dataset, req.selection)
     base_cfg, base = _base_model(settings, req)
     table, x = cached_trunk_features(settings, req.base, table, req.selection, req.samples, progress)
     ok = ~np.isnan(x).any(1)
     table, x = table[ok].reset_index(drop=True), torch.from_numpy(x[ok])
+    views = [torch.from_numpy(cached_view_features(settings, req.base, table, req.selection, scale, progress))
+             for scale in (req.view_scales if req.view_weight > 0 or req.val_score == "shopper" else [])]
     cfg = _new_config(base_cfg, req, embedding_dims=req.dims, l2_normalize_output=True, pooling=base_cfg.pooling)
     cfg.extra.update({REUSE_KEY: req.base, DIGEST_KEY: trunk_digest(base), "head_hidden": req.head_hidden,
                       "classes": list(encoding.classes)})
@@ -184,20 +183,36 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     val = np.flatnonzero(table["split"].to_numpy() == "val")
     domains = table["domain"].to_numpy()
     items = table["item"].to_numpy().astype(str)
+    colours, genders = table["colour"].to_numpy().astype(str), table["gender"].to_numpy().astype(str)
     item_codes = np.full(len(table), -1, np.int64)
     train_items = train[items[train] != ""]
     item_codes[train_items] = pd.factorize(items[train_items])[0]
     item_codes = torch.from_numpy(item_codes)
-    item_loss = None
+    colour_codes, gender_codes = _codes(colours, colour_encoding(colours)), _codes(genders, gender_encoding())
+    extra_losses: dict[str, tuple[ProxyLoss, torch.Tensor, float]] = {}  # name -> (loss, codes, weight)
     if req.instance_weight > 0:
         if len(train_items) == 0:
             raise ValueError("--instance-weight needs DeepFashion photos in the training data (--dataset "
                              "deepfashion or both)")
-        item_loss = ProxyLoss(req.loss, int(item_codes.max()) + 1, req.dims)
-        state["item_loss"] = item_loss
+        extra_losses["item_loss"] = (ProxyLoss(req.loss, int(item_codes.max()) + 1, req.dims), item_codes,
+                                     req.instance_weight)
         cfg.extra["instance_weight"] = req.instance_weight
+    for name, codes, weight in (("colour_loss", colour_codes, req.colour_weight),
+                                ("gender_loss", gender_codes, req.gender_weight)):
+        if weight > 0:
+            if not (codes[train] >= 0).any():
+                raise ValueError(f"--{name.split('_')[0]}-weight: no training row has that attribute")
+            extra_losses[name] = (ProxyLoss(req.loss, int(codes.max()) + 1, req.dims), codes, weight)
+    for name, (loss, _, _) in extra_losses.items():
+        state[name] = loss
+    objectives = {"articleType": 1.0, **{n.removesuffix("_loss"): w for n, (_, _, w) in extra_losses.items()}}
+    if req.view_weight > 0:
+        objectives["views"] = req.view_weight
+    cfg.extra["training_objectives"] = {**objectives, **({"view_scales": req.view_scales} if views else {})}
+    cfg.extra["training"]["val_score"] = req.val_score
     sampler = ClassBalancedSampler(labels[train].numpy(), req.m_per_class, req.batch_size, req.options.seed,
                                    domains=pd.factorize(domains[train])[0])
+    view_rng = np.random.default_rng(req.options.seed)
 
     def batches(epoch: int):
         sampler.set_epoch(epoch)
@@ -207,25 +222,38 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
         emb = model.embed_pooled(x[idx])
         y = labels[idx]
         loss = loss_fn(emb, y)
-        if item_loss is not None:
-            own = item_codes[idx] >= 0
+        for extra_loss, codes, weight in extra_losses.values():
+            own = codes[idx] >= 0
             if own.any():
-                loss = loss + req.instance_weight * item_loss(emb[own], item_codes[idx][own])
+                loss = loss + weight * extra_loss(emb[own], codes[idx][own])
+        if req.view_weight > 0:
+            other = views[int(view_rng.integers(len(views)))][idx]  # one rendering per batch
+            has = ~torch.isnan(other).any(1)
+            if int(has.sum()) > 1:
+                loss = loss + req.view_weight * view_contrastive_loss(emb[has], model.embed_pooled(other[has]))
         return loss, int((loss_fn.predict(emb) == y).sum()), len(idx)
 
     @torch.no_grad()
     def validate() -> dict:
         model.eval()
         emb = model.embed_pooled(x[val])
-        out = val_scores(emb.numpy(), labels[val].numpy(), domains[val], items=items[val])
+        view_emb = None
+        if views:
+            other = views[0][val]
+            view_emb = np.full((len(val), req.dims), np.nan, np.float32)
+            has = ~torch.isnan(other).any(1)
+            if has.any():
+                view_emb[has.numpy()] = model.embed_pooled(other[has]).numpy()
+        out = val_scores(emb.numpy(), labels[val].numpy(), domains[val], items=items[val],
+                         colours=colours[val], genders=genders[val], views=view_emb, score=req.val_score)
         out["acc"] = float((loss_fn.predict(emb) == labels[val]).float().mean())
         return out
 
     opts = req.options
     groups = [{"params": list(model.head.parameters()), "lr": opts.lr},
               {"params": [loss_fn.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0}]
-    if item_loss is not None:
-        groups.append({"params": [item_loss.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0})
+    groups += [{"params": [extra_loss.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0}
+               for extra_loss, _, _ in extra_losses.values()]
     out_dir = run_dir(settings, req.name)
     trainer = Trainer(state, groups, opts, out_dir, step, validate, lambda: state.train(),
                       len(sampler), torch.device("cpu"), "fp32")
@@ -238,8 +266,9 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
         pred = loss_fn.predict(model.embed_pooled(x[val])).numpy()
     plot_confusion(labels[val].numpy(), pred, list(encoding.classes), out_dir / "confusion.png",
                    f"{req.name}: val, nearest proxy")
-    info = {"recipe": "metric", "mode": "cached-trunk-features", **summary, "final_val": final,
-            "n_train": len(train), "n_val": len(val), "classes": list(encoding.classes)}
+    info = {"recipe": "metric", "mode": "cached-trunk-features", "objectives": objectives,
+            "val_score": req.val_score, **summary, "final_val": final, "n_train": len(train), "n_val": len(val),
+            "classes": list(encoding.classes)}
     return _finish(settings, req, model, info, t0)
 
 
@@ -463,9 +492,12 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
             return train_metric_cached(settings, req, progress)
     if req.pack and req.recipe == "bn-adapt":
         raise ValueError("bn-adapt reads the dataset roots; --pack applies to the classifier and metric recipes")
-    if req.instance_weight:
-        raise ValueError("--instance-weight applies to the metric recipe on cached features (frozen trunk, "
-                         "avg pooling, the base's input size)")
+    cached_only = {"--instance-weight": req.instance_weight, "--colour-weight": req.colour_weight,
+                   "--gender-weight": req.gender_weight, "--view-weight": req.view_weight,
+                   "--val-score shopper": req.val_score != "type"}
+    if any(cached_only.values()):
+        raise ValueError(f"{', '.join(k for k, v in cached_only.items() if v)} applies to the metric recipe on "
+                         "cached features (frozen trunk, avg pooling, the base's input size)")
     return train_on_images(settings, req, progress)
 
 

@@ -1,0 +1,96 @@
+"""Shopper objectives: colour and gender labels, the paired-view loss, the shopper validation score."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from imageretrieval.models import get_model_config
+from imageretrieval.training.data import training_table
+from imageretrieval.training.labels import GENDERS, colour_encoding, gender_encoding
+from imageretrieval.training.losses import view_contrastive_loss
+from imageretrieval.training.recipes import train
+from imageretrieval.training.validation import SHOPPER_TERMS, top_k_rows, val_scores
+
+from .test_training import _log, tiny_request, train_settings  # noqa: F401  (the module's fixture)
+
+
+def test_view_loss_on_a_hand_computed_case():
+    a = torch.eye(2)
+    # cos = I; each row's cross-entropy = -log(e / (e + 1)) = log(1 + 1/e), in both directions
+    assert view_contrastive_loss(a, a, temperature=1.0).item() == pytest.approx(math.log1p(math.exp(-1)), abs=1e-6)
+    swapped = view_contrastive_loss(a, a.flip(0), temperature=1.0).item()
+    assert swapped == pytest.approx(math.log1p(math.exp(1)), abs=1e-6)  # each view nearer another product
+
+
+def test_gender_and_colour_labels_are_shared_across_datasets(train_settings):  # noqa: F811
+    _, both = training_table(train_settings, "both", "all")
+    genders = gender_encoding()
+    codes = genders.encode(both["gender"])
+    photos, catalog = both["domain"] == "deepfashion", both["domain"] == "fashion"
+    # a photo in a MEN folder and a catalog product of gender Men carry one code
+    assert set(both.loc[photos, "gender"]) <= {"Men", "Women"}
+    men = genders.classes.index("Men")
+    assert set(codes[photos & (both["gender"] == "Men")]) == {men} == set(codes[catalog & (both["gender"] == "Men")])
+    assert genders.encode(["Unisex"]).tolist() == [-1] and GENDERS == genders.classes
+    colours = colour_encoding(both["colour"])
+    assert (colours.encode(both.loc[photos, "colour"]) == -1).all()  # photos have no colour label
+    assert (colours.encode(both.loc[catalog, "colour"]) >= 0).all()
+
+
+def test_top_k_rows_and_val_scores_on_a_hand_example():
+    emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    assert top_k_rows(emb[:1], emb, 3).tolist() == [[0, 1, 3]]
+    assert top_k_rows(emb[:1], emb, 3, exclude_rows=np.array([0])).tolist() == [[1, 3, 2]]
+    labels = np.array([0, 0, 1, 1])
+    domain = np.array(["fashion"] * 4)
+    colours = np.array(["Red", "Blue", "Red", "Red"])
+    genders = np.array(["Men", "Men", "Women", "Unisex"])
+    views = np.array([[1, 0.05], [0, 1], [0.05, 1], [np.nan, np.nan]], np.float32)  # row 1's view looks like 2
+    out = val_scores(emb, labels, domain, colours=colours, genders=genders, views=views, score="shopper")
+    # leave-one-out top 3: row0 -> 1,3,2; row1 -> 0,3,2; row2 -> 3,1,0; row3 -> 2,1,0
+    assert out["catalog_p@15"] == pytest.approx(np.mean([1 / 3] * 4))
+    assert out["catalog_colour@15"] == pytest.approx(np.mean([2 / 3, 0, 2 / 3, 2 / 3]))
+    # a Unisex result (row 3) agrees with every query; a Unisex query agrees only with Unisex results
+    assert out["catalog_gender@15"] == pytest.approx(np.mean([2 / 3, 2 / 3, 1 / 3, 0]))
+    assert out["exact_r@1"] == pytest.approx(2 / 3)  # rows 0 and 2 find themselves; row 1 finds row 3
+    terms = [out[k] for k in SHOPPER_TERMS if k in out]
+    assert out["score"] == pytest.approx(np.mean(terms)) and len(terms) == 4
+    assert val_scores(emb, labels, domain)["score"] == pytest.approx(out["catalog_p@15"])
+    with pytest.raises(ValueError, match="unknown validation score"):
+        val_scores(emb, labels, domain, score="colour")
+
+
+def test_every_shopper_objective_trains_and_is_validated(train_settings):  # noqa: F811
+    s = train_settings
+    kw = dict(dataset="both", trainable=[], dims=16, epochs=3, lr=1e-2, batch_size=32)
+    train(s, tiny_request("plain-t", **kw), progress=False)
+    info = train(s, tiny_request("shopper", colour_weight=1.0, gender_weight=1.0, instance_weight=0.5,
+                                 view_scales=[0.5], view_weight=1.0, val_score="shopper", **kw), progress=False)
+    plain, rows = _log(s, "plain-t"), _log(s, "shopper")
+    # same seed and batches: each extra objective adds a positive term, and the sum falls while training
+    assert float(rows[0]["train_loss"]) > float(plain[0]["train_loss"]) + 0.5
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    final = info["final_val"]
+    for key in ("catalog_colour@15", "catalog_gender@15", "photo_gender@15", "exact_r@1", "item_r@1"):
+        assert 0.0 <= final[key] <= 1.0, key
+    assert final["score"] == pytest.approx(np.mean([final[k] for k in SHOPPER_TERMS if k in final]))
+    assert info["objectives"] == {"articleType": 1.0, "item": 0.5, "colour": 1.0, "gender": 1.0, "views": 1.0}
+    cfg = get_model_config("shopper", s.workdir)
+    assert cfg.extra["training_objectives"]["view_scales"] == [0.5]
+    assert cfg.extra["training"]["val_score"] == "shopper"
+    with pytest.raises(ValueError, match="--view-scale"):
+        train(s, tiny_request("bad-views", view_weight=1.0, **kw), progress=False)
+    with pytest.raises(ValueError, match="--colour-weight"):
+        train(s, tiny_request("bad-image", "classifier", colour_weight=1.0, dataset="both"), progress=False)
+
+
+def test_paired_views_teach_a_rescaled_product_to_find_itself(train_settings):  # noqa: F811
+    """A product re-rendered at a quarter scale retrieves that very product more often after the view loss."""
+    s = train_settings
+    kw = dict(dataset="fashion", trainable=[], dims=16, epochs=8, lr=1e-2, batch_size=32, view_scales=[0.25],
+              val_score="shopper")
+    without = train(s, tiny_request("views-off", **kw), progress=False)["final_val"]["exact_r@1"]
+    with_views = train(s, tiny_request("views-on", view_weight=2.0, **kw), progress=False)["final_val"]["exact_r@1"]
+    assert with_views > without
