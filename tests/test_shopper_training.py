@@ -7,13 +7,15 @@ import pytest
 import torch
 
 from imageretrieval.models import get_model_config
+from imageretrieval.synthetic import make_synthetic_catalog
 from imageretrieval.training.data import training_table
 from imageretrieval.training.labels import GENDERS, colour_encoding, gender_encoding
 from imageretrieval.training.losses import view_contrastive_loss
 from imageretrieval.training.recipes import train
 from imageretrieval.training.validation import SHOPPER_TERMS, top_k_rows, val_scores
 
-from .test_training import _log, tiny_request, train_settings  # noqa: F401  (the module's fixture)
+from .conftest import TINY, make_settings, make_tiny_model
+from .test_training import _log, make_synthetic_deepfashion, tiny_request, train_settings  # noqa: F401
 
 
 def test_view_loss_on_a_hand_computed_case():
@@ -94,3 +96,50 @@ def test_paired_views_teach_a_rescaled_product_to_find_itself(train_settings):  
     without = train(s, tiny_request("views-off", **kw), progress=False)["final_val"]["exact_r@1"]
     with_views = train(s, tiny_request("views-on", view_weight=2.0, **kw), progress=False)["final_val"]["exact_r@1"]
     assert with_views > without
+
+
+@pytest.fixture(scope="module")
+def larger_settings(tmp_path_factory):
+    """A catalog whose val split holds more than 15 products per query (P@15 depends on the ranking)."""
+    workdir = tmp_path_factory.mktemp("suffixwd")
+    make_tiny_model(workdir, TINY, seed=0)
+    return make_settings(make_synthetic_catalog(tmp_path_factory.mktemp("catalog40"), per_class=40), workdir,
+                         deepfashion_root=make_synthetic_deepfashion(tmp_path_factory.mktemp("df40")))
+
+
+def test_suffix_recipe_trains_the_last_blocks_on_cached_maps(larger_settings):
+    from imageretrieval.images import open_image
+    from imageretrieval.models import create_model
+    from imageretrieval.preprocess import preprocess_for
+    from imageretrieval.training.suffix import prefix, trainable_suffix
+
+    s = larger_settings
+    kw = dict(dataset="both", dims=16, lr=1e-2, batch_size=32)
+    train(s, tiny_request("suffix-src", trainable=[], epochs=2, **kw), progress=False)
+    info = train(s, tiny_request("suffix-ft", "suffix", init_from="suffix-src", epochs=3, colour_weight=0.5,
+                                 gender_weight=0.5, view_scales=[0.5], view_weight=1.0, **kw), progress=False)
+    assert info["mode"] == "cached-prefix-maps" and info["proxies"] == ["loss"]  # the source's articleType proxies
+    assert info["best_val_score"] > info["start_val"]["score"]
+    rows = _log(s, "suffix-ft")
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    maps = sorted(p.name for p in (s.workdir / "features" / "tiny" / "maps-b3").glob("*.npy"))
+    assert any("-flip" in m for m in maps) and any("-x0.5" in m for m in maps) and any("deepfashion" in m for m in maps)
+    base, tuned = create_model("tiny", workdir=s.workdir), create_model("suffix-ft", workdir=s.workdir)
+    for i, (b, t) in enumerate(zip(base.trunk.blocks, tuned.trunk.blocks, strict=True)):
+        same = all(torch.equal(p, q) for p, q in zip(b.parameters(), t.parameters(), strict=True))
+        assert same == (i < 3), f"block {i}"  # the frozen blocks are the base's; the last two trained
+    cfg = get_model_config("suffix-ft", s.workdir)
+    assert cfg.extra["training"]["recipe"] == "suffix" and "reuses_trunk_of" not in cfg.extra
+    # the saved model on an image equals the cached-maps path it was trained on (fp16 maps)
+    image = open_image(next((s.dataset_root / "images").glob("*.jpg")))
+    x = torch.from_numpy(preprocess_for(cfg)(image)).float().div(255)[None]
+    with torch.no_grad():
+        full = tuned(x)
+        maps = prefix(tuned.trunk, (x - tuned.mean) / tuned.std).half().float()
+        via_maps = tuned.embed_pooled(tuned.pool(trainable_suffix(tuned.trunk)(maps)))
+    assert torch.nn.functional.cosine_similarity(full, via_maps).item() > 0.999
+    with pytest.raises(ValueError, match="--init-from"):
+        train(s, tiny_request("suffix-bad", "suffix", epochs=1, **kw), progress=False)
+    with pytest.raises(ValueError, match="--input-size"):
+        train(s, tiny_request("suffix-bad", "suffix", init_from="suffix-src", input_size=32, epochs=1, **kw),
+              progress=False)

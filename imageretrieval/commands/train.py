@@ -12,7 +12,7 @@ from ..training.validation import VAL_SCORES
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a custom model (classifier | metric | bn-adapt) into the zoo",
+    p = sub.add_parser("train", help="train a custom model (classifier | metric | suffix | bn-adapt) into the zoo",
                        description="Train a model from --base and save it as --name under <WORKDIR>/models/. "
                                    "Run folder: <WORKDIR>/training/<name>/ (log.csv, curves.png, confusion.png, "
                                    "checkpoints). See docs/training.md.")
@@ -64,8 +64,13 @@ def register(sub) -> None:
                    help="train on a training pack (`imageretrieval pack`) instead of the dataset roots, e.g. on "
                         "a GPU machine that does not hold the datasets; --dataset/--selection come from the pack")
     p.add_argument("--init-from", metavar="MODEL",
-                   help="end-to-end metric: start the head and class proxies from this trained model (e.g. a head "
-                        "trained on cached features), then fine-tune the trunk as well (linear-probe-then-finetune)")
+                   help="end-to-end metric or suffix: start the head and class proxies from this trained model (a "
+                        "head trained on cached features), then fine-tune the trunk as well (linear probe, then "
+                        "fine-tune); suffix requires it")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="suffix: no mirrored copy of the train maps (half their extraction; no flip augmentation)")
+    p.add_argument("--trunk-lr-mult", type=float, default=None,
+                   help="learning rate of trained trunk stages relative to --lr (default 0.1; suffix 0.33)")
     p.add_argument("--freeze-bn-stats", action="store_true",
                    help="images: keep every batch-norm layer's running statistics (the pretrained ones) while the "
                         "trunk trains; small or domain-mixed batches otherwise re-estimate them")
@@ -94,15 +99,16 @@ def parse_samples(items: list[str]) -> dict[str, int]:
 
 def request_from_args(args) -> TrainRequest:
     cached_default = args.recipe == "metric"
+    suffix = args.recipe == "suffix"
     trainable = None if args.trainable is None else [t for t in args.trainable if t != "none"]
     opts = TrainOptions(
-        epochs=args.epochs or (30 if cached_default else 10),
-        lr=args.lr or (1e-2 if args.optimizer == "sgd" else 1e-3),
+        epochs=args.epochs or (30 if cached_default else 8 if suffix else 10),
+        lr=args.lr or (1e-2 if args.optimizer == "sgd" else 3e-4 if suffix else 1e-3),
         weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
         patience=args.patience, seed=args.seed,
         time_budget=args.time_budget * 60 if args.time_budget else None,
     )
-    m = args.m_per_class if args.m_per_class is not None else (4 if args.recipe == "metric" else 0)
+    m = args.m_per_class if args.m_per_class is not None else (4 if args.recipe in ("metric", "suffix") else 0)
     return TrainRequest(
         base=args.base, name=args.name, recipe=args.recipe, dataset=args.dataset, selection=args.selection,
         trainable=trainable, input_size=args.input_size, pooling=args.pooling, dims=args.dims,
@@ -112,6 +118,7 @@ def request_from_args(args) -> TrainRequest:
         view_scales=args.view_scales, view_weight=args.view_weight, val_score=args.val_score,
         max_images=args.max_images, samples=parse_samples(args.sample),
         pack=args.pack, init_from=args.init_from, freeze_bn_stats=args.freeze_bn_stats, resume=args.resume,
+        flip=args.flip, trunk_lr_mult=args.trunk_lr_mult or (1 / 3 if suffix else 0.1),
         options=opts,
     )
 

@@ -27,8 +27,9 @@ from ..settings import Settings
 from .bn_adapt import adapt_batchnorm
 from .data import ClassBalancedSampler, ImageTable, image_table_dataset, sample_table, training_table
 from .freeze import default_trainable, freeze_trunk, train_mode
-from .labels import LabelEncoding, colour_encoding, gender_encoding
-from .losses import ProxyLoss, view_contrastive_loss
+from .labels import LabelEncoding
+from .losses import ProxyLoss
+from .objectives import Objectives, ObjectiveWeights
 from .pack import load_pack
 from .plots import plot_confusion
 from .trainer import Trainer, TrainOptions, seed_everything
@@ -36,7 +37,7 @@ from .validation import val_scores
 
 log = logging.getLogger(__name__)
 
-RECIPES = ("classifier", "metric", "bn-adapt")
+RECIPES = ("classifier", "metric", "suffix", "bn-adapt")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainRequest:
     pack: str | None = None  # a training pack folder (pack.py) instead of the dataset roots
     init_from: str | None = None  # end-to-end metric: start the head and class proxies from this trained model
     freeze_bn_stats: bool = False  # end to end: keep every batch-norm layer's running statistics
+    flip: bool = True  # suffix: a mirrored copy of the train maps (the recipe's one augmentation)
     resume: bool = False
     options: TrainOptions = field(default_factory=TrainOptions)
 
@@ -145,25 +147,26 @@ def cached_view_features(settings: Settings, base: str, table: pd.DataFrame, sel
     return out
 
 
-def _codes(values: np.ndarray, encoding: LabelEncoding) -> torch.Tensor:
-    return torch.from_numpy(encoding.encode(values))
+def objective_weights(req: TrainRequest) -> ObjectiveWeights:
+    return ObjectiveWeights(instance=req.instance_weight, colour=req.colour_weight, gender=req.gender_weight,
+                            views=req.view_weight, view_scales=list(req.view_scales))
+
+
+def objective_state(objectives: Objectives) -> dict[str, nn.Module]:
+    """The loss modules under their checkpoint names (`loss` = the articleType proxies, `<name>_loss`)."""
+    return {"loss": objectives.type_loss, **{f"{n}_loss": m for n, m in objectives.extra.items()}}
 
 
 def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
     """Frozen trunk: train head + proxies on cached pooled features (minutes on CPU).
 
-    Besides the articleType proxy loss, each objective with a weight > 0 adds its own term:
-    `instance_weight` a proxy loss over DeepFashion item ids (one proxy per garment: photos of one
-    garment closer to each other than to other garments of their type), `colour_weight` and
-    `gender_weight` proxy losses over baseColour and gender (rows without one are left out), and
-    `view_weight` a paired-view loss between a catalog product and its rendering at one of
-    `view_scales` (the very product found again at another resolution). The articleType loss alone
-    makes every product of a type alike: colour, gender and the product itself are lost.
+    The loss is the articleType proxy loss plus each shopper objective with a weight > 0
+    (objectives.py); the view objective pairs a product with its cached rendering at a `view_scales`.
     """
     t0 = time.perf_counter()
     seed_everything(req.options.seed)
-    if req.view_weight > 0 and not req.view_scales:
-        raise ValueError("--view-weight needs at least one --view-scale (e.g. 0.5)")
+    weights = objective_weights(req)
+    weights.check()
     encoding, table = training_table(settings, req.dataset, req.selection)
     base_cfg, base = _base_model(settings, req)
     table, x = cached_trunk_features(settings, req.base, table, req.selection, req.samples, progress)
@@ -176,39 +179,15 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
                       "classes": list(encoding.classes)})
     torch.manual_seed(req.options.seed)
     model = FeatureExtractor(cfg, base.trunk).eval()
-    loss_fn = ProxyLoss(req.loss, len(encoding), req.dims)
-    state = nn.ModuleDict({"head": model.head, "loss": loss_fn})
     labels = torch.from_numpy(table["label"].to_numpy().copy())
     train = np.flatnonzero(table["split"].to_numpy() == "train")
     val = np.flatnonzero(table["split"].to_numpy() == "val")
     domains = table["domain"].to_numpy()
-    items = table["item"].to_numpy().astype(str)
-    colours, genders = table["colour"].to_numpy().astype(str), table["gender"].to_numpy().astype(str)
-    item_codes = np.full(len(table), -1, np.int64)
-    train_items = train[items[train] != ""]
-    item_codes[train_items] = pd.factorize(items[train_items])[0]
-    item_codes = torch.from_numpy(item_codes)
-    colour_codes, gender_codes = _codes(colours, colour_encoding(colours)), _codes(genders, gender_encoding())
-    extra_losses: dict[str, tuple[ProxyLoss, torch.Tensor, float]] = {}  # name -> (loss, codes, weight)
+    objectives = Objectives(req.loss, len(encoding), req.dims, table, train, weights)
+    state = nn.ModuleDict({"head": model.head, **objective_state(objectives)})
     if req.instance_weight > 0:
-        if len(train_items) == 0:
-            raise ValueError("--instance-weight needs DeepFashion photos in the training data (--dataset "
-                             "deepfashion or both)")
-        extra_losses["item_loss"] = (ProxyLoss(req.loss, int(item_codes.max()) + 1, req.dims), item_codes,
-                                     req.instance_weight)
         cfg.extra["instance_weight"] = req.instance_weight
-    for name, codes, weight in (("colour_loss", colour_codes, req.colour_weight),
-                                ("gender_loss", gender_codes, req.gender_weight)):
-        if weight > 0:
-            if not (codes[train] >= 0).any():
-                raise ValueError(f"--{name.split('_')[0]}-weight: no training row has that attribute")
-            extra_losses[name] = (ProxyLoss(req.loss, int(codes.max()) + 1, req.dims), codes, weight)
-    for name, (loss, _, _) in extra_losses.items():
-        state[name] = loss
-    objectives = {"articleType": 1.0, **{n.removesuffix("_loss"): w for n, (_, _, w) in extra_losses.items()}}
-    if req.view_weight > 0:
-        objectives["views"] = req.view_weight
-    cfg.extra["training_objectives"] = {**objectives, **({"view_scales": req.view_scales} if views else {})}
+    cfg.extra["training_objectives"] = {**objectives.summary, **({"view_scales": req.view_scales} if views else {})}
     cfg.extra["training"]["val_score"] = req.val_score
     sampler = ClassBalancedSampler(labels[train].numpy(), req.m_per_class, req.batch_size, req.options.seed,
                                    domains=pd.factorize(domains[train])[0])
@@ -221,17 +200,13 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     def step(idx):
         emb = model.embed_pooled(x[idx])
         y = labels[idx]
-        loss = loss_fn(emb, y)
-        for extra_loss, codes, weight in extra_losses.values():
-            own = codes[idx] >= 0
-            if own.any():
-                loss = loss + weight * extra_loss(emb[own], codes[idx][own])
+        view_emb = has = None
         if req.view_weight > 0:
             other = views[int(view_rng.integers(len(views)))][idx]  # one rendering per batch
             has = ~torch.isnan(other).any(1)
-            if int(has.sum()) > 1:
-                loss = loss + req.view_weight * view_contrastive_loss(emb[has], model.embed_pooled(other[has]))
-        return loss, int((loss_fn.predict(emb) == y).sum()), len(idx)
+            view_emb = model.embed_pooled(other[has])
+        loss = objectives(emb, idx, y, view_emb, has)
+        return loss, int((objectives.predict(emb) == y).sum()), len(idx)
 
     @torch.no_grad()
     def validate() -> dict:
@@ -244,16 +219,14 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
             has = ~torch.isnan(other).any(1)
             if has.any():
                 view_emb[has.numpy()] = model.embed_pooled(other[has]).numpy()
-        out = val_scores(emb.numpy(), labels[val].numpy(), domains[val], items=items[val],
-                         colours=colours[val], genders=genders[val], views=view_emb, score=req.val_score)
-        out["acc"] = float((loss_fn.predict(emb) == labels[val]).float().mean())
+        out = val_scores(emb.numpy(), labels[val].numpy(), domains[val], **_val_attributes(table, val),
+                         views=view_emb, score=req.val_score)
+        out["acc"] = float((objectives.predict(emb) == labels[val]).float().mean())
         return out
 
     opts = req.options
     groups = [{"params": list(model.head.parameters()), "lr": opts.lr},
-              {"params": [loss_fn.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0}]
-    groups += [{"params": [extra_loss.proxies], "lr": opts.lr * req.proxy_lr_mult, "weight_decay": 0.0}
-               for extra_loss, _, _ in extra_losses.values()]
+              *objectives.param_groups(opts.lr * req.proxy_lr_mult)]
     out_dir = run_dir(settings, req.name)
     trainer = Trainer(state, groups, opts, out_dir, step, validate, lambda: state.train(),
                       len(sampler), torch.device("cpu"), "fp32")
@@ -263,13 +236,19 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     trainer.load_best()
     final = validate()
     with torch.no_grad():
-        pred = loss_fn.predict(model.embed_pooled(x[val])).numpy()
+        pred = objectives.predict(model.embed_pooled(x[val])).numpy()
     plot_confusion(labels[val].numpy(), pred, list(encoding.classes), out_dir / "confusion.png",
                    f"{req.name}: val, nearest proxy")
-    info = {"recipe": "metric", "mode": "cached-trunk-features", "objectives": objectives,
+    info = {"recipe": "metric", "mode": "cached-trunk-features", "objectives": objectives.summary,
             "val_score": req.val_score, **summary, "final_val": final, "n_train": len(train), "n_val": len(val),
             "classes": list(encoding.classes)}
     return _finish(settings, req, model, info, t0)
+
+
+def _val_attributes(table: pd.DataFrame, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The validation rows' item ids, colours and genders (validation.val_scores' keyword arguments)."""
+    return {key: table[column].to_numpy().astype(str)[rows]
+            for key, column in (("items", "item"), ("colours", "colour"), ("genders", "gender"))}
 
 
 # ----- image-based recipes (classifier, end-to-end metric): GPU-sized, tested on tiny models --------------
@@ -485,6 +464,13 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
         req.trainable = []  # on any device
     if req.recipe == "bn-adapt":
         return bn_adapt(settings, req, progress)
+    if req.recipe == "suffix":
+        if req.pack or req.trainable is not None or req.input_size or req.pooling:
+            raise ValueError("--recipe suffix trains blocks 5-6 and the head convolution of --init-from on cached "
+                             "maps at its own input size: no --pack, --trainable, --input-size or --pooling")
+        from .suffix import train_suffix
+
+        return train_suffix(settings, req, progress)
     if req.recipe == "metric" and not req.pack:
         if req.trainable is None and resolve_device(settings.device).type == "cpu":
             req.trainable = []  # CPU default: frozen trunk, head on cached features
@@ -497,7 +483,7 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
                    "--val-score shopper": req.val_score != "type"}
     if any(cached_only.values()):
         raise ValueError(f"{', '.join(k for k, v in cached_only.items() if v)} applies to the metric recipe on "
-                         "cached features (frozen trunk, avg pooling, the base's input size)")
+                         "cached features (frozen trunk, avg pooling, the base's input size) and to --recipe suffix")
     return train_on_images(settings, req, progress)
 
 
