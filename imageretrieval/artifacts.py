@@ -67,6 +67,22 @@ def chosen_pca_components(settings: Settings, model_name: str, dims: int) -> int
     return None if n == 0 else min(n, dims)
 
 
+def tuned_rerank_path(workdir: Path, model_name: str) -> Path:
+    """Where `finetune-rerank` saves the chosen category vote for a model."""
+    return Path(workdir) / "tuning" / model_name / "rerank.json"
+
+
+def chosen_vote(workdir: Path, model_name: str) -> tuple[int, float]:
+    """(vote k, alpha) of the category-first re-ranking: the tuned vote, else the library's default."""
+    from .rerank import DEFAULT_VOTE_ALPHA, DEFAULT_VOTE_K
+
+    path = tuned_rerank_path(workdir, model_name)
+    if path.is_file():
+        tuned = load_json(path)
+        return int(tuned["vote_k"]), float(tuned["vote_alpha"])
+    return DEFAULT_VOTE_K, DEFAULT_VOTE_ALPHA
+
+
 def catalog_resolution(catalog: Catalog, sample: int = 400, seed: int = 0) -> tuple[int, int]:
     """Median (width, height) of the catalog images: its effective resolution for queries."""
     from PIL import Image

@@ -14,8 +14,8 @@ import sys
 from .settings import Settings
 
 COMMAND_MODULES = [
-    "prepare", "models", "extract", "index", "search", "serve", "evaluate", "finetune_pca", "train", "pack",
-    "ensemble", "compose", "fuse", "download_catalog", "bench", "make_synthetic",
+    "prepare", "models", "extract", "index", "search", "serve", "evaluate", "finetune_pca", "finetune_rerank",
+    "train", "pack", "ensemble", "compose", "fuse", "download_catalog", "bench", "make_synthetic",
 ]
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",

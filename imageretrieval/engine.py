@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .artifacts import ModelArtifacts
+from .artifacts import ModelArtifacts, chosen_vote
 from .catalog import ATTRIBUTE_COLUMNS, load_catalog
 from .images import open_image
 from .index import load_index
@@ -131,6 +131,7 @@ class RetrievalEngine:
         self.row_of = {int(pid): row for row, pid in enumerate(self.ids)}
         self.product_rows = product_rows(self.metadata)
         self.category_codes, _ = encode_categories(self.metadata["articleType"].tolist())  # for rerank=category
+        self.vote_k, self.vote_alpha = chosen_vote(settings.workdir, model_name)  # `finetune-rerank`
         self._lock = threading.Lock()
 
     # ----- encoding -------------------------------------------------------------------------
@@ -218,7 +219,7 @@ class RetrievalEngine:
                 order = category_first(np.arange(len(rows))[None], self.category_codes[rows], predicted, None)[0]
             else:
                 order, _ = rerank_by_category(np.arange(len(rows))[None], scores[None], self.category_codes[rows],
-                                              pool=None)
+                                              self.vote_k, self.vote_alpha, pool=None)
                 order = order[0]
             rows, scores = rows[order], scores[order]
         return [SearchHit(rank, int(self.ids[row]), float(score), self.product_rows[row])

@@ -241,6 +241,31 @@ def test_cli_finetune_pca_saves_the_dimension_used_by_index(eval_env, capsys):
         assert manifest["pca_components"] == saved["n_components"] == manifest["dims"]
 
 
+def test_cli_finetune_rerank_saves_the_vote_that_search_and_evaluate_use(eval_env, capsys):
+    from imageretrieval.artifacts import build_model_index, chosen_vote, tuned_rerank_path
+    from imageretrieval.engine import RetrievalEngine
+    from imageretrieval.evaluation.rerank_tuning import ALPHAS, VOTE_KS
+    from imageretrieval.settings import Settings
+
+    workdir, flags = eval_env
+    assert chosen_vote(workdir, TINY) == (15, 3.0)  # the library's default before tuning
+    out = run_json(capsys, flags, "finetune-rerank", "--model", TINY, "--selection", "all")
+    saved = json.loads(tuned_rerank_path(workdir, TINY).read_text())
+    assert saved["vote_k"] == out["vote_k"] in VOTE_KS and saved["vote_alpha"] in ALPHAS
+    best = max((s["PrecisionHits"], s["mAP"]) for s in saved["val"].values())
+    assert (saved["val"][f"k={saved['vote_k']} alpha={saved['vote_alpha']:g}"]["PrecisionHits"],
+            saved["val"][f"k={saved['vote_k']} alpha={saved['vote_alpha']:g}"]["mAP"]) == best
+    assert set(saved["test"]) == {"none", "chosen"}
+    settings = Settings(dataset_root=flags[1], workdir=workdir, device="cpu", precision="fp32", num_workers=0)
+    build_model_index(settings, TINY, progress=False)
+    engine = RetrievalEngine(settings, TINY)
+    assert (engine.vote_k, engine.vote_alpha) == (saved["vote_k"], saved["vote_alpha"])
+    result = run_json(capsys, flags, "evaluate", "--model", TINY, "--selection", "all", "--features", "raw",
+                      "--rerank", "category", "--no-plots")
+    assert f"vote k={saved['vote_k']}" in result["features"]
+    tuned_rerank_path(workdir, TINY).unlink()  # the other tests of this module use the default vote
+
+
 def test_cli_deepfashion_protocols(eval_env, capsys, tmp_path):
     _, flags = eval_env
     for res in ("native", "catalog"):

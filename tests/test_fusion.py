@@ -112,3 +112,37 @@ def test_fusion_of_a_composite_exports_with_torchs_embeddings(fusion_settings, t
     reference = create_encoder(model, preprocess.shape, "torch", workdir=tmp_path)(images)
     exported = create_encoder(model, preprocess.shape, runtime, workdir=tmp_path)(images)
     np.testing.assert_allclose(exported, reference, atol=1e-4)
+
+
+def test_weight_grid_on_a_hand_computed_case():
+    from imageretrieval.evaluation.fusion import weight_grid
+
+    assert weight_grid(3, 2) == [(0, 0, 1), (0, 0.5, 0.5), (0, 1, 0), (0.5, 0, 0.5), (0.5, 0.5, 0), (1, 0, 0)]
+    assert all(sum(w) == pytest.approx(1) for w in weight_grid(3))
+    assert len(weight_grid(2)) == 11
+
+
+def test_fuse_chooses_weights_on_val_and_scores_test_once(fusion_settings, capsys):
+    from imageretrieval.evaluation.fusion import choose_fusion_weights
+
+    s = fusion_settings
+    result = choose_fusion_weights(s, ["embedder", "small"], selection="all", steps=4)
+    val, chosen = result["val"], result["chosen"]
+    assert set(val) == {(0, 1), (0.25, 0.75), (0.5, 0.5), (0.75, 0.25), (1, 0)}
+    best = max((v["PrecisionHits"], v["mAP"]) for v in val.values())
+    assert (val[chosen]["PrecisionHits"], val[chosen]["mAP"]) == best
+    assert set(result["test"]) == {(1.0, 0.0), (0.0, 1.0), chosen}  # each model alone, and the chosen fusion
+    flags = ["--dataset-root", str(s.dataset_root), "--workdir", str(s.workdir)]
+    code = main(["fuse", "--name", "chosen-pair", "embedder", "small", "--choose-on", "val", "--selection", "all",
+                 *flags])
+    out = capsys.readouterr()
+    assert "chosen on val (all selection, rerank none)" in out.out
+    assert "test embedder" in out.out and "test small" in out.out
+    full = choose_fusion_weights(s, ["embedder", "small"], selection="all")["chosen"]
+    if min(full) > 0:
+        assert code == 0 and get_model_config("chosen-pair", s.workdir).extra["member_weights"] == list(full)
+    else:  # one model alone won on val: nothing is saved
+        assert code == 2 and "no fusion saved" in out.err
+        assert not (s.workdir / "models" / "chosen-pair").exists()
+    with pytest.raises(SystemExit):  # argparse: --weights and --choose-on exclude each other
+        main(["fuse", "--name", "x", "embedder", "small", "--choose-on", "val", "--weights", "1,1", *flags])

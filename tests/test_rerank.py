@@ -95,3 +95,14 @@ def test_the_query_itself_never_votes():
                              exclude_rows=np.array([0]), category_codes=np.array([1, 1, 0, 1, 0]), vote_k=1)
     # now row 1 votes for the query's own type: that type comes first, yet the query itself stays out
     assert same_type.top_rows[0].tolist() == [1, 3, 2, 4]
+
+
+def test_tune_vote_chooses_the_best_vote_on_a_hand_computed_task():
+    from imageretrieval.evaluation.rerank_tuning import tune_vote
+
+    search = tune_vote(_task(np.array(["B", "A", "A", "B", "A"])), vote_ks=(1, 5), alphas=(0.0, 3.0))
+    # k=1: the nearest (B) wins alone and the B rows come first; k=5: A wins (3 votes, or 1.59 against 1.51)
+    assert search.plain["mAP"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 5) / 3, abs=1e-4)
+    assert search.scores[(1, 0.0)]["mAP"] == pytest.approx((1 / 3 + 2 / 4 + 3 / 5) / 3, abs=1e-4)
+    assert search.scores[(5, 0.0)]["mAP"] == search.scores[(5, 3.0)]["mAP"] == 1.0
+    assert (search.vote_k, search.vote_alpha) == (5, 0.0)  # the first of the equals

@@ -7,10 +7,11 @@ import logging
 import time
 from pathlib import Path
 
+from ..artifacts import chosen_vote
 from ..catalog import SELECTIONS
 from ..evaluation.protocols import PROTOCOLS, RELEVANCE_ALIASES, RELEVANCES
 from ..evaluation.variants import VARIANTS
-from ..rerank import DEFAULT_VOTE_K, RERANKS
+from ..rerank import DEFAULT_VOTE_ALPHA, DEFAULT_VOTE_K, RERANKS
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ def register(sub) -> None:
     p.add_argument("--rerank", choices=RERANKS, default="none",
                    help="category: show the articleType voted by the top --vote-k neighbours first, as the "
                         "engine's rerank=category does (not for inshop)")
-    p.add_argument("--vote-k", type=int, default=DEFAULT_VOTE_K,
-                   help=f"neighbours that vote for --rerank category (default {DEFAULT_VOTE_K})")
+    p.add_argument("--vote-k", type=int, default=None,
+                   help="neighbours that vote for --rerank category (default: the model's vote saved by "
+                        f"`finetune-rerank`, else {DEFAULT_VOTE_K})")
     p.add_argument("--dump-rankings", type=Path, help="write one JSON line per query (top 100 + relevant ranks)")
     p.add_argument("--tsne", action="store_true", help="also draw a t-SNE of the database vectors")
     p.add_argument("--no-plots", action="store_true", help="skip the precision@k and per-class plots")
@@ -66,14 +68,16 @@ def register(sub) -> None:
 
 
 def used_features_label(variant: str, dims: int | None, qe_k: int, alpha: float, dba: bool, tag: str,
-                        rerank: str = "none", vote_k: int = DEFAULT_VOTE_K) -> str:
+                        rerank: str = "none", vote_k: int = DEFAULT_VOTE_K,
+                        vote_alpha: float = DEFAULT_VOTE_ALPHA) -> str:
     pca = "L2 only" if not dims else f"PCAw {dims}"
     label = {"raw": "raw (cosine)", "normalized": f"normalized ({pca})",
              "aqe": f"AQE k={qe_k} ({pca})", "alpha-qe": f"alpha-QE k={qe_k} a={alpha:g} ({pca})"}[variant]
     if dba and variant in ("aqe", "alpha-qe"):
         label += " +DBA"
     if rerank == "category":
-        label += f" +category-first (vote k={vote_k})"
+        label += f" +category-first (vote k={vote_k}" + (f", alpha {vote_alpha:g})" if vote_alpha != DEFAULT_VOTE_ALPHA
+                                                          else ")")
     return f"{label} {tag}".strip()
 
 
@@ -130,7 +134,8 @@ def run_key(args, info: dict) -> str:
         parts.append(f"photos-by-{info['query_model']}")
     parts.append(args.features + ("-dba" if args.dba else ""))
     if args.rerank != "none":
-        parts.append(args.rerank + (f"{args.vote_k}" if args.vote_k != DEFAULT_VOTE_K else ""))
+        parts.append(args.rerank + (f"{args.vote_k}" if args.vote_k != DEFAULT_VOTE_K else "")
+                     + (f"a{args.vote_alpha:g}" if args.vote_alpha != DEFAULT_VOTE_ALPHA else ""))
     return "-".join(parts)
 
 
@@ -183,18 +188,21 @@ def run(args, settings) -> int:
     if args.rerank != "none" and args.protocol == "inshop":
         raise CLIError("--rerank category needs catalog articleTypes in the database: catalog and "
                        "deepfashion-to-catalog only")
-    if args.vote_k < 1:
+    if args.vote_k is not None and args.vote_k < 1:
         raise CLIError("--vote-k must be at least 1")
+    tuned_k, args.vote_alpha = chosen_vote(settings.workdir, model)
+    if args.vote_k is None:
+        args.vote_k = tuned_k
     try:
         task = build_task(args, settings, model)
         result = evaluate_task(task, args.features, dims, qe_k=args.qe_k, alpha=args.qe_alpha, dba=args.dba,
-                               rerank=args.rerank, vote_k=args.vote_k)
+                               rerank=args.rerank, vote_k=args.vote_k, vote_alpha=args.vote_alpha)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0
     metrics = result.metrics
     used = used_features_label(args.features, dims, args.qe_k, args.qe_alpha, args.dba, args.tag, args.rerank,
-                               args.vote_k)
+                               args.vote_k, args.vote_alpha)
     info = dict(task.info)
     if args.protocol == "catalog" and args.relevance != "articleType":
         info["relevance"] = args.relevance

@@ -1,0 +1,67 @@
+"""`imageretrieval finetune-rerank`: choose the category-first re-ranking's vote on the validation split.
+
+The choice is saved to <WORKDIR>/tuning/<model>/rerank.json, which `search`, the API (rerank=category,
+the app's "Same type first") and `evaluate --rerank category` use from then on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ..catalog import SELECTIONS
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("finetune-rerank", help="choose the category-first re-ranking's vote on the val split",
+                       description="Score every (vote k, alpha) of the category-first re-ranking on the catalog "
+                                   "protocol's val split, save the best (P@15, then mAP) for the model, and score "
+                                   "it once on the test split beside no re-ranking.")
+    p.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
+    p.add_argument("--selection", choices=SELECTIONS, default="seed")
+    p.add_argument("--queries", type=int, default=600, help="seeded validation (and test) queries (default 600)")
+    p.add_argument("--confusions", type=int, default=10, help="list the test's N most frequent wrong votes")
+    p.add_argument("--no-save", action="store_true", help="report only; do not change the model's vote")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args, settings) -> int:
+    from ..artifacts import tuned_rerank_path
+    from ..evaluation import reports
+    from ..evaluation.protocols import catalog_task
+    from ..evaluation.rerank_tuning import tune_vote, vote_confusions, vote_scores
+    from ..io_utils import save_json
+
+    model = args.model or settings.default_model
+    val, test = (catalog_task(settings, model, selection=args.selection, split=split, database="split",
+                              n_queries=args.queries, with_fit=False) for split in ("val", "test"))
+    search = tune_vote(val)
+    chosen = (search.vote_k, search.vote_alpha)
+    test_scores = {"none": vote_scores(test, "none"), "chosen": vote_scores(test, "category", *chosen)}
+    wrong = vote_confusions(test, *chosen)
+    result = {"vote_k": search.vote_k, "vote_alpha": search.vote_alpha, "model": model, "split": "val",
+              "selection": args.selection, "queries": len(val.queries), "val_plain": search.plain,
+              "val": {f"k={k} alpha={a:g}": s for (k, a), s in search.scores.items()}, "test": test_scores,
+              "test_wrong_votes": sum(wrong.values()), "created": reports.now()}
+    if not args.no_save:
+        save_json(tuned_rerank_path(settings.workdir, model), result)
+        log.info("saved vote k=%d alpha=%g to %s", *chosen, tuned_rerank_path(settings.workdir, model))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{model}: vote k={search.vote_k} alpha={search.vote_alpha:g} chosen on {len(val.queries)} val queries "
+          f"(no re-ranking: {search.plain})")
+    for (k, a), s in search.scores.items():
+        print(f"  k={k:<3} alpha={a:<4g} {s}{'  <- chosen' if (k, a) == chosen else ''}")
+    print(f"test, no re-ranking: {test_scores['none']}")
+    print(f"test, chosen vote:   {test_scores['chosen']}")
+    print(f"test queries whose type the vote gets wrong: {sum(wrong.values())} of {len(test.queries)}")
+    for (truth, voted), n in wrong.most_common(args.confusions):
+        print(f"  {truth} -> {voted}: {n}")
+    if not args.no_save:
+        print(f"saved to {tuned_rerank_path(settings.workdir, model)}; search, the API and evaluate --rerank "
+              "category use it")
+    return 0
