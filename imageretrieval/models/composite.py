@@ -2,7 +2,7 @@
 
 Backbones trained differently (or at other resolutions) see different things: on the catalog's
 articleTypes a linear probe on efficientnet_lite0 + lite1 + lite2 features reaches 0.883 test
-accuracy against 0.858 for lite0 alone (scripts/linear_probe.py, docs/training.md). A composite makes
+accuracy against 0.858 for lite0 alone (a linear probe, docs/training.md). A composite makes
 that one model of the zoo.
 
 Each member keeps its own preprocessing: the model input is the members' squares (each letterboxed
