@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -276,5 +275,3 @@ class RetrievalEngine:
             "synthetic_catalog": bool(self.manifest.get("synthetic_catalog")),
         }
 
-
-faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))

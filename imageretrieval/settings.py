@@ -6,7 +6,6 @@ The seed's variable names keep working: `DATASET_ROOT`, and `WORKDIR_ROOT` as an
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -74,21 +73,6 @@ class Settings(BaseSettings):
     )
 
     @property
-    def styles_csv(self) -> Path:
-        return self.dataset_root / "styles.csv"
-
-    @property
     def images_dir(self) -> Path:
         return self.dataset_root / "images"
 
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

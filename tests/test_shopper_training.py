@@ -52,7 +52,7 @@ def test_top_k_rows_and_val_scores_on_a_hand_example():
     views = np.array([[1, 0.05], [0, 1], [0.05, 1], [np.nan, np.nan]], np.float32)  # row 1's view looks like 2
     out = val_scores(emb, labels, domain, colours=colours, genders=genders, views=views, score="shopper")
     # leave-one-out top 3: row0 -> 1,3,2; row1 -> 0,3,2; row2 -> 3,1,0; row3 -> 2,1,0
-    assert out["catalog_p@15"] == pytest.approx(np.mean([1 / 3] * 4))
+    assert out["catalog_p@15"] == pytest.approx(1 / 15)  # one hit each; P@k always divides by k
     assert out["catalog_colour@15"] == pytest.approx(np.mean([2 / 3, 0, 2 / 3, 2 / 3]))
     # a Unisex result (row 3) agrees with every query; a Unisex query agrees only with Unisex results
     assert out["catalog_gender@15"] == pytest.approx(np.mean([2 / 3, 2 / 3, 1 / 3, 0]))

@@ -20,9 +20,9 @@ from imageretrieval.training.ensemble import ensemble_heads
 from imageretrieval.training.freeze import default_trainable, freeze_trunk, train_mode
 from imageretrieval.training.labels import LabelEncoding
 from imageretrieval.training.losses import normalized_softmax_loss, proxy_anchor_loss
-from imageretrieval.training.metrics import mean_average_precision, precision_at_k, ranked_relevance
 from imageretrieval.training.recipes import TrainRequest, run_dir, train
 from imageretrieval.training.trainer import TrainOptions, lr_factor
+from imageretrieval.training.validation import ranked_relevance, retrieval_scores
 
 from .conftest import TINY, make_settings, make_tiny_model
 
@@ -135,12 +135,16 @@ def test_losses_are_lower_for_embeddings_at_their_proxies():
 
 def test_precision_and_map_on_a_hand_example():
     db = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)  # ranked 0, 1, 3, 2 for the query
-    rel = ranked_relevance(np.array([[1, 0.05]], np.float32), np.array([0]), db, np.array([0, 1, 0, 1]))
+    query = np.array([[1, 0.05]], np.float32)
+    rel = ranked_relevance(query, np.array([0]), db, np.array([0, 1, 0, 1]))
     assert rel[0].tolist() == [True, False, False, True]
-    assert precision_at_k(rel, 2) == 0.5
-    assert mean_average_precision(rel) == pytest.approx((1 / 1 + 2 / 4) / 2)
+    scores = retrieval_scores(query, np.array([0]), db, np.array([0, 1, 0, 1]), k=2)
+    assert scores == {"p@2": 0.5, "map": pytest.approx((1 / 1 + 2 / 4) / 2)}
     loo = ranked_relevance(db, np.array([0, 0, 1, 1]), db, np.array([0, 0, 1, 1]), exclude_self=True)
     assert loo.shape == (4, 3) and loo[:, 0].all()  # the nearest other item shares the class
+    # the evaluation's convention: a query without relevant items counts in P@k, not in the mAP
+    two = retrieval_scores(np.vstack([query, query]), np.array([0, 7]), db, np.array([0, 1, 0, 1]), k=2)
+    assert two == {"p@2": 0.25, "map": pytest.approx((1 / 1 + 2 / 4) / 2)}
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -463,6 +463,8 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
     if composite:
         req.trainable = []  # on any device
     if req.recipe == "bn-adapt":
+        if req.pack:
+            raise ValueError("bn-adapt reads the dataset roots; --pack applies to the classifier and metric recipes")
         return bn_adapt(settings, req, progress)
     if req.recipe == "suffix":
         if req.pack or req.trainable is not None or req.input_size or req.pooling:
@@ -476,8 +478,6 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
             req.trainable = []  # CPU default: frozen trunk, head on cached features
         if req.trainable == [] and req.pooling in (None, "avg") and same_size:
             return train_metric_cached(settings, req, progress)
-    if req.pack and req.recipe == "bn-adapt":
-        raise ValueError("bn-adapt reads the dataset roots; --pack applies to the classifier and metric recipes")
     cached_only = {"--instance-weight": req.instance_weight, "--colour-weight": req.colour_weight,
                    "--gender-weight": req.gender_weight, "--view-weight": req.view_weight,
                    "--val-score shopper": req.val_score != "type"}

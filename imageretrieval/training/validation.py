@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluation.agreement import shopper_agreement
-from .metrics import ranked_relevance, retrieval_scores
+from ..evaluation.metrics import average_precision, nanmean, precision_at_k, rank_order
 
 VAL_SCORES = ("type", "shopper")
 TYPE_TERMS = ("catalog_p@15", "photo_p@15")
@@ -27,6 +27,30 @@ SHOPPER_TERMS = TYPE_TERMS + ("catalog_colour@15", "catalog_gender@15", "photo_g
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def ranked_relevance(query: np.ndarray, q_labels: np.ndarray, db: np.ndarray, db_labels: np.ndarray,
+                     exclude_self: bool = False, exclude_rows: np.ndarray | None = None) -> np.ndarray:
+    """(n_queries, n_db) bool: is the r-th ranked database item of the query's class (cosine ranking).
+
+    The evaluation's conventions (evaluation/metrics.py): ties by database row, and `exclude_self`
+    (queries = database) or `exclude_rows` (each query's own row) leaves the query out of its ranking.
+    """
+    sims = _normalize(query) @ _normalize(db).T
+    if exclude_self:
+        exclude_rows = np.arange(len(query))
+    if exclude_rows is not None:
+        sims[np.arange(len(query)), exclude_rows] = -np.inf
+    rel = np.asarray(db_labels)[rank_order(sims)] == np.asarray(q_labels)[:, None]
+    return rel[:, :-1] if exclude_rows is not None else rel  # the query itself is ranked last
+
+
+def retrieval_scores(query, q_labels, db, db_labels, k: int = 15, exclude_self: bool = False,
+                     exclude_rows: np.ndarray | None = None) -> dict[str, float]:
+    """P@k and mAP as `evaluate` computes them: a query without any relevant item has no AP and is
+    left out of the mAP (but counts in P@k, as zero hits)."""
+    rel = ranked_relevance(query, q_labels, db, db_labels, exclude_self, exclude_rows)
+    return {f"p@{k}": float(precision_at_k(rel, k).mean()), "map": nanmean(average_precision(rel))}
 
 
 def top_k_rows(query: np.ndarray, db: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> np.ndarray:
