@@ -130,7 +130,6 @@ def _serving_fields(config) -> dict:
 
 def build_model_index(settings: Settings, model_name: str, force: bool = False, progress: bool = True) -> dict:
     """Extract catalog features, fit post-processing, build the FAISS index. No-op when current."""
-    from .extract import extract_features, feature_dir
     from .featurestore import get_features, head_only_base
     from .index import build_index, resolve_factory, save_index  # faiss: not needed to train on a GPU box
     from .models import create_model, get_model_config
@@ -162,28 +161,9 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         return current
 
     t0 = time.perf_counter()
-    model = None  # loaded only when the catalog is encoded here
-    if head_only_base(settings, config) is not None or is_composite_base(config):  # reuse cached features
-        fs, _ = get_features(settings, model_name, "fashion", progress=progress)
-    else:
-        model = create_model(model_name, workdir=workdir)
-        preprocess = preprocess_for(config)
-        fs = extract_features(
-            model,
-            [catalog.image_path(i) for i in catalog.ids],
-            catalog.ids,
-            feature_dir(workdir, model_name, "fashion-all"),
-            preprocess=preprocess,
-            batch_size=settings.batch_size,
-            num_workers=settings.num_workers,
-            device=settings.device,
-            precision=settings.precision,
-            fingerprint=wanted["model_fingerprint"] + wanted["weights_fingerprint"],
-            progress=progress,
-            reuse_root=feature_dir(workdir, model_name, "fashion-all").parent,
-            runtime=settings.runtime,
-            workdir=workdir,
-        )
+    reuses = head_only_base(settings, config) is not None or is_composite_base(config)  # members' cached features
+    model = None if reuses else create_model(model_name, workdir=workdir)  # also exported below: loaded once
+    fs, _ = get_features(settings, model_name, "fashion", progress=progress, model=model)
     t_extract = time.perf_counter() - t0
     valid = fs.valid
     raw, ids = fs.features[valid], fs.ids[valid]

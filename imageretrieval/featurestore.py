@@ -143,6 +143,7 @@ def get_features(
     progress: bool = True,
     sample: int | None = None,
     query_scale: float | None = None,
+    model: FeatureExtractor | None = None,
 ) -> tuple[FeatureSet, pd.DataFrame]:
     """Raw features of a dataset split, aligned row by row with the returned metadata table.
 
@@ -151,7 +152,8 @@ def get_features(
     `query_scale` re-renders every image at that scale first (evaluation query sets at other resolutions).
     `sample` keeps a seeded random subset of that many rows (the same rows for the same
     settings.seed), so slow models can be evaluated on an affordable subset; it is sliced from the
-    whole split when that is already extracted.
+    whole split when that is already extracted. `model`: `model_name` already loaded (it is
+    loaded here otherwise, and only when something must be extracted).
     """
     config = get_model_config(model_name, settings.workdir)
     base = head_only_base(settings, config)
@@ -195,7 +197,7 @@ def get_features(
                                        np.concatenate([np.asarray(s.ids) for s in splits])), ids)
             if sliced is not None:
                 return sliced, table
-    model = create_model(model_name, workdir=settings.workdir)
+    model = model if model is not None else create_model(model_name, workdir=settings.workdir)
     cfg = model.config
     fs = extract_features(
         model, [Path(p) for p in table["path"]], ids, feature_dir(settings.workdir, model_name, name),
