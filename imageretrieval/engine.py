@@ -15,7 +15,7 @@ from PIL import Image
 from .artifacts import ModelArtifacts, chosen_vote
 from .catalog import ATTRIBUTE_COLUMNS, load_catalog
 from .images import open_image
-from .index import load_index
+from .index import exact_search, load_index
 from .index import search as index_search
 from .inference import create_encoder, device_type, load_exported, resolve_inference, runtime_installed
 from .preprocess import Preprocess, preprocess_for
@@ -26,6 +26,7 @@ from .whitening import PostProcessor
 log = logging.getLogger(__name__)
 
 FILTER_FIELDS = tuple(ATTRIBUTE_COLUMNS)
+MAX_LISTED_VALUES = 12  # valid values an unknown-filter message lists
 RESULT_FIELDS = ("productDisplayName", "articleType", "baseColour", "gender", "masterCategory",
                  "subCategory", "season", "usage", "year")
 
@@ -130,7 +131,14 @@ class RetrievalEngine:
         self.row_of = {int(pid): row for row, pid in enumerate(self.ids)}
         self.product_rows = product_rows(self.metadata)
         self.category_codes, _ = encode_categories(self.metadata["articleType"].tolist())  # for rerank=category
+        present = {f: self.metadata[f].dropna().astype(str) for f in FILTER_FIELDS}
+        self.filter_values = {f: frozenset(column) for f, column in present.items()}
+        self.filter_examples = {f: column.value_counts().index[:MAX_LISTED_VALUES].tolist()  # the most frequent
+                                for f, column in present.items()}
         self.vote_k, self.vote_alpha = chosen_vote(settings.workdir, model_name)  # `finetune-rerank`
+        # a flat index is searched exactly, as one matrix product per batch of queries (index.exact_search)
+        flat = str(self.manifest.get("index_factory", "")).strip() == "Flat"
+        self.flat_vectors = np.ascontiguousarray(self.vectors, dtype=np.float32) if flat else None
         self._lock = threading.Lock()
 
     # ----- encoding -------------------------------------------------------------------------
@@ -151,22 +159,32 @@ class RetrievalEngine:
         return int(self.vectors.shape[1])
 
     # ----- filters ----------------------------------------------------------------------------
+    def check_filters(self, filters: Mapping[str, Sequence[str] | None] | None) -> dict[str, list[str]]:
+        """Filters without empty values; an unknown field or value raises UnknownFilterError naming valid ones.
+
+        Cheap (set lookups), so a service can refuse a bad request before any work.
+        """
+        clean: dict[str, list[str]] = {}
+        for field, values in (filters or {}).items():
+            if field not in FILTER_FIELDS:
+                raise UnknownFilterError(f"unknown filter {field!r}; filters: {', '.join(FILTER_FIELDS)}")
+            values = [v.strip() for v in values or [] if v and v.strip()]
+            unknown = [v for v in values if v not in self.filter_values[field]]
+            if unknown:
+                raise UnknownFilterError(f"unknown value(s) {', '.join(map(repr, unknown))} for filter {field!r}; "
+                                         f"e.g. {', '.join(self.filter_examples[field])}")
+            if values:
+                clean[field] = values
+        return clean
+
     def filter_mask(self, filters: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
         """Boolean mask over index rows; values within a field are OR-ed, fields AND-ed."""
+        filters = self.check_filters(filters)
         if not filters:
             return None
         mask = np.ones(len(self.ids), dtype=bool)
         for field, values in filters.items():
-            if not values:
-                continue
-            if field not in FILTER_FIELDS:
-                raise UnknownFilterError(f"unknown filter {field!r}; filters: {', '.join(FILTER_FIELDS)}")
-            column = self.metadata[field].astype(str)
-            known = set(column.unique())
-            unknown = [v for v in values if v not in known]
-            if unknown:
-                raise UnknownFilterError(f"unknown value(s) {unknown} for filter {field!r}")
-            mask &= column.isin(list(values)).to_numpy()
+            mask &= self.metadata[field].astype(str).isin(values).to_numpy()
         return mask
 
     # ----- search -----------------------------------------------------------------------------
@@ -183,13 +201,16 @@ class RetrievalEngine:
         mask = self.filter_mask(filters)
         extra = 1 if exclude_ids is not None else 0
         fetch = self.candidates_needed(k, rerank) + extra
-        scores, rows = index_search(self.index, queries, fetch, allowed=mask)
+        if self.flat_vectors is not None:  # an exact index: one matrix product for every query
+            scores, rows = exact_search(self.flat_vectors, queries, fetch, mask)
+        else:
+            scores, rows = index_search(self.index, queries, fetch, allowed=mask)
         n_allowed = len(self.ids) if mask is None else int(mask.sum())
         out = []
         for qi in range(len(queries)):
             q_rows, q_scores = rows[qi], scores[qi]
             if int((q_rows >= 0).sum()) < min(fetch, n_allowed):  # approximate index ran short: exact fallback
-                q_scores, q_rows = self._exact(queries[qi], fetch, mask)
+                q_scores, q_rows = (a[0] for a in exact_search(self.vectors, queries[qi], fetch, mask))
             skip = None if exclude_ids is None else exclude_ids[qi]
             out.append(self.hits_from_candidates(q_rows, q_scores, k, rerank, skip))
         return out
@@ -223,13 +244,6 @@ class RetrievalEngine:
             rows, scores = rows[order], scores[order]
         return [SearchHit(rank, int(self.ids[row]), float(score), self.product_rows[row])
                 for rank, (row, score) in enumerate(zip(rows[:k], scores[:k], strict=True), start=1)]
-
-    def _exact(self, query: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the exact top-k, ties by row."""
-        rows = np.arange(len(self.ids)) if mask is None else np.flatnonzero(mask)
-        scores = np.asarray(self.vectors[rows]) @ query
-        top = np.lexsort((rows, -scores))[:k]
-        return scores[top], rows[top]
 
     def search(
         self,

@@ -88,6 +88,30 @@ def search(
     return scores, rows
 
 
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int,
+                 allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product, as `search` returns it (rows -1 and scores -inf past the allowed rows).
+
+    One matrix product and a partial sort per query: on a small CPU with many queries at once this is
+    several times faster than FAISS' flat search. Ties are broken by row, so the order is deterministic.
+    """
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    rows_all = None if allowed is None else np.flatnonzero(allowed)
+    scores = queries @ np.asarray(vectors if rows_all is None else vectors[rows_all], dtype=np.float32).T
+    out_scores = np.full((len(queries), k), -np.inf, np.float32)
+    out_rows = np.full((len(queries), k), -1, np.int64)
+    fetch = min(k, scores.shape[1])
+    if fetch == 0:
+        return out_scores, out_rows
+    for qi, row_scores in enumerate(scores):
+        cut = row_scores[np.argpartition(-row_scores, fetch - 1)[:fetch]].min()
+        cand = np.flatnonzero(row_scores >= cut)  # every tie at the cut, ordered by row below
+        cand = cand[np.lexsort((cand, -row_scores[cand]))][:fetch]
+        out_scores[qi, :fetch] = row_scores[cand]
+        out_rows[qi, :fetch] = cand if rows_all is None else rows_all[cand]
+    return out_scores, out_rows
+
+
 def save_index(index: faiss.Index, path: Path) -> None:
     atomic_write(Path(path), lambda p: faiss.write_index(index, str(p)))
 

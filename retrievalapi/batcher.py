@@ -68,9 +68,6 @@ class MicroBatcher:
         # thread the engine was built on (shared by every model), so torch keeps one OpenMP team.
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{engine.name}")
-        # Exact flat indexes are searched as one matrix product per batch (see _search_exact).
-        is_flat = str(engine.manifest.get("index_factory", "")).strip() == "Flat"
-        self._exact = np.ascontiguousarray(engine.vectors, dtype=np.float32) if is_flat else None
 
     @property
     def running(self) -> bool:
@@ -170,6 +167,10 @@ class MicroBatcher:
         forward_ms = (time.perf_counter() - started) * 1000
         for job in batch:
             job.timing.update(forward=forward_ms, batch=len(batch))
+        return self._search_batch(batch, vectors)
+
+    def _search_batch(self, batch: Sequence[_Job], vectors: np.ndarray) -> list[list[SearchHit] | Exception]:
+        """One engine search per (k, filters, rerank) group of the batch's query vectors."""
         groups: dict[tuple[int, Filters, str], list[int]] = {}
         for i, job in enumerate(batch):
             groups.setdefault((job.k, job.filters, job.rerank), []).append(i)
@@ -178,44 +179,14 @@ class MicroBatcher:
             queries = np.ascontiguousarray(vectors[members])
             searched = time.perf_counter()
             try:
-                if self._exact is not None:
-                    hits: list = self._search_exact(queries, k, {f: list(v) for f, v in filters}, rerank)
-                else:
-                    hits = self.engine.search_vectors(queries, k, {f: list(v) for f, v in filters} or None,
-                                                      rerank=rerank)
+                hits: list = self.engine.search_vectors(queries, k, {f: list(v) for f, v in filters} or None,
+                                                        rerank=rerank)
             except Exception as exc:  # noqa: BLE001 - e.g. an unknown filter fails only its group
                 hits = [exc] * len(members)
             search_ms = (time.perf_counter() - searched) * 1000
             for i, h in zip(members, hits, strict=True):
                 out[i] = h
                 batch[i].timing["search"] = search_ms
-        return out
-
-    def _search_exact(self, queries: np.ndarray, k: int, filters: dict[str, list[str]], rerank: str = "none"
-                      ) -> list[list[SearchHit]]:
-        """Flat index: the same exact inner-product ranking as one matrix product for the whole group.
-
-        FAISS' flat search costs several times a plain GEMM + partial sort here (small CPU, many
-        queries at once), and with batches of 32 that would eat a large share of the forward's time.
-        Ties are broken by index row, as the engine's exact fallback does.
-        """
-        assert self._exact is not None
-        mask = self.engine.filter_mask(filters) if filters else None
-        scores = queries @ self._exact.T  # (nq, n)
-        if mask is not None:
-            scores[:, ~mask] = -np.inf
-        n_valid = scores.shape[1] if mask is None else int(mask.sum())
-        fetch = min(self.engine.candidates_needed(k, rerank), n_valid)
-        out = []
-        for row_scores in scores:
-            if fetch == 0:
-                out.append([])
-                continue
-            part = np.argpartition(-row_scores, fetch - 1)[:fetch]
-            cut = row_scores[part].min()
-            rows = np.flatnonzero(row_scores >= cut)  # every tie at the cut, so the order is deterministic
-            rows = rows[np.lexsort((rows, -row_scores[rows]))][:fetch]
-            out.append(self.engine.hits_from_candidates(rows, row_scores[rows], k, rerank))
         return out
 
     async def close(self, grace_s: float = 10.0) -> None:

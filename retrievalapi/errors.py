@@ -11,6 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imageretrieval.engine import UnknownFilterError, UnknownProductError
+
+from .batcher import OverloadedError
+from .runtime import BadImageError, NotReadyError, UnknownModelError
 from .schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Missing or invalid field"},
     503: {"model": ErrorResponse, "description": "Overloaded, starting or stopping: retry"},
 }
+
+
+# every domain error a request can meet -> its HTTP status; 503s tell the client when to retry
+DOMAIN_ERRORS: dict[type[Exception], int] = {
+    UnknownModelError: 400, UnknownFilterError: 400, BadImageError: 400,
+    UnknownProductError: 404, NotReadyError: 503, OverloadedError: 503,
+}
+RETRY_AFTER = {"Retry-After": "1"}
 
 
 def format_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
@@ -60,6 +72,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+        status = next(code for kind, code in DOMAIN_ERRORS.items() if isinstance(exc, kind))
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=RETRY_AFTER if status == 503 else None)
+
+    for kind in DOMAIN_ERRORS:
+        app.add_exception_handler(kind, domain_error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,21 +8,34 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from fastapi import HTTPException
 from PIL import Image
 
 from imageretrieval.device import keep_freed_memory
-from imageretrieval.engine import FILTER_FIELDS, RetrievalEngine, SearchHit
+from imageretrieval.engine import RetrievalEngine, SearchHit
 from imageretrieval.images import ImageDecodeError
 
-from .batcher import MicroBatcher, OverloadedError, normalize_filters
+from .batcher import MicroBatcher, normalize_filters
 from .metrics import Metrics
 from .service import CatalogStore, choose_default, decode_error_message, decode_for, facet_counts, load_engines
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-MAX_LISTED_VALUES = 12
+
+class ServiceError(Exception):
+    """A request the service refuses; errors.py maps each kind to its HTTP status in one place."""
+
+
+class UnknownModelError(ServiceError):
+    pass
+
+
+class BadImageError(ServiceError):
+    pass
+
+
+class NotReadyError(ServiceError):
+    """Starting or stopping: the client should retry shortly."""
 
 
 def single_threaded_search() -> None:
@@ -47,7 +60,6 @@ class Runtime:
     default: str
     catalog: CatalogStore
     facets: dict[str, list[dict]]
-    filter_values: dict[str, dict[str, frozenset[str]]]
     inference_pool: ThreadPoolExecutor | None = None  # the one thread that loads and runs every model
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     decode_pool: ThreadPoolExecutor | None = None
@@ -71,12 +83,8 @@ class Runtime:
         except BaseException:
             inference_pool.shutdown(wait=False, cancel_futures=True)
             raise
-        filter_values = {
-            name: {f: frozenset(e.metadata[f].dropna().astype(str)) for f in FILTER_FIELDS}
-            for name, e in engines.items()
-        }
         return cls(settings, metrics, engines, default, catalog, facet_counts(engines[default].metadata),
-                   filter_values, inference_pool)
+                   inference_pool)
 
     async def start(self) -> None:
         """On the serving event loop: decode threads, one warmed-up batcher per model, then ready."""
@@ -108,24 +116,8 @@ class Runtime:
         name = name or self.default
         engine = self.engines.get(name)
         if engine is None:
-            raise HTTPException(400, f"unknown model {name!r}; available: {', '.join(sorted(self.engines))}")
+            raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(sorted(self.engines))}")
         return engine
-
-    def check_filters(self, model: str, filters: dict[str, list[str]]) -> dict[str, list[str]]:
-        """Drop empty values; an unknown value is a 400 listing some valid ones (cheap, before any work)."""
-        clean: dict[str, list[str]] = {}
-        known = self.filter_values[model]
-        for field_name, values in filters.items():
-            values = [v.strip() for v in values or [] if v and v.strip()]
-            if not values:
-                continue
-            unknown = [v for v in values if v not in known[field_name]]
-            if unknown:
-                examples = [item["value"] for item in self.facets.get(field_name, [])][:MAX_LISTED_VALUES]
-                raise HTTPException(400, f"unknown value(s) {', '.join(map(repr, unknown))} for filter "
-                                         f"{field_name!r}; e.g. {', '.join(examples)}")
-            clean[field_name] = values
-        return clean
 
     async def search_upload(self, engine: RetrievalEngine, data: bytes, k: int, filters: dict[str, list[str]],
                             timing: dict[str, float] | None = None, rerank: str = "none") -> list[SearchHit]:
@@ -134,7 +126,7 @@ class Runtime:
         `timing` (optional) receives milliseconds per stage: decode, queue, forward, search; and the batch size.
         """
         if self.decode_pool is None or not self.ready:
-            raise HTTPException(503, "the service is not ready", headers={"Retry-After": "1"})
+            raise NotReadyError("the service is not ready")
         loop = asyncio.get_running_loop()
         timing = {} if timing is None else timing
         started = time.perf_counter()
@@ -142,12 +134,9 @@ class Runtime:
             tensor = await loop.run_in_executor(self.decode_pool, decode_for, engine, data,
                                                 self.settings.max_image_pixels)
         except ImageDecodeError as exc:
-            raise HTTPException(400, decode_error_message(exc)) from None
+            raise BadImageError(decode_error_message(exc)) from None
         timing["decode"] = (time.perf_counter() - started) * 1000
-        try:
-            return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
-        except OverloadedError as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
 
     @staticmethod
     def as_results(hits: list[SearchHit]) -> list[dict]:

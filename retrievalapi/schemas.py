@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from imageretrieval.engine import FILTER_FIELDS
 
@@ -12,6 +12,8 @@ DEFAULT_TOP_K = 15
 Rerank = Literal["none", "category"]
 RERANK_DESCRIPTION = ("none: pure visual similarity; category: the articleType voted by the nearest "
                       "products comes first (for 'more like this', the product's own type)")
+
+FILTER_DESCRIPTION = "Repeat for several values (OR); fields are AND-ed"
 
 PRODUCT_EXAMPLE = {
     "id": 15970, "productDisplayName": "Turtle Check Men Navy Blue Shirt", "articleType": "Shirts",
@@ -97,19 +99,14 @@ class FacetValue(BaseModel):
     count: int
 
 
-class FacetsResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "gender": [{"value": "Men", "count": 22147}, {"value": "Women", "count": 18631}],
-        "masterCategory": [], "subCategory": [], "articleType": [], "baseColour": [], "season": [], "usage": [],
-    }]})
-
-    gender: list[FacetValue]
-    masterCategory: list[FacetValue]
-    subCategory: list[FacetValue]
-    articleType: list[FacetValue]
-    baseColour: list[FacetValue]
-    season: list[FacetValue]
-    usage: list[FacetValue]
+# one list of values per filter field of the engine (FILTER_FIELDS): the fields are defined once
+FacetsResponse = create_model(
+    "FacetsResponse",
+    __config__=ConfigDict(json_schema_extra={"examples": [{
+        f: [{"value": "Men", "count": 22147}, {"value": "Women", "count": 18631}] if f == "gender" else []
+        for f in FILTER_FIELDS}]}),
+    **{f: (list[FacetValue], ...) for f in FILTER_FIELDS},
+)
 
 
 class HealthResponse(BaseModel):
@@ -122,9 +119,10 @@ class ReadyResponse(BaseModel):
 
 
 def make_by_id_request(top_k_max: int) -> type[BaseModel]:
-    """The 'more like this' body; built per app because top_k's bound is a setting."""
+    """The 'more like this' body; built per app because top_k's bound is a setting. Its filter fields
+    are the engine's FILTER_FIELDS, each one value or a list."""
 
-    class ByIdRequest(BaseModel):
+    class ByIdBase(BaseModel):
         model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
             {"product_id": 15970, "model": "efficientnet_lite0", "top_k": 15, "gender": ["Men"]}]})
 
@@ -133,15 +131,8 @@ def make_by_id_request(top_k_max: int) -> type[BaseModel]:
         top_k: int | None = Field(None, ge=1, le=top_k_max, description=f"Results wanted (default {DEFAULT_TOP_K})")
         topK: int | None = Field(None, ge=1, le=top_k_max, description="Alias of top_k (the seed's name)")
         rerank: Rerank = Field("none", description=RERANK_DESCRIPTION)
-        gender: list[str] | None = None
-        masterCategory: list[str] | None = None
-        subCategory: list[str] | None = None
-        articleType: list[str] | None = None
-        baseColour: list[str] | None = None
-        season: list[str] | None = None
-        usage: list[str] | None = None
 
-        @field_validator(*FILTER_FIELDS, mode="before")
+        @field_validator(*FILTER_FIELDS, mode="before", check_fields=False)
         @classmethod
         def _one_or_many(cls, value: object) -> object:
             return [value] if isinstance(value, str) else value
@@ -149,4 +140,5 @@ def make_by_id_request(top_k_max: int) -> type[BaseModel]:
         def filters(self) -> dict[str, list[str]]:
             return {f: getattr(self, f) for f in FILTER_FIELDS if getattr(self, f)}
 
-    return ByIdRequest
+    return create_model("ByIdRequest", __base__=ByIdBase,
+                        **{f: (list[str] | None, Field(None, description=FILTER_DESCRIPTION)) for f in FILTER_FIELDS})

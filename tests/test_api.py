@@ -11,6 +11,7 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from PIL import Image
 
 from imageretrieval.benchmarks.serve import multipart_request, parse_server_timing
 from retrievalapi import create_app
-from retrievalapi.batcher import MicroBatcher, OverloadedError
+from retrievalapi.batcher import MicroBatcher, OverloadedError, normalize_filters
 from retrievalapi.errors import format_validation_errors
 from retrievalapi.metrics import Metrics
 from retrievalapi.service import StartupError, load_engines
@@ -485,19 +486,28 @@ def test_batcher_drains_on_close(settings):
 
 @pytest.mark.parametrize("rerank", ["none", "category"])
 @pytest.mark.parametrize("filters", [{}, {"gender": ["Men"]}, {"baseColour": ["Red", "Blue"], "usage": ["Casual"]}])
-def test_batched_exact_search_matches_the_engine(settings, filters, rerank):
+def test_the_batched_search_is_the_engines_search(settings, filters, rerank):
+    """The micro-batcher searches through engine.search_vectors: a batch gets exactly one-by-one hits."""
     from imageretrieval.engine import RetrievalEngine
 
     engine = RetrievalEngine(settings, "tiny")
+    assert engine.flat_vectors is not None  # the synthetic catalog's index is flat: searched exactly
     batcher = MicroBatcher(engine, Metrics())
     queries = np.asarray(engine.vectors[:7]) + np.random.default_rng(0).normal(0, 0.05, (7, engine.dims))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    ours = batcher._search_exact(queries, 20, filters, rerank)
-    reference = engine.search_vectors(queries, 20, filters or None, rerank=rerank)
-    for got, want in zip(ours, reference, strict=True):
+    jobs = [SimpleNamespace(k=20, filters=normalize_filters(filters), rerank=rerank, timing={}) for _ in queries]
+    batched = batcher._search_batch(jobs, queries)
+    for qi, got in enumerate(batched):
+        want = engine.search_vectors(queries[qi:qi + 1], 20, filters or None, rerank=rerank)[0]
         assert [h.id for h in got] == [h.id for h in want] and len(got) > 0
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
-        assert [h.product for h in got] == [h.product for h in want]
+        # and the exact ranking by inner product (ties by row) over the allowed products
+        mask = engine.filter_mask(filters or None)
+        scores = np.asarray(engine.vectors) @ queries[qi]
+        allowed = np.flatnonzero(mask) if mask is not None else np.arange(len(scores))
+        if rerank == "none":
+            order = allowed[np.lexsort((allowed, -scores[allowed]))][:20]
+            assert [h.id for h in got] == engine.ids[order].tolist()
 
 
 def test_shutdown_marks_not_ready(synthetic_catalog, built_workdir):
@@ -574,6 +584,16 @@ def test_openapi_documents_routes_with_examples(client):
     assert "examples" in schema["components"]["schemas"]["SearchResponse"]
     assert set(paths["/api/search/by-id"]["post"]["requestBody"]["content"]) >= {
         "application/json", "application/x-www-form-urlencoded"}
+    # the filter fields are defined once (the engine's FILTER_FIELDS): every schema that takes them shows them
+    from imageretrieval.engine import FILTER_FIELDS
+
+    components = schema["components"]["schemas"]
+    upload = paths["/api/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    upload_fields = components[upload.rsplit("/", 1)[-1]]["properties"]
+    assert set(FILTER_FIELDS) <= set(upload_fields) and upload_fields["gender"]["anyOf"][0]["type"] == "array"
+    by_id = paths["/api/search/by-id"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(FILTER_FIELDS) <= set(by_id["properties"])
+    assert set(components["FacetsResponse"]["properties"]) == set(FILTER_FIELDS)
 
 
 def test_validation_messages_are_readable():

@@ -89,3 +89,19 @@ def test_postprocessor_reduces_dims_and_roundtrips(tmp_path):
     np.testing.assert_allclose(PostProcessor.load(tmp_path / "p.npz")(x), y, rtol=1e-6)
     PostProcessor().save(tmp_path / "l2.npz")
     assert PostProcessor.load(tmp_path / "l2.npz")(x).shape == (300, 16)
+
+
+def test_exact_search_equals_the_reference_and_pads_past_the_allowed_rows(vectors):
+    from imageretrieval.index import exact_search
+
+    db, q = vectors
+    scores, rows = exact_search(db, q, 10)
+    assert (rows == _exact(db, q, 10)).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ db.T, rows, 1), rtol=1e-5)
+    allowed = np.zeros(len(db), bool)
+    allowed[[3, 70, 900]] = True
+    scores, rows = exact_search(db, q, 5, allowed)
+    assert (rows[:, :3] == _exact(db, q, 3, allowed)).all() and (rows[:, 3:] == -1).all()
+    assert np.isneginf(scores[:, 3:]).all()
+    tied = np.repeat(db[:1], 4, axis=0)  # four equal vectors: ties go by row
+    assert exact_search(tied, db[:1], 3)[1].tolist() == [[0, 1, 2]]

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from ..errors import ERROR_RESPONSES
 from ..schemas import FacetsResponse, ModelsResponse, Product
 from ..service import read_evaluation
-from .deps import get_runtime
+from .deps import RuntimeDep
 
 IMAGE_CACHE_CONTROL = "public, max-age=86400"
 ProductId = Annotated[int, Path(ge=0, le=2**63 - 1, description="Catalog product id", examples=[15970])]
@@ -19,8 +19,7 @@ router = APIRouter(prefix="/api", tags=["catalog"])
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Loaded models, their indexes and evaluation")
-def models(request: Request) -> dict[str, Any]:
-    rt = get_runtime(request)
+def models(rt: RuntimeDep) -> dict[str, Any]:
     out = []
     for name, engine in rt.engines.items():
         info = engine.describe()
@@ -31,14 +30,14 @@ def models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/facets", response_model=FacetsResponse, summary="Filter values with product counts")
-def facets(request: Request) -> dict[str, Any]:
-    return get_runtime(request).facets
+def facets(rt: RuntimeDep) -> dict[str, Any]:
+    return rt.facets
 
 
 @router.get("/products/{product_id}", response_model=Product, responses={404: ERROR_RESPONSES[404]},
             summary="One product's metadata")
-def product(request: Request, product_id: ProductId) -> dict[str, Any]:
-    info = get_runtime(request).catalog.product(product_id)
+def product(rt: RuntimeDep, product_id: ProductId) -> dict[str, Any]:
+    info = rt.catalog.product(product_id)
     if info is None:
         raise HTTPException(404, f"unknown product id {product_id}")
     return {**info, "image_url": f"/api/images/{product_id}"}
@@ -54,8 +53,8 @@ def _etag_matches(header: str, etag: str) -> bool:
     responses={200: {"content": {"image/jpeg": {}}, "description": "The JPEG"},
                304: {"description": "Not modified (If-None-Match)"}, 404: ERROR_RESPONSES[404]},
 )
-def image(request: Request, product_id: ProductId) -> Response:
-    path = get_runtime(request).catalog.image_path(product_id)
+def image(request: Request, rt: RuntimeDep, product_id: ProductId) -> Response:
+    path = rt.catalog.image_path(product_id)
     if path is None:
         raise HTTPException(404, f"no image for product id {product_id}")
     st = path.stat()

@@ -1,14 +1,41 @@
-"""Access to the startup-loaded runtime from a request."""
+"""Dependencies of the routes: the startup-loaded runtime, and the filter form fields."""
 
 from __future__ import annotations
 
-from fastapi import HTTPException, Request
+import inspect
+from collections.abc import Callable
+from typing import Annotated
 
-from ..runtime import Runtime
+from fastapi import Depends, Form, Request
+
+from imageretrieval.engine import FILTER_FIELDS
+
+from ..runtime import NotReadyError, Runtime
+from ..schemas import FILTER_DESCRIPTION
 
 
 def get_runtime(request: Request) -> Runtime:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.ready:
-        raise HTTPException(503, "the service is starting or stopping; retry shortly", headers={"Retry-After": "1"})
+        raise NotReadyError("the service is starting or stopping; retry shortly")
     return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+FilterParam = Annotated[list[str] | None, Form(description=FILTER_DESCRIPTION)]
+
+
+def _filter_form() -> Callable[..., dict[str, list[str] | None]]:
+    """A dependency taking one repeatable form field per FILTER_FIELDS entry (each documented in OpenAPI)."""
+
+    def read(**values: list[str] | None) -> dict[str, list[str] | None]:
+        return {f: values.get(f) for f in FILTER_FIELDS}
+
+    read.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=FilterParam)
+         for f in FILTER_FIELDS])
+    return read
+
+
+FilterForm = Annotated[dict[str, list[str] | None], Depends(_filter_form())]

@@ -8,17 +8,14 @@ import anyio
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from pydantic import ValidationError
 
-from imageretrieval.engine import FILTER_FIELDS, UnknownFilterError, UnknownProductError
+from imageretrieval.engine import FILTER_FIELDS
 
 from ..errors import ERROR_RESPONSES, format_validation_errors
 from ..schemas import DEFAULT_TOP_K, RERANK_DESCRIPTION, Rerank, SearchResponse, make_by_id_request
-from .deps import get_runtime
+from .deps import FilterForm, RuntimeDep
 
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-FilterParam = Annotated[list[str] | None, Form(description="Repeat for several values (OR); fields are AND-ed")]
-
 
 TIMING_STAGES = ("decode", "queue", "forward", "search")
 
@@ -62,29 +59,21 @@ def build_router(top_k_max: int) -> APIRouter:
     async def search(
         request: Request,
         response: Response,
+        rt: RuntimeDep,
         image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame), BMP, ...; "
                                                       "EXIF orientation is honoured")],
+        filter_values: FilterForm,
         model: Annotated[str | None, Form(description="Model name (default: the default model)",
                                           examples=["efficientnet_lite0"])] = None,
         top_k: TopK = None,
         topK: Annotated[int | None, Form(ge=1, le=top_k_max, description="Alias of top_k")] = None,
         rerank: Annotated[Rerank, Form(description=RERANK_DESCRIPTION)] = "none",
-        gender: FilterParam = None,
-        masterCategory: FilterParam = None,
-        subCategory: FilterParam = None,
-        articleType: FilterParam = None,
-        baseColour: FilterParam = None,
-        season: FilterParam = None,
-        usage: FilterParam = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        rt = get_runtime(request)
         engine = rt.engine(model)
         k = _k(top_k, topK)
         request.state.model, request.state.k = engine.name, k
-        filters = rt.check_filters(engine.name, {
-            "gender": gender, "masterCategory": masterCategory, "subCategory": subCategory,
-            "articleType": articleType, "baseColour": baseColour, "season": season, "usage": usage})
+        filters = engine.check_filters(filter_values)
         limit = rt.settings.max_upload_bytes
         if image.size is not None and image.size > limit:
             raise HTTPException(413, f"the image is larger than the {limit / 1024 / 1024:.1f} MB upload limit")
@@ -106,9 +95,8 @@ def build_router(top_k_max: int) -> APIRouter:
             "application/x-www-form-urlencoded": {"schema": by_id_schema},
         }}},
     )
-    async def search_by_id(request: Request, response: Response) -> dict[str, Any]:
+    async def search_by_id(request: Request, response: Response, rt: RuntimeDep) -> dict[str, Any]:
         started = time.perf_counter()
-        rt = get_runtime(request)
         payload, strict = await _read_body(request)
         try:
             body = by_id_model.model_validate(payload, strict=strict)
@@ -117,15 +105,9 @@ def build_router(top_k_max: int) -> APIRouter:
         engine = rt.engine(body.model)
         k = _k(body.top_k, body.topK)
         request.state.model, request.state.k = engine.name, k
-        filters = rt.check_filters(engine.name, body.filters())
+        filters = engine.check_filters(body.filters())
         searched = time.perf_counter()
-        try:
-            hits = await anyio.to_thread.run_sync(engine.search_by_id, body.product_id, k, filters or None,
-                                                  body.rerank)
-        except UnknownProductError as exc:
-            raise HTTPException(404, str(exc)) from None
-        except UnknownFilterError as exc:
-            raise HTTPException(400, str(exc)) from None
+        hits = await anyio.to_thread.run_sync(engine.search_by_id, body.product_id, k, filters or None, body.rerank)
         searched_ms = (time.perf_counter() - searched) * 1000
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing({"search": searched_ms}, took_ms)
