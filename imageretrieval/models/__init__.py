@@ -1,24 +1,25 @@
 """Model zoo: one entry point, `create_model(name)`, over a registry of named feature extractors.
 
-The configs and errors import without PyTorch (a serving install runs exported models); the
-extractor and the registry, which need it, are imported when first used.
+The configs, the registry of names and the errors import without PyTorch (a serving install runs
+exported models); loading, saving and the extractor, which need it, are imported when first used.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from . import zoo  # noqa: F401 - registers the pretrained constructors (imports no model code)
 from .config import ModelConfig, ModelNotFoundError, WeightSource, WeightsUnavailableError
 
 _LAZY = {
     "FeatureExtractor": "extractor",
-    "create_model": "registry",
+    "create_model": "loading",
     "get_model_config": "registry",
     "list_model_names": "registry",
     "register_model": "registry",
-    "save_composite": "registry",
-    "save_fusion": "registry",
-    "save_trained_model": "registry",
+    "save_composite": "saving",
+    "save_fusion": "saving",
+    "save_trained_model": "saving",
 }
 
 

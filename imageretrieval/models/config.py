@@ -12,6 +12,8 @@ MEMBERS_KEY = "composite_of"  # config.extra of a composite (and of heads traine
 SIZES_KEY = "member_sizes"  # ... and their input sizes, in order: the packed input's layout
 LAYOUTS_KEY = "member_layouts"  # a fusion's members' own squares (a nested composite reads several)
 WEIGHTS_KEY = "member_weights"  # a fusion's weights (sum 1): member i's block is scaled by sqrt(w_i)
+REUSE_KEY = "reuses_trunk_of"  # config.extra of a head-only trained model: its base model's name
+DIGEST_KEY = "trunk_digest"  # ... and the digest of the trunk it was trained on
 
 
 class ModelNotFoundError(KeyError):

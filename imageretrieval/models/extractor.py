@@ -9,11 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import DIGEST_KEY, REUSE_KEY, ModelConfig  # noqa: F401 - the keys are re-exported
 from .pooling import make_pool
-
-REUSE_KEY = "reuses_trunk_of"  # config.extra of a head-only trained model: its base model's name
-DIGEST_KEY = "trunk_digest"  # ... and the digest of the trunk it was trained on
 
 
 def _single_head(in_dims: int, hidden: int, dims: int) -> nn.Module:
