@@ -21,6 +21,7 @@ app:
 
 test: venv app
 	bash scripts/test-deps.sh
+	cd retrieval-app && npm test --silent
 	$(PY) -m pytest -q
 
 lint: venv

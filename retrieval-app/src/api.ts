@@ -1,16 +1,8 @@
 // The only module that talks to the search API (served under /api; nginx proxies it).
 
-export const FILTER_FIELDS = [
-  "gender",
-  "masterCategory",
-  "subCategory",
-  "articleType",
-  "baseColour",
-  "season",
-  "usage",
-] as const;
-export type FilterField = (typeof FILTER_FIELDS)[number];
-export type Filters = Partial<Record<FilterField, string[]>>;
+/** A catalog attribute to filter on; the fields the API knows are the keys of /api/facets. */
+export type FilterField = string;
+export type Filters = Record<FilterField, string[] | undefined>;
 
 export interface ModelInfo {
   name: string;
@@ -35,7 +27,7 @@ export interface FacetValue {
   value: string;
   count: number;
 }
-export type Facets = Partial<Record<FilterField, FacetValue[]>>;
+export type Facets = Record<FilterField, FacetValue[]>;
 
 export interface Product {
   id: number;
@@ -158,8 +150,8 @@ export function searchByImage(
   form.append("model", opts.model);
   form.append("top_k", String(opts.topK));
   form.append("rerank", opts.rerank);
-  for (const field of FILTER_FIELDS) {
-    for (const value of opts.filters[field] ?? []) form.append(field, value);
+  for (const [field, values] of Object.entries(opts.filters)) {
+    for (const value of values ?? []) form.append(field, value);
   }
   return request<SearchResponse>("/search", { method: "POST", body: form }, signal);
 }
@@ -172,8 +164,7 @@ export function searchById(productId: number, opts: SearchOptions, signal?: Abor
     top_k: opts.topK,
     rerank: opts.rerank,
   };
-  for (const field of FILTER_FIELDS) {
-    const values = opts.filters[field];
+  for (const [field, values] of Object.entries(opts.filters)) {
     if (values?.length) body[field] = values;
   }
   return request<SearchResponse>(

@@ -1,0 +1,54 @@
+import { describe, expect, it } from "vitest";
+
+import type { ModelInfo, SearchResponse, SearchResult } from "./api";
+import { ApiError } from "./api";
+import { errorMessage, evaluationText, facetChoices, formatCount, modelLabel, optionsSummary, resultsStatus } from "./format";
+import { parseState } from "./state";
+
+const model: ModelInfo = {
+  name: "tiny", description: "a test model", backbone: "lite0", kind: "trained", dims: 32, index_type: "Flat",
+  index_size: 1200, input_size: 64, default: true, evaluation: { mAP: 0.77181, PrecisionHits: 0.813, note: "x" as unknown as number },
+};
+
+function response(n: number, typeFirst: string | null = null): SearchResponse {
+  const results = Array.from({ length: n }, (_, i) => ({ id: i, rank: i + 1, score: 0.9 }) as SearchResult);
+  return { model: "tiny", took_ms: 12.6, rerank: typeFirst ? "category" : "none", type_first: typeFirst, results };
+}
+
+describe("text shown to the user", () => {
+  it("labels models with their evaluation", () => {
+    expect(modelLabel(model)).toBe("tiny · mAP 0.772 (default)");
+    expect(evaluationText(model)).toBe("mAP 0.772, PrecisionHits 0.813");
+    expect(evaluationText({ ...model, evaluation: null })).toBe("not evaluated yet");
+  });
+
+  it("summarizes the folded options", () => {
+    expect(optionsSummary(parseState("?model=tiny&gender=Men&baseColour=Red&order=visual"))).toBe(
+      "tiny · 15 results · 2 filters · by look only",
+    );
+    expect(optionsSummary(parseState("?k=5&usage=Casual"))).toBe("5 results · 1 filter");
+  });
+
+  it("says how many results, how fast and which type came first", () => {
+    expect(resultsStatus(response(15, "Shirts"), parseState("?k=15"))).toBe(
+      "15 results in 13 ms with tiny · Shirts first",
+    );
+    expect(resultsStatus(response(1), parseState("?k=15&gender=Men"))).toBe(
+      "1 result (every product that passes the filters) in 13 ms with tiny",
+    );
+    expect(resultsStatus(response(0), parseState(""))).toBe("");
+  });
+
+  it("offers Any, the catalog's values and a URL value the catalog lacks", () => {
+    const values = [{ value: "Men", count: 22147 }, { value: "", count: 3 }, { value: "Women", count: 18631 }];
+    expect(facetChoices(values, "Boys").map((c) => c.value)).toEqual(["", "Men", "Women", "Boys"]);
+    expect(facetChoices(values, "Men")[1].label).toBe(`Men (${formatCount(22147)})`);
+  });
+
+  it("shows the API's own message, else a plain one", () => {
+    expect(errorMessage(new ApiError(400, "unknown value 'Pink' for filter 'gender'"))).toBe(
+      "unknown value 'Pink' for filter 'gender'",
+    );
+    expect(errorMessage("boom")).toBe("Something went wrong. Please try again.");
+  });
+});

@@ -1,0 +1,49 @@
+import { describe, expect, it } from "vitest";
+
+import { DEFAULT_TOP_K, filterCount, hasFilters, knownFilters, parseState, stateToSearch, topKOptions, withFilter } from "./state";
+
+describe("URL state", () => {
+  it("round-trips a shared search", () => {
+    const search = "?model=tiny&k=30&gender=Men&articleType=Tshirts&articleType=Shirts&order=visual&like=1163";
+    const state = parseState(search);
+    expect(state).toEqual({
+      model: "tiny",
+      topK: 30,
+      filters: { gender: ["Men"], articleType: ["Tshirts", "Shirts"] },
+      likeId: 1163,
+      rerank: "none",
+    });
+    expect(parseState(stateToSearch(state))).toEqual(state);
+  });
+
+  it("falls back to the defaults for missing or bad values", () => {
+    const state = parseState("?k=0&like=-3&gender=");
+    expect(state).toEqual({ model: null, topK: DEFAULT_TOP_K, filters: {}, likeId: null, rerank: "category" });
+    expect(parseState("?k=5000").topK).toBe(100);
+    expect(stateToSearch(parseState(""))).toBe("");
+  });
+
+  it("treats every other parameter as a filter until the facets name the fields", () => {
+    const state = parseState("?season=Summer&utm_source=mail&model=tiny");
+    expect(state.filters).toEqual({ season: ["Summer"], utm_source: ["mail"] });
+    expect(knownFilters(state.filters, ["gender", "season"])).toEqual({ season: ["Summer"] });
+  });
+});
+
+describe("filters", () => {
+  it("sets, replaces and drops a field's value", () => {
+    let filters = withFilter({}, "gender", "Men");
+    expect(filters).toEqual({ gender: ["Men"] });
+    filters = withFilter({ ...filters, baseColour: ["Red", "Blue"] }, "gender", "Women");
+    expect(filters).toEqual({ gender: ["Women"], baseColour: ["Red", "Blue"] });
+    expect(withFilter(filters, "gender", "")).toEqual({ baseColour: ["Red", "Blue"] });
+    expect(filterCount(filters)).toBe(3);
+    expect(hasFilters({ gender: [] })).toBe(false);
+    expect(hasFilters(filters)).toBe(true);
+  });
+
+  it("offers the fixed K choices plus the URL's own", () => {
+    expect(topKOptions(15)).toEqual([5, 10, 15, 30, 50]);
+    expect(topKOptions(7)).toEqual([5, 7, 10, 15, 30, 50]);
+  });
+});

@@ -1,0 +1,80 @@
+// The view's state and the pure functions that change it. Model, K, filters, the ranking and the
+// "more like this" product live in the URL, so a search can be reloaded or shared:
+// ?model=efficientnet_lite0&k=15&gender=Men&articleType=Tshirts&like=1163
+// (&order=visual turns off "same type first", which is on by default: docs/results.md measures it).
+// Every other parameter is a filter; the fields the catalog has come from /api/facets (knownFilters).
+
+import type { Filters, Rerank } from "./api";
+
+export const TOP_K_CHOICES = [5, 10, 15, 30, 50] as const;
+export const DEFAULT_TOP_K = 15;
+export const MAX_TOP_K = 100;
+export const DEFAULT_RERANK: Rerank = "category";
+const RESERVED = new Set(["model", "k", "like", "order"]);
+
+export interface ViewState {
+  model: string | null;
+  topK: number;
+  filters: Filters;
+  likeId: number | null;
+  rerank: Rerank;
+}
+
+export function parseState(search: string): ViewState {
+  const params = new URLSearchParams(search);
+  const k = Number.parseInt(params.get("k") ?? "", 10);
+  const like = Number.parseInt(params.get("like") ?? "", 10);
+  const filters: Filters = {};
+  for (const field of new Set(params.keys())) {
+    if (RESERVED.has(field)) continue;
+    const values = params.getAll(field).filter((v) => v !== "");
+    if (values.length) filters[field] = values;
+  }
+  return {
+    model: params.get("model") || null,
+    topK: Number.isFinite(k) && k >= 1 ? Math.min(k, MAX_TOP_K) : DEFAULT_TOP_K,
+    filters,
+    likeId: Number.isFinite(like) && like >= 0 ? like : null,
+    rerank: params.get("order") === "visual" ? "none" : DEFAULT_RERANK,
+  };
+}
+
+export function stateToSearch(state: ViewState): string {
+  const params = new URLSearchParams();
+  if (state.model) params.set("model", state.model);
+  if (state.topK !== DEFAULT_TOP_K) params.set("k", String(state.topK));
+  for (const [field, values] of Object.entries(state.filters)) {
+    for (const value of values ?? []) params.append(field, value);
+  }
+  if (state.rerank !== DEFAULT_RERANK) params.set("order", "visual");
+  if (state.likeId !== null) params.set("like", String(state.likeId));
+  const s = params.toString();
+  return s ? `?${s}` : "";
+}
+
+export function hasFilters(filters: Filters): boolean {
+  return Object.values(filters).some((values) => (values?.length ?? 0) > 0);
+}
+
+export function filterCount(filters: Filters): number {
+  return Object.values(filters).reduce((sum, values) => sum + (values?.length ?? 0), 0);
+}
+
+/** The filters whose field the catalog has (others, e.g. a tracking parameter, are dropped). */
+export function knownFilters(filters: Filters, fields: Iterable<string>): Filters {
+  const known = new Set(fields);
+  return Object.fromEntries(Object.entries(filters).filter(([field]) => known.has(field)));
+}
+
+/** `filters` with `field` set to the one value chosen in a select ("" = any: the field is dropped). */
+export function withFilter(filters: Filters, field: string, value: string): Filters {
+  const next = { ...filters };
+  if (value) next[field] = [value];
+  else delete next[field];
+  return next;
+}
+
+/** The K choices offered: the fixed ones plus the state's own (from a shared URL), ascending. */
+export function topKOptions(topK: number): number[] {
+  return [...new Set<number>([...TOP_K_CHOICES, topK])].sort((a, b) => a - b);
+}
