@@ -25,7 +25,7 @@ test: venv app
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check imageretrieval retrievalapi tests
+	$(VENV)/bin/ruff check imageretrieval retrievalapi benchmarks tests scripts
 
 demo: venv app
 	bash scripts/demo.sh

@@ -15,7 +15,7 @@ from .settings import Settings
 
 COMMAND_MODULES = [
     "prepare", "models", "extract", "index", "search", "serve", "evaluate", "finetune_pca", "finetune_rerank",
-    "train", "pack", "ensemble", "compose", "fuse", "download_catalog", "bench", "make_synthetic",
+    "train", "pack", "ensemble", "compose", "fuse", "download_catalog", "make_synthetic",
 ]
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",

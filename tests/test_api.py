@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imageretrieval.benchmarks.serve import multipart_request, parse_server_timing
+from benchmarks.serve import multipart_request, parse_server_timing
 from retrievalapi import create_app
 from retrievalapi.batcher import MicroBatcher, OverloadedError, normalize_filters
 from retrievalapi.errors import format_validation_errors

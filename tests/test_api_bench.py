@@ -1,16 +1,10 @@
-"""`imageretrieval bench serve` report helpers: the table, and that other sections of the doc survive."""
+"""`python -m benchmarks serve` report helpers: the table, and that other sections of the doc survive."""
 
 from __future__ import annotations
 
-from imageretrieval.benchmarks.serve import (
-    SECTION_TITLE,
-    BareForward,
-    LevelResult,
-    multipart_request,
-    parse_server_timing,
-    render,
-    replace_section,
-)
+from benchmarks.__main__ import build_parser
+from benchmarks.report import write_section
+from benchmarks.serve import SECTION_TITLE, BareForward, LevelResult, multipart_request, parse_server_timing, render
 from imageretrieval.settings import Settings
 
 
@@ -55,15 +49,23 @@ def test_prepared_upload_is_a_valid_http_request():
     assert parts[2].endswith(b"\r\n\r\n\xff\xd8 jpeg bytes \r\n--not-a-boundary\r\n")
 
 
-def test_replace_section_keeps_other_sections(tmp_path):
+def test_the_serving_section_replaces_itself_and_keeps_the_others(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n<!-- bench:pipeline -->\n## Pipeline\n\npipeline table\n<!-- /bench:pipeline -->\n")
-    replace_section(doc, _section(50.0))
-    replace_section(doc, _section(80.0))  # replaced, not appended twice
+    write_section("serve", _section(50.0), doc)
+    write_section("serve", _section(80.0), doc)  # replaced, not appended twice
     text = doc.read_text()
     assert text.count(SECTION_TITLE) == 1 and "## Pipeline\n\npipeline table" in text and "p50 80.0 ms" in text
-    assert "<!-- bench:pipeline -->\n## Pipeline" in text  # another benchmark's marker survives
+    assert "<!-- bench:pipeline -->\n## Pipeline" in text  # another benchmark's section survives
     doc.write_text(text + "\n## Later\n\nkept\n")
-    replace_section(doc, _section(50.0))
+    write_section("serve", _section(50.0), doc)
     text = doc.read_text()
     assert "## Later\n\nkept" in text and "## Pipeline" in text and "p50 50.0 ms" in text
+
+
+def test_benchmarks_run_as_a_module_of_the_checkout_not_of_the_package():
+    args = build_parser().parse_args(["serve", "--no-write", "--workdir", "/tmp/w"])
+    assert args.bench == "serve" and args.no_write and args.workdir == "/tmp/w"
+    import importlib.util
+
+    assert importlib.util.find_spec("imageretrieval.benchmarks") is None  # not in the installed package

@@ -2,7 +2,7 @@
 """Does int8 pay? Post-training static quantization (ONNX Runtime, QDQ, per-channel) of a model's export,
 calibrated on seeded catalog train images; speed and catalog-protocol quality against fp32, side by side.
 
-    DATASET_ROOT=... WORKDIR=... python scripts/int8_probe.py efficientnet_lite0_fashion [--calibration 256]
+    DATASET_ROOT=... WORKDIR=... python -m benchmarks.int8_probe efficientnet_lite0_fashion [--calibration 256]
 
 The catalog protocol's database (the seed test split) is encoded with both models; the fp32 figures are
 the ones `imageretrieval evaluate --model M --protocol catalog --features raw` prints.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imageretrieval.benchmarks.encoder import latency_ms, throughput
+from benchmarks.encoder import latency_ms, throughput
 from imageretrieval.evaluation.protocols import catalog_task
 from imageretrieval.evaluation.runner import evaluate_task
 from imageretrieval.extract import image_batches

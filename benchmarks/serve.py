@@ -1,4 +1,4 @@
-"""`imageretrieval bench serve`: the search API under load, next to the bare model forward, same run.
+"""`python -m benchmarks serve`: the search API under load, next to the bare model forward, same run.
 
 Starts the API itself on loopback (uvicorn, one model), measures the bare forward pass of that model
 in this process (batch 1 and batch B, the server idle), then sends bounded numbers of image-upload
@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shlex
 import signal
 import socket
@@ -30,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..settings import Settings
+from imageretrieval.settings import Settings
+
+from .report import DOC, write_section
 
 log = logging.getLogger(__name__)
 
 SECTION_TITLE = "## Serving: search API under load"
-DEFAULT_DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 LATENCY_GOAL_MS = 15.0
 THROUGHPUT_GOAL = 0.8
 
@@ -55,7 +55,7 @@ def register(sub) -> None:
                    help="folder of query images (default: DeepFashion images when present, else catalog images)")
     p.add_argument("--num-queries", type=int, default=64)
     p.add_argument("--port", type=int, default=0, help="loopback port (0: a free one)")
-    p.add_argument("--output", type=Path, default=DEFAULT_DOC, help="markdown file whose Serving section is replaced")
+    p.add_argument("--output", type=Path, default=DOC, help="markdown file whose Serving section is replaced")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--startup-timeout", type=float, default=300.0)
     p.set_defaults(func=run)
@@ -73,7 +73,7 @@ def query_images(settings: Settings, folder: Path | None, n: int, seed: int = 0)
         source = f"{settings.images_dir} (catalog images)"
         files = sorted(Path(settings.images_dir).glob("*.jpg"))
     if not files:
-        from ..cli import CLIError
+        from imageretrieval.cli import CLIError
 
         raise CLIError(f"no query images found in {source}: pass --queries DIR")
     rng = np.random.default_rng(seed)
@@ -119,7 +119,7 @@ class BareModel:
     def __init__(self, settings: Settings, model: str, paths: list[Path], batch: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..device import keep_freed_memory
+        from imageretrieval.device import keep_freed_memory
 
         keep_freed_memory()  # as the server does: the bare forward gets the same allocator settings
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-forward")
@@ -128,8 +128,8 @@ class BareModel:
 
     def _load(self, settings: Settings, model: str, paths: list[Path], batch: int) -> None:
 
-        from ..engine import RetrievalEngine
-        from ..images import open_image
+        from imageretrieval.engine import RetrievalEngine
+        from imageretrieval.images import open_image
 
         self.engine = RetrievalEngine(settings, model)
         self.tensors = [self.engine.preprocess(open_image(p)) for p in paths]
@@ -181,7 +181,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float, log_path: Path
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            from ..cli import CLIError
+            from imageretrieval.cli import CLIError
 
             tail = log_path.read_text(errors="replace")[-2000:]
             raise CLIError(f"the API exited during startup (code {proc.returncode}):\n{tail}")
@@ -359,8 +359,8 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
            load: tuple[float, float], rounds: int, index_type: str = "?") -> str:
     import torch
 
-    from ..device import resolve_device
-    from ..inference import resolve_inference
+    from imageretrieval.device import resolve_device
+    from imageretrieval.inference import resolve_inference
 
     device = resolve_device(settings.device)
     runtime, precision = resolve_inference(settings.runtime, settings.precision, device)
@@ -412,18 +412,6 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
     return "\n".join(lines) + "\n"
 
 
-def replace_section(doc: Path, section: str) -> None:
-    """Replace our section (heading to the next '## ' heading or section marker) or append it; others are kept."""
-    text = doc.read_text() if doc.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |^<!-- bench:|\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text.rstrip("\n") + "\n")
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     model = args.model or settings.default_model
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -431,7 +419,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if len(counts) == 1:
         counts *= len(levels)
     if len(counts) != len(levels) or min(levels + counts) < 1:
-        from ..cli import CLIError
+        from imageretrieval.cli import CLIError
 
         raise CLIError("--requests needs one positive number, or one per --concurrency level")
     load_start = os.getloadavg()[0]
@@ -476,12 +464,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
              bare.result.single_ips, args.batch, bare.result.batch_ms, bare.result.batch_ips)
     command = (f"WORKDIR={settings.workdir} DATASET_ROOT={settings.dataset_root} "
                f"DEEPFASHION_ROOT={settings.deepfashion_root} "
-               f"imageretrieval {shlex.join(sys.argv[1:])}")
+               f"python -m benchmarks {shlex.join(sys.argv[1:])}")
     load = (load_start, os.getloadavg()[0])
     section = render(model, settings, source, len(paths), bare.result, results, command, args.batch, index_size, load,
                      rounds, index_type)
     sys.stdout.write(section)
     if not args.no_write:
-        replace_section(args.output, section)
+        write_section("serve", section, args.output)
         log.info("wrote the Serving section of %s", args.output)
     return 0 if all(r.errors == 0 for r in results) else 1

@@ -1,4 +1,4 @@
-"""`imageretrieval bench encoder`: runtime x input size, side by side in one run.
+"""`python -m benchmarks encoder`: runtime x input size, side by side in one run.
 
 For each input size and runtime: the bare forward on ready uint8 batches (batch 1 latency, batch 32
 throughput), measured in alternating rounds so that the machine's drift hits every row alike; then
@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..catalog import load_catalog
-from ..extract import extract_features
-from ..inference import create_encoder, resolve_runtime, runtime_installed
-from ..models import create_model, get_model_config
-from ..models.registry import sized_name
-from ..preprocess import preprocess_for
+from imageretrieval.catalog import load_catalog
+from imageretrieval.extract import extract_features
+from imageretrieval.inference import create_encoder, resolve_runtime, runtime_installed
+from imageretrieval.models import create_model, get_model_config
+from imageretrieval.models.registry import sized_name
+from imageretrieval.preprocess import preprocess_for
+
 from .report import machine_line, write_section
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def throughput(encoder, x: np.ndarray, batches: int) -> float:
 
 
 def run(args, settings) -> int:
-    from ..cli import CLIError
+    from imageretrieval.cli import CLIError
 
     try:
         names = _sizes(args.model, args.sizes)
@@ -137,7 +138,7 @@ def run(args, settings) -> int:
                 extraction.append(f"| {auto} | {w}x{h} | {len(ids)} | {rate:.0f} img/s | {bare:.0f} img/s | "
                                   f"{rate / bare:.2f}x |")
 
-    cmd = "imageretrieval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     body = [f"## Encoder: {args.model}, runtime x input size", "", f"Machine: {machine_line()}.", "",
             f"Command: `DATASET_ROOT=... {cmd}` ({args.rounds} alternating rounds, medians; fp32)", "",
             f"| runtime | input (WxH) | batch 1 latency | batch {args.batch} throughput |", "|---|---|---|---|", *rows]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..io_utils import atomic_write
+from imageretrieval.io_utils import atomic_write
 
-DOC = Path("docs/benchmarks.md")
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"  # the checkout's
 HEADER = "# Benchmarks\n\nEvery figure below was measured by the command shown with it, on the machine described.\n"
 
 

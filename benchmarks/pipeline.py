@@ -1,4 +1,4 @@
-"""`imageretrieval bench pipeline`: extraction vs bare forward, bf16 vs fp32, index build, search latency.
+"""`python -m benchmarks pipeline`: extraction vs bare forward, bf16 vs fp32, index build, search latency.
 
 Every number is measured in the same run on the same machine, so ratios are meaningful.
 """
@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..catalog import load_catalog
-from ..device import autocast, cpu_has_fast_bf16, prepare_model, resolve_device, to_batch
-from ..extract import extract_features
-from ..index import build_index, search
-from ..models import create_model
-from ..preprocess import preprocess_for
+from imageretrieval.catalog import load_catalog
+from imageretrieval.device import autocast, cpu_has_fast_bf16, prepare_model, resolve_device, to_batch
+from imageretrieval.extract import extract_features
+from imageretrieval.index import build_index, search
+from imageretrieval.models import create_model
+from imageretrieval.preprocess import preprocess_for
+
 from .report import machine_line, write_section
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def run(args, settings) -> int:
     one = bare_forward(model, 1, shape, "fp32", 20, device)
     rows.append(("bare forward, fp32, batch 1", f"{one:.1f} img/s ({1000 / one:.1f} ms/img)"))
 
-    from ..artifacts import ModelArtifacts
+    from imageretrieval.artifacts import ModelArtifacts
 
     art = ModelArtifacts.of(settings.workdir, name)
     if art.vectors.is_file():
@@ -106,8 +107,8 @@ def run(args, settings) -> int:
                          f"{built:.2f} s; search p50 {_percentile(lat, 50):.2f} ms, p95 {_percentile(lat, 95):.2f} ms "
                          f"({faiss.omp_get_max_threads()} threads); recall@15 vs exact {recall:.4f}"))
 
-        from ..engine import RetrievalEngine
-        from ..images import open_image
+        from imageretrieval.engine import RetrievalEngine
+        from imageretrieval.images import open_image
 
         engine = RetrievalEngine(settings, name)
         qpaths = [catalog.image_path(i) for i in rng.choice(catalog.ids, args.queries, replace=False)]
@@ -125,7 +126,7 @@ def run(args, settings) -> int:
     else:
         log.warning("no index for %s in %s: index and search figures skipped", name, settings.workdir)
 
-    cmd = "imageretrieval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     body = [f"## Pipeline: {name}", "", f"Machine: {machine_line()}.", "",
             f"Command: `DATASET_ROOT=... WORKDIR=... {cmd}`", "", "| measurement | result |", "|---|---|"]
     body += [f"| {a} | {b} |" for a, b in rows]
