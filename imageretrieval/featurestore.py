@@ -20,7 +20,7 @@ from .extract import FeatureSet, extract_features, feature_dir, load_features
 from .io_utils import load_json
 from .models import FeatureExtractor, ModelConfig, create_model, get_model_config
 from .models.composite import composite_members, is_composite_base, member_weights
-from .models.extractor import DIGEST_KEY, REUSE_KEY, trunk_digest
+from .models.extractor import trunk_digest
 from .models.registry import weights_fingerprint
 from .preprocess import preprocess_for
 from .settings import Settings
@@ -70,14 +70,14 @@ def head_only_base(settings: Settings, config: ModelConfig) -> str | None:
     reinstalled weight package or a different machine still qualifies) and the preprocessing and
     pooling are the same; otherwise None and the model is run end to end.
     """
-    base_name = config.extra.get(REUSE_KEY)
+    base_name = config.reuses_trunk_of
     if not base_name or config.pooling == "gem":
         return None
     try:
         base_cfg = get_model_config(base_name, settings.workdir)
         if any(getattr(base_cfg, f) != getattr(config, f) for f in _SAME_INPUT) or base_cfg.embedding_dims:
             return None
-        if config.extra.get(DIGEST_KEY) != _base_digest(settings, base_name):
+        if config.trunk_digest != _base_digest(settings, base_name):
             log.info("%s: trunk differs from %s, running the full model", config.name, base_name)
             return None
     except Exception as exc:  # noqa: BLE001 - weights unavailable etc.: fall back to the full model

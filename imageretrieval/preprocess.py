@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .models.config import SIZES_KEY
-
 WHITE = (255, 255, 255)
 
 
@@ -136,6 +134,6 @@ class Preprocess:
 def preprocess_for(config, query_resolution: tuple[int, int] | None = None,
                    query_scale: float | None = None) -> Preprocess:
     """The preprocessing a model config asks for (a `ModelConfig`; composites pack their members' squares)."""
-    sizes = tuple(int(s) for s in config.extra.get(SIZES_KEY) or ())
+    sizes = tuple(int(s) for s in config.member_sizes or ())
     return Preprocess(config.input_size, config.resize_mode, query_resolution, query_scale, sizes,
                       None if sizes else config.input_width)

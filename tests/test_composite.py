@@ -45,7 +45,7 @@ def test_packed_input_holds_each_members_own_square():
 def test_composite_config_and_forward_equal_the_members_side_by_side(composite_settings):
     s = composite_settings
     cfg = get_model_config("duo", s.workdir)
-    assert cfg.trunk_dims == 256 + 96 and cfg.input_size == 56 and cfg.extra["member_sizes"] == [40, 56]
+    assert cfg.trunk_dims == 256 + 96 and cfg.input_size == 56 and cfg.member_sizes == [40, 56]
     img = open_image(next(iter((s.dataset_root / "images").glob("*.jpg"))))
     with torch.no_grad():
         whole = create_model("duo", workdir=s.workdir)(torch.from_numpy(preprocess_for(cfg)(img))[None].float() / 255)
@@ -84,7 +84,7 @@ def test_head_on_a_composite_trains_indexes_and_searches(composite_settings):
     info = train(s, TrainRequest(base="duo", name="duo-head", dataset="fashion", selection="all", trainable=[],
                                  dims=16, head_hidden=32, batch_size=32, options=opts), progress=False)
     assert info["mode"] == "cached-trunk-features"
-    assert get_model_config("duo-head", s.workdir).extra["composite_of"] == ["small", "large"]
+    assert get_model_config("duo-head", s.workdir).composite_of == ["small", "large"]
     build_model_index(s, "duo-head", progress=False)
     engine = RetrievalEngine(s, "duo-head")
     pid = int(engine.ids[3])
@@ -101,7 +101,7 @@ def test_cli_compose_saves_a_named_composite_and_refuses_trained_heads(composite
     flags = ["--dataset-root", str(s.dataset_root), "--workdir", str(s.workdir)]
     assert main(["compose", "--name", "trio", "small", "large", "small", *flags]) == 0
     assert "trio: small + large + small, 608 dims" in capsys.readouterr().out
-    assert get_model_config("trio", s.workdir).extra["member_sizes"] == [40, 56, 40]
+    assert get_model_config("trio", s.workdir).member_sizes == [40, 56, 40]
     train(s, TrainRequest(base="small", name="small-head", dataset="fashion", selection="all", trainable=[],
                           dims=8, options=TrainOptions(epochs=1, warmup_epochs=0)), progress=False)
     assert main(["compose", "--name", "bad", "small", "small-head", *flags]) == 2

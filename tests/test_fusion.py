@@ -38,8 +38,8 @@ def fusion_settings(tmp_path_factory, synthetic_catalog):
 def test_fusion_config_lays_out_every_members_squares(fusion_settings):
     cfg = get_model_config("fused", fusion_settings.workdir)
     assert cfg.kind == "trained" and cfg.dims == 24 + 2 * 96 and cfg.input_size == 56
-    assert cfg.extra["member_sizes"] == [48, 40, 56] and cfg.extra["member_layouts"] == [[48], [40, 56]]
-    assert cfg.extra["member_weights"] == [0.75, 0.25]
+    assert cfg.member_sizes == [48, 40, 56] and cfg.member_layouts == [[48], [40, 56]]
+    assert cfg.member_weights == [0.75, 0.25]
 
 
 def test_fusion_forward_is_the_weighted_members_side_by_side(fusion_settings):
@@ -94,7 +94,7 @@ def test_cli_fuse_saves_a_named_fusion(fusion_settings, capsys):
     assert main(["fuse", "--name", "pair", "embedder", "small", "--weights", "1,1", *flags]) == 0
     assert "pair: 0.5 x embedder + 0.5 x small, 120 dims" in capsys.readouterr().out
     assert main(["fuse", "--name", "pair", "embedder", "small", "--weights", "1,3", *flags]) == 0  # re-weighted
-    assert get_model_config("pair", s.workdir).extra["member_weights"] == [0.25, 0.75]
+    assert get_model_config("pair", s.workdir).member_weights == [0.25, 0.75]
     assert main(["models", "--json", *flags]) == 0
     assert '"name": "pair", "kind": "trained", "backbone": "fusion(embedder,small)"' in capsys.readouterr().out
 
@@ -140,7 +140,7 @@ def test_fuse_chooses_weights_on_val_and_scores_test_once(fusion_settings, capsy
     assert "test embedder" in out.out and "test small" in out.out
     full = choose_fusion_weights(s, ["embedder", "small"], selection="all")["chosen"]
     if min(full) > 0:
-        assert code == 0 and get_model_config("chosen-pair", s.workdir).extra["member_weights"] == list(full)
+        assert code == 0 and get_model_config("chosen-pair", s.workdir).member_weights == list(full)
     else:  # one model alone won on val: nothing is saved
         assert code == 2 and "no fusion saved" in out.err
         assert not (s.workdir / "models" / "chosen-pair").exists()

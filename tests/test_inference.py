@@ -138,19 +138,23 @@ def test_square_configs_keep_their_fingerprint():
     import hashlib
     import json
 
+    from imageretrieval.models.config import TYPED_EXTRA_KEYS
+
     config = get_model_config("efficientnet_lite0")
     dump = config.model_dump(mode="json")
     dump.pop("input_width")
+    for key in TYPED_EXTRA_KEYS:  # unset on a pretrained model; typed after its fingerprint was defined
+        assert dump.pop(key) is None
     assert config.fingerprint() == hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_bench_encoder_runs_every_runtime_side_by_side(settings, capsys, monkeypatch):
-    from imageretrieval.cli import main
+    from benchmarks.__main__ import main
 
     for key, value in {"DATASET_ROOT": str(settings.dataset_root), "WORKDIR": str(settings.workdir),
                        "DEVICE": "cpu", "NUM_WORKERS": "0"}.items():
         monkeypatch.setenv(key, value)
-    assert main(["bench", "encoder", "--model", TINY, "--rounds", "1", "--batch", "4", "--images", "20",
+    assert main(["encoder", "--model", TINY, "--rounds", "1", "--batch", "4", "--images", "20",
                  "--no-write"]) == 0
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ") and " ms | " in line]
@@ -269,3 +273,29 @@ def test_the_model_registry_imports_no_model_code():
     import sys
 
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_configs_saved_with_untyped_keys_load_into_typed_fields_and_keep_their_fingerprint():
+    """Configs written before the typed fields kept them in `extra`: a migration on read, same fingerprint."""
+    import hashlib
+    import json
+
+    from imageretrieval.models import ModelConfig
+
+    legacy = {"name": "old-head", "kind": "trained", "architecture": "test_efficientnet", "trunk_dims": 256,
+              "embedding_dims": 32, "l2_normalize_output": True, "weights": {"type": "file", "ref": "weights.pt"},
+              "extra": {"reuses_trunk_of": "tiny", "trunk_digest": "94d20601c546c17e", "trunk_from_base": True,
+                        "head_hidden": 0, "classes": ["Jeans", "Shirts"], "training": {"recipe": "metric"}}}
+    cfg = ModelConfig.model_validate_json(json.dumps(legacy))
+    assert (cfg.reuses_trunk_of, cfg.trunk_digest, cfg.trunk_from_base) == ("tiny", "94d20601c546c17e", True)
+    assert cfg.head_hidden == 0 and cfg.classes == ["Jeans", "Shirts"] and cfg.extra == {"training": {"recipe": "metric"}}
+    old_dump = ModelConfig.model_validate(legacy).model_dump(mode="json")  # the fingerprint as it was computed:
+    for key in ("reuses_trunk_of", "trunk_digest", "trunk_from_base", "head_hidden", "classes", "composite_of",
+                "member_sizes", "member_layouts", "member_weights", "input_width"):
+        old_dump.pop(key)
+    old_dump["extra"] = legacy["extra"]  # the untyped keys where they were
+    assert cfg.fingerprint() == hashlib.sha256(json.dumps(old_dump, sort_keys=True).encode()).hexdigest()[:16]
+    again = ModelConfig.model_validate_json(cfg.model_dump_json())  # saved in the new layout: the same config
+    assert again == cfg and again.fingerprint() == cfg.fingerprint()
+    composite = ModelConfig.model_validate({**legacy, "extra": {"composite_of": ["a", "b"], "member_sizes": [40, 56]}})
+    assert composite.composite_of == ["a", "b"] and composite.member_sizes == [40, 56] and composite.extra == {}

@@ -129,7 +129,7 @@ def test_suffix_recipe_trains_the_last_blocks_on_cached_maps(larger_settings):
         same = all(torch.equal(p, q) for p, q in zip(b.parameters(), t.parameters(), strict=True))
         assert same == (i < 3), f"block {i}"  # the frozen blocks are the base's; the last two trained
     cfg = get_model_config("suffix-ft", s.workdir)
-    assert cfg.extra["training"]["recipe"] == "suffix" and "reuses_trunk_of" not in cfg.extra
+    assert cfg.extra["training"]["recipe"] == "suffix" and cfg.reuses_trunk_of is None
     # the saved model on an image equals the cached-maps path it was trained on (fp16 maps)
     image = open_image(next((s.dataset_root / "images").glob("*.jpg")))
     x = torch.from_numpy(preprocess_for(cfg)(image)).float().div(255)[None]

@@ -175,7 +175,7 @@ def test_saved_then_loaded_model_gives_identical_embeddings(tmp_path):
     make_tiny_model(tmp_path)
     torch.manual_seed(3)
     cfg = get_model_config(TINY, tmp_path).model_copy(
-        update={"name": "saved", "embedding_dims": 32, "l2_normalize_output": True, "extra": {"head_hidden": 48}})
+        update={"name": "saved", "embedding_dims": 32, "l2_normalize_output": True, "head_hidden": 48})
     model = FeatureExtractor(cfg).eval()
     save_trained_model(tmp_path, model)
     loaded = create_model("saved", workdir=tmp_path)
@@ -319,7 +319,7 @@ def test_head_only_weights_refuse_a_different_base_trunk(train_settings):
         torch.testing.assert_close(light(images), model(images))
     cfg_path = s.workdir / "models" / "solo-head-light" / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["extra"]["trunk_digest"] = "0" * 16
+    cfg["trunk_digest"] = "0" * 16
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(WeightsUnavailableError, match="other weights"):
         create_model("solo-head-light", workdir=s.workdir)
@@ -330,7 +330,7 @@ def test_head_reuse_is_refused_when_the_trunk_differs(train_settings):
     train(s, tiny_request("head2", trainable=[], dataset="fashion", dims=16, epochs=1), progress=False)
     cfg = get_model_config("head2", s.workdir)
     assert head_only_base(s, cfg) == TINY
-    cfg.extra["trunk_digest"] = "0" * 16
+    cfg.trunk_digest = "0" * 16
     assert head_only_base(s, cfg) is None
 
 

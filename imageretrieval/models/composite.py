@@ -22,15 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .config import LAYOUTS_KEY, MEMBERS_KEY, SIZES_KEY, WEIGHTS_KEY, ModelConfig, WeightSource
+from .config import ModelConfig, WeightSource
 
-__all__ = ["LAYOUTS_KEY", "MEMBERS_KEY", "SIZES_KEY", "WEIGHTS_KEY", "composite_config",
+__all__ = ["composite_config",
            "composite_members", "fusion_config", "is_composite_base", "member_layout", "member_weights"]
 
 
 def composite_members(config: ModelConfig) -> list[str]:
     """The member models of a composite or of a model trained on one; [] for any other model."""
-    return list(config.extra.get(MEMBERS_KEY) or [])
+    return list(config.composite_of or [])
 
 
 def is_composite_base(config: ModelConfig) -> bool:
@@ -58,13 +58,13 @@ def composite_config(name: str, members: Sequence[ModelConfig], description: str
         mean=(0.0, 0.0, 0.0),  # each member normalizes its own square
         std=(1.0, 1.0, 1.0),
         weights=WeightSource(type="members", ref="+".join(names)),
-        extra={MEMBERS_KEY: names, SIZES_KEY: [m.input_size for m in members]},
+        composite_of=names, member_sizes=[m.input_size for m in members],
     )
 
 
 def member_layout(config: ModelConfig) -> list[int]:
     """The squares a model reads: its packed members' sizes for a composite (or a head on one), else its input."""
-    return [int(s) for s in config.extra.get(SIZES_KEY) or [config.input_size]]
+    return [int(s) for s in config.member_sizes or [config.input_size]]
 
 
 def fusion_config(name: str, members: Sequence[ModelConfig], weights: Sequence[float] | None = None,
@@ -101,12 +101,12 @@ def fusion_config(name: str, members: Sequence[ModelConfig], weights: Sequence[f
         mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0),
         weights=WeightSource(type="members", ref="+".join(names)),
-        extra={MEMBERS_KEY: names, SIZES_KEY: [s for lay in layouts for s in lay], LAYOUTS_KEY: layouts,
-               WEIGHTS_KEY: weights},
+        composite_of=names, member_sizes=[s for lay in layouts for s in lay], member_layouts=layouts,
+        member_weights=weights,
     )
 
 
 def member_weights(config: ModelConfig) -> list[float] | None:
     """A fusion's member weights; None for a plain composite (every block weighs 1)."""
-    weights = config.extra.get(WEIGHTS_KEY)
+    weights = config.member_weights
     return [float(w) for w in weights] if weights else None

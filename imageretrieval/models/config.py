@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-MEMBERS_KEY = "composite_of"  # config.extra of a composite (and of heads trained on it): member model names
-SIZES_KEY = "member_sizes"  # ... and their input sizes, in order: the packed input's layout
-LAYOUTS_KEY = "member_layouts"  # a fusion's members' own squares (a nested composite reads several)
-WEIGHTS_KEY = "member_weights"  # a fusion's weights (sum 1): member i's block is scaled by sqrt(w_i)
-REUSE_KEY = "reuses_trunk_of"  # config.extra of a head-only trained model: its base model's name
-DIGEST_KEY = "trunk_digest"  # ... and the digest of the trunk it was trained on
+# Fields that configs saved before they were typed kept in `extra` under the same names.
+TYPED_EXTRA_KEYS = ("reuses_trunk_of", "trunk_digest", "trunk_from_base", "head_hidden", "classes",
+                    "composite_of", "member_sizes", "member_layouts", "member_weights")
 
 
 class ModelNotFoundError(KeyError):
@@ -58,7 +55,32 @@ class ModelConfig(BaseModel):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     weights: WeightSource
     base_model: str | None = None
-    extra: dict = Field(default_factory=dict)
+    # a head trained on a frozen trunk: the base model whose cached features it reuses, and a digest
+    # of that trunk (reuse is refused when it changed); with trunk_from_base the weights file holds
+    # the head only and the trunk is loaded from the base
+    reuses_trunk_of: str | None = None
+    trunk_digest: str | None = None
+    trunk_from_base: bool | None = None
+    head_hidden: int | None = Field(None, description="hidden width of an MLP head (0 or None: linear)")
+    classes: list[str] | None = Field(None, description="the articleType classes a trained model learned")
+    # a composite or fusion (composite.py): its members, their input sizes in the packed input, a
+    # fusion's members' own squares (a nested composite reads several) and its weights (sum 1)
+    composite_of: list[str] | None = None
+    member_sizes: list[int] | None = None
+    member_layouts: list[list[int]] | None = None
+    member_weights: list[float] | None = None
+    extra: dict = Field(default_factory=dict, description="free-form records, e.g. how a model was trained")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_fields_from_extra(cls, data: Any) -> Any:
+        """Configs saved before these fields were typed kept them in `extra`: move them out on read."""
+        if isinstance(data, dict) and isinstance(data.get("extra"), dict):
+            legacy = {k: v for k, v in data["extra"].items() if k in TYPED_EXTRA_KEYS}
+            if legacy:
+                extra = {k: v for k, v in data["extra"].items() if k not in TYPED_EXTRA_KEYS}
+                data = {**legacy, **{k: v for k, v in data.items() if v is not None}, "extra": extra}
+        return data
 
     @property
     def dims(self) -> int:
@@ -73,4 +95,8 @@ class ModelConfig(BaseModel):
         dump = self.model_dump(mode="json")
         if dump.get("input_width") is None:  # square inputs keep the fingerprints they had before the field
             dump.pop("input_width", None)
+        for key in TYPED_EXTRA_KEYS:  # hashed where they were before they were typed: fingerprints are kept
+            value = dump.pop(key)
+            if value is not None:
+                dump["extra"][key] = value
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]

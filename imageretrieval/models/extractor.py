@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DIGEST_KEY, REUSE_KEY, ModelConfig  # noqa: F401 - the keys are re-exported
+from .config import ModelConfig
 from .pooling import make_pool
 
 
@@ -35,7 +35,7 @@ class ConcatHeads(nn.Module):
 
 
 def make_head(config: ModelConfig) -> nn.Module | None:
-    """Linear projection, a 2-layer MLP (`extra["head_hidden"]`), or an ensemble of those (`extra["heads"]`:
+    """Linear projection, a 2-layer MLP (`head_hidden`), or an ensemble of those (`extra["heads"]`:
     a list of {"hidden", "dims"}, see `ConcatHeads`)."""
     if not config.embedding_dims:
         return None
@@ -45,7 +45,7 @@ def make_head(config: ModelConfig) -> nn.Module | None:
             raise ValueError(f"{config.name}: the heads' dims do not add up to embedding_dims")
         return ConcatHeads([_single_head(config.trunk_dims, int(m.get("hidden") or 0), int(m["dims"]))
                             for m in members])
-    return _single_head(config.trunk_dims, int(config.extra.get("head_hidden") or 0), config.embedding_dims)
+    return _single_head(config.trunk_dims, int(config.head_hidden or 0), config.embedding_dims)
 
 
 def hash_tensors(h, named_tensors) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from .composite import LAYOUTS_KEY, SIZES_KEY, composite_members, is_composite_base, member_weights
+from .composite import composite_members, is_composite_base, member_weights
 from .config import ModelConfig, WeightsUnavailableError
-from .extractor import DIGEST_KEY, REUSE_KEY, FeatureExtractor, trunk_digest
+from .extractor import FeatureExtractor, trunk_digest
 from .multitrunk import MultiTrunk
-from .registry import TRUNK_FROM_BASE, get_model_config, trained_weights_path
+from .registry import get_model_config, trained_weights_path
 from .weights import (
     find_local_checkpoint,
     load_state_dict_file,
@@ -90,7 +90,7 @@ def create_model(
     if is_composite_base(config):  # a composite or fusion: every member loads its own weights
         return FeatureExtractor(config, _composite_trunk(config, pretrained, workdir)).eval()
     if config.kind == "trained":
-        from_base = bool(config.extra.get(TRUNK_FROM_BASE)) and pretrained
+        from_base = bool(config.trunk_from_base) and pretrained
         trunk = _base_trunk(config, workdir) if from_base else _bare_trunk(config, workdir)
         model = FeatureExtractor(config, trunk)
         if pretrained and config.weights.type == "file":
@@ -113,7 +113,7 @@ def create_model(
 def _composite_trunk(config: ModelConfig, pretrained: bool, workdir: Path | None) -> MultiTrunk:
     members = composite_members(config)
     return MultiTrunk([create_model(m, pretrained=pretrained, workdir=workdir) for m in members],
-                      config.extra[SIZES_KEY], config.extra.get(LAYOUTS_KEY), member_weights(config))
+                      config.member_sizes, config.member_layouts, member_weights(config))
 
 
 def _bare_trunk(config: ModelConfig, workdir: Path | None) -> torch.nn.Module:
@@ -127,11 +127,11 @@ def _bare_trunk(config: ModelConfig, workdir: Path | None) -> torch.nn.Module:
 
 def _base_trunk(config: ModelConfig, workdir: Path | None) -> torch.nn.Module:
     """The frozen trunk of a head-only model: its base model's, checked to be the one it was trained on."""
-    base = create_model(config.extra[REUSE_KEY], workdir=workdir)
-    if config.extra.get(DIGEST_KEY) and trunk_digest(base) != config.extra[DIGEST_KEY]:
+    base = create_model(config.reuses_trunk_of, workdir=workdir)
+    if config.trunk_digest and trunk_digest(base) != config.trunk_digest:
         raise WeightsUnavailableError(
-            f"trained model {config.name} was trained on other weights of {config.extra[REUSE_KEY]} "
-            f"(trunk digest {config.extra[DIGEST_KEY]}, found {trunk_digest(base)}): reinstall the weights "
+            f"trained model {config.name} was trained on other weights of {config.reuses_trunk_of} "
+            f"(trunk digest {config.trunk_digest}, found {trunk_digest(base)}): reinstall the weights "
             "pinned in requirements.txt"
         )
     return base.trunk

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .composite import composite_members
-from .config import REUSE_KEY, ModelConfig, ModelNotFoundError
+from .config import ModelConfig, ModelNotFoundError
 from .weights import find_local_checkpoint, pypi_weights_path, timm_hub_cached
 
 _REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
-TRUNK_FROM_BASE = "trunk_from_base"  # config.extra: weights.pt holds only the head; the trunk is the base's
 
 
 def register_model(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
@@ -110,8 +109,8 @@ def weights_available(config: ModelConfig, workdir: Path | None = None) -> bool:
     if src.type == "file":
         path = trained_weights_path(config, workdir)
         own = path is not None and path.is_file()
-        if own and config.extra.get(TRUNK_FROM_BASE):
-            return weights_available(get_model_config(config.extra[REUSE_KEY], workdir), workdir)
+        if own and config.trunk_from_base:
+            return weights_available(get_model_config(config.reuses_trunk_of, workdir), workdir)
         return own
     return find_local_checkpoint(config.name, workdir) is not None or timm_hub_cached(src.ref)
 

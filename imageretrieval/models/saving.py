@@ -7,17 +7,17 @@ from pathlib import Path
 import torch
 
 from ..io_utils import atomic_write, save_json
-from .composite import WEIGHTS_KEY, composite_config, fusion_config
+from .composite import composite_config, fusion_config
 from .config import ModelConfig
-from .extractor import DIGEST_KEY, REUSE_KEY, FeatureExtractor, trunk_digest
-from .registry import CONFIG_FILE, TRUNK_FROM_BASE, WEIGHTS_FILE, get_model_config, list_model_names, trained_model_dir
+from .extractor import FeatureExtractor, trunk_digest
+from .registry import CONFIG_FILE, WEIGHTS_FILE, get_model_config, list_model_names, trained_model_dir
 
 
 def save_trained_model(workdir: Path, model: FeatureExtractor, config: ModelConfig | None = None,
                        head_only: bool = False) -> Path:
     """Save a model under `<WORKDIR>/models/<name>/` so the zoo finds it by name.
 
-    `head_only` (a model whose trunk is its base's, unchanged: `extra.reuses_trunk_of` + digest) keeps
+    `head_only` (a model whose trunk is its base's, unchanged: `reuses_trunk_of` + `trunk_digest`) keeps
     only the head's weights; loading takes the trunk from the base model and checks its digest.
     """
     config = (config or model.config).model_copy(update={"kind": "trained"}, deep=True)
@@ -25,10 +25,10 @@ def save_trained_model(workdir: Path, model: FeatureExtractor, config: ModelConf
     directory = trained_model_dir(workdir, config.name)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if head_only:
-        if not config.extra.get(REUSE_KEY) or config.extra.get(DIGEST_KEY) != trunk_digest(model):
+        if not config.reuses_trunk_of or config.trunk_digest != trunk_digest(model):
             raise ValueError(f"{config.name}: head-only weights need the unchanged trunk of its base model")
         state = {k: v for k, v in state.items() if not k.startswith("trunk.")}
-        config.extra[TRUNK_FROM_BASE] = True
+        config.trunk_from_base = True
     atomic_write(directory / WEIGHTS_FILE, lambda p: torch.save(state, p))
     save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
     return directory
@@ -50,7 +50,7 @@ def save_fusion(workdir: Path, name: str, members: list[str], weights: list[floa
     named model of the workdir: a config only, since every member loads its own weights. An existing fusion
     of that name is replaced (new weights or members); any other model of that name is refused."""
     config = fusion_config(name, [get_model_config(m, workdir) for m in members], weights)
-    if name in list_model_names(workdir) and WEIGHTS_KEY not in get_model_config(name, workdir).extra:
+    if name in list_model_names(workdir) and get_model_config(name, workdir).member_weights is None:
         raise ValueError(f"{name!r} is already a model of the zoo (not a fusion): choose another --name")
     directory = trained_model_dir(workdir, name)
     save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))

@@ -14,7 +14,7 @@ import torch
 
 from ..io_utils import save_json
 from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
-from ..models.extractor import DIGEST_KEY, REUSE_KEY, ConcatHeads
+from ..models.extractor import ConcatHeads
 from ..settings import Settings
 from .data import training_table
 from .recipes import cached_trunk_features, cached_view_features, run_dir
@@ -27,7 +27,7 @@ def _member_head_spec(cfg: ModelConfig) -> dict:
     if cfg.extra.get("heads"):
         raise ValueError(f"{cfg.name} is itself an ensemble; list its members instead")
     objectives = cfg.extra.get("training_objectives") or {}
-    return {"name": cfg.name, "hidden": int(cfg.extra.get("head_hidden") or 0), "dims": int(cfg.embedding_dims),
+    return {"name": cfg.name, "hidden": int(cfg.head_hidden or 0), "dims": int(cfg.embedding_dims),
             "training": cfg.extra.get("training"),
             **({"view_scales": objectives["view_scales"]} if objectives.get("view_scales") else {})}
 
@@ -44,7 +44,7 @@ def validation_scores(settings: Settings, models: list[FeatureExtractor],
     dataset, selection = training.get("dataset", "both"), training.get("selection", "seed")
     _, table = training_table(settings, dataset, selection)
     table = table[table["split"] == "val"].reset_index(drop=True)
-    table, x = cached_trunk_features(settings, config.extra[REUSE_KEY], table, selection, progress=progress)
+    table, x = cached_trunk_features(settings, config.reuses_trunk_of, table, selection, progress=progress)
     pooled = torch.from_numpy(x)
     labels, domains = table["label"].to_numpy(), table["domain"].to_numpy()
     items = table["item"].to_numpy().astype(str)
@@ -54,7 +54,7 @@ def validation_scores(settings: Settings, models: list[FeatureExtractor],
                   (config.extra.get("training_objectives") or {}).get("view_scales"))
     views = None
     if scales:
-        views = torch.from_numpy(cached_view_features(settings, config.extra[REUSE_KEY], table, selection,
+        views = torch.from_numpy(cached_view_features(settings, config.reuses_trunk_of, table, selection,
                                                       scales[0], progress))
     has_view = None if views is None else ~torch.isnan(views).any(1)
     scores = []
@@ -86,22 +86,22 @@ def ensemble_heads(settings: Settings, name: str, members: list[str], head_only:
     configs = [get_model_config(m, settings.workdir) for m in members]
     first = configs[0]
     for cfg in configs:
-        if not cfg.extra.get(REUSE_KEY) or not cfg.embedding_dims:
+        if not cfg.reuses_trunk_of or not cfg.embedding_dims:
             raise ValueError(f"{cfg.name} is not a head trained on a frozen trunk (`train --trainable none`)")
-        same = (cfg.extra.get(REUSE_KEY), cfg.extra.get(DIGEST_KEY), cfg.pooling, cfg.input_size, cfg.architecture)
-        if same != (first.extra.get(REUSE_KEY), first.extra.get(DIGEST_KEY), first.pooling, first.input_size,
+        same = (cfg.reuses_trunk_of, cfg.trunk_digest, cfg.pooling, cfg.input_size, cfg.architecture)
+        if same != (first.reuses_trunk_of, first.trunk_digest, first.pooling, first.input_size,
                     first.architecture):
             raise ValueError(f"{cfg.name} and {first.name} do not share one frozen trunk and preprocessing")
         if not cfg.l2_normalize_output:
             raise ValueError(f"{cfg.name}: members must have L2-normalized outputs")
     specs = [_member_head_spec(c) for c in configs]
     models = [create_model(m, workdir=settings.workdir) for m in members]
-    extra = {k: v for k, v in first.extra.items() if k not in ("head_hidden", "training", "instance_weight",
+    extra = {k: v for k, v in first.extra.items() if k not in ("training", "instance_weight",
                                                                 "training_objectives")}
     extra.update(heads=specs, members=list(members))
     config = first.model_copy(update={
-        "name": name, "embedding_dims": sum(s["dims"] for s in specs), "extra": extra,
-        "description": f"{first.extra[REUSE_KEY]} + an ensemble of {len(members)} trained heads "
+        "name": name, "embedding_dims": sum(s["dims"] for s in specs), "extra": extra, "head_hidden": None,
+        "description": f"{first.reuses_trunk_of} + an ensemble of {len(members)} trained heads "
                        f"({', '.join(members)})",
     }, deep=True)
     model = FeatureExtractor(config, models[0].trunk)

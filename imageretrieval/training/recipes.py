@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from ..artifacts import catalog_resolution
 from ..catalog import load_catalog
 from ..device import autocast, resolve_device, resolve_precision, to_batch
-from ..featurestore import DIGEST_KEY, REUSE_KEY, get_features, trunk_digest
+from ..featurestore import get_features, trunk_digest
 from ..io_utils import save_json
 from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
 from ..models.composite import composite_members
@@ -83,11 +83,12 @@ def _base_model(settings: Settings, req: TrainRequest) -> tuple[ModelConfig, Fea
 
 
 def _new_config(base_cfg: ModelConfig, req: TrainRequest, **update) -> ModelConfig:
-    extra = {k: v for k, v in base_cfg.extra.items() if k not in (REUSE_KEY, DIGEST_KEY)}
+    extra = dict(base_cfg.extra)
     extra["training"] = {"recipe": req.recipe, "dataset": req.dataset, "selection": req.selection}
     description = f"{base_cfg.name} + {req.recipe} training on {req.dataset} ({req.selection} selection)"
+    own_trunk = {"reuses_trunk_of": None, "trunk_digest": None, "trunk_from_base": None}  # set by the recipe
     return base_cfg.model_copy(update={"name": req.name, "kind": "trained", "base_model": req.base,
-                                       "description": description, "extra": extra, **update}, deep=True)
+                                       "description": description, "extra": extra, **own_trunk, **update}, deep=True)
 
 
 def _finish(settings: Settings, req: TrainRequest, model: FeatureExtractor, info: dict, t0: float) -> dict:
@@ -175,8 +176,8 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     views = [torch.from_numpy(cached_view_features(settings, req.base, table, req.selection, scale, progress))
              for scale in (req.view_scales if req.view_weight > 0 or req.val_score == "shopper" else [])]
     cfg = _new_config(base_cfg, req, embedding_dims=req.dims, l2_normalize_output=True, pooling=base_cfg.pooling)
-    cfg.extra.update({REUSE_KEY: req.base, DIGEST_KEY: trunk_digest(base), "head_hidden": req.head_hidden,
-                      "classes": list(encoding.classes)})
+    cfg.reuses_trunk_of, cfg.trunk_digest = req.base, trunk_digest(base)
+    cfg.head_hidden, cfg.classes = req.head_hidden, list(encoding.classes)
     torch.manual_seed(req.options.seed)
     model = FeatureExtractor(cfg, base.trunk).eval()
     labels = torch.from_numpy(table["label"].to_numpy().copy())
@@ -267,13 +268,13 @@ def init_head_from(settings: Settings, source: str, model: FeatureExtractor, los
     src_cfg = get_model_config(source, settings.workdir)
     cfg = model.config
     same = (src_cfg.embedding_dims == cfg.embedding_dims and src_cfg.trunk_dims == cfg.trunk_dims
-            and int(src_cfg.extra.get("head_hidden") or 0) == int(cfg.extra.get("head_hidden") or 0)
+            and int(src_cfg.head_hidden or 0) == int(cfg.head_hidden or 0)
             and not src_cfg.extra.get("heads"))
     if not same:
         raise ValueError(f"--init-from {source}: its head ({src_cfg.embedding_dims} dims, hidden "
-                         f"{src_cfg.extra.get('head_hidden') or 0}) does not match this run's; pass the same "
+                         f"{src_cfg.head_hidden or 0}) does not match this run's; pass the same "
                          "--dims / --head-hidden")
-    if tuple(src_cfg.extra.get("classes") or ()) != tuple(classes):
+    if tuple(src_cfg.classes or ()) != tuple(classes):
         raise ValueError(f"--init-from {source}: it was trained on other classes than this run's")
     path = trained_weights_path(src_cfg, settings.workdir)
     if src_cfg.weights.type != "file" or path is None or not path.is_file():
@@ -340,7 +341,8 @@ def train_on_images(settings: Settings, req: TrainRequest, progress: bool = True
     if not classifier:
         update.update(embedding_dims=req.dims, l2_normalize_output=True)
     cfg = _new_config(base_cfg, req, **update)
-    cfg.extra.update({"head_hidden": req.head_hidden, "classes": list(encoding.classes), "trainable": trainable})
+    cfg.head_hidden, cfg.classes = req.head_hidden, list(encoding.classes)
+    cfg.extra["trainable"] = trainable
     torch.manual_seed(req.options.seed)
     model = FeatureExtractor(cfg, base.trunk)
     names = freeze_trunk(model.trunk, trainable)

@@ -28,8 +28,6 @@ from ..catalog import load_catalog
 from ..extract import feature_dir, image_batches
 from ..io_utils import save_json
 from ..models import FeatureExtractor, create_model, get_model_config
-from ..models.extractor import DIGEST_KEY, REUSE_KEY
-from ..models.registry import TRUNK_FROM_BASE
 from ..preprocess import preprocess_for
 from ..settings import Settings
 from .data import ClassBalancedSampler, sample_table, training_table
@@ -181,13 +179,13 @@ def train_suffix(settings: Settings, req, progress: bool = True) -> dict:
         raise ValueError("--recipe suffix needs --init-from: a head trained on the frozen --base "
                          "(`train --recipe metric --trainable none`)")
     source_cfg = get_model_config(req.init_from, settings.workdir)
-    if source_cfg.extra.get(REUSE_KEY) != req.base or source_cfg.extra.get("heads"):
+    if source_cfg.reuses_trunk_of != req.base or source_cfg.extra.get("heads"):
         raise ValueError(f"--init-from {req.init_from}: not a single head trained on the frozen {req.base} "
-                         f"(it reuses {source_cfg.extra.get(REUSE_KEY)!r})")
+                         f"(it reuses {source_cfg.reuses_trunk_of!r})")
     weights = objective_weights(req)
     weights.check()
     encoding, table = training_table(settings, req.dataset, req.selection)
-    if tuple(source_cfg.extra.get("classes") or ()) != tuple(encoding.classes):
+    if tuple(source_cfg.classes or ()) != tuple(encoding.classes):
         raise ValueError(f"--init-from {req.init_from}: it was trained on other classes than "
                          f"{req.dataset}/{req.selection}'s")
     table = sample_table(table, req.samples, req.options.seed)
@@ -283,7 +281,7 @@ def train_suffix(settings: Settings, req, progress: bool = True) -> dict:
         raise ValueError(f"no epoch beat {req.init_from} on val (score {start['score']:.4f}); nothing saved")
     trainer.load_best()
     final = validate()
-    extra = {k: v for k, v in model.config.extra.items() if k not in (REUSE_KEY, DIGEST_KEY, TRUNK_FROM_BASE)}
+    extra = dict(model.config.extra)
     trained = [f"blocks.{i}" for i in range(frozen_blocks(model.trunk), len(model.trunk.blocks))] + ["conv_head", "bn2"]
     extra["training"] = {**(extra.get("training") or {}), "recipe": "suffix", "finetuned_from": req.init_from,
                          "dataset": req.dataset, "selection": req.selection, "val_score": req.val_score,
@@ -291,6 +289,7 @@ def train_suffix(settings: Settings, req, progress: bool = True) -> dict:
     extra["training_objectives"] = {**objectives.summary, **({"view_scales": view_scales} if view_scales else {})}
     model.config = model.config.model_copy(update={
         "name": req.name, "kind": "trained", "base_model": req.init_from, "extra": extra,
+        "reuses_trunk_of": None, "trunk_digest": None, "trunk_from_base": None,  # the trunk is its own now
         "description": f"{req.init_from} with its trunk's last stages fine-tuned on {req.dataset} "
                        f"({req.selection} selection)"}, deep=True)
     info = {"recipe": "suffix", "mode": "cached-prefix-maps", "init_from": req.init_from, "proxies": proxies,
