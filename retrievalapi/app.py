@@ -16,8 +16,7 @@ from .logs import setup_logging
 from .metrics import Metrics
 from .middleware import LimitsMiddleware, RequestContextMiddleware
 from .routes import catalog, ops, search
-from .runtime import Runtime
-from .service import StartupError
+from .runtime import Runtime, StartupError
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)

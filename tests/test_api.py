@@ -23,7 +23,7 @@ from retrievalapi import create_app
 from retrievalapi.batcher import MicroBatcher, OverloadedError, normalize_filters
 from retrievalapi.errors import format_validation_errors
 from retrievalapi.metrics import Metrics
-from retrievalapi.service import StartupError, load_engines
+from retrievalapi.runtime import StartupError, load_engines
 from retrievalapi.settings import ApiSettings
 
 MAX_UPLOAD_MB = 0.25

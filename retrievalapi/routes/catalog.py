@@ -8,8 +8,8 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response
 from fastapi.responses import FileResponse
 
 from ..errors import ERROR_RESPONSES
+from ..runtime import read_evaluation
 from ..schemas import FacetsResponse, ModelsResponse, Product
-from ..service import read_evaluation
 from .deps import RuntimeDep
 
 IMAGE_CACHE_CONTROL = "public, max-age=86400"
