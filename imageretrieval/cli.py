@@ -14,7 +14,7 @@ import sys
 from .settings import Settings
 
 COMMAND_MODULES = [
-    "prepare", "models", "extract", "index", "search", "serve", "evaluate", "finetune_pca", "finetune_rerank",
+    "prepare", "models", "extract", "index", "search", "serve", "evaluate", "finetune_pca", "finetune_rerank", "keys",
     "train", "pack", "ensemble", "compose", "fuse", "download_catalog", "make_synthetic",
 ]
 # (module, exception names) printed as one line instead of a traceback

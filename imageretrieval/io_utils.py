@@ -12,8 +12,12 @@ from typing import Any
 import numpy as np
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place."""
+def atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o644, durable: bool = False) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place.
+
+    `durable` also flushes the file and its folder to disk before returning (an acknowledged write
+    then survives a power loss, not only a crash of the process).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -21,8 +25,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
-        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are shared with other users/containers
+        os.chmod(tmp_path, mode)  # mkstemp makes 0600; artifacts are shared with other users/containers
+        if durable:
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -6,16 +6,19 @@ import logging
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
+
+from imageretrieval.keys import KeyStore
 
 from .errors import document_string_errors, install_error_handlers
 from .logs import setup_logging
 from .metrics import Metrics
 from .middleware import LimitsMiddleware, RequestContextMiddleware
 from .routes import catalog, ops, search
+from .routes.deps import require_scope
 from .runtime import Runtime, StartupError
 from .settings import ApiSettings
 
@@ -72,9 +75,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.runtime = None
     install_error_handlers(app)
-    app.include_router(ops.router)
-    app.include_router(catalog.router)
-    app.include_router(search.build_router(settings.top_k_max))
+    app.state.keys = KeyStore(settings.workdir)
+    read_access = [Depends(require_scope("read"))] if settings.require_read_key else []
+    app.include_router(ops.router)  # health, readiness and metrics stay open
+    app.include_router(catalog.router, dependencies=read_access)
+    app.include_router(search.build_router(settings.top_k_max), dependencies=read_access)
     document_string_errors(app)
     dist = settings.web_app_dir()
     if dist is not None:

@@ -14,7 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from imageretrieval.engine import UnknownFilterError, UnknownProductError
 
 from .batcher import OverloadedError
-from .runtime import BadImageError, NotReadyError, UnknownModelError
+from .runtime import (
+    BadImageError,
+    ForbiddenKeyError,
+    InvalidKeyError,
+    MissingKeyError,
+    NotReadyError,
+    UnknownModelError,
+)
 from .schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 DOMAIN_ERRORS: dict[type[Exception], int] = {
     UnknownModelError: 400, UnknownFilterError: 400, BadImageError: 400,
     UnknownProductError: 404, NotReadyError: 503, OverloadedError: 503,
+    MissingKeyError: 401, InvalidKeyError: 401, ForbiddenKeyError: 403,
 }
 RETRY_AFTER = {"Retry-After": "1"}
 
@@ -75,7 +83,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def domain_error(request: Request, exc: Exception) -> JSONResponse:
         status = next(code for kind, code in DOMAIN_ERRORS.items() if isinstance(exc, kind))
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=RETRY_AFTER if status == 503 else None)
+        headers = RETRY_AFTER if status == 503 else {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     for kind in DOMAIN_ERRORS:
         app.add_exception_handler(kind, domain_error)

@@ -171,6 +171,18 @@ class BadImageError(ServiceError):
     pass
 
 
+class MissingKeyError(ServiceError):
+    """No API key where one is required (401)."""
+
+
+class InvalidKeyError(ServiceError):
+    """An unknown or revoked key: one message for both, so a caller learns nothing about keys (401)."""
+
+
+class ForbiddenKeyError(ServiceError):
+    """A valid key whose scope does not allow the route (403)."""
+
+
 class NotReadyError(ServiceError):
     """Starting or stopping: the client should retry shortly."""
 

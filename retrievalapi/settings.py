@@ -51,6 +51,10 @@ class ApiSettings(Settings):
     shutdown_grace_s: float = Field(10.0, ge=0, validation_alias=_env("shutdown_grace_s"))
     app_dist: Path | None = Field(None, validation_alias=_env("app_dist"),
                                   description="Built web app to serve at /; default retrieval-app/dist when built.")
+    require_read_key: bool = Field(
+        False, validation_alias=_env("require_read_key"),
+        description="Searches, products and images need an API key (`imageretrieval keys create`); writes always do.",
+    )
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format"))
     log_level: str = Field("INFO", validation_alias=_env("log_level"))
 

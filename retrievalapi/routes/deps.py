@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Form, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from imageretrieval.engine import FILTER_FIELDS
+from imageretrieval.keys import ApiKey, KeyStore
 
-from ..runtime import NotReadyError, Runtime
+from ..runtime import ForbiddenKeyError, InvalidKeyError, MissingKeyError, NotReadyError, Runtime
 from ..schemas import FILTER_DESCRIPTION
 
 
@@ -22,6 +24,25 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `imageretrieval keys create --scope read|write`")
+
+
+def require_scope(scope: str) -> Callable[..., ApiKey]:
+    """A dependency that admits a request carrying a valid key of `scope` (a write key may also read)."""
+
+    def check(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+        if credentials is None or not credentials.credentials.strip():
+            raise MissingKeyError("an API key is required: send Authorization: Bearer <key>")
+        keys: KeyStore = request.app.state.keys
+        record = keys.verify(credentials.credentials.strip())
+        if record is None:
+            raise InvalidKeyError("invalid or revoked API key")
+        if not record.allows(scope):
+            raise ForbiddenKeyError(f"this key's scope ({record.scope}) does not allow {scope} access")
+        return record
+
+    return check
 
 FilterParam = Annotated[list[str] | None, Form(description=FILTER_DESCRIPTION)]
 
