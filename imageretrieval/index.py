@@ -100,6 +100,7 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int,
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     rows_all = None if allowed is None else np.flatnonzero(allowed)
     scores = queries @ np.asarray(vectors if rows_all is None else vectors[rows_all], dtype=np.float32).T
+    scores = np.nan_to_num(scores, nan=-np.inf)  # a NaN never outranks a number
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
     out_rows = np.full((len(queries), k), -1, np.int64)
     fetch = min(k, scores.shape[1])

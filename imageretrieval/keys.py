@@ -4,7 +4,7 @@ A key is `irk_` + 43 random URL-safe characters (256 bits), shown once when it i
 `<WORKDIR>/keys.json` (mode 0600), holds per key its id (the first 12 characters, to find it), a
 SHA-256 hash (keys are random, so a plain hash cannot be reversed), its name, scope and dates. A
 `write` key may also read. Changes are atomic and serialized with a lock file, so two `keys create`
-never lose each other's key; a running API sees them on its next request (the file's mtime is checked).
+never lose each other's key; a running API sees them on its next request (the file is re-read when it changed).
 """
 
 from __future__ import annotations
@@ -69,19 +69,23 @@ class KeyStore:
     def __init__(self, workdir: Path):
         self.path = keys_path(workdir)
         self._keys: dict[str, ApiKey] = {}
-        self._mtime: float | None = None
+        self._version: tuple[int, int, int] | None = None  # (mtime, inode, size) of the file last read
 
     # ----- reading -----------------------------------------------------------------------------
     def _load(self) -> dict[str, ApiKey]:
         try:
-            mtime = self.path.stat().st_mtime_ns
+            st = self.path.stat()
         except FileNotFoundError:
-            self._keys, self._mtime = {}, None
-            return self._keys
-        if mtime != self._mtime:
+            self._keys, self._version = {}, None
+            return {}
+        # every write is a new file (atomic rename): a new inode even when the mtime tick is the same
+        version = (st.st_mtime_ns, st.st_ino, st.st_size)
+        keys = self._keys
+        if version != self._version:
             rows = json.loads(self.path.read_text()).get("keys", [])
-            self._keys, self._mtime = {row["id"]: ApiKey(**row) for row in rows}, mtime
-        return self._keys
+            keys = {row["id"]: ApiKey(**row) for row in rows}
+            self._keys, self._version = keys, version
+        return keys
 
     def list(self) -> list[ApiKey]:
         return sorted(self._load().values(), key=lambda k: k.created)
@@ -101,7 +105,7 @@ class KeyStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self._mtime = None  # read what another process may just have written
+            self._version = None  # read what another process may just have written
             try:
                 yield self._load()
             finally:
@@ -110,7 +114,7 @@ class KeyStore:
     def _save(self, keys: dict[str, ApiKey]) -> None:
         body = json.dumps({"keys": [asdict(k) for k in keys.values()]}, indent=2) + "\n"
         atomic_write(self.path, lambda p: p.write_text(body), mode=0o600, durable=True)
-        self._mtime = None
+        self._version = None
 
     def create(self, name: str, scope: str) -> tuple[ApiKey, str]:
         """A new key: (its record, the key itself, which is not stored and cannot be shown again)."""

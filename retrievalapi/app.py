@@ -16,7 +16,7 @@ from imageretrieval.keys import KeyStore
 from .errors import document_string_errors, install_error_handlers
 from .logs import setup_logging
 from .metrics import Metrics
-from .middleware import LimitsMiddleware, RequestContextMiddleware
+from .middleware import LimitsMiddleware, ReadKeyMiddleware, RequestContextMiddleware
 from .routes import catalog, ops, search
 from .routes.deps import require_scope
 from .runtime import Runtime, StartupError
@@ -84,12 +84,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     dist = settings.web_app_dir()
     if dist is not None:
         mount_web_app(app, dist)
-    # Last added runs first: request id/logging wraps the limits, which wrap CORS and the routes.
+    # Last added runs first: request id/logging wraps the key check, then the limits, CORS and the routes.
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"])
     app.add_middleware(LimitsMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes,
                        max_inflight=settings.max_inflight)
+    if settings.require_read_key:  # before the limits: a request without a key never takes an in-flight slot
+        app.add_middleware(ReadKeyMiddleware, keys=app.state.keys)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

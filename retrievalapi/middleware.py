@@ -11,7 +11,10 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imageretrieval.keys import KeyStore
+
 from .metrics import Metrics
+from .runtime import ForbiddenKeyError, InvalidKeyError, MissingKeyError, check_key
 
 access_log = logging.getLogger("retrievalapi.access")
 
@@ -32,6 +35,31 @@ async def send_json(send: Send, status: int, payload: dict, headers: list[tuple[
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+class ReadKeyMiddleware:
+    """REQUIRE_READ_KEY: a request to an `/api/` route without a valid key is refused before its body is
+    read (an upload without a key costs nothing); health, readiness, metrics and the docs stay open."""
+
+    OPEN = frozenset({"/api/health", "/api/ready", "/api/metrics", "/api/docs", "/api/openapi.json"})
+
+    def __init__(self, app: ASGIApp, keys: KeyStore):
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        protected = path.startswith("/api/") and path not in self.OPEN and scope.get("method") != "OPTIONS"
+        if scope["type"] == "http" and protected:  # (a CORS preflight carries no credentials)
+            authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            try:
+                check_key(self.keys, authorization, "read")
+            except (MissingKeyError, InvalidKeyError, ForbiddenKeyError) as exc:
+                status = 403 if isinstance(exc, ForbiddenKeyError) else 401
+                headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+                await send_json(send, status, {"detail": str(exc)}, headers)
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestContextMiddleware:

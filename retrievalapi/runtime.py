@@ -22,6 +22,7 @@ from imageretrieval.device import keep_freed_memory
 from imageretrieval.engine import FILTER_FIELDS, RESULT_FIELDS, IndexNotBuiltError, RetrievalEngine, SearchHit
 from imageretrieval.images import ImageDecodeError, open_image
 from imageretrieval.inference import RuntimeUnavailableError
+from imageretrieval.keys import ApiKey, KeyStore
 from imageretrieval.models import ModelNotFoundError, WeightsUnavailableError
 
 from .batcher import MicroBatcher, normalize_filters
@@ -181,6 +182,19 @@ class InvalidKeyError(ServiceError):
 
 class ForbiddenKeyError(ServiceError):
     """A valid key whose scope does not allow the route (403)."""
+
+
+def check_key(keys: KeyStore, authorization: str | None, scope: str) -> ApiKey:
+    """The key of an `Authorization: Bearer <key>` header when it allows `scope`; a domain error otherwise."""
+    kind, _, token = (authorization or "").strip().partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise MissingKeyError("an API key is required: send Authorization: Bearer <key>")
+    record = keys.verify(token.strip())
+    if record is None:
+        raise InvalidKeyError("invalid or revoked API key")
+    if not record.allows(scope):
+        raise ForbiddenKeyError(f"this key's scope ({record.scope}) does not allow {scope} access")
+    return record
 
 
 class NotReadyError(ServiceError):

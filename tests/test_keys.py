@@ -123,5 +123,9 @@ def test_the_api_refuses_missing_wrong_revoked_and_read_scoped_keys(locked_clien
     assert c.post("/api/test-write", headers=ok).status_code == 403  # a read key may not write
     assert c.post("/api/test-write", headers={"Authorization": f"Bearer {writer}"}).json() == {"name": "writer"}
     assert c.get("/api/facets", headers={"Authorization": f"Bearer {writer}"}).status_code == 200  # write reads too
+    too_big = b"x" * (11 * 1024 * 1024)  # over the upload limit: refused for the missing key, before it is read
+    refused = c.post("/api/search", files={"image": ("q.jpg", too_big, "image/jpeg")})
+    assert refused.status_code == 401 and refused.json()["detail"].startswith("an API key is required")
+    assert c.options("/api/search").status_code != 401  # a CORS preflight carries no key
     store.revoke("reader")  # from another process: the running API refuses it on the next request
     assert c.get("/api/facets", headers=ok).status_code == 401

@@ -143,3 +143,24 @@ def test_suffix_recipe_trains_the_last_blocks_on_cached_maps(larger_settings):
     with pytest.raises(ValueError, match="--input-size"):
         train(s, tiny_request("suffix-bad", "suffix", init_from="suffix-src", input_size=32, epochs=1, **kw),
               progress=False)
+
+
+def test_cached_maps_are_reused_only_for_the_same_images_trunk_and_input(larger_settings):
+    from imageretrieval.models import create_model
+    from imageretrieval.models.extractor import FeatureExtractor
+    from imageretrieval.training.suffix import prefix_maps
+
+    from .conftest import tiny_config
+
+    s = larger_settings
+    model = create_model(TINY, workdir=s.workdir)
+    paths = sorted(str(p) for p in (s.dataset_root / "images").glob("*.jpg"))[:4]
+    first = np.array(prefix_maps(s, model, TINY, "probe", paths, progress=False))
+    stored = s.workdir / "features" / TINY / "maps-b3" / "probe.npy"
+    written = stored.stat().st_mtime_ns
+    assert np.array_equal(prefix_maps(s, model, TINY, "probe", paths, progress=False), first)
+    assert stored.stat().st_mtime_ns == written  # reused
+    torch.manual_seed(5)
+    retrained = FeatureExtractor(tiny_config(TINY)).eval()  # another trunk under the same name
+    assert not np.array_equal(prefix_maps(s, retrained, TINY, "probe", paths, progress=False), first)
+    assert prefix_maps(s, model, TINY, "probe", paths[:3], progress=False).shape[0] == 3  # other images

@@ -76,9 +76,9 @@ class ModelConfig(BaseModel):
     def _typed_fields_from_extra(cls, data: Any) -> Any:
         """Configs saved before these fields were typed kept them in `extra`: move them out on read."""
         if isinstance(data, dict) and isinstance(data.get("extra"), dict):
-            legacy = {k: v for k, v in data["extra"].items() if k in TYPED_EXTRA_KEYS}
-            if legacy:
-                extra = {k: v for k, v in data["extra"].items() if k not in TYPED_EXTRA_KEYS}
+            legacy = {k: v for k, v in data["extra"].items() if k in TYPED_EXTRA_KEYS and v is not None}
+            if legacy:  # (a legacy null stays in `extra`, where the fingerprint hashed it)
+                extra = {k: v for k, v in data["extra"].items() if k not in legacy}
                 data = {**legacy, **{k: v for k, v in data.items() if v is not None}, "extra": extra}
         return data
 

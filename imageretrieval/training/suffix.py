@@ -28,6 +28,7 @@ from ..catalog import load_catalog
 from ..extract import feature_dir, image_batches
 from ..io_utils import save_json
 from ..models import FeatureExtractor, create_model, get_model_config
+from ..models.extractor import trunk_digest
 from ..preprocess import preprocess_for
 from ..settings import Settings
 from .data import ClassBalancedSampler, sample_table, training_table
@@ -70,21 +71,25 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, base: str, name: st
     """The frozen stages' output maps of the images at `paths` (memory-mapped), computed once.
 
     Stored in the feature store beside the base model's features (`features/<base>/maps-b5/<name>.npy`
-    for a lite trunk, whose blocks 0-4 are frozen)
-    with the list of images, which is checked on reuse: a changed split never reuses stale maps.
-    Written under a temporary name and renamed, the list last: an interrupted run computes them again.
+    for a lite trunk, whose blocks 0-4 are frozen) with what made them: the list of images, a digest of
+    the trunk, and the preprocessing and normalization, all checked on reuse (a changed split,
+    retrained base or other input never reuses stale maps). Written under a temporary name and
+    renamed, that record last: an interrupted run computes them again.
     """
     suffix = ("-flip" if flip else "") + (f"-q{query_resolution[0]}x{query_resolution[1]}" if query_resolution else "")
     suffix += f"-x{query_scale:g}" if query_scale is not None else ""
     folder = feature_dir(settings.workdir, base, f"maps-b{frozen_blocks(model.trunk)}")
     path, keys_path = folder / f"{name}{suffix}.npy", folder / f"{name}{suffix}.paths.json"
+    preprocess = preprocess_for(model.config, query_resolution, query_scale)
+    made_of = {"paths": paths, "trunk": trunk_digest(model), "preprocess": preprocess.to_dict(),
+               "query_resolution": list(query_resolution or ()), "query_scale": query_scale,
+               "mean": list(model.config.mean), "std": list(model.config.std)}
     if path.is_file() and keys_path.is_file():
-        if json.loads(keys_path.read_text()) == paths:
+        if json.loads(keys_path.read_text()) == made_of:
             return np.load(path, mmap_mode="r")
-        log.warning("%s: cached for another image list; computing it again", path)
+        log.warning("%s: made from other images, trunk or preprocessing; computing it again", path)
     keys_path.unlink(missing_ok=True)  # maps without their list are never reused
     folder.mkdir(parents=True, exist_ok=True)
-    preprocess = preprocess_for(model.config, query_resolution, query_scale)
     trunk = copy.deepcopy(model.trunk).eval().to(memory_format=torch.channels_last)
     h, w = model.config.input_hw
     shape = prefix(trunk, torch.zeros(1, 3, h, w)).shape[1:]
@@ -101,7 +106,7 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, base: str, name: st
     out.flush()
     del out
     partial.replace(path)
-    save_json(keys_path, paths)
+    save_json(keys_path, made_of)
     return np.load(path, mmap_mode="r")
 
 

@@ -47,8 +47,9 @@ def ranked_relevance(query: np.ndarray, q_labels: np.ndarray, db: np.ndarray, db
 
 def retrieval_scores(query, q_labels, db, db_labels, k: int = 15, exclude_self: bool = False,
                      exclude_rows: np.ndarray | None = None) -> dict[str, float]:
-    """P@k and mAP as `evaluate` computes them: a query without any relevant item has no AP and is
-    left out of the mAP (but counts in P@k, as zero hits)."""
+    """P@k and mAP with the evaluation's functions. A query without any relevant item has no AP and is
+    left out of the mAP; in P@k it counts as zero hits (`evaluate` leaves such queries out of its
+    protocols altogether, so it never meets one)."""
     rel = ranked_relevance(query, q_labels, db, db_labels, exclude_self, exclude_rows)
     return {f"p@{k}": float(precision_at_k(rel, k).mean()), "map": nanmean(average_precision(rel))}
 
@@ -59,9 +60,7 @@ def top_k_rows(query: np.ndarray, db: np.ndarray, k: int, exclude_rows: np.ndarr
     if exclude_rows is not None:
         sims[np.arange(len(query)), exclude_rows] = -np.inf
     k = min(k, sims.shape[1] - (exclude_rows is not None))
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
+    return rank_order(sims)[:, :k]  # the project's ranking rule: ties by row
 
 
 def val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_queries: int = 1000,
@@ -117,7 +116,9 @@ def val_scores(emb: np.ndarray, labels: np.ndarray, domain: np.ndarray, max_quer
     if items is not None and len(photo) > 1:
         q = pick(photo)
         rel = ranked_relevance(emb[photo[q]], items[photo[q]], emb[photo], items[photo], exclude_rows=q)
-        out["item_r@1"] = float(rel[:, 0].mean())
+        has_other = rel.any(axis=1)  # a garment with one val photo has nothing to find (In-shop skips it too)
+        if has_other.any():
+            out["item_r@1"] = float(rel[has_other, 0].mean())
     terms = TYPE_TERMS if score == "type" else SHOPPER_TERMS
     out["score"] = float(np.mean([out[k] for k in terms if k in out]))
     return out

@@ -10,9 +10,9 @@ from fastapi import Depends, Form, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from imageretrieval.engine import FILTER_FIELDS
-from imageretrieval.keys import ApiKey, KeyStore
+from imageretrieval.keys import ApiKey
 
-from ..runtime import ForbiddenKeyError, InvalidKeyError, MissingKeyError, NotReadyError, Runtime
+from ..runtime import NotReadyError, Runtime, check_key
 from ..schemas import FILTER_DESCRIPTION
 
 
@@ -32,15 +32,8 @@ def require_scope(scope: str) -> Callable[..., ApiKey]:
     """A dependency that admits a request carrying a valid key of `scope` (a write key may also read)."""
 
     def check(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
-        if credentials is None or not credentials.credentials.strip():
-            raise MissingKeyError("an API key is required: send Authorization: Bearer <key>")
-        keys: KeyStore = request.app.state.keys
-        record = keys.verify(credentials.credentials.strip())
-        if record is None:
-            raise InvalidKeyError("invalid or revoked API key")
-        if not record.allows(scope):
-            raise ForbiddenKeyError(f"this key's scope ({record.scope}) does not allow {scope} access")
-        return record
+        header = f"{credentials.scheme} {credentials.credentials}" if credentials is not None else None
+        return check_key(request.app.state.keys, header, scope)
 
     return check
 
