@@ -106,3 +106,5 @@ def test_tune_vote_chooses_the_best_vote_on_a_hand_computed_task():
     assert search.scores[(1, 0.0)]["mAP"] == pytest.approx((1 / 3 + 2 / 4 + 3 / 5) / 3, abs=1e-4)
     assert search.scores[(5, 0.0)]["mAP"] == search.scores[(5, 3.0)]["mAP"] == 1.0
     assert (search.vote_k, search.vote_alpha) == (5, 0.0)  # the first of the equals
+    with_default = tune_vote(_task(np.array(["B", "A", "A", "B", "A"])), vote_ks=(5, 15), alphas=(0.0, 3.0))
+    assert (with_default.vote_k, with_default.vote_alpha) == (15, 3.0)  # a tie keeps the library's default

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..rerank import encode_categories, rerank_by_category
+from ..rerank import DEFAULT_VOTE_ALPHA, DEFAULT_VOTE_K, encode_categories, rerank_by_category
 from ..whitening import l2_normalize
 from .metrics import rank_order
 from .protocols import RetrievalTask
@@ -34,9 +34,14 @@ def vote_scores(task: RetrievalTask, rerank: str = "category", vote_k: int = 15,
 
 
 def tune_vote(task: RetrievalTask, vote_ks=VOTE_KS, alphas=ALPHAS) -> VoteSearch:
-    """Every (vote k, alpha) scored on `task` (the val split); the best by P@15, then mAP."""
+    """Every (vote k, alpha) scored on `task` (the val split); the best by P@15, then mAP.
+
+    Among equals the library's default vote is kept (else the first in grid order), so a tie never
+    moves a model off the vote its figures were measured with.
+    """
     scores = {(k, a): vote_scores(task, "category", k, a) for k in vote_ks for a in alphas}
-    best = max(scores, key=lambda ka: (scores[ka]["PrecisionHits"], scores[ka]["mAP"]))
+    default = (DEFAULT_VOTE_K, DEFAULT_VOTE_ALPHA)
+    best = max(scores, key=lambda ka: (scores[ka]["PrecisionHits"], scores[ka]["mAP"], ka == default))
     return VoteSearch(best[0], best[1], vote_scores(task, "none"), scores)
 
 
