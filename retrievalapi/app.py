@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -18,7 +18,6 @@ from .logs import setup_logging
 from .metrics import Metrics
 from .middleware import LimitsMiddleware, ReadKeyMiddleware, RequestContextMiddleware
 from .routes import catalog, ops, search
-from .routes.deps import require_scope
 from .runtime import Runtime, StartupError
 from .settings import ApiSettings
 
@@ -76,10 +75,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.runtime = None
     install_error_handlers(app)
     app.state.keys = KeyStore(settings.workdir)
-    read_access = [Depends(require_scope("read"))] if settings.require_read_key else []
-    app.include_router(ops.router)  # health, readiness and metrics stay open
-    app.include_router(catalog.router, dependencies=read_access)
-    app.include_router(search.build_router(settings.top_k_max), dependencies=read_access)
+    app.include_router(ops.router)
+    app.include_router(catalog.router)  # with REQUIRE_READ_KEY, ReadKeyMiddleware checks the key first
+    app.include_router(search.build_router(settings.top_k_max))
     document_string_errors(app)
     dist = settings.web_app_dir()
     if dist is not None:

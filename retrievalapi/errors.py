@@ -48,6 +48,13 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
 RETRY_AFTER = {"Retry-After": "1"}
 
 
+def domain_status(exc: Exception) -> tuple[int, dict[str, str]]:
+    """The HTTP status of a domain error and its headers: when to retry (503), how to authenticate (401)."""
+    status = next(code for kind, code in DOMAIN_ERRORS.items() if isinstance(exc, kind))
+    headers = RETRY_AFTER if status == 503 else {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    return status, headers
+
+
 def format_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
     """FastAPI/pydantic error list -> 'top_k: Input should be ...; image: Field required'."""
     parts = []
@@ -84,9 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     async def domain_error(request: Request, exc: Exception) -> JSONResponse:
-        status = next(code for kind, code in DOMAIN_ERRORS.items() if isinstance(exc, kind))
-        headers = RETRY_AFTER if status == 503 else {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+        status, headers = domain_status(exc)
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers or None)
 
     for kind in DOMAIN_ERRORS:
         app.add_exception_handler(kind, domain_error)

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imageretrieval.keys import KeyStore
 
+from .errors import domain_status
 from .metrics import Metrics
 from .runtime import ForbiddenKeyError, InvalidKeyError, MissingKeyError, check_key
 
@@ -55,9 +56,9 @@ class ReadKeyMiddleware:
             try:
                 check_key(self.keys, authorization, "read")
             except (MissingKeyError, InvalidKeyError, ForbiddenKeyError) as exc:
-                status = 403 if isinstance(exc, ForbiddenKeyError) else 401
-                headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-                await send_json(send, status, {"detail": str(exc)}, headers)
+                status, headers = domain_status(exc)
+                await send_json(send, status, {"detail": str(exc)},
+                                [(k.lower().encode(), v.encode()) for k, v in headers.items()])
                 return
         await self.app(scope, receive, send)
 

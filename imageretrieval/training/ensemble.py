@@ -17,7 +17,7 @@ from ..models import FeatureExtractor, ModelConfig, create_model, get_model_conf
 from ..models.extractor import ConcatHeads
 from ..settings import Settings
 from .data import training_table
-from .recipes import cached_trunk_features, cached_view_features, run_dir
+from .recipes import _val_attributes, cached_trunk_features, cached_view_features, embed_views, run_dir
 from .validation import val_scores
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ def validation_scores(settings: Settings, models: list[FeatureExtractor],
     table, x = cached_trunk_features(settings, config.reuses_trunk_of, table, selection, progress=progress)
     pooled = torch.from_numpy(x)
     labels, domains = table["label"].to_numpy(), table["domain"].to_numpy()
-    items = table["item"].to_numpy().astype(str)
-    colours, genders = table["colour"].to_numpy().astype(str), table["gender"].to_numpy().astype(str)
+    attributes = _val_attributes(table, np.arange(len(table)))
     score = training.get("val_score", "type")
     scales = next((h.get("view_scales") for h in config.extra.get("heads", []) if h.get("view_scales")),
                   (config.extra.get("training_objectives") or {}).get("view_scales"))
@@ -56,17 +55,12 @@ def validation_scores(settings: Settings, models: list[FeatureExtractor],
     if scales:
         views = torch.from_numpy(cached_view_features(settings, config.reuses_trunk_of, table, selection,
                                                       scales[0], progress))
-    has_view = None if views is None else ~torch.isnan(views).any(1)
     scores = []
     for model in models:
         with torch.no_grad():
             emb = model.embed_pooled(pooled).numpy()
-            view_emb = None
-            if views is not None:
-                view_emb = np.full(emb.shape, np.nan, np.float32)
-                view_emb[has_view.numpy()] = model.embed_pooled(views[has_view]).numpy()
-        scores.append(val_scores(emb, labels, domains, items=items, colours=colours, genders=genders,
-                                 views=view_emb, score=score))
+        view_emb = embed_views(model, views) if views is not None else None
+        scores.append(val_scores(emb, labels, domains, **attributes, views=view_emb, score=score))
     return scores
 
 

@@ -213,13 +213,7 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     def validate() -> dict:
         model.eval()
         emb = model.embed_pooled(x[val])
-        view_emb = None
-        if views:
-            other = views[0][val]
-            view_emb = np.full((len(val), req.dims), np.nan, np.float32)
-            has = ~torch.isnan(other).any(1)
-            if has.any():
-                view_emb[has.numpy()] = model.embed_pooled(other[has]).numpy()
+        view_emb = embed_views(model, views[0][val]) if views else None
         out = val_scores(emb.numpy(), labels[val].numpy(), domains[val], **_val_attributes(table, val),
                          views=view_emb, score=req.val_score)
         out["acc"] = float((objectives.predict(emb) == labels[val]).float().mean())
@@ -244,6 +238,16 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
             "val_score": req.val_score, **summary, "final_val": final, "n_train": len(train), "n_val": len(val),
             "classes": list(encoding.classes)}
     return _finish(settings, req, model, info, t0)
+
+
+@torch.no_grad()
+def embed_views(model: FeatureExtractor, views: torch.Tensor) -> np.ndarray:
+    """Embeddings of cached view features, row by row; NaN rows (no rendering: photos) stay NaN."""
+    out = np.full((len(views), model.config.dims), np.nan, np.float32)
+    has = ~torch.isnan(views).any(1)
+    if has.any():
+        out[has.numpy()] = model.embed_pooled(views[has]).numpy()
+    return out
 
 
 def _val_attributes(table: pd.DataFrame, rows: np.ndarray) -> dict[str, np.ndarray]:
