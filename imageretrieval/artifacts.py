@@ -51,6 +51,17 @@ class ModelArtifacts:
         return load_json(self.manifest) if self.manifest.is_file() else None
 
 
+def vector_key(manifest: dict) -> str:
+    """Names the vector space of an index build (model, weights, fitted post-processing): live-catalog
+    writes store their vectors under it, and a rebuilt index (a new PCA fit) gets a new key."""
+    import hashlib
+    import json
+
+    parts = {k: manifest.get(k) for k in ("model", "model_fingerprint", "weights_fingerprint", "pca_components",
+                                          "catalog_fingerprint", "created")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def tuned_pca_path(workdir: Path, model_name: str) -> Path:
     """Where `finetune-pca` saves the chosen dimension for a model."""
     return Path(workdir) / "tuning" / model_name / "pca.json"

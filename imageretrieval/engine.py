@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
-from .artifacts import ModelArtifacts, chosen_vote
-from .catalog import ATTRIBUTE_COLUMNS, load_catalog
+from .artifacts import ModelArtifacts, chosen_vote, vector_key
+from .catalog import ATTRIBUTE_COLUMNS
 from .images import open_image
-from .index import exact_search, load_index
-from .index import search as index_search
+from .index import load_index
 from .inference import create_encoder, device_type, load_exported, resolve_inference, runtime_installed
+from .live.liveindex import IndexState, LiveIndex, RowUpsert
+from .live.store import LiveCatalog, Op
 from .preprocess import Preprocess, preprocess_for
-from .rerank import DEFAULT_POOL, category_first, check_rerank, encode_categories, rerank_by_category
+from .rerank import DEFAULT_POOL, NO_CATEGORY, category_first, check_rerank, rerank_by_category
 from .settings import Settings
 from .whitening import PostProcessor
 
@@ -63,25 +63,15 @@ class SearchHit:
         return {"rank": self.rank, "id": self.id, "score": round(self.score, 6), **self.product}
 
 
-def product_rows(metadata: pd.DataFrame) -> list[dict]:
-    """The RESULT_FIELDS of every index row as plain dicts, built once: a pandas row lookup per hit
-    costs ~0.2-0.7 ms, a sizeable share of a single search (15 hits) and of a batch's time."""
-    columns = [[_clean(v) for v in metadata[name].tolist()] for name in RESULT_FIELDS]
-    return [dict(zip(RESULT_FIELDS, row, strict=True)) for row in zip(*columns, strict=True)]
-
-
-def _clean(value):
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+def result_fields(fields: Mapping) -> dict:
+    """A product's RESULT_FIELDS as a search hit shows them (built once per row, not per hit)."""
+    return {name: fields.get(name) for name in RESULT_FIELDS}
 
 
 class RetrievalEngine:
     """Search one model's index. Thread-safe for concurrent `search` calls (one forward at a time)."""
 
-    def __init__(self, settings: Settings, model_name: str):
+    def __init__(self, settings: Settings, model_name: str, catalog: LiveCatalog | None = None):
         self.settings = settings
         self.name = model_name
         art = ModelArtifacts.of(settings.workdir, model_name)
@@ -92,14 +82,14 @@ class RetrievalEngine:
         try:
             self.manifest = art.read_manifest()
             self.index = load_index(art.index)
-            self.ids = np.load(art.ids)
-            self.vectors = np.load(art.vectors, mmap_mode="r")
+            self.index_ids = np.load(art.ids)
+            self.vectors_file = np.load(art.vectors, mmap_mode="r")
             self.postprocess = PostProcessor.load(art.postprocess)
         except Exception as exc:  # noqa: BLE001 - any corruption gets the same actionable message
             raise IndexNotBuiltError(
                 f"index for model {model_name!r} in {art.root} is corrupt ({exc}): run `{rebuild} --force`"
             ) from exc
-        if not (self.index.ntotal == len(self.ids) == len(self.vectors)):
+        if not (self.index.ntotal == len(self.index_ids) == len(self.vectors_file)):
             raise IndexNotBuiltError(f"index for {model_name!r} is inconsistent: run `{rebuild} --force`")
         res = self.manifest.get("catalog_resolution")
         query_resolution = tuple(res) if (res and settings.query_resolution == "catalog") else None
@@ -125,21 +115,33 @@ class RetrievalEngine:
                                           self.runtime, device, self.precision, settings.workdir,
                                           compile=settings.compile_inference)
             self.info = {"description": config.description, "backbone": config.architecture, "kind": config.kind}
-        catalog = load_catalog(settings.dataset_root)
-        meta = catalog.df.set_index("id")
-        self.metadata = meta.reindex(self.ids)
-        self.row_of = {int(pid): row for row, pid in enumerate(self.ids)}
-        self.product_rows = product_rows(self.metadata)
-        self.category_codes, _ = encode_categories(self.metadata["articleType"].tolist())  # for rerank=category
-        present = {f: self.metadata[f].dropna().astype(str) for f in FILTER_FIELDS}
-        self.filter_values = {f: frozenset(column) for f, column in present.items()}
-        self.filter_examples = {f: column.value_counts().index[:MAX_LISTED_VALUES].tolist()  # the most frequent
-                                for f, column in present.items()}
         self.vote_k, self.vote_alpha = chosen_vote(settings.workdir, model_name)  # `finetune-rerank`
-        # a flat index is searched exactly, as one matrix product per batch of queries (index.exact_search)
-        flat = str(self.manifest.get("index_factory", "")).strip() == "Flat"
-        self.flat_vectors = np.ascontiguousarray(self.vectors, dtype=np.float32) if flat else None
         self._lock = threading.Lock()
+        self.vector_key = vector_key(self.manifest)
+        self.catalog = catalog if catalog is not None else LiveCatalog(settings.dataset_root, settings.workdir)
+        self._load_rows(str(self.manifest.get("index_factory", "Flat")))
+
+    def _load_rows(self, factory: str) -> None:
+        """The built index's rows, with the live catalog's changes since it was built applied."""
+        flat = factory.strip() == "Flat"
+        base_vectors = np.ascontiguousarray(self.vectors_file, np.float32) if flat else self.vectors_file
+        with self.catalog.lock:
+            products, removes = [], []
+            for pid in self.index_ids.tolist():
+                current = self.catalog.current(pid)
+                if current is None or current.image is not None:  # deleted, or a new image: a new row below
+                    removes.append(pid)
+                products.append(result_fields(current.fields if current is not None else
+                                              self.catalog.base.get(pid, {})))
+            self.live = LiveIndex(None if flat else self.index, base_vectors, self.index_ids, products,
+                                  FILTER_FIELDS, factory, seed=self.settings.seed)
+            in_index = set(self.index_ids.tolist())
+            ops = [Op(pid, product, None) for pid, product in self.catalog.changed_ids().items()
+                   if product is not None and (product.image is not None or pid not in in_index)]
+        self.live.apply(removes, [])
+        if ops:
+            self.apply_ops(ops, cached=self.catalog.cached_vectors(self.vector_key))
+            log.info("%s: %d products of the live catalog applied to the index", self.name, len(ops))
 
     # ----- encoding -------------------------------------------------------------------------
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -156,7 +158,51 @@ class RetrievalEngine:
 
     @property
     def dims(self) -> int:
-        return int(self.vectors.shape[1])
+        return self.live.dims
+
+    # ----- live catalog -------------------------------------------------------------------------
+    def apply_ops(self, ops: Sequence[Op], cached: Mapping[str, np.ndarray] | None = None) -> int:
+        """Apply live-catalog changes atomically (one state swap); returns how many images were encoded.
+
+        A new image's vector comes from the op (computed by the writer for this index), `cached`
+        (sha -> vector), or is encoded here from the stored image.
+        """
+        state = self.live.state
+        removes: list[int] = []
+        upserts: list[RowUpsert] = []
+        missing: list[tuple[int, Path]] = []
+        for i, op in enumerate(ops):
+            if op.product is None:
+                removes.append(op.id)
+                continue
+            row = state.row_of.get(op.id)
+            vector = op.vectors.get(self.vector_key)
+            if vector is None and op.product.image is not None and cached is not None:
+                vector = cached.get(op.product.image)
+            if vector is None and row is not None and not op.image_changed:
+                vector = state.vector(row)  # metadata only: the row's own vector
+            if vector is None:
+                missing.append((i, self.catalog.blobs.path(op.product.image) if op.product.image else
+                                self.catalog.images_dir / f"{op.id}.jpg"))
+            upserts.append(RowUpsert(op.id, vector, result_fields(op.product.fields)))
+        if missing:
+            encoded = self.encode([open_image(path) for _, path in missing])
+            by_op = {i: v for (i, _), v in zip(missing, encoded, strict=True)}
+            positions = [i for i, op in enumerate(ops) if op.product is not None]
+            upserts = [u if u.vector is not None else RowUpsert(u.id, by_op[pos], u.product)
+                       for pos, u in zip(positions, upserts, strict=True)]
+        self.live.apply(removes, upserts)
+        return len(missing)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Product id per row of the current state (tests and tools; rows past `n` excluded)."""
+        s = self.live.state
+        return s.ids[: s.n]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.live.state.all_vectors()
 
     # ----- filters ----------------------------------------------------------------------------
     def check_filters(self, filters: Mapping[str, Sequence[str] | None] | None) -> dict[str, list[str]]:
@@ -169,23 +215,37 @@ class RetrievalEngine:
             if field not in FILTER_FIELDS:
                 raise UnknownFilterError(f"unknown filter {field!r}; filters: {', '.join(FILTER_FIELDS)}")
             values = [v.strip() for v in values or [] if v and v.strip()]
-            unknown = [v for v in values if v not in self.filter_values[field]]
+            unknown = [v for v in values if v not in self.live.value_codes[field]]
             if unknown:
+                examples = [item["value"] for item in self.facets()[field][:MAX_LISTED_VALUES]]
                 raise UnknownFilterError(f"unknown value(s) {', '.join(map(repr, unknown))} for filter {field!r}; "
-                                         f"e.g. {', '.join(self.filter_examples[field])}")
+                                         f"e.g. {', '.join(examples)}")
             if values:
                 clean[field] = values
         return clean
 
-    def filter_mask(self, filters: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
-        """Boolean mask over index rows; values within a field are OR-ed, fields AND-ed."""
+    def filter_mask(self, filters: Mapping[str, Sequence[str]] | None, state: IndexState | None = None
+                    ) -> np.ndarray | None:
+        """Boolean mask over the state's rows; values within a field are OR-ed, fields AND-ed."""
         filters = self.check_filters(filters)
         if not filters:
             return None
-        mask = np.ones(len(self.ids), dtype=bool)
+        state = state or self.live.state
+        mask = np.ones(state.n, dtype=bool)
         for field, values in filters.items():
-            mask &= self.metadata[field].astype(str).isin(values).to_numpy()
+            mask &= np.isin(state.codes[field][: state.n], self.live.codes_of(field, values))
         return mask
+
+    def facets(self) -> dict[str, list[dict]]:
+        """Filter values with their live product counts, most common first (ties by value), empty left out."""
+        state = self.live.state
+        out: dict[str, list[dict]] = {}
+        for field in FILTER_FIELDS:
+            names = {code: value for value, code in self.live.value_codes[field].items()}
+            counts = np.bincount(state.codes[field][: state.n][state.alive], minlength=len(names))
+            items = [(names[c], int(n)) for c, n in enumerate(counts) if n and names[c] != ""]
+            out[field] = [{"value": v, "count": n} for v, n in sorted(items, key=lambda kv: (-kv[1], kv[0]))]
+        return out
 
     # ----- search -----------------------------------------------------------------------------
     def search_vectors(
@@ -198,21 +258,19 @@ class RetrievalEngine:
     ) -> list[list[SearchHit]]:
         """Top-k hits per query vector; `rerank="category"` shows the voted articleType first."""
         rerank = check_rerank(rerank)
-        mask = self.filter_mask(filters)
+        state = self.live.state  # one state for the whole search: a write lands before or after it
+        mask = self.filter_mask(filters, state)
         extra = 1 if exclude_ids is not None else 0
         fetch = self.candidates_needed(k, rerank) + extra
-        if self.flat_vectors is not None:  # an exact index: one matrix product for every query
-            scores, rows = exact_search(self.flat_vectors, queries, fetch, mask)
-        else:
-            scores, rows = index_search(self.index, queries, fetch, allowed=mask)
-        n_allowed = len(self.ids) if mask is None else int(mask.sum())
+        scores, rows = state.search(queries, fetch, mask)
+        n_allowed = state.n_allowed(mask)
         out = []
         for qi in range(len(queries)):
             q_rows, q_scores = rows[qi], scores[qi]
             if int((q_rows >= 0).sum()) < min(fetch, n_allowed):  # approximate index ran short: exact fallback
-                q_scores, q_rows = (a[0] for a in exact_search(self.vectors, queries[qi], fetch, mask))
+                q_scores, q_rows = (a[0] for a in state.search(queries[qi], fetch, mask, exact=True))
             skip = None if exclude_ids is None else exclude_ids[qi]
-            out.append(self.hits_from_candidates(q_rows, q_scores, k, rerank, skip))
+            out.append(self.hits_from_candidates(q_rows, q_scores, k, rerank, skip, state))
         return out
 
     @staticmethod
@@ -221,29 +279,37 @@ class RetrievalEngine:
         return k if rerank == "none" else max(k, DEFAULT_POOL)
 
     def hits_from_candidates(self, rows: np.ndarray, scores: np.ndarray, k: int, rerank: str = "none",
-                             skip_id: int | None = None) -> list[SearchHit]:
+                             skip_id: int | None = None, state: IndexState | None = None) -> list[SearchHit]:
         """Ranked candidate rows (best first, -1 = none) -> the top-k hits, `skip_id` left out.
 
         With rerank="category", the candidates' articleTypes vote (`rerank.vote_category`) and that
         type comes first; a "more like this" query (`skip_id`) needs no vote: its own type is known.
         """
+        state = state or self.live.state
         rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
         keep = rows >= 0
         if skip_id is not None:
-            keep &= self.ids[np.maximum(rows, 0)] != skip_id
+            keep &= state.ids[np.maximum(rows, 0)] != skip_id
         rows, scores = rows[keep], scores[keep]
         if rerank == "category" and len(rows):
-            own = self.row_of.get(int(skip_id)) if skip_id is not None else None
+            codes = self._category_codes(state)
+            own = state.row_of.get(int(skip_id)) if skip_id is not None else None
             if own is not None:
-                predicted = np.array([self.category_codes[own]])
-                order = category_first(np.arange(len(rows))[None], self.category_codes[rows], predicted, None)[0]
+                predicted = np.array([codes[own]])
+                order = category_first(np.arange(len(rows))[None], codes[rows], predicted, None)[0]
             else:
-                order, _ = rerank_by_category(np.arange(len(rows))[None], scores[None], self.category_codes[rows],
+                order, _ = rerank_by_category(np.arange(len(rows))[None], scores[None], codes[rows],
                                               self.vote_k, self.vote_alpha, pool=None)
                 order = order[0]
             rows, scores = rows[order], scores[order]
-        return [SearchHit(rank, int(self.ids[row]), float(score), self.product_rows[row])
+        return [SearchHit(rank, int(state.ids[row]), float(score), state.products[row])
                 for rank, (row, score) in enumerate(zip(rows[:k], scores[:k], strict=True), start=1)]
+
+    def _category_codes(self, state: IndexState) -> np.ndarray:
+        """articleType code per row; an empty type never votes (rerank.NO_CATEGORY)."""
+        codes = state.codes["articleType"][: state.n].astype(np.int64)
+        empty = self.live.value_codes["articleType"].get("")
+        return codes if empty is None else np.where(codes == empty, NO_CATEGORY, codes)
 
     def search(
         self,
@@ -257,21 +323,23 @@ class RetrievalEngine:
         return self.search_vectors(self.encode(decoded), k, filters, rerank=rerank)
 
     def vector_of(self, product_id: int) -> np.ndarray:
-        row = self.row_of.get(int(product_id))
+        state = self.live.state
+        row = state.row_of.get(int(product_id))
         if row is None:
             raise UnknownProductError(f"product {product_id} is not in the {self.name} index")
-        return np.asarray(self.vectors[row], dtype=np.float32)
+        return state.vector(row)
 
     def search_by_id(self, product_id: int, k: int = 15, filters=None, rerank: str | None = None) -> list[SearchHit]:
         """'More like this': the stored vector of a catalog product, the product itself excluded."""
         q = self.vector_of(product_id)[None]
         return self.search_vectors(q, k, filters, exclude_ids=[int(product_id)], rerank=rerank)[0]
 
-    def product(self, product_id: int, row: int | None = None) -> dict:
-        row = self.row_of.get(int(product_id)) if row is None else row
+    def product(self, product_id: int) -> dict:
+        state = self.live.state
+        row = state.row_of.get(int(product_id))
         if row is None:
             raise UnknownProductError(f"unknown product id {product_id}")
-        return dict(self.product_rows[row])
+        return dict(state.products[row])
 
     def describe(self) -> dict:
         return {
@@ -282,7 +350,7 @@ class RetrievalEngine:
             "dims": self.dims,
             "raw_dims": self.manifest.get("raw_dims"),
             "index_type": self.manifest.get("index_factory"),
-            "index_size": int(self.index.ntotal),
+            "index_size": self.live.state.size,
             "input_size": self.preprocess.shape[1],
             "input_width": self.preprocess.shape[2],
             "runtime": self.encoder.runtime,

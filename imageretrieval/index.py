@@ -78,14 +78,15 @@ def search(
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = max(1, min(k, index.ntotal))
-    selector = None
+    selector = bits = None
     if allowed is not None:
-        rows = np.flatnonzero(allowed).astype(np.int64)
-        if len(rows) == 0:
+        if not allowed.any():
             return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
-        selector = faiss.IDSelectorBatch(rows)
+        bits = np.packbits(np.asarray(allowed, bool), bitorder="little")  # referenced until the search ends
+        selector = faiss.IDSelectorBitmap(bits)
     params = _search_params(index, selector, nprobe, ef_search)
     scores, rows = index.search(queries, k, params=params)
+    del bits
     return scores, rows
 
 

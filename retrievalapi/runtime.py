@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from imageretrieval.artifacts import ModelArtifacts
-from imageretrieval.catalog import CatalogError, load_catalog
+from imageretrieval.catalog import CatalogError
 from imageretrieval.device import keep_freed_memory
-from imageretrieval.engine import FILTER_FIELDS, RESULT_FIELDS, IndexNotBuiltError, RetrievalEngine, SearchHit
+from imageretrieval.engine import IndexNotBuiltError, RetrievalEngine, SearchHit, result_fields
 from imageretrieval.images import ImageDecodeError, open_image
 from imageretrieval.inference import RuntimeUnavailableError
 from imageretrieval.keys import ApiKey, KeyStore
+from imageretrieval.live.journal import JournalCorruptError
+from imageretrieval.live.store import LiveCatalog
 from imageretrieval.models import ModelNotFoundError, WeightsUnavailableError
 
 from .batcher import MicroBatcher, normalize_filters
@@ -43,7 +44,8 @@ def built_models(workdir: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and ModelArtifacts(p).manifest.is_file())
 
 
-def load_engines(settings: ApiSettings, executor: Executor | None = None) -> dict[str, RetrievalEngine]:
+def load_engines(settings: ApiSettings, executor: Executor | None = None,
+                 catalog: LiveCatalog | None = None) -> dict[str, RetrievalEngine]:
     """Load every requested model once; any failure is one StartupError with the fix in it.
 
     `executor`: build the engines on the thread that will run their forwards. Every thread that
@@ -61,8 +63,8 @@ def load_engines(settings: ApiSettings, executor: Executor | None = None) -> dic
     for name in names:
         started = time.perf_counter()
         try:
-            engines[name] = (executor.submit(RetrievalEngine, settings, name).result() if executor is not None
-                             else RetrievalEngine(settings, name))
+            engines[name] = (executor.submit(RetrievalEngine, settings, name, catalog).result()
+                             if executor is not None else RetrievalEngine(settings, name, catalog))
         except (IndexNotBuiltError, ModelNotFoundError, WeightsUnavailableError, CatalogError,
                 RuntimeUnavailableError) as exc:
             raise StartupError(f"cannot load model {name!r}: {exc}") from exc
@@ -71,7 +73,7 @@ def load_engines(settings: ApiSettings, executor: Executor | None = None) -> dic
                 f"cannot load model {name!r} from {ModelArtifacts.of(settings.workdir, name).root} ({exc}): "
                 f"rebuild it with `imageretrieval index --model {name} --force`"
             ) from exc
-        log.info("loaded model %s: %d vectors x %d dims in %.1f s", name, engines[name].index.ntotal,
+        log.info("loaded model %s: %d vectors x %d dims in %.1f s", name, engines[name].live.state.size,
                  engines[name].dims, time.perf_counter() - started)
     return engines
 
@@ -86,46 +88,6 @@ def choose_default(settings: ApiSettings, names: list[str]) -> str:
                            f"{settings.default_model}` or change DEFAULT_MODEL")
     log.info("default model %s has no index here; using %s", settings.default_model, names[0])
     return names[0]
-
-
-def facet_counts(metadata: pd.DataFrame) -> dict[str, list[dict]]:
-    """Filter values with their product counts, most common first (ties by value), empty values left out."""
-    out: dict[str, list[dict]] = {}
-    for name in FILTER_FIELDS:
-        column = metadata[name].dropna().astype(str)
-        counts = column[column != ""].value_counts()
-        items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        out[name] = [{"value": value, "count": int(count)} for value, count in items]
-    return out
-
-
-@dataclass
-class CatalogStore:
-    """Product metadata and image files by id, for /api/products and /api/images."""
-
-    images_dir: Path
-    products: pd.DataFrame  # indexed by id
-
-    @classmethod
-    def load(cls, dataset_root: Path) -> CatalogStore:
-        catalog = load_catalog(dataset_root)
-        return cls(catalog.images_dir, catalog.df.set_index("id"))
-
-    def product(self, product_id: int) -> dict | None:
-        if product_id not in self.products.index:
-            return None
-        rec = self.products.loc[product_id]
-        out = {"id": int(product_id)}
-        for f in RESULT_FIELDS:
-            value = rec.get(f)
-            out[f] = None if value is None or pd.isna(value) else (int(value) if f == "year" else value)
-        return out
-
-    def image_path(self, product_id: int) -> Path | None:
-        if product_id not in self.products.index:
-            return None
-        path = self.images_dir / f"{int(product_id)}.jpg"
-        return path if path.is_file() else None
 
 
 def read_evaluation(workdir: Path, model: str) -> dict | None:
@@ -221,12 +183,12 @@ class Runtime:
     metrics: Metrics
     engines: dict[str, RetrievalEngine]
     default: str
-    catalog: CatalogStore
-    facets: dict[str, list[dict]]
+    catalog: LiveCatalog
     inference_pool: ThreadPoolExecutor | None = None  # the one thread that loads and runs every model
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     decode_pool: ThreadPoolExecutor | None = None
     ready: bool = False
+    _facets: tuple[object, dict] | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -240,14 +202,16 @@ class Runtime:
         inference_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         inference_pool.submit(single_threaded_search).result()
         try:
-            engines = load_engines(settings, inference_pool)
+            catalog = LiveCatalog(settings.dataset_root, settings.workdir)
+            engines = load_engines(settings, inference_pool, catalog)
             default = choose_default(settings, list(engines))
-            catalog = CatalogStore.load(settings.dataset_root)
+        except (CatalogError, JournalCorruptError) as exc:
+            inference_pool.shutdown(wait=False, cancel_futures=True)
+            raise StartupError(f"cannot load the catalog: {exc}") from exc
         except BaseException:
             inference_pool.shutdown(wait=False, cancel_futures=True)
             raise
-        return cls(settings, metrics, engines, default, catalog, facet_counts(engines[default].metadata),
-                   inference_pool)
+        return cls(settings, metrics, engines, default, catalog, inference_pool)
 
     async def start(self) -> None:
         """On the serving event loop: decode threads, one warmed-up batcher per model, then ready."""
@@ -300,6 +264,19 @@ class Runtime:
             raise BadImageError(decode_error_message(exc)) from None
         timing["decode"] = (time.perf_counter() - started) * 1000
         return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
+
+    def product(self, product_id: int) -> dict | None:
+        """A product's current metadata (the live catalog's), None when unknown or deleted."""
+        product = self.catalog.current(int(product_id))
+        return None if product is None else {"id": int(product_id), **result_fields(product.fields)}
+
+    @property
+    def facets(self) -> dict[str, list[dict]]:
+        """The default model's live facet counts, recomputed only after a write changed its rows."""
+        state = self.engines[self.default].live.state
+        if self._facets is None or self._facets[0] is not state:
+            self._facets = (state, self.engines[self.default].facets())
+        return self._facets[1]
 
     @staticmethod
     def as_results(hits: list[SearchHit]) -> list[dict]:

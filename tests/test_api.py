@@ -491,7 +491,7 @@ def test_the_batched_search_is_the_engines_search(settings, filters, rerank):
     from imageretrieval.engine import RetrievalEngine
 
     engine = RetrievalEngine(settings, "tiny")
-    assert engine.flat_vectors is not None  # the synthetic catalog's index is flat: searched exactly
+    assert engine.live.state.base_index is None  # the synthetic catalog's index is flat: searched exactly
     batcher = MicroBatcher(engine, Metrics())
     queries = np.asarray(engine.vectors[:7]) + np.random.default_rng(0).normal(0, 0.05, (7, engine.dims))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)

@@ -37,7 +37,7 @@ def facets(rt: RuntimeDep) -> dict[str, Any]:
 @router.get("/products/{product_id}", response_model=Product, responses={404: ERROR_RESPONSES[404]},
             summary="One product's metadata")
 def product(rt: RuntimeDep, product_id: ProductId) -> dict[str, Any]:
-    info = rt.catalog.product(product_id)
+    info = rt.product(product_id)
     if info is None:
         raise HTTPException(404, f"unknown product id {product_id}")
     return {**info, "image_url": f"/api/images/{product_id}"}

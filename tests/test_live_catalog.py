@@ -1,0 +1,252 @@
+"""The live catalog's library: journal, image store, validation, snapshots, and the engine's live index."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imageretrieval.live.blobs import ImageBlobs, normalized_jpeg
+from imageretrieval.live.journal import Journal, JournalCorruptError
+from imageretrieval.live.liveindex import LiveIndex, RowUpsert
+from imageretrieval.live.products import ProductValidationError, check_fields, parse_styles_rows
+from imageretrieval.live.store import DuplicateProductError, LiveCatalog, UnknownLiveProductError, Write
+from imageretrieval.synthetic import drawing_for, render_product
+
+from .conftest import make_settings
+
+
+def new_image(product_id: int, article_type: str = "Tshirts", colour: str = "Green", size=(60, 80)) -> bytes:
+    out = io.BytesIO()
+    render_product(drawing_for(product_id, article_type, colour), *size).save(out, format="PNG")
+    return out.getvalue()
+
+
+FIELDS = {"gender": "Men", "masterCategory": "Apparel", "subCategory": "Topwear", "articleType": "Tshirts",
+          "baseColour": "Green", "season": "Summer", "year": "2024", "usage": "Casual",
+          "productDisplayName": "Test green tee"}
+
+
+# ----- journal ----------------------------------------------------------------------------------
+def test_journal_replays_entries_and_cuts_a_torn_tail(tmp_path):
+    journal = Journal(tmp_path / "journal.log")
+    with journal.locked():
+        assert journal.append([{"op": "delete", "id": 1}]) == 1
+        assert journal.append([{"op": "delete", "id": 2}, {"op": "delete", "id": 3}]) == 2
+    with open(journal.path, "ab") as fh:  # a crash mid-append: half a line, never acknowledged
+        fh.write(b"0badc0de {\"seq\": 3, \"ops\": [")
+    assert [e.seq for e in journal.read()] == [1, 2]
+    assert [op["id"] for e in journal.read(1) for op in e.ops] == [2, 3]
+    with journal.locked():
+        assert journal.append([{"op": "delete", "id": 4}]) == 3  # the torn tail was cut first
+    assert [e.seq for e in journal.read()] == [1, 2, 3]
+
+
+def test_journal_refuses_damage_before_its_end(tmp_path):
+    journal = Journal(tmp_path / "journal.log")
+    with journal.locked():
+        for i in range(3):
+            journal.append([{"op": "delete", "id": i + 1}])
+    data = bytearray(journal.path.read_bytes())
+    second = data.index(b"\n") + 1 + data[data.index(b"\n") + 1:].index(b"\n") + 1  # start of entry 2
+    data[second + 20] ^= 0x01
+    journal.path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorruptError, match="damaged entry"):
+        list(journal.read())
+
+
+def test_concurrent_appends_get_distinct_sequence_numbers(tmp_path):
+    seqs: list[int] = []
+
+    def writer() -> None:
+        journal = Journal(tmp_path / "journal.log")  # each with its own descriptors, like processes
+        for _ in range(20):
+            with journal.locked():
+                seqs.append(journal.append([{"op": "delete", "id": 1}]))
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seqs) == list(range(1, 81))
+    assert [e.seq for e in Journal(tmp_path / "journal.log").read()] == list(range(1, 81))
+
+
+# ----- images and validation --------------------------------------------------------------------
+def test_images_are_stored_once_by_content_hash(tmp_path):
+    blobs = ImageBlobs(tmp_path / "images")
+    jpeg = normalized_jpeg(new_image(1))
+    sha = blobs.put(jpeg)
+    assert blobs.put(normalized_jpeg(new_image(1))) == sha  # deterministic: the same upload, the same file
+    assert blobs.path(sha).read_bytes() == jpeg and blobs.path(sha).parent.parent == tmp_path / "images"
+    with pytest.raises(ValueError):
+        blobs.path("../../etc/passwd")
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({**FIELDS, "colour": "red"}, "unknown field"),
+    ({**FIELDS, "productDisplayName": "x" * 201}, "at most 200"),
+    ({**FIELDS, "articleType": ""}, "missing required"),
+    ({**FIELDS, "year": "1776"}, "year must be within"),
+    ({**FIELDS, "year": "soon"}, "year must be a number"),
+    ({**FIELDS, "gender": "Men\x00"}, "control"),
+])
+def test_bad_metadata_is_refused_with_the_field_named(fields, message):
+    with pytest.raises(ProductValidationError, match=message):
+        check_fields(fields, partial=False)
+
+
+def test_styles_rows_are_parsed_strictly():
+    rows = parse_styles_rows('id,productDisplayName,articleType\n7,"Tee, green",Tshirts\n8,Shirt,Shirts\n')
+    assert rows == [(7, {"productDisplayName": "Tee, green", "articleType": "Tshirts"}),
+                    (8, {"productDisplayName": "Shirt", "articleType": "Shirts"})]
+    with pytest.raises(ProductValidationError, match="line 2: 4 fields"):
+        parse_styles_rows("id,productDisplayName,articleType\n7,Tee, green,Tshirts\n")
+    with pytest.raises(ProductValidationError, match="appears twice"):
+        parse_styles_rows("id,productDisplayName\n7,a\n7,b\n")
+    with pytest.raises(ProductValidationError, match="id must be an integer"):
+        parse_styles_rows("id,productDisplayName\n-7,a\n")
+    with pytest.raises(ProductValidationError, match="unknown or repeated"):
+        parse_styles_rows("id,price\n7,3\n")
+
+
+# ----- the catalog store ------------------------------------------------------------------------
+def add(catalog: LiveCatalog, pid: int, image_seed: int | None = None, **fields) -> list:
+    sha = catalog.blobs.put(normalized_jpeg(new_image(image_seed or pid)))
+    return catalog.commit([Write("add", pid, {**FIELDS, **fields}, sha)]).changes
+
+
+def test_writes_are_planned_journaled_and_replayed(synthetic_catalog, tmp_path):
+    catalog = LiveCatalog(synthetic_catalog, tmp_path)
+    n = len(catalog)
+    first = int(catalog.product_ids()[0])
+    assert [c.action for c in add(catalog, 900001)] == ["added"]
+    assert [c.action for c in add(catalog, 900001)] == ["unchanged"]  # idempotent
+    with pytest.raises(DuplicateProductError):
+        add(catalog, 900001, image_seed=5)
+    with pytest.raises(UnknownLiveProductError):
+        catalog.commit([Write("delete", 12345678)])
+    with pytest.raises(UnknownLiveProductError):
+        catalog.commit([Write("update", 12345678, {"usage": "Formal"})])
+    catalog.commit([Write("update", first, {"baseColour": "Purple"}), Write("delete", 900001)])
+    catalog.commit([Write("add", 900002, FIELDS, catalog.blobs.put(normalized_jpeg(new_image(2))))])
+    with pytest.raises(DuplicateProductError, match="twice"):
+        catalog.commit([Write("delete", first), Write("delete", first)])
+    assert catalog.current(900001) is None and catalog.current(first).fields["baseColour"] == "Purple"
+    assert len(catalog) == n + 1
+
+    replayed = LiveCatalog(synthetic_catalog, tmp_path)  # a restart: snapshot (none yet) + journal
+    assert replayed.overlay == catalog.overlay and replayed.seq == catalog.seq == 3
+    catalog.compact()
+    assert [e.seq for e in catalog.journal.read()] == []
+    compacted = LiveCatalog(synthetic_catalog, tmp_path)
+    assert compacted.overlay == catalog.overlay and compacted.seq == 3
+    compacted.commit([Write("delete", 900002)])
+    assert LiveCatalog(synthetic_catalog, tmp_path).current(900002) is None
+    assert catalog.catch_up()[0].id == 900002 and catalog.current(900002) is None  # another writer's entry
+
+
+def test_original_styles_csv_is_never_modified(synthetic_catalog, tmp_path):
+    before = (synthetic_catalog / "styles.csv").read_bytes()
+    catalog = LiveCatalog(synthetic_catalog, tmp_path)
+    add(catalog, 900003)
+    catalog.commit([Write("delete", int(catalog.product_ids()[0]))])
+    catalog.compact()
+    assert (synthetic_catalog / "styles.csv").read_bytes() == before
+
+
+# ----- the live index ---------------------------------------------------------------------------
+def test_live_index_adds_removes_and_rebuilds_while_writes_land():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    products = [{"gender": "Men" if i % 2 else "Women"} for i in range(50)]
+    live = LiveIndex(None, vectors, np.arange(100, 150), products, ["gender"], "HNSW8")
+    before = live.state
+    new = rng.normal(size=8).astype(np.float32)
+    live.apply([100, 101], [RowUpsert(500, new, {"gender": "Men"}), RowUpsert(102, vectors[3], {"gender": "Men"})])
+    s = live.state
+    assert before.size == 50 and before.alive.all()  # an old state never changes
+    assert s.size == 49 and 100 not in s.row_of and s.ids[s.row_of[102]] == 102 and s.row_of[102] >= 50
+    scores, rows = s.search(new, 3, None)
+    assert s.ids[rows[0][0]] == 500 and scores[0][0] == pytest.approx(float(new @ new))
+    exact = np.concatenate([vectors, [new, vectors[3]]]) @ vectors[10]
+    exact[[0, 1, 2]] = -np.inf
+    _, rows = s.search(vectors[10], 5, None)
+    assert rows[0].tolist() == np.argsort(-exact, kind="stable")[:5].tolist()
+
+    real_build = None
+
+    def build_while_writing(v):  # a write lands while the rebuild runs
+        live.apply([110], [RowUpsert(600, vectors[20], {"gender": "Women"})])
+        from imageretrieval.index import build_index
+        nonlocal real_build
+        real_build = build_index(v, "HNSW8")
+        return real_build
+
+    live.rebuild(build_while_writing)
+    s = live.state
+    assert s.base_index is real_build and s.n_base == 49 and s.n_growing == 1
+    assert 110 not in s.row_of and 600 in s.row_of and s.size == 49
+    _, rows = s.search(vectors[20], 2, None)
+    assert sorted(s.ids[rows[0]].tolist()) == [120, 600]
+
+
+# ----- the engine over the live catalog ---------------------------------------------------------
+def test_engine_finds_an_added_product_forgets_a_deleted_one_and_survives_a_restart(synthetic_catalog, tmp_path,
+                                                                                    built_workdir):
+    import shutil
+
+    from imageretrieval.engine import RetrievalEngine
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    settings = make_settings(synthetic_catalog, workdir)
+    engine = RetrievalEngine(settings, "tiny")
+    catalog = engine.catalog
+    image = new_image(777, "Dresses", "Yellow", size=(120, 160))
+    sha = catalog.blobs.put(normalized_jpeg(image))
+    vec = engine.encode([Image.open(io.BytesIO(normalized_jpeg(image)))])[0]
+    result = catalog.commit([Write("add", 900010, {**FIELDS, "articleType": "Dresses", "baseColour": "Yellow"}, sha)],
+                            vectors={engine.vector_key: {sha: vec}})
+    engine.apply_ops(result.ops)
+    assert engine.search([image], k=1)[0][0].id == 900010
+    assert engine.product(900010)["productDisplayName"] == "Test green tee"
+    assert engine.check_filters({"baseColour": ["Yellow"]})
+
+    victim = engine.search([image], k=2)[0][1].id
+    engine.apply_ops(catalog.commit([Write("delete", victim)]).ops)
+    assert victim not in [h.id for h in engine.search([image], k=len(engine.ids))[0]]
+    with pytest.raises(KeyError):
+        engine.search_by_id(victim)
+
+    restarted = RetrievalEngine(settings, "tiny")  # the journal replayed, vectors taken from it (no encode)
+    assert restarted.search([image], k=1)[0][0].id == 900010
+    assert victim not in restarted.live.state.row_of
+    assert victim not in [h.id for h in restarted.search([image], k=len(restarted.ids))[0]]
+    assert restarted.live.state.size == engine.live.state.size
+    catalog.compact()
+    again = RetrievalEngine(settings, "tiny")  # from the snapshot's vector file
+    assert again.search([image], k=1)[0][0].id == 900010
+
+
+def test_an_index_without_cached_vectors_encodes_the_stored_image(synthetic_catalog, tmp_path, built_workdir):
+    import shutil
+
+    from imageretrieval.engine import RetrievalEngine
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    settings = make_settings(synthetic_catalog, workdir)
+    catalog = LiveCatalog(synthetic_catalog, workdir)  # a writer that computed no vectors (e.g. no model loaded)
+    image = new_image(4242, "Handbags", "Pink", size=(120, 160))
+    catalog.commit([Write("add", 900020, {**FIELDS, "articleType": "Handbags"},
+                          catalog.blobs.put(normalized_jpeg(image)))])
+    engine = RetrievalEngine(settings, "tiny")
+    assert engine.search([image], k=1)[0][0].id == 900020
+    assert Path(engine.catalog.image_path(900020)).is_file()
