@@ -16,15 +16,17 @@ from imageretrieval.keys import KeyStore
 from .errors import document_string_errors, install_error_handlers
 from .logs import setup_logging
 from .metrics import Metrics
-from .middleware import LimitsMiddleware, ReadKeyMiddleware, RequestContextMiddleware
-from .routes import catalog, ops, search
+from .middleware import KeyMiddleware, LimitsMiddleware, RequestContextMiddleware
+from .ratelimit import RateLimiter
+from .routes import catalog, ops, products, search
 from .runtime import Runtime, StartupError
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """Search a fashion catalog by image. Upload a photo to `POST /api/search` (multipart), or ask for
-products like a catalog product with `POST /api/search/by-id`. Every error is JSON `{"detail": "..."}`."""
+products like a catalog product with `POST /api/search/by-id`. A shop edits the catalog live with a
+`write` API key (`/api/products`: add, update, delete, batch). Every error is JSON `{"detail": "..."}`."""
 
 
 class RetrievalAPI(FastAPI):
@@ -76,7 +78,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.state.keys = KeyStore(settings.workdir)
     app.include_router(ops.router)
-    app.include_router(catalog.router)  # with REQUIRE_READ_KEY, ReadKeyMiddleware checks the key first
+    app.include_router(catalog.router)  # KeyMiddleware checks keys before any route reads a body
+    app.include_router(products.router)
     app.include_router(search.build_router(settings.top_k_max))
     document_string_errors(app)
     dist = settings.web_app_dir()
@@ -87,9 +90,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"])
     app.add_middleware(LimitsMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes,
-                       max_inflight=settings.max_inflight)
-    if settings.require_read_key:  # before the limits: a request without a key never takes an in-flight slot
-        app.add_middleware(ReadKeyMiddleware, keys=app.state.keys)
+                       max_inflight=settings.max_inflight, max_batch_bytes=settings.max_batch_bytes)
+    # before the limits: a request without a key never takes an in-flight slot
+    app.add_middleware(KeyMiddleware, keys=app.state.keys, require_read_key=settings.require_read_key,
+                       limiter=RateLimiter(settings.write_rate_per_minute, settings.write_burst))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imageretrieval.engine import UnknownFilterError, UnknownProductError
+from imageretrieval.live.products import ProductValidationError
+from imageretrieval.live.store import DuplicateProductError, UnknownLiveProductError
 
 from .batcher import OverloadedError
 from .runtime import (
@@ -23,6 +25,7 @@ from .runtime import (
     UnknownModelError,
 )
 from .schemas import ErrorResponse
+from .writes import StorageFullError, WriteImageError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Missing or invalid field"},
     503: {"model": ErrorResponse, "description": "Overloaded, starting or stopping: retry"},
 }
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{code: ERROR_RESPONSES[code] for code in (400, 401, 403, 413, 422, 503)},
+    400: {"model": ErrorResponse, "description": "An image that cannot be used (the product is named)"},
+    404: {"model": ErrorResponse, "description": "Unknown product id (update, delete)"},
+    409: {"model": ErrorResponse, "description": "The id exists with other data (add): update it instead"},
+    422: {"model": ErrorResponse, "description": "Invalid metadata or CSV rows: the field and line are named"},
+    429: {"model": ErrorResponse, "description": "Too many writes for this key: retry after Retry-After seconds"},
+    507: {"model": ErrorResponse, "description": "The server's disk is full: nothing was written"},
+}
 
 
 # every domain error a request can meet -> its HTTP status; 503s tell the client when to retry
@@ -44,6 +56,8 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     UnknownModelError: 400, UnknownFilterError: 400, BadImageError: 400,
     UnknownProductError: 404, NotReadyError: 503, OverloadedError: 503,
     MissingKeyError: 401, InvalidKeyError: 401, ForbiddenKeyError: 403,
+    WriteImageError: 400, UnknownLiveProductError: 404, DuplicateProductError: 409, ProductValidationError: 422,
+    StorageFullError: 507,
 }
 RETRY_AFTER = {"Retry-After": "1"}
 

@@ -29,6 +29,7 @@ class Metrics:
         self.inflight = Gauge("api_inflight_searches", "Image searches in progress", registry=r)
         self.rejected = Counter("api_rejected_total", "Requests refused to protect the service",
                                 ["model", "reason"], registry=r)
+        self.catalog_writes = Counter("api_catalog_writes_total", "Products added, updated or deleted", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,4 @@
-"""Pure ASGI middlewares: request id + structured access log + metrics, and request-size/in-flight limits."""
+"""Pure ASGI middlewares: request id + access log + metrics, API keys, request-size/in-flight limits."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from imageretrieval.keys import KeyStore
 
 from .errors import domain_status
 from .metrics import Metrics
+from .ratelimit import RateLimitedError, RateLimiter
 from .runtime import ForbiddenKeyError, InvalidKeyError, MissingKeyError, check_key
 
 access_log = logging.getLogger("retrievalapi.access")
@@ -38,27 +39,58 @@ async def send_json(send: Send, status: int, payload: dict, headers: list[tuple[
     await send({"type": "http.response.body", "body": body})
 
 
-class ReadKeyMiddleware:
-    """REQUIRE_READ_KEY: a request to an `/api/` route without a valid key is refused before its body is
-    read (an upload without a key costs nothing); health, readiness, metrics and the docs stay open."""
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+PRODUCTS_PATH = "/api/products"
+BATCH_PATH = "/api/products/batch"
+
+
+def is_catalog_write(scope: Scope) -> bool:
+    path = scope.get("path", "")
+    return scope.get("method") in WRITE_METHODS and (path == PRODUCTS_PATH or path.startswith(PRODUCTS_PATH + "/"))
+
+
+class KeyMiddleware:
+    """API keys, checked before a body is read (an upload without a key costs nothing).
+
+    Catalog writes always need a `write` key, and each key's writes are rate limited; with
+    REQUIRE_READ_KEY every other `/api/` route needs a key too, except health, readiness, metrics
+    and the docs. A CORS preflight carries no credentials and passes.
+    """
 
     OPEN = frozenset({"/api/health", "/api/ready", "/api/metrics", "/api/docs", "/api/openapi.json"})
 
-    def __init__(self, app: ASGIApp, keys: KeyStore):
+    def __init__(self, app: ASGIApp, keys: KeyStore, require_read_key: bool, limiter: RateLimiter):
         self.app = app
         self.keys = keys
+        self.require_read_key = require_read_key
+        self.limiter = limiter
+
+    def _scope_needed(self, scope: Scope) -> str | None:
+        if scope["type"] != "http" or scope.get("method") == "OPTIONS":
+            return None
+        if is_catalog_write(scope):
+            return "write"
+        path = scope.get("path", "")
+        if self.require_read_key and path.startswith("/api/") and path not in self.OPEN:
+            return "read"
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        protected = path.startswith("/api/") and path not in self.OPEN and scope.get("method") != "OPTIONS"
-        if scope["type"] == "http" and protected:  # (a CORS preflight carries no credentials)
+        needed = self._scope_needed(scope)
+        if needed is not None:
             authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             try:
-                check_key(self.keys, authorization, "read")
+                record = check_key(self.keys, authorization, needed)
+                if needed == "write":
+                    self.limiter.take(record.id)
             except (MissingKeyError, InvalidKeyError, ForbiddenKeyError) as exc:
                 status, headers = domain_status(exc)
                 await send_json(send, status, {"detail": str(exc)},
                                 [(k.lower().encode(), v.encode()) for k, v in headers.items()])
+                return
+            except RateLimitedError as exc:
+                await send_json(send, 429, {"detail": str(exc)},
+                                [(b"retry-after", str(max(1, round(exc.retry_after))).encode())])
                 return
         await self.app(scope, receive, send)
 
@@ -112,21 +144,30 @@ class LimitsMiddleware:
     counted as it arrives, so memory never holds more than the limit.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_upload_bytes: int, max_inflight: int):
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_upload_bytes: int, max_inflight: int,
+                 max_batch_bytes: int = 0):
         self.app = app
         self.metrics = metrics
-        self.upload_limit = max_upload_bytes + FORM_OVERHEAD_BYTES
         self.max_upload_bytes = max_upload_bytes
+        self.max_batch_bytes = max_batch_bytes
         self.max_inflight = max_inflight
         self.inflight = 0
+
+    def _limit(self, scope: Scope) -> int:
+        """The body limit shown to clients: one image (search, product write), a batch, or small JSON."""
+        if scope["path"] == BATCH_PATH:
+            return self.max_batch_bytes
+        if scope["path"] in UPLOAD_PATHS or (is_catalog_write(scope) and scope["method"] in ("POST", "PUT")):
+            return self.max_upload_bytes
+        return OTHER_BODY_LIMIT
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        is_upload = scope["path"] in UPLOAD_PATHS
-        limit = self.upload_limit if is_upload else OTHER_BODY_LIMIT
-        shown_limit = self.max_upload_bytes if is_upload else OTHER_BODY_LIMIT
+        is_upload = scope["path"] in UPLOAD_PATHS  # searches: counted in flight
+        shown_limit = self._limit(scope)
+        limit = shown_limit + (FORM_OVERHEAD_BYTES if shown_limit != OTHER_BODY_LIMIT else 0)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             self.metrics.rejected.labels(model="", reason="too_large").inc()

@@ -29,6 +29,7 @@ from imageretrieval.models import ModelNotFoundError, WeightsUnavailableError
 from .batcher import MicroBatcher, normalize_filters
 from .metrics import Metrics
 from .settings import ApiSettings
+from .writes import CatalogWriter
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class Runtime:
     inference_pool: ThreadPoolExecutor | None = None  # the one thread that loads and runs every model
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     decode_pool: ThreadPoolExecutor | None = None
+    writer: CatalogWriter | None = None
     ready: bool = False
     _facets: tuple[object, dict] | None = None
 
@@ -217,6 +219,8 @@ class Runtime:
         """On the serving event loop: decode threads, one warmed-up batcher per model, then ready."""
         s = self.settings
         self.decode_pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
+        self.writer = CatalogWriter(self.catalog, self.engines, self.metrics, self.inference_pool, self.decode_pool,
+                                    s.max_image_pixels, s.compact_every)
         self.batchers = {
             name: MicroBatcher(engine, self.metrics, s.batch_max, s.batch_wait_ms, s.queue_max, self.inference_pool)
             for name, engine in self.engines.items()
@@ -227,12 +231,15 @@ class Runtime:
             await batcher.warm_up(batcher.engine.preprocess(blank))  # the first request must not pay for it
             batcher.start()
             log.debug("warmed up %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
+        self.writer.start()
         self.ready = True
 
     async def close(self) -> None:
         """Graceful shutdown: refuse new searches, let queued ones finish, stop the workers."""
         self.ready = False
         await asyncio.gather(*(b.close(self.settings.shutdown_grace_s) for b in self.batchers.values()))
+        if self.writer is not None:
+            await self.writer.close()  # a write in progress finishes: it was not acknowledged yet
         for pool in (self.decode_pool, self.inference_pool):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from imageretrieval.engine import FILTER_FIELDS
+from imageretrieval.live.products import FIELDS as PRODUCT_FIELDS
 
 DEFAULT_TOP_K = 15
 Rerank = Literal["none", "category"]
@@ -142,3 +143,26 @@ def make_by_id_request(top_k_max: int) -> type[BaseModel]:
 
     return create_model("ByIdRequest", __base__=ByIdBase,
                         **{f: (list[str] | None, Field(None, description=FILTER_DESCRIPTION)) for f in FILTER_FIELDS})
+
+
+class WriteChange(BaseModel):
+    id: int
+    action: Literal["added", "updated", "deleted", "unchanged"]
+
+
+class WriteResponse(BaseModel):
+    """A catalog write, acknowledged: durable (journaled, fsynced) and visible to every search."""
+
+    seq: int = Field(description="The journal sequence number of the write (unchanged when nothing changed)")
+    changes: list[WriteChange]
+    indexes: list[str] = Field(description="Models whose index now reflects the write")
+    catalog_size: int = Field(description="Products in the catalog after the write")
+
+
+# PATCH body: only the fields to change, by their `styles.csv` column names (null clears one); unknown refused
+ProductPatch = create_model(
+    "ProductPatch",
+    __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"baseColour": "Navy Blue",
+                                                                            "season": "Winter"}]}),
+    **{name: (int | None if name == "year" else str | None, None) for name in PRODUCT_FIELDS},
+)

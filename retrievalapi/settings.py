@@ -55,6 +55,15 @@ class ApiSettings(Settings):
         False, validation_alias=_env("require_read_key"),
         description="Searches, products and images need an API key (`imageretrieval keys create`); writes always do.",
     )
+    max_batch_upload_mb: float = Field(200.0, gt=0, validation_alias=_env("max_batch_upload_mb"),
+                                       description="Largest body of POST /api/products/batch (CSV + images).")
+    write_rate_per_minute: float = Field(
+        600.0, gt=0, validation_alias=_env("write_rate_per_minute"),
+        description="Catalog write requests per minute per API key (bursts up to WRITE_BURST); beyond: 429.")
+    write_burst: int = Field(60, ge=1, validation_alias=_env("write_burst"))
+    compact_every: int = Field(
+        10_000, ge=1, validation_alias=_env("compact_every"),
+        description="Journaled catalog writes after which the journal is folded into a snapshot.")
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format"))
     log_level: str = Field("INFO", validation_alias=_env("log_level"))
 
@@ -69,6 +78,10 @@ class ApiSettings(Settings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return int(self.max_batch_upload_mb * 1024 * 1024)
 
     def web_app_dir(self) -> Path | None:
         """The built single-page app to serve at /, when there is one."""

@@ -25,18 +25,37 @@ from retrievalapi.settings import ApiSettings
 
 MAX_EXAMPLES = 10
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+WRITES = ["POST /api/products", "PUT /api/products/{product_id}", "PATCH /api/products/{product_id}",
+          "DELETE /api/products/{product_id}", "POST /api/products/batch"]
 WITH_INPUT = ["GET /api/products/{product_id}", "GET /api/images/{product_id}", "POST /api/search",
-              "POST /api/search/by-id"]
+              "POST /api/search/by-id", *WRITES]
 OPERATIONS = ["GET /api/health", "GET /api/ready", "GET /api/models", "GET /api/facets", "GET /api/metrics",
               "GET /api/products/{product_id}", "GET /api/images/{product_id}", "POST /api/search",
-              "POST /api/search/by-id"]
+              "POST /api/search/by-id", *WRITES]
 
 
 @pytest.fixture(scope="module")
-def api_schema(synthetic_catalog, built_workdir):
-    app = create_app(ApiSettings(dataset_root=synthetic_catalog, workdir=built_workdir, device="cpu",
+def write_key(api_workdir) -> dict[str, str]:
+    from imageretrieval.keys import KeyStore
+
+    return {"Authorization": f"Bearer {KeyStore(api_workdir).create('fuzz', 'write')[1]}"}
+
+
+@pytest.fixture(scope="module")
+def api_workdir(built_workdir, tmp_path_factory):
+    """A copy: generated writes must not change the workdir other tests share."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("fuzz") / "wd"
+    shutil.copytree(built_workdir, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def api_schema(synthetic_catalog, api_workdir, write_key):
+    app = create_app(ApiSettings(dataset_root=synthetic_catalog, workdir=api_workdir, device="cpu",
                                  precision="fp32", default_model="tiny", models="tiny", max_upload_mb=0.25,
-                                 app_dist=built_workdir / "no-app"))
+                                 app_dist=api_workdir / "no-app", write_burst=10_000))
     yield schemathesis.openapi.from_asgi("/api/openapi.json", app)
     shutdown_lifespans()  # schemathesis started the app's lifespan: drain and stop its batchers now
 
@@ -49,7 +68,7 @@ def test_schema_lists_every_route(api_schema):
 @pytest.mark.parametrize(("label", "mode"), [(op, GenerationMode.POSITIVE) for op in OPERATIONS]
                          + [(op, GenerationMode.NEGATIVE) for op in WITH_INPUT],
                          ids=[f"{op}-valid" for op in OPERATIONS] + [f"{op}-invalid" for op in WITH_INPUT])
-def test_operation_conforms(api_schema, label, mode):
+def test_operation_conforms(api_schema, write_key, label, mode):
     operation = api_schema.find_operation_by_label(label)
     assert operation is not None
     checks = CHECKS + ([negative_data_rejection] if mode == GenerationMode.NEGATIVE else [])
@@ -58,6 +77,6 @@ def test_operation_conforms(api_schema, label, mode):
     @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def run(case) -> None:
-        case.call_and_validate(checks=checks)
+        case.call_and_validate(checks=checks, headers=write_key if label in WRITES else None)
 
     run()

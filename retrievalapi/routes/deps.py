@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Form, Request
+from fastapi import Depends, Form, HTTPException, Request, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from imageretrieval.engine import FILTER_FIELDS
@@ -36,6 +36,17 @@ def require_scope(scope: str) -> Callable[..., ApiKey]:
         return check_key(request.app.state.keys, header, scope)
 
     return check
+
+async def read_image_upload(upload: UploadFile, limit: int) -> bytes:
+    """An uploaded image's bytes, or 413 past `limit` (never more than limit + 1 bytes read)."""
+    message = f"the image is larger than the {limit / 1024 / 1024:.1f} MB upload limit"
+    if upload.size is not None and upload.size > limit:
+        raise HTTPException(413, message)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, message)
+    return data
+
 
 FilterParam = Annotated[list[str] | None, Form(description=FILTER_DESCRIPTION)]
 

@@ -12,7 +12,7 @@ from imageretrieval.engine import FILTER_FIELDS
 
 from ..errors import ERROR_RESPONSES, format_validation_errors
 from ..schemas import DEFAULT_TOP_K, RERANK_DESCRIPTION, Rerank, SearchResponse, make_by_id_request
-from .deps import FilterForm, RuntimeDep
+from .deps import FilterForm, RuntimeDep, read_image_upload
 
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -74,12 +74,7 @@ def build_router(top_k_max: int) -> APIRouter:
         k = _k(top_k, topK)
         request.state.model, request.state.k = engine.name, k
         filters = engine.check_filters(filter_values)
-        limit = rt.settings.max_upload_bytes
-        if image.size is not None and image.size > limit:
-            raise HTTPException(413, f"the image is larger than the {limit / 1024 / 1024:.1f} MB upload limit")
-        data = await image.read(limit + 1)
-        if len(data) > limit:
-            raise HTTPException(413, f"the image is larger than the {limit / 1024 / 1024:.1f} MB upload limit")
+        data = await read_image_upload(image, rt.settings.max_upload_bytes)
         timing: dict[str, float] = {}
         hits = await rt.search_upload(engine, data, k, filters, timing, rerank)
         took_ms = (time.perf_counter() - started) * 1000

@@ -1,0 +1,220 @@
+"""Live-catalog writes in the service: validate, store images, encode for every loaded model, journal,
+apply to every index, then acknowledge. Other processes' writes (the CLI) are picked up by a tailer.
+
+Order of a write: cheap checks first (fields, ids against the current catalog: a bad request costs
+nothing), then each image is decoded, normalized and stored durably by hash (decode threads), then
+encoded by every loaded model in small chunks on the inference thread (searches queued meanwhile
+run between chunks), then one thread journals the transaction (fsync), applies it to the catalog
+and to every model's index (one state swap each) and only then answers. Writes are serialized by
+that thread; searches never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from imageretrieval.engine import RetrievalEngine
+from imageretrieval.images import ImageDecodeError
+from imageretrieval.keys import ApiKey
+from imageretrieval.live.blobs import normalized_jpeg
+from imageretrieval.live.products import check_fields, check_id
+from imageretrieval.live.store import CommitResult, LiveCatalog, UnknownLiveProductError, Write
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ENCODE_CHUNK = 4  # images per forward of a write: a search queued behind it waits for one chunk at most
+PLACEHOLDER_IMAGE = "0" * 64  # planning before the images are stored: only errors matter then
+TAIL_INTERVAL_S = 0.5
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class StorageFullError(RuntimeError):
+    """The disk (or quota) is full: nothing of the write was kept (507)."""
+
+
+class WriteImageError(ValueError):
+    """An uploaded product image cannot be used (400); the message names the product."""
+
+
+@dataclass
+class WriteRequest:
+    kind: str  # add | update | delete
+    id: int
+    fields: dict | None = None
+    image: bytes | None = None  # as uploaded
+    jpeg: bytes | None = None  # normalized, as stored
+    replace: bool = False  # update: the fields given replace all of them (PUT), else they are merged
+
+
+def _preprocessed(engines: list[RetrievalEngine], jpeg: bytes) -> list[np.ndarray]:
+    from imageretrieval.images import open_image
+
+    image = open_image(jpeg)
+    try:
+        return [engine.preprocess(image) for engine in engines]
+    finally:
+        image.close()
+
+
+class CatalogWriter:
+    def __init__(self, catalog: LiveCatalog, engines: dict[str, RetrievalEngine], metrics: Metrics,
+                 inference_pool: ThreadPoolExecutor, decode_pool: ThreadPoolExecutor, max_image_pixels: int,
+                 compact_every: int):
+        self.catalog = catalog
+        self.engines = engines
+        self.metrics = metrics
+        self.inference_pool = inference_pool
+        self.decode_pool = decode_pool
+        self.max_image_pixels = max_image_pixels
+        self.compact_every = compact_every
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-writer")
+        self.maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-rebuild")
+        self._tailer: asyncio.Task | None = None
+
+    # ----- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tailer = asyncio.get_running_loop().create_task(self._tail(), name="catalog-tailer")
+
+    async def close(self) -> None:
+        if self._tailer is not None:
+            self._tailer.cancel()
+        self.thread.shutdown(wait=True)
+        self.maintenance.shutdown(wait=True, cancel_futures=True)
+
+    async def _tail(self) -> None:
+        """Apply what other processes journaled (e.g. `imageretrieval catalog add` on this workdir)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TAIL_INTERVAL_S)
+            try:
+                await loop.run_in_executor(self.thread, self._catch_up)
+            except Exception:  # noqa: BLE001 - keep tailing; the log says why
+                log.exception("applying other writers' catalog changes failed")
+
+    def _catch_up(self) -> None:
+        ops = self.catalog.catch_up()
+        if ops:
+            for engine in self.engines.values():
+                engine.apply_ops(ops)
+            log.info("applied %d catalog changes written by another process", len(ops))
+            self._maintain()
+
+    # ----- the write ----------------------------------------------------------------------------
+    async def write(self, requests: list[WriteRequest], key: ApiKey | None) -> dict:
+        """All requests as one transaction: every one applied, or (with the error) none."""
+        started = time.perf_counter()
+        writes = self._validated(requests)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.thread, self._precheck, writes)  # unknown ids fail before any work
+        shas = await asyncio.gather(*(self._store_image(r) for r in requests))
+        writes = [Write(w.kind, w.id, w.fields, sha) for w, sha in zip(writes, shas, strict=True)]
+        vectors = await self._encode({sha: r.jpeg for r, sha in zip(requests, shas, strict=True) if sha})
+        meta = {"key": key.id if key is not None else None}
+        try:
+            result: CommitResult = await loop.run_in_executor(self.thread, self._commit, writes, vectors, meta)
+        except OSError as exc:
+            raise self._disk_error(exc) from exc
+        elapsed = time.perf_counter() - started
+        self.metrics.catalog_writes.inc(len(result.ops))
+        log.info("catalog write seq %d: %s in %.0f ms", result.seq,
+                 ", ".join(f"{c.action} {c.id}" for c in result.changes[:5]) +
+                 (f" (+{len(result.changes) - 5})" if len(result.changes) > 5 else ""), elapsed * 1000)
+        changed = bool(result.ops)
+        return {"seq": result.seq, "changes": [c.to_dict() for c in result.changes],
+                "indexes": sorted(self.engines) if changed else [], "catalog_size": len(self.catalog)}
+
+    def _validated(self, requests: list[WriteRequest]) -> list[Write]:
+        writes = []
+        for r in requests:
+            pid = check_id(r.id)
+            where = f"product {pid}: " if len(requests) > 1 else ""
+            fields = None
+            if r.kind == "add":
+                fields = check_fields(r.fields or {}, partial=False, where=where)
+            elif r.kind == "update":
+                fields = check_fields(r.fields or {}, partial=not r.replace, where=where)
+            if r.kind == "add" and r.image is None:
+                raise WriteImageError(f"{where}an image is required to add a product")
+            writes.append(Write(r.kind, pid, fields, PLACEHOLDER_IMAGE if r.image is not None else None))
+        return writes
+
+    def _precheck(self, writes: list[Write]) -> None:
+        """Unknown ids of updates and deletes; an add of an existing id is decided at commit (it may be a
+        no-op re-add of the same product, which needs the stored image to tell)."""
+        with self.catalog.lock:
+            self.catalog.catch_up()
+            for w in writes:
+                if w.kind != "add" and self.catalog.current(w.id) is None:
+                    raise UnknownLiveProductError(f"unknown product id {w.id}: "
+                                                  f"{'nothing to delete' if w.kind == 'delete' else 'add it first'}")
+
+    async def _store_image(self, request: WriteRequest) -> str | None:
+        if request.image is None:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            jpeg = await loop.run_in_executor(self.decode_pool, normalized_jpeg, request.image, self.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise WriteImageError(f"product {request.id}: {str(exc).removeprefix('upload: ')}") from None
+        request.jpeg = jpeg
+        try:
+            return await loop.run_in_executor(self.decode_pool, self.catalog.blobs.put, jpeg)
+        except OSError as exc:
+            raise self._disk_error(exc) from exc
+
+    async def _encode(self, images: dict[str, bytes]) -> dict[str, dict[str, np.ndarray]]:
+        """vector_key -> sha -> vector for every loaded model; chunks interleave with searches."""
+        if not images:
+            return {}
+        loop = asyncio.get_running_loop()
+        engines = list(self.engines.values())
+        shas = list(images)
+        tensors = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, _preprocessed, engines, images[s])
+                                         for s in shas))
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for m, engine in enumerate(engines):
+            vectors = []
+            for start in range(0, len(shas), ENCODE_CHUNK):
+                batch = np.stack([t[m] for t in tensors[start: start + ENCODE_CHUNK]])
+                vectors.append(await loop.run_in_executor(self.inference_pool, engine.encode_tensors, batch))
+            out[engine.vector_key] = dict(zip(shas, np.concatenate(vectors), strict=True))
+        return out
+
+    def _commit(self, writes: list[Write], vectors, meta: dict) -> CommitResult:
+        result = self.catalog.commit(writes, vectors, meta)
+        for engine in self.engines.values():
+            if result.caught_up:
+                engine.apply_ops(result.caught_up)
+            engine.apply_ops(result.ops)
+        self._maintain()
+        return result
+
+    def _maintain(self) -> None:
+        """Writer thread: fold a long journal into a snapshot; rebuild indexes whose growing part is large."""
+        if self.catalog.seq - self.catalog.snapshot_seq >= self.compact_every:
+            started = time.perf_counter()
+            try:
+                self.catalog.compact()
+                log.info("catalog journal compacted in %.1f s", time.perf_counter() - started)
+            except OSError as exc:  # the journal stays valid; try again after the next write
+                log.warning("catalog compaction failed (%s); the journal keeps growing", exc)
+        for engine in self.engines.values():
+            if engine.live.needs_rebuild():
+                log.info("rebuilding the %s index in the background (%d growing rows, %d removed)", engine.name,
+                         engine.live.state.n_growing, engine.live.state.n_dead)
+                self.maintenance.submit(engine.live.rebuild)
+
+    @staticmethod
+    def _disk_error(exc: OSError) -> Exception:
+        if exc.errno in FULL_DISK:
+            return StorageFullError("the server's disk is full: nothing of this write was stored; free space and retry")
+        return exc
