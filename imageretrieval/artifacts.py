@@ -44,6 +44,14 @@ class ModelArtifacts:
     postprocess = property(lambda self: self.root / "postprocess.npz")
     encoder = property(lambda self: self.root / "encoder.onnx")  # the model, exported (serving without PyTorch)
 
+    def current_files(self, manifest: dict) -> tuple:
+        """(index, ids, vectors, row images or None): a compacted index's own folder (`index --compact`)."""
+        snapshot = manifest.get("live_snapshot")
+        if not snapshot:
+            return self.index, self.ids, self.vectors, None
+        folder = self.root / snapshot
+        return folder / "index.faiss", folder / "ids.npy", folder / "vectors.npy", folder / "row_images.json"
+
     def exists(self) -> bool:
         return all(p.is_file() for p in (self.manifest, self.index, self.ids, self.vectors, self.postprocess))
 
@@ -141,6 +149,8 @@ def _serving_fields(config) -> dict:
 
 def build_model_index(settings: Settings, model_name: str, force: bool = False, progress: bool = True) -> dict:
     """Extract catalog features, fit post-processing, build the FAISS index. No-op when current."""
+    import shutil
+
     from .featurestore import get_features, head_only_base
     from .index import build_index, resolve_factory, save_index  # faiss: not needed to train on a GPU box
     from .models import create_model, get_model_config
@@ -184,6 +194,8 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     index = build_index(vectors, wanted["index_factory"], seed=settings.seed)
     t_index = time.perf_counter() - t1
     art.manifest.unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
+    for snapshot in art.root.glob("live-*"):  # indexes compacted from the previous build
+        shutil.rmtree(snapshot, ignore_errors=True)
     save_index(index, art.index)
     save_npy(art.ids, ids.astype(np.int64))
     save_npy(art.vectors, vectors.astype(np.float32))

@@ -15,13 +15,15 @@ from .settings import Settings
 
 COMMAND_MODULES = [
     "prepare", "models", "extract", "index", "search", "serve", "evaluate", "finetune_pca", "finetune_rerank", "keys",
-    "train", "pack", "ensemble", "compose", "fuse", "download_catalog", "make_synthetic",
+    "catalog", "train", "pack", "ensemble", "compose", "fuse", "download_catalog", "make_synthetic",
 ]
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",
                "UnknownProductError"]), ("images", ["ImageDecodeError"]), ("index", ["IndexFactoryError"]),
                ("models", ["ModelNotFoundError", "WeightsUnavailableError"]),
-               ("inference", ["RuntimeUnavailableError"])]
+               ("inference", ["RuntimeUnavailableError"]),
+               ("live.products", ["ProductValidationError"]), ("live.journal", ["JournalCorruptError"]),
+               ("live.store", ["DuplicateProductError", "UnknownLiveProductError", "StorageFullError"])]
 
 log = logging.getLogger("imageretrieval")
 

@@ -16,6 +16,7 @@ from .catalog import ATTRIBUTE_COLUMNS
 from .images import open_image
 from .index import load_index
 from .inference import create_encoder, device_type, load_exported, resolve_inference, runtime_installed
+from .io_utils import load_json
 from .live.liveindex import IndexState, LiveIndex, RowUpsert
 from .live.store import LiveCatalog, Op
 from .preprocess import Preprocess, preprocess_for
@@ -81,15 +82,17 @@ class RetrievalEngine:
             raise IndexNotBuiltError(f"no index for model {model_name!r} in {art.root}: run `{rebuild}`")
         try:
             self.manifest = art.read_manifest()
-            self.index = load_index(art.index)
-            self.index_ids = np.load(art.ids)
-            self.vectors_file = np.load(art.vectors, mmap_mode="r")
+            index_path, ids_path, vectors_path, images_path = art.current_files(self.manifest)
+            self.index = load_index(index_path)
+            self.index_ids = np.load(ids_path)
+            self.vectors_file = np.load(vectors_path, mmap_mode="r")
+            self.row_images = load_json(images_path) if images_path else [None] * len(self.index_ids)
             self.postprocess = PostProcessor.load(art.postprocess)
         except Exception as exc:  # noqa: BLE001 - any corruption gets the same actionable message
             raise IndexNotBuiltError(
                 f"index for model {model_name!r} in {art.root} is corrupt ({exc}): run `{rebuild} --force`"
             ) from exc
-        if not (self.index.ntotal == len(self.index_ids) == len(self.vectors_file)):
+        if not (self.index.ntotal == len(self.index_ids) == len(self.vectors_file) == len(self.row_images)):
             raise IndexNotBuiltError(f"index for {model_name!r} is inconsistent: run `{rebuild} --force`")
         res = self.manifest.get("catalog_resolution")
         query_resolution = tuple(res) if (res and settings.query_resolution == "catalog") else None
@@ -126,18 +129,18 @@ class RetrievalEngine:
         flat = factory.strip() == "Flat"
         base_vectors = np.ascontiguousarray(self.vectors_file, np.float32) if flat else self.vectors_file
         with self.catalog.lock:
-            products, removes = [], []
-            for pid in self.index_ids.tolist():
+            products, removes, indexed = [], [], {}
+            for pid, image in zip(self.index_ids.tolist(), self.row_images, strict=True):
                 current = self.catalog.current(pid)
-                if current is None or current.image is not None:  # deleted, or a new image: a new row below
+                if current is None or current.image != image:  # deleted, or a new image: a new row below
                     removes.append(pid)
-                products.append(result_fields(current.fields if current is not None else
-                                              self.catalog.base.get(pid, {})))
+                else:
+                    indexed[pid] = image
+                products.append(result_fields(current.fields if current is not None else {}))
             self.live = LiveIndex(None if flat else self.index, base_vectors, self.index_ids, products,
                                   FILTER_FIELDS, factory, seed=self.settings.seed)
-            in_index = set(self.index_ids.tolist())
             ops = [Op(pid, product, None) for pid, product in self.catalog.changed_ids().items()
-                   if product is not None and (product.image is not None or pid not in in_index)]
+                   if product is not None and pid not in indexed]
         self.live.apply(removes, [])
         if ops:
             self.apply_ops(ops, cached=self.catalog.cached_vectors(self.vector_key))

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imageretrieval.engine import UnknownFilterError, UnknownProductError
 from imageretrieval.live.products import ProductValidationError
-from imageretrieval.live.store import DuplicateProductError, UnknownLiveProductError
+from imageretrieval.live.store import DuplicateProductError, StorageFullError, UnknownLiveProductError
 
 from .batcher import OverloadedError
 from .runtime import (
@@ -25,7 +25,7 @@ from .runtime import (
     UnknownModelError,
 )
 from .schemas import ErrorResponse
-from .writes import StorageFullError, WriteImageError
+from .writes import WriteImageError
 
 log = logging.getLogger(__name__)
 

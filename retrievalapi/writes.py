@@ -12,7 +12,6 @@ that thread; searches never wait for it.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from imageretrieval.images import ImageDecodeError
 from imageretrieval.keys import ApiKey
 from imageretrieval.live.blobs import normalized_jpeg
 from imageretrieval.live.products import check_fields, check_id
-from imageretrieval.live.store import CommitResult, LiveCatalog, UnknownLiveProductError, Write
+from imageretrieval.live.store import CommitResult, LiveCatalog, UnknownLiveProductError, Write, storage_error
 
 from .metrics import Metrics
 
@@ -34,11 +33,6 @@ log = logging.getLogger(__name__)
 ENCODE_CHUNK = 4  # images per forward of a write: a search queued behind it waits for one chunk at most
 PLACEHOLDER_IMAGE = "0" * 64  # planning before the images are stored: only errors matter then
 TAIL_INTERVAL_S = 0.5
-FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-class StorageFullError(RuntimeError):
-    """The disk (or quota) is full: nothing of the write was kept (507)."""
 
 
 class WriteImageError(ValueError):
@@ -122,7 +116,7 @@ class CatalogWriter:
         try:
             result: CommitResult = await loop.run_in_executor(self.thread, self._commit, writes, vectors, meta)
         except OSError as exc:
-            raise self._disk_error(exc) from exc
+            raise storage_error(exc) from exc
         elapsed = time.perf_counter() - started
         self.metrics.catalog_writes.inc(len(result.ops))
         log.info("catalog write seq %d: %s in %.0f ms", result.seq,
@@ -169,7 +163,7 @@ class CatalogWriter:
         try:
             return await loop.run_in_executor(self.decode_pool, self.catalog.blobs.put, jpeg)
         except OSError as exc:
-            raise self._disk_error(exc) from exc
+            raise storage_error(exc) from exc
 
     async def _encode(self, images: dict[str, bytes]) -> dict[str, dict[str, np.ndarray]]:
         """vector_key -> sha -> vector for every loaded model; chunks interleave with searches."""
@@ -212,9 +206,3 @@ class CatalogWriter:
                 log.info("rebuilding the %s index in the background (%d growing rows, %d removed)", engine.name,
                          engine.live.state.n_growing, engine.live.state.n_dead)
                 self.maintenance.submit(engine.live.rebuild)
-
-    @staticmethod
-    def _disk_error(exc: OSError) -> Exception:
-        if exc.errno in FULL_DISK:
-            return StorageFullError("the server's disk is full: nothing of this write was stored; free space and retry")
-        return exc

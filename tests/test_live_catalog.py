@@ -250,3 +250,63 @@ def test_an_index_without_cached_vectors_encodes_the_stored_image(synthetic_cata
     engine = RetrievalEngine(settings, "tiny")
     assert engine.search([image], k=1)[0][0].id == 900020
     assert Path(engine.catalog.image_path(900020)).is_file()
+
+
+# ----- the command line -------------------------------------------------------------------------
+def test_catalog_cli_adds_updates_deletes_lists_and_compacts(synthetic_catalog, built_workdir, tmp_path, capsys):
+    import shutil
+
+    from imageretrieval.cli import main
+    from imageretrieval.engine import RetrievalEngine
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    flags = ["--workdir", str(workdir), "--dataset-root", str(synthetic_catalog)]
+    images = tmp_path / "new"
+    images.mkdir()
+    pictures = {900200 + i: new_image(7000 + i, "Shirts", "Blue", size=(120, 160)) for i in range(3)}
+    for pid, data in pictures.items():
+        (images / f"{pid}.png").write_bytes(data)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,productDisplayName,articleType,baseColour,year\n" +
+                    "".join(f'{pid},"Shirt, blue {pid}",Shirts,Blue,2025\n' for pid in pictures))
+    styles_before = (synthetic_catalog / "styles.csv").read_bytes()
+
+    assert main(["catalog", "add", "--styles", str(rows), "--images", str(images), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "3 added; indexes updated: tiny, tiny2" in out
+    assert main(["catalog", "add", "--styles", str(rows), "--images", str(images), *flags]) == 0
+    assert "3 unchanged; indexes updated: none" in capsys.readouterr().out  # idempotent
+    assert main(["catalog", "update", "--id", "900200", "--set", "baseColour=Navy Blue", *flags]) == 0
+    assert "1 updated" in capsys.readouterr().out
+    assert main(["catalog", "delete", "--id", "900201", *flags]) == 0
+    assert main(["catalog", "delete", "--id", "900201", *flags]) == 2
+    assert "unknown product id 900201" in capsys.readouterr().err
+    assert main(["catalog", "update", "--id", "900200", "--set", "colour=red", *flags]) == 2
+    assert "unknown field" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,productDisplayName,articleType\n900300,Tee, green,Tshirts\n")
+    assert main(["catalog", "add", "--styles", str(bad), "--images", str(images), *flags]) == 2
+    assert "line 2" in capsys.readouterr().err
+    missing = tmp_path / "missing.csv"
+    missing.write_text("id,productDisplayName,articleType\n900301,Tee,Tshirts\n")
+    assert main(["catalog", "add", "--styles", str(missing), "--images", str(images), *flags]) == 2
+    assert "no image" in capsys.readouterr().err
+
+    assert main(["catalog", "list", "--since", "0", "--json", *flags]) == 0
+    listed = __import__("json").loads(capsys.readouterr().out)
+    assert [(r["action"], r["id"]) for r in listed][-2:] == [("put", 900200), ("deleted", 900201)]
+
+    settings = make_settings(synthetic_catalog, workdir)
+    engine = RetrievalEngine(settings, "tiny")
+    assert engine.search([pictures[900202]], k=1)[0][0].id == 900202
+    assert engine.product(900200)["baseColour"] == "Navy Blue"
+    assert main(["index", "--compact", "--model", "tiny", *flags]) == 0
+    assert "compacted at catalog seq 3" in capsys.readouterr().out
+    compacted = RetrievalEngine(settings, "tiny")
+    assert compacted.live.state.n_growing == 0 and compacted.live.state.size == engine.live.state.size
+    assert compacted.search([pictures[900202]], k=1)[0][0].id == 900202
+    assert 900201 not in compacted.live.state.row_of
+    assert (synthetic_catalog / "styles.csv").read_bytes() == styles_before
+    assert main(["catalog", "list", "--since", "0", *flags]) == 0
+    assert "(compacted)" in capsys.readouterr().out

@@ -11,6 +11,9 @@ def register(sub) -> None:
     p.add_argument("--index-factory", help='FAISS factory string, e.g. "Flat", "HNSW32", "IVF256,PQ32"')
     p.add_argument("--pca", type=int, help="PCA-whitening dims (0 = L2 only); default: tuned value or 256")
     p.add_argument("--force", action="store_true", help="rebuild even when artifacts are current")
+    p.add_argument("--compact", action="store_true",
+                   help="fold the live catalog's changes (catalog add/update/delete, the API's writes) into the "
+                        "saved index, so a service starts without applying them; PCA stays as fitted")
     p.set_defaults(func=run)
 
 
@@ -20,6 +23,13 @@ def run(args, settings) -> int:
     if args.pca is not None:
         settings.pca_components = args.pca
     for name in args.model or [settings.default_model]:
+        if args.compact:
+            from ..live.compaction import compact_index
+
+            manifest = compact_index(settings, name)
+            print(f"{name}: compacted at catalog seq {manifest['catalog_seq']}: {manifest['size']} products, "
+                  f"{manifest['index_factory']} index in {ModelArtifacts.of(settings.workdir, name).root}")
+            continue
         manifest = build_model_index(settings, name, force=args.force)
         print(f"{name}: {manifest['size']} products, {manifest['dims']} dims, "
               f"{manifest['index_factory']} index in {ModelArtifacts.of(settings.workdir, name).root}")

@@ -82,11 +82,12 @@ def check_fields(fields: Mapping[str, Any], partial: bool, where: str = "") -> d
     return out
 
 
-def parse_styles_rows(text: str, where: str = "styles") -> list[tuple[int, dict[str, Any]]]:
+def parse_styles_rows(text: str, where: str = "styles", max_rows: int | None = MAX_BATCH
+                      ) -> list[tuple[int, dict[str, Any]]]:
     """Rows of a styles.csv-like file -> [(id, fields)]; strict: any malformed row fails the whole file.
 
     The header names the columns (`id` and any of FIELDS, in any order); every row has exactly that
-    many fields (quote names with commas). Ids must be unique within the file.
+    many fields (quote names with commas). Ids must be unique within the file. `max_rows`: a batch's cap.
     """
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
@@ -114,8 +115,8 @@ def parse_styles_rows(text: str, where: str = "styles") -> list[tuple[int, dict[
             raise ProductValidationError(f"{where} line {line}: id {pid} appears twice in the file")
         seen.add(pid)
         rows.append((pid, record))
-        if len(rows) > MAX_BATCH:
-            raise ProductValidationError(f"{where}: more than {MAX_BATCH} products; split the file")
+        if max_rows is not None and len(rows) > max_rows:
+            raise ProductValidationError(f"{where}: more than {max_rows} products; split the file")
     if not rows:
         raise ProductValidationError(f"{where}: no product rows after the header")
     return rows

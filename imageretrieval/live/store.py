@@ -14,6 +14,7 @@ has no vector for encodes the stored image.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import threading
@@ -33,6 +34,21 @@ from .journal import Entry, Journal, fsync_dir
 from .products import FIELDS, check_fields, check_id
 
 log = logging.getLogger(__name__)
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class StorageFullError(RuntimeError):
+    """The disk (or a quota or file-size limit) is full: nothing of the write was kept."""
+
+
+def storage_error(exc: OSError) -> Exception:
+    """A full disk as StorageFullError (a message for people), any other OSError unchanged."""
+    if exc.errno in FULL_DISK:
+        return StorageFullError("the disk holding the workdir is full: nothing of this write was stored; "
+                                "free space and retry")
+    return exc
 
 
 class DuplicateProductError(ValueError):

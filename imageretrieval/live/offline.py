@@ -1,0 +1,110 @@
+"""Catalog writes outside the service (the `catalog` CLI): the same store and journal, in one process.
+
+Vectors are computed for every built index of the workdir (or the models named), so a service that
+starts, or one that is running and tails the journal, applies the writes without encoding again.
+Large loads are committed in chunks, each one transaction; a rerun after an interruption skips what
+landed (re-adding the same product with the same image is a no-op).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..settings import Settings
+from .blobs import normalized_jpeg
+from .products import check_fields, check_id
+from .store import Change, LiveCatalog, UnknownLiveProductError, Write, storage_error
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # products per transaction of a large load
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass
+class ProductWrite:
+    kind: str  # add | update | delete
+    id: int
+    fields: dict | None = None
+    image: Path | None = None
+
+
+def find_image(folder: Path, product_id: int) -> Path | None:
+    """`<folder>/<id>.<image extension>`, any common extension and case."""
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (folder / f"{product_id}{ext}", folder / f"{product_id}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def built_indexes(workdir: Path) -> list[str]:
+    root = Path(workdir) / "indexes"
+    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+
+
+def write_products(settings: Settings, writes: Sequence[ProductWrite], models: Sequence[str] | None = None,
+                   progress: bool = True) -> tuple[list[Change], list[str]]:
+    """Validate everything first (nothing is written on a bad row), then store, encode, journal by chunks.
+
+    Returns the changes and the models whose vectors were journaled with them.
+    """
+    from tqdm import tqdm
+
+    from ..engine import RetrievalEngine
+    from ..images import ImageDecodeError
+
+    catalog = LiveCatalog(settings.dataset_root, settings.workdir)
+    checked: list[Write] = []
+    for w in writes:
+        pid = check_id(w.id)
+        where = f"product {pid}: "
+        fields = None if w.kind == "delete" else check_fields(w.fields or {}, partial=w.kind == "update", where=where)
+        if w.kind == "add" and w.image is None:
+            raise ImageDecodeError(f"{where}no image: put {pid}.jpg (or .png, .webp) in the images folder")
+        if w.kind != "add" and catalog.current(pid) is None:
+            raise UnknownLiveProductError(f"unknown product id {pid}: nothing to {w.kind}")
+        checked.append(Write(w.kind, pid, fields))
+    names = list(models) if models is not None else built_indexes(settings.workdir)
+    engines = [RetrievalEngine(settings, name, catalog) for name in names]
+    changes: list[Change] = []
+    bar = tqdm(total=len(checked), unit="product", desc="catalog", disable=not progress)
+    for start in range(0, len(checked), CHUNK):
+        chunk = list(zip(checked[start: start + CHUNK], writes[start: start + CHUNK], strict=True))
+        stored: list[Write] = []
+        images: dict[str, bytes] = {}
+        for write, request in chunk:
+            sha = None
+            if request.image is not None:
+                try:
+                    jpeg = normalized_jpeg(Path(request.image))
+                except ImageDecodeError as exc:
+                    raise ImageDecodeError(f"product {write.id}: {exc}") from None
+                try:
+                    sha = catalog.blobs.put(jpeg)
+                except OSError as exc:
+                    raise storage_error(exc) from exc
+                images[sha] = jpeg
+            stored.append(Write(write.kind, write.id, write.fields, sha))
+        vectors = {engine.vector_key: _encode(engine, images) for engine in engines} if images else {}
+        try:
+            result = catalog.commit(stored, vectors, {"source": "cli"})
+        except OSError as exc:
+            raise storage_error(exc) from exc
+        changes += result.changes
+        bar.update(len(chunk))
+    bar.close()
+    return changes, names
+
+
+def _encode(engine, images: dict[str, bytes]) -> dict[str, np.ndarray]:
+    from ..images import open_image
+
+    shas = list(images)
+    vectors = engine.encode([open_image(images[s]) for s in shas])
+    return dict(zip(shas, vectors, strict=True))
