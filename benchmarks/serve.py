@@ -164,15 +164,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(settings: Settings, model: str, port: int, batch: int, log_path: Path) -> subprocess.Popen:
+def start_server(settings: Settings, model: str, port: int, batch: int, log_path: Path,
+                 extra_env: dict[str, str] | None = None, max_file_bytes: int | None = None) -> subprocess.Popen:
+    """uvicorn serving `model` (comma-separated: several) from the settings' workdir, on loopback.
+
+    `max_file_bytes`: the server may not grow any file beyond this (RLIMIT_FSIZE): a full disk, for
+    real, without root or a mount.
+    """
     env = {**os.environ, "WORKDIR": str(settings.workdir), "DATASET_ROOT": str(settings.dataset_root),
-           "DEVICE": settings.device, "PRECISION": settings.precision, "MODELS": model, "DEFAULT_MODEL": model,
-           "BATCH_MAX": str(batch), "APP_DIST": str(Path(tempfile.gettempdir()) / "no-web-app")}
+           "DEVICE": settings.device, "PRECISION": settings.precision, "MODELS": model,
+           "DEFAULT_MODEL": model.split(",")[0], "BATCH_MAX": str(batch),
+           "APP_DIST": str(Path(tempfile.gettempdir()) / "no-web-app"), **(extra_env or {})}
     cmd = [sys.executable, "-m", "uvicorn", "retrievalapi.main:app", "--host", "127.0.0.1", "--port", str(port),
            "--no-access-log", "--timeout-graceful-shutdown", "10"]
+
+    def limit_files() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     log.info("starting %s (log: %s)", " ".join(cmd), log_path)
     with open(log_path, "wb") as fh:
-        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                preexec_fn=limit_files if max_file_bytes else None)
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
