@@ -71,6 +71,7 @@ class Journal:
         self.path = Path(path)
         self.lock_path = self.path.with_suffix(".lock")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tail: tuple[int, int, int] | None = None  # (inode, intact length, last seq) at the last append
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -106,61 +107,56 @@ class Journal:
 
     def read(self, after_seq: int = 0) -> Iterator[Entry]:
         """Committed entries with seq > after_seq, in order; stops at a torn (unfinished) last line."""
-        for _, entry in self._scan(after_seq):
-            yield entry
+        for _, entry in self.scan():
+            if entry.seq > after_seq:
+                yield entry
 
-    def _scan(self, after_seq: int = 0) -> Iterator[tuple[int, Entry]]:
-        """(end offset, entry) per intact line; raises JournalCorruptError on damage before the end."""
+    def scan(self, offset: int = 0) -> Iterator[tuple[int, Entry]]:
+        """(end offset, entry) per intact line from byte `offset` (a line start); raises JournalCorruptError
+        on damage before the end. A reader keeps the last end offset to read only what was appended."""
         try:
             fh = open(self.path, "rb")
         except FileNotFoundError:
             return
         with fh:
-            offset = 0
-            lines = iter(fh.readline, b"")
-            for line in lines:
+            fh.seek(offset)
+            for line in iter(fh.readline, b""):
                 obj = decode_line(line)
                 if obj is None:
-                    rest = fh.read(1)
-                    if not rest:  # the last line: torn by a crash mid-append (never acknowledged)
+                    if not fh.read(1):  # the last line: torn by a crash mid-append (never acknowledged)
                         return
                     raise JournalCorruptError(
                         f"{self.path}: damaged entry at byte {offset} before the end of the log; restore the "
                         "workdir's catalog/ folder from a backup, or cut the log there (entries after it are lost)")
                 offset += len(line)
-                if HEADER_KEY in obj:
-                    continue
-                if obj["seq"] > after_seq:
+                if HEADER_KEY not in obj:
                     yield offset, Entry(int(obj["seq"]), obj["ops"], obj.get("meta", {}))
 
     def _repair_tail(self) -> tuple[int, int]:
-        """Under the lock: cut a torn last line; (last seq, intact length). Creates the log when absent."""
+        """Under the lock: cut a torn last line; (last seq, intact length). Creates the log when absent.
+
+        Reads only what was appended since this object's last look (another process may have written).
+        """
         if not self.path.exists():
             self._write_new(0)
-        last_seq, end = self.base_seq(), 0
-        with open(self.path, "rb") as fh:
-            for line in iter(fh.readline, b""):
-                if decode_line(line) is None:
-                    break
-                end += len(line)
-                obj = decode_line(line)
-                if obj is not None and HEADER_KEY not in obj:
-                    last_seq = int(obj["seq"])
-        size = self.path.stat().st_size
-        if size != end:
-            if self._damaged_before_end(end):
-                raise JournalCorruptError(f"{self.path}: damaged entry at byte {end} before the end of the log")
-            log.warning("%s: cutting a torn last entry (%d bytes, never acknowledged)", self.path, size - end)
+        st = os.stat(self.path)
+        if self._tail is not None and self._tail[0] == st.st_ino and st.st_size >= self._tail[1]:
+            last_seq, end = self._tail[2], self._tail[1]
+        else:
+            last_seq, end = self.base_seq(), len(self._first_line())
+        for end_offset, entry in self.scan(end):
+            last_seq, end = entry.seq, end_offset
+        if st.st_size != end:
+            log.warning("%s: cutting a torn last entry (%d bytes, never acknowledged)", self.path, st.st_size - end)
             with open(self.path, "r+b") as fh:
                 fh.truncate(end)
                 os.fsync(fh.fileno())
+        self._tail = (st.st_ino, end, last_seq)
         return last_seq, end
 
-    def _damaged_before_end(self, end: int) -> bool:
+    def _first_line(self) -> bytes:
         with open(self.path, "rb") as fh:
-            fh.seek(end)
-            fh.readline()
-            return bool(fh.read(1))
+            return fh.readline()
 
     def append(self, ops: list[dict], meta: dict | None = None, expected_seq: int | None = None) -> int:
         """Append one transaction durably (under the lock, which the caller should hold); returns its seq.
@@ -188,6 +184,7 @@ class Journal:
             raise
         finally:
             os.close(fd)
+        self._tail = (self._tail[0], end + len(line), seq) if self._tail is not None else None
         return seq
 
     def last_seq(self) -> int:
@@ -198,7 +195,13 @@ class Journal:
         """Under the lock, after a durable snapshot at `seq`: replace the log by an empty one following it."""
         self._write_new(seq)
 
+    @property
+    def appended_to(self) -> tuple[int, int] | None:
+        """(inode, length) of the log after this object's last append: a reader's position in it."""
+        return None if self._tail is None else self._tail[:2]
+
     def _write_new(self, base_seq: int) -> None:
+        self._tail = None
         tmp = self.path.with_name(f".{self.path.name}.new")
         with open(tmp, "wb") as fh:
             fh.write(encode_line({HEADER_KEY: FORMAT_VERSION, "base_seq": base_seq}))

@@ -158,7 +158,8 @@ class LiveCatalog:
         self.seq = 0
         self.snapshot_seq = 0
         self.lock = threading.RLock()
-        self._journal_identity = None
+        self._journal_identity = None  # (inode, size) when last read: unchanged = nothing new
+        self._journal_position: tuple[int, int] = (-1, 0)  # (inode, offset) read up to
         self._load_snapshot()
         self.catch_up()
 
@@ -252,7 +253,7 @@ class LiveCatalog:
         """
         vectors = vectors or {}
         with self.lock, self.journal.locked():
-            caught_up = self._catch_up_locked()
+            caught_up = self._catch_up_locked() if self.journal.identity() != self._journal_identity else []
             ops, changes = self.plan(writes)
             ops = [Op(op.id, op.product, op.previous,
                       {key: by_sha[op.product.image] for key, by_sha in vectors.items()
@@ -262,6 +263,7 @@ class LiveCatalog:
             stamp = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **(meta or {})}
             seq = self.journal.append([self._op_json(op) for op in ops], stamp, expected_seq=self.seq)
             self._apply(seq, ops)
+            self._journal_position = self.journal.appended_to or (-1, 0)
             self._journal_identity = self.journal.identity()
             return CommitResult(seq, changes, ops, caught_up)
 
@@ -310,14 +312,24 @@ class LiveCatalog:
             return self._catch_up_locked()
 
     def _catch_up_locked(self) -> list[Op]:
+        """Apply the entries past what was read (only the new bytes, unless the log was replaced)."""
         applied: list[Op] = []
         identity = self.journal.identity()
-        if identity is not None and self.journal.base_seq() > self.seq:  # compacted by another process
+        if identity is None:
+            return applied
+        if self.journal.base_seq() > self.seq:  # compacted by another process past what we applied
             applied.extend(self._reload_snapshot())
-        for entry in self.journal.read(self.seq):
+        inode, offset = self._journal_position
+        if inode != identity[0]:
+            offset = 0  # a new log (compaction): read it from its start
+        for end, entry in self.journal.scan(offset):
+            offset = end
+            if entry.seq <= self.seq:
+                continue
             ops = self._entry_ops(entry)
             self._apply(entry.seq, ops)
             applied.extend(ops)
+        self._journal_position = (identity[0], offset)
         self._journal_identity = identity
         return applied
 
