@@ -244,7 +244,7 @@ class RetrievalEngine:
         state = self.live.state
         out: dict[str, list[dict]] = {}
         for field in FILTER_FIELDS:
-            names = {code: value for value, code in self.live.value_codes[field].items()}
+            names = {code: value for value, code in self.live.value_codes[field].copy().items()}  # writers add
             counts = np.bincount(state.codes[field][: state.n][state.alive], minlength=len(names))
             items = [(names[c], int(n)) for c, n in enumerate(counts) if n and names[c] != ""]
             out[field] = [{"value": v, "count": n} for v, n in sorted(items, key=lambda kv: (-kv[1], kv[0]))]

@@ -28,6 +28,7 @@ from imageretrieval.models import ModelNotFoundError, WeightsUnavailableError
 
 from .batcher import MicroBatcher, normalize_filters
 from .metrics import Metrics
+from .priority import PriorityExecutor
 from .settings import ApiSettings
 from .writes import CatalogWriter
 
@@ -185,7 +186,7 @@ class Runtime:
     engines: dict[str, RetrievalEngine]
     default: str
     catalog: LiveCatalog
-    inference_pool: ThreadPoolExecutor | None = None  # the one thread that loads and runs every model
+    inference_pool: PriorityExecutor | None = None  # the one thread that loads and runs every model
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     decode_pool: ThreadPoolExecutor | None = None
     writer: CatalogWriter | None = None
@@ -201,7 +202,7 @@ class Runtime:
         a single thread keeps torch to one OpenMP team (see `load_engines`).
         """
         keep_freed_memory()
-        inference_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        inference_pool = PriorityExecutor("inference")  # searches before catalog writes' encodes
         inference_pool.submit(single_threaded_search).result()
         try:
             catalog = LiveCatalog(settings.dataset_root, settings.workdir)
@@ -219,7 +220,7 @@ class Runtime:
         """On the serving event loop: decode threads, one warmed-up batcher per model, then ready."""
         s = self.settings
         self.decode_pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
-        self.writer = CatalogWriter(self.catalog, self.engines, self.metrics, self.inference_pool, self.decode_pool,
+        self.writer = CatalogWriter(self.catalog, self.engines, self.metrics, self.inference_pool,
                                     s.max_image_pixels, s.compact_every)
         self.batchers = {
             name: MicroBatcher(engine, self.metrics, s.batch_max, s.batch_wait_ms, s.queue_max, self.inference_pool)

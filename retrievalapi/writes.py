@@ -2,11 +2,11 @@
 apply to every index, then acknowledge. Other processes' writes (the CLI) are picked up by a tailer.
 
 Order of a write: cheap checks first (fields, ids against the current catalog: a bad request costs
-nothing), then each image is decoded, normalized and stored durably by hash (decode threads), then
-encoded by every loaded model in small chunks on the inference thread (searches queued meanwhile
-run between chunks), then one thread journals the transaction (fsync), applies it to the catalog
-and to every model's index (one state swap each) and only then answers. Writes are serialized by
-that thread; searches never wait for it.
+nothing), then each image is decoded, normalized and stored durably by hash (one thread of its own),
+then encoded by every loaded model in small chunks on the inference thread as background work
+(searches queued meanwhile run first, between chunks), then one thread journals the transaction
+(fsync), applies it to the catalog and to every model's index (one state swap each) and only then
+answers. Writes are serialized by that thread; searches never wait for it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from imageretrieval.live.products import check_fields, check_id
 from imageretrieval.live.store import CommitResult, LiveCatalog, UnknownLiveProductError, Write, storage_error
 
 from .metrics import Metrics
+from .priority import PriorityExecutor
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ class WriteRequest:
     id: int
     fields: dict | None = None
     image: bytes | None = None  # as uploaded
-    jpeg: bytes | None = None  # normalized, as stored
     replace: bool = False  # update: the fields given replace all of them (PUT), else they are merged
 
 
@@ -61,13 +61,14 @@ def _preprocessed(engines: list[RetrievalEngine], jpeg: bytes) -> list[np.ndarra
 
 class CatalogWriter:
     def __init__(self, catalog: LiveCatalog, engines: dict[str, RetrievalEngine], metrics: Metrics,
-                 inference_pool: ThreadPoolExecutor, decode_pool: ThreadPoolExecutor, max_image_pixels: int,
-                 compact_every: int):
+                 inference_pool: PriorityExecutor, max_image_pixels: int, compact_every: int):
         self.catalog = catalog
         self.engines = engines
         self.metrics = metrics
         self.inference_pool = inference_pool
-        self.decode_pool = decode_pool
+        # one thread decodes, normalizes and stores the writes' images: a bulk load takes at most one core
+        # from the searches' own decoding, and their forwards go first on the inference thread
+        self.decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-decode")
         self.max_image_pixels = max_image_pixels
         self.compact_every = compact_every
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-writer")
@@ -82,6 +83,7 @@ class CatalogWriter:
         if self._tailer is not None:
             self._tailer.cancel()
         self.thread.shutdown(wait=True)
+        self.decode_pool.shutdown(wait=True)
         self.maintenance.shutdown(wait=True, cancel_futures=True)
 
     async def _tail(self) -> None:
@@ -109,9 +111,8 @@ class CatalogWriter:
         writes = self._validated(requests)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.thread, self._precheck, writes)  # unknown ids fail before any work
-        shas = await asyncio.gather(*(self._store_image(r) for r in requests))
+        shas, vectors = await self._prepare_images(requests)
         writes = [Write(w.kind, w.id, w.fields, sha) for w, sha in zip(writes, shas, strict=True)]
-        vectors = await self._encode({sha: r.jpeg for r, sha in zip(requests, shas, strict=True) if sha})
         meta = {"key": key.id if key is not None else None}
         try:
             result: CommitResult = await loop.run_in_executor(self.thread, self._commit, writes, vectors, meta)
@@ -144,44 +145,54 @@ class CatalogWriter:
     def _precheck(self, writes: list[Write]) -> None:
         """Unknown ids of updates and deletes; an add of an existing id is decided at commit (it may be a
         no-op re-add of the same product, which needs the stored image to tell)."""
+        self._catch_up()  # what other processes wrote, applied to the indexes too
         with self.catalog.lock:
-            self.catalog.catch_up()
             for w in writes:
                 if w.kind != "add" and self.catalog.current(w.id) is None:
                     raise UnknownLiveProductError(f"unknown product id {w.id}: "
                                                   f"{'nothing to delete' if w.kind == 'delete' else 'add it first'}")
 
-    async def _store_image(self, request: WriteRequest) -> str | None:
-        if request.image is None:
-            return None
-        loop = asyncio.get_running_loop()
+    def _prepare(self, request: WriteRequest, engines: list[RetrievalEngine]) -> tuple[str, list[np.ndarray]]:
+        """Write-decode thread: normalize and store the image durably; each model's input from the stored JPEG."""
         try:
-            jpeg = await loop.run_in_executor(self.decode_pool, normalized_jpeg, request.image, self.max_image_pixels)
+            jpeg = normalized_jpeg(request.image, self.max_image_pixels)
         except ImageDecodeError as exc:
             raise WriteImageError(f"product {request.id}: {str(exc).removeprefix('upload: ')}") from None
-        request.jpeg = jpeg
         try:
-            return await loop.run_in_executor(self.decode_pool, self.catalog.blobs.put, jpeg)
+            sha = self.catalog.blobs.put(jpeg)
         except OSError as exc:
             raise storage_error(exc) from exc
+        return sha, _preprocessed(engines, jpeg)
 
-    async def _encode(self, images: dict[str, bytes]) -> dict[str, dict[str, np.ndarray]]:
-        """vector_key -> sha -> vector for every loaded model; chunks interleave with searches."""
-        if not images:
-            return {}
+    async def _prepare_images(self, requests: list[WriteRequest]
+                              ) -> tuple[list[str | None], dict[str, dict[str, np.ndarray]]]:
+        """Image sha per request (None: no image) and vector_key -> sha -> vector for every loaded model.
+
+        A pipeline: the write-decode thread prepares images in order while the inference thread
+        encodes the chunks already prepared (as background work: searches go first).
+        """
         loop = asyncio.get_running_loop()
         engines = list(self.engines.values())
-        shas = list(images)
-        tensors = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, _preprocessed, engines, images[s])
-                                         for s in shas))
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for m, engine in enumerate(engines):
-            vectors = []
-            for start in range(0, len(shas), ENCODE_CHUNK):
-                batch = np.stack([t[m] for t in tensors[start: start + ENCODE_CHUNK]])
-                vectors.append(await loop.run_in_executor(self.inference_pool, engine.encode_tensors, batch))
-            out[engine.vector_key] = dict(zip(shas, np.concatenate(vectors), strict=True))
-        return out
+        with_image = [r for r in requests if r.image is not None]
+        prepared = [loop.run_in_executor(self.decode_pool, self._prepare, r, engines) for r in with_image]
+        encodes: list[tuple[list[str], list[asyncio.Future]]] = []
+        try:
+            for start in range(0, len(prepared), ENCODE_CHUNK):
+                chunk = await asyncio.gather(*prepared[start: start + ENCODE_CHUNK])
+                futures = [asyncio.wrap_future(self.inference_pool.submit_background(
+                    engine.encode_tensors, np.stack([tensors[m] for _, tensors in chunk])))
+                    for m, engine in enumerate(engines)]
+                encodes.append(([sha for sha, _ in chunk], futures))
+            out: dict[str, dict[str, np.ndarray]] = {engine.vector_key: {} for engine in engines}
+            for shas, futures in encodes:
+                for engine, future in zip(engines, futures, strict=True):
+                    out[engine.vector_key].update(zip(shas, await future, strict=True))
+        except BaseException:
+            for future in prepared:  # a bad image fails the write: stop preparing the rest
+                future.cancel()
+            raise
+        by_request = iter(sha for sha, _ in (f.result() for f in prepared))
+        return [next(by_request) if r.image is not None else None for r in requests], (out if with_image else {})
 
     def _commit(self, writes: list[Write], vectors, meta: dict) -> CommitResult:
         result = self.catalog.commit(writes, vectors, meta)

@@ -151,6 +151,15 @@ def test_writes_are_planned_journaled_and_replayed(synthetic_catalog, tmp_path):
     assert catalog.catch_up()[0].id == 900002 and catalog.current(900002) is None  # another writer's entry
 
 
+def test_re_adding_an_original_product_as_it_is_changes_nothing(synthetic_catalog, tmp_path):
+    catalog = LiveCatalog(synthetic_catalog, tmp_path)
+    pid = int(catalog.product_ids()[3])
+    sha = catalog.blobs.put(normalized_jpeg(synthetic_catalog / "images" / f"{pid}.jpg"))
+    fields = {k: v for k, v in catalog.current(pid).fields.items()}
+    assert [c.action for c in catalog.commit([Write("add", pid, fields, sha)]).changes] == ["unchanged"]
+    assert catalog.seq == 0 and catalog.current(pid).image is None
+
+
 def test_original_styles_csv_is_never_modified(synthetic_catalog, tmp_path):
     before = (synthetic_catalog / "styles.csv").read_bytes()
     catalog = LiveCatalog(synthetic_catalog, tmp_path)

@@ -30,7 +30,7 @@ def normalized_jpeg(data: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         if max(image.size) > MAX_STORED_SIDE:
             image.thumbnail((MAX_STORED_SIDE, MAX_STORED_SIDE), Image.Resampling.LANCZOS)
         out = io.BytesIO()
-        image.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        image.save(out, format="JPEG", quality=JPEG_QUALITY)
         return out.getvalue()
     finally:
         image.close()

@@ -183,7 +183,10 @@ class LiveCatalog:
         return sorted(ids)
 
     def __len__(self) -> int:
-        return len(self.product_ids())
+        with self.lock:
+            added = sum(1 for pid, p in self.overlay.items() if p is not None and pid not in self.base)
+            deleted = sum(1 for p in self.overlay.values() if p is None)
+            return len(self.base) + added - deleted
 
     def changed_ids(self) -> dict[int, Product | None]:
         """The overlay: every product added, changed or deleted since the original catalog."""
@@ -232,14 +235,16 @@ class LiveCatalog:
         return ops, changes
 
     def _same_image(self, pid: int, before: Product, after: Product) -> bool:
-        """A new upload identical to the original catalog file counts as the same image."""
+        """The original catalog file uploaded again counts as the same image (both normalized alike)."""
         if before.image == after.image:
             return True
         if before.image is None and after.image is not None:
-            original = self.images_dir / f"{pid}.jpg"
+            from ..images import ImageDecodeError
+            from .blobs import normalized_jpeg
+
             try:
-                return self.blobs.path(after.image).read_bytes() == original.read_bytes()
-            except OSError:
+                return self.blobs.path(after.image).read_bytes() == normalized_jpeg(self.images_dir / f"{pid}.jpg")
+            except (OSError, ImageDecodeError):
                 return False
         return False
 
