@@ -30,7 +30,7 @@ from .batcher import MicroBatcher, normalize_filters
 from .metrics import Metrics
 from .priority import PriorityExecutor
 from .settings import ApiSettings
-from .writes import CatalogWriter
+from .writes import CatalogWriter, SearchActivity
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ class Runtime:
     writer: CatalogWriter | None = None
     ready: bool = False
     _facets: tuple[object, dict] | None = None
+    searches: SearchActivity = field(default_factory=SearchActivity)  # catalog writes step aside for them
 
     # ----- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -221,7 +222,7 @@ class Runtime:
         s = self.settings
         self.decode_pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
         self.writer = CatalogWriter(self.catalog, self.engines, self.metrics, self.inference_pool,
-                                    s.max_image_pixels, s.compact_every)
+                                    s.max_image_pixels, s.compact_every, self.searches)
         self.batchers = {
             name: MicroBatcher(engine, self.metrics, s.batch_max, s.batch_wait_ms, s.queue_max, self.inference_pool)
             for name, engine in self.engines.items()
@@ -265,13 +266,17 @@ class Runtime:
         loop = asyncio.get_running_loop()
         timing = {} if timing is None else timing
         started = time.perf_counter()
+        self.searches.begin()
         try:
-            tensor = await loop.run_in_executor(self.decode_pool, decode_for, engine, data,
-                                                self.settings.max_image_pixels)
-        except ImageDecodeError as exc:
-            raise BadImageError(decode_error_message(exc)) from None
-        timing["decode"] = (time.perf_counter() - started) * 1000
-        return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
+            try:
+                tensor = await loop.run_in_executor(self.decode_pool, decode_for, engine, data,
+                                                    self.settings.max_image_pixels)
+            except ImageDecodeError as exc:
+                raise BadImageError(decode_error_message(exc)) from None
+            timing["decode"] = (time.perf_counter() - started) * 1000
+            return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
+        finally:
+            self.searches.end()
 
     def product(self, product_id: int) -> dict | None:
         """A product's current metadata (the live catalog's), None when unknown or deleted."""

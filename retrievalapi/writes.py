@@ -32,12 +32,34 @@ from .priority import PriorityExecutor
 log = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 4  # images per forward of a write: a search queued behind it waits for one chunk at most
+QUIET_CHUNK = 1  # ... while searches are about: a shorter wait for the next one
+RECENT_SEARCH_S = 0.1  # a search this recent means more may follow
+MAX_YIELD_S = 0.25  # a write waits at most this long per step for searches to finish (it never starves)
 PLACEHOLDER_IMAGE = "0" * 64  # planning before the images are stored: only errors matter then
 TAIL_INTERVAL_S = 0.5
 
 
 class WriteImageError(ValueError):
     """An uploaded product image cannot be used (400); the message names the product."""
+
+
+class SearchActivity:
+    """Searches in progress and the time of the last one: a bulk write steps aside while shoppers search."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.last = 0.0
+
+    def begin(self) -> None:
+        self.inflight += 1
+        self.last = time.monotonic()
+
+    def end(self) -> None:
+        self.inflight -= 1
+        self.last = time.monotonic()
+
+    def recent(self, seconds: float = RECENT_SEARCH_S) -> bool:
+        return self.inflight > 0 or time.monotonic() - self.last < seconds
 
 
 @dataclass
@@ -61,8 +83,10 @@ def _preprocessed(engines: list[RetrievalEngine], jpeg: bytes) -> list[np.ndarra
 
 class CatalogWriter:
     def __init__(self, catalog: LiveCatalog, engines: dict[str, RetrievalEngine], metrics: Metrics,
-                 inference_pool: PriorityExecutor, max_image_pixels: int, compact_every: int):
+                 inference_pool: PriorityExecutor, max_image_pixels: int, compact_every: int,
+                 searches: SearchActivity | None = None):
         self.catalog = catalog
+        self.searches = searches or SearchActivity()
         self.engines = engines
         self.metrics = metrics
         self.inference_pool = inference_pool
@@ -168,31 +192,39 @@ class CatalogWriter:
                               ) -> tuple[list[str | None], dict[str, dict[str, np.ndarray]]]:
         """Image sha per request (None: no image) and vector_key -> sha -> vector for every loaded model.
 
-        A pipeline: the write-decode thread prepares images in order while the inference thread
-        encodes the chunks already prepared (as background work: searches go first).
+        A pipeline: the write-decode thread prepares a chunk while the inference thread encodes the
+        previous one (as background work: searches go first). While shoppers search, each step first
+        waits for the searches in progress (at most MAX_YIELD_S) and chunks shrink to one image.
         """
         loop = asyncio.get_running_loop()
         engines = list(self.engines.values())
         with_image = [r for r in requests if r.image is not None]
-        prepared = [loop.run_in_executor(self.decode_pool, self._prepare, r, engines) for r in with_image]
+        shas: list[str] = []
         encodes: list[tuple[list[str], list[asyncio.Future]]] = []
-        try:
-            for start in range(0, len(prepared), ENCODE_CHUNK):
-                chunk = await asyncio.gather(*prepared[start: start + ENCODE_CHUNK])
-                futures = [asyncio.wrap_future(self.inference_pool.submit_background(
-                    engine.encode_tensors, np.stack([tensors[m] for _, tensors in chunk])))
-                    for m, engine in enumerate(engines)]
-                encodes.append(([sha for sha, _ in chunk], futures))
-            out: dict[str, dict[str, np.ndarray]] = {engine.vector_key: {} for engine in engines}
-            for shas, futures in encodes:
-                for engine, future in zip(engines, futures, strict=True):
-                    out[engine.vector_key].update(zip(shas, await future, strict=True))
-        except BaseException:
-            for future in prepared:  # a bad image fails the write: stop preparing the rest
-                future.cancel()
-            raise
-        by_request = iter(sha for sha, _ in (f.result() for f in prepared))
+        start = 0
+        while start < len(with_image):
+            await self._yield_to_searches()
+            size = QUIET_CHUNK if self.searches.recent() else ENCODE_CHUNK
+            chunk = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._prepare, r, engines)
+                                           for r in with_image[start: start + size]))
+            start += size
+            await self._yield_to_searches()
+            futures = [asyncio.wrap_future(self.inference_pool.submit_background(
+                engine.encode_tensors, np.stack([tensors[m] for _, tensors in chunk])))
+                for m, engine in enumerate(engines)]
+            encodes.append(([sha for sha, _ in chunk], futures))
+            shas += [sha for sha, _ in chunk]
+        out: dict[str, dict[str, np.ndarray]] = {engine.vector_key: {} for engine in engines}
+        for chunk_shas, futures in encodes:
+            for engine, future in zip(engines, futures, strict=True):
+                out[engine.vector_key].update(zip(chunk_shas, await future, strict=True))
+        by_request = iter(shas)
         return [next(by_request) if r.image is not None else None for r in requests], (out if with_image else {})
+
+    async def _yield_to_searches(self) -> None:
+        deadline = time.monotonic() + MAX_YIELD_S
+        while self.searches.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
 
     def _commit(self, writes: list[Write], vectors, meta: dict) -> CommitResult:
         result = self.catalog.commit(writes, vectors, meta)

@@ -24,9 +24,14 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def normalized_jpeg(data: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """Decode (raises images.ImageDecodeError) and re-encode as the stored JPEG, deterministically."""
-    image = open_image(data if isinstance(data, bytes) else Path(data), max_pixels=max_pixels)
+    """The bytes to store: decoded first (raises images.ImageDecodeError), then the upload itself when it
+    is already a plain JPEG (RGB or grey, upright, within MAX_STORED_SIDE), else a re-encoded JPEG.
+    Deterministic: the same upload gives the same bytes."""
+    raw = data if isinstance(data, bytes) else Path(data).read_bytes()
+    image = open_image(raw, max_pixels=max_pixels)
     try:
+        if _plain_jpeg(raw, image):
+            return raw
         if max(image.size) > MAX_STORED_SIDE:
             image.thumbnail((MAX_STORED_SIDE, MAX_STORED_SIDE), Image.Resampling.LANCZOS)
         out = io.BytesIO()
@@ -34,6 +39,15 @@ def normalized_jpeg(data: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         return out.getvalue()
     finally:
         image.close()
+
+
+def _plain_jpeg(raw: bytes, decoded: Image.Image) -> bool:
+    """A JPEG that any browser shows as decoded here: no rotation, no CMYK, not oversized."""
+    if not raw.startswith(b"\xff\xd8") or max(decoded.size) > MAX_STORED_SIDE:
+        return False
+    with Image.open(io.BytesIO(raw)) as original:
+        return (original.format == "JPEG" and original.mode in ("RGB", "L")
+                and original.getexif().get(0x0112, 1) == 1)
 
 
 class ImageBlobs:
