@@ -120,6 +120,7 @@ class RetrievalEngine:
             self.info = {"description": config.description, "backbone": config.architecture, "kind": config.kind}
         self.vote_k, self.vote_alpha = chosen_vote(settings.workdir, model_name)  # `finetune-rerank`
         self._lock = threading.Lock()
+        self._text = None
         self.vector_key = vector_key(self.manifest)
         self.catalog = catalog if catalog is not None else LiveCatalog(settings.dataset_root, settings.workdir)
         self._load_rows(str(self.manifest.get("index_factory", "Flat")))
@@ -313,6 +314,17 @@ class RetrievalEngine:
         codes = state.codes["articleType"][: state.n].astype(np.int64)
         empty = self.live.value_codes["articleType"].get("")
         return codes if empty is None else np.where(codes == empty, NO_CATEGORY, codes)
+
+    @property
+    def text(self):
+        """Search by words (text/search.py); TextSearchUnavailableError when the model has no projection."""
+        if self._text is None:
+            from .text.search import TextSearch
+
+            with self._lock:
+                if self._text is None:
+                    self._text = TextSearch.for_engine(self)
+        return self._text
 
     def search(
         self,

@@ -14,6 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from imageretrieval.engine import UnknownFilterError, UnknownProductError
 from imageretrieval.live.products import ProductValidationError
 from imageretrieval.live.store import DuplicateProductError, StorageFullError, UnknownLiveProductError
+from imageretrieval.text.encoders import TextEncoderUnavailableError
+from imageretrieval.text.queries import QueryTextError
+from imageretrieval.text.search import TextSearchUnavailableError
 
 from .batcher import OverloadedError
 from .runtime import (
@@ -31,7 +34,8 @@ log = logging.getLogger(__name__)
 
 _LOCATION_PREFIXES = {"body", "query", "path", "header", "cookie", "form"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "Bad input: not an image, unknown model or filter value"},
+    400: {"model": ErrorResponse, "description": "Bad input: not an image, unknown model or filter value, a model "
+                                                 "without a text projection"},
     401: {"model": ErrorResponse, "description": "No API key, or an unknown or revoked one (REQUIRE_READ_KEY, writes)"},
     403: {"model": ErrorResponse, "description": "The API key's scope does not allow this route"},
     404: {"model": ErrorResponse, "description": "Unknown product"},
@@ -39,6 +43,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorResponse, "description": "Unsupported body content type"},
     422: {"model": ErrorResponse, "description": "Missing or invalid field"},
     503: {"model": ErrorResponse, "description": "Overloaded, starting or stopping: retry"},
+}
+TEXT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    501: {"model": ErrorResponse, "description": "This server cannot search by words (its text encoder is missing)"},
 }
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **{code: ERROR_RESPONSES[code] for code in (400, 401, 403, 413, 422, 503)},
@@ -57,7 +65,7 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     UnknownProductError: 404, NotReadyError: 503, OverloadedError: 503,
     MissingKeyError: 401, InvalidKeyError: 401, ForbiddenKeyError: 403,
     WriteImageError: 400, UnknownLiveProductError: 404, DuplicateProductError: 409, ProductValidationError: 422,
-    StorageFullError: 507,
+    StorageFullError: 507, QueryTextError: 422, TextSearchUnavailableError: 400, TextEncoderUnavailableError: 501,
 }
 RETRY_AFTER = {"Retry-After": "1"}
 

@@ -25,6 +25,7 @@ from imageretrieval.keys import ApiKey, KeyStore
 from imageretrieval.live.journal import JournalCorruptError
 from imageretrieval.live.store import LiveCatalog
 from imageretrieval.models import ModelNotFoundError, WeightsUnavailableError
+from imageretrieval.text.queries import check_query
 
 from .batcher import MicroBatcher, normalize_filters
 from .metrics import Metrics
@@ -275,6 +276,39 @@ class Runtime:
                 raise BadImageError(decode_error_message(exc)) from None
             timing["decode"] = (time.perf_counter() - started) * 1000
             return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
+        finally:
+            self.searches.end()
+
+    async def search_words(self, engine: RetrievalEngine, q: str, k: int, filters: dict[str, list[str]],
+                           mode: str = "hybrid", image: bytes | None = None,
+                           timing: dict[str, float] | None = None) -> list[SearchHit]:
+        """Search by words, or by a photo refined by words (`image`); the text encoder runs on the inference
+        thread like every forward. Raises QueryTextError, TextSearchUnavailableError, BadImageError."""
+        if self.decode_pool is None or not self.ready:
+            raise NotReadyError("the service is not ready")
+        q = check_query(q)
+        text = engine.text  # raises when the model has no text projection
+        loop = asyncio.get_running_loop()
+        timing = {} if timing is None else timing
+        self.searches.begin()
+        try:
+            vectors = None
+            if image is not None:
+                started = time.perf_counter()
+                try:
+                    tensor = await loop.run_in_executor(self.decode_pool, decode_for, engine, image,
+                                                        self.settings.max_image_pixels)
+                except ImageDecodeError as exc:
+                    raise BadImageError(decode_error_message(exc)) from None
+                timing["decode"] = (time.perf_counter() - started) * 1000
+                started = time.perf_counter()
+                vectors = await loop.run_in_executor(self.inference_pool, engine.encode_tensors, tensor[None])
+                timing["forward"] = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            hits = await loop.run_in_executor(
+                self.inference_pool, lambda: text.search([q], k, filters or None, mode=mode, image_vectors=vectors)[0])
+            timing["search"] = (time.perf_counter() - started) * 1000
+            return hits
         finally:
             self.searches.end()
 

@@ -119,30 +119,54 @@ class ReadyResponse(BaseModel):
     models: list[str] = Field(examples=[["efficientnet_lite0"]])
 
 
+class FilteredRequest(BaseModel):
+    """A JSON or form search body: filter fields (each one value or a list), unknown fields refused."""
+
+    @field_validator(*FILTER_FIELDS, mode="before", check_fields=False)
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    def filters(self) -> dict[str, list[str]]:
+        return {f: getattr(self, f) for f in FILTER_FIELDS if getattr(self, f)}
+
+
+def _search_body(name: str, top_k_max: int, examples: list[dict], **fields) -> type[BaseModel]:
+    """A search body with `fields`, model, top_k/topK and the filters; built per app (top_k's bound is a setting)."""
+    common = {
+        "model": (str | None, Field(None, description="Model name (default: the default model)")),
+        "top_k": (int | None, Field(None, ge=1, le=top_k_max, description=f"Results wanted (default {DEFAULT_TOP_K})")),
+        "topK": (int | None, Field(None, ge=1, le=top_k_max, description="Alias of top_k (the seed's name)")),
+    }
+    filters = {f: (list[str] | None, Field(None, description=FILTER_DESCRIPTION)) for f in FILTER_FIELDS}
+    base = type(f"{name}Base", (FilteredRequest,),
+                {"model_config": ConfigDict(extra="forbid", json_schema_extra={"examples": examples})})
+    return create_model(name, __base__=base, **fields, **common, **filters)
+
+
 def make_by_id_request(top_k_max: int) -> type[BaseModel]:
-    """The 'more like this' body; built per app because top_k's bound is a setting. Its filter fields
-    are the engine's FILTER_FIELDS, each one value or a list."""
+    """The 'more like this' body."""
+    return _search_body(
+        "ByIdRequest", top_k_max,
+        [{"product_id": 15970, "model": "efficientnet_lite0", "top_k": 15, "gender": ["Men"]}],
+        product_id=(int, Field(description="Catalog product id; the product itself is left out of the results")),
+        rerank=(Rerank, Field("none", description=RERANK_DESCRIPTION)))
 
-    class ByIdBase(BaseModel):
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-            {"product_id": 15970, "model": "efficientnet_lite0", "top_k": 15, "gender": ["Men"]}]})
 
-        product_id: int = Field(description="Catalog product id; the product itself is left out of the results")
-        model: str | None = Field(None, description="Model name (default: the default model)")
-        top_k: int | None = Field(None, ge=1, le=top_k_max, description=f"Results wanted (default {DEFAULT_TOP_K})")
-        topK: int | None = Field(None, ge=1, le=top_k_max, description="Alias of top_k (the seed's name)")
-        rerank: Rerank = Field("none", description=RERANK_DESCRIPTION)
+TEXT_MODE_DESCRIPTION = ("hybrid: words matched by meaning (the model's text projection) and by letter (BM25 over "
+                         "names and attributes), fused; semantic: by meaning only; lexical: BM25 only")
+Q_DESCRIPTION = ("Words, e.g. 'navy striped polo for men' or a brand; with an image, the words refine it "
+                 "('but in red'). At most 200 characters")
 
-        @field_validator(*FILTER_FIELDS, mode="before", check_fields=False)
-        @classmethod
-        def _one_or_many(cls, value: object) -> object:
-            return [value] if isinstance(value, str) else value
 
-        def filters(self) -> dict[str, list[str]]:
-            return {f: getattr(self, f) for f in FILTER_FIELDS if getattr(self, f)}
-
-    return create_model("ByIdRequest", __base__=ByIdBase,
-                        **{f: (list[str] | None, Field(None, description=FILTER_DESCRIPTION)) for f in FILTER_FIELDS})
+def make_text_request(top_k_max: int) -> type[BaseModel]:
+    """The search-by-words body."""
+    return _search_body(
+        "TextSearchRequest", top_k_max,
+        [{"q": "navy striped polo for men", "top_k": 15}, {"q": "red dress", "gender": ["Women"]},
+         {"q": "Puma", "mode": "lexical"}],
+        q=(str, Field(description=Q_DESCRIPTION)),
+        mode=(Literal["hybrid", "semantic", "lexical"], Field("hybrid", description=TEXT_MODE_DESCRIPTION)))
 
 
 class WriteChange(BaseModel):

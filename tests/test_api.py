@@ -355,7 +355,7 @@ def test_bad_parameters(client, synthetic_catalog, form, status, words):
 
 def test_missing_image_and_wrong_body(client):
     r = client.post("/api/search", data={"top_k": "3"})
-    assert r.status_code == 422 and r.json()["detail"] == "image: Field required"
+    assert r.status_code == 422 and r.json()["detail"] == "send an image, words (q), or both"
     r = client.post("/api/search", data={"image": "not a file"})
     assert r.status_code == 422 and r.json()["detail"].startswith("image:")
     r = client.post("/api/search", json={"image": "x"})

@@ -28,10 +28,10 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 WRITES = ["POST /api/products", "PUT /api/products/{product_id}", "PATCH /api/products/{product_id}",
           "DELETE /api/products/{product_id}", "POST /api/products/batch"]
 WITH_INPUT = ["GET /api/products/{product_id}", "GET /api/images/{product_id}", "POST /api/search",
-              "POST /api/search/by-id", *WRITES]
+              "POST /api/search/by-id", "POST /api/search/text", *WRITES]
 OPERATIONS = ["GET /api/health", "GET /api/ready", "GET /api/models", "GET /api/facets", "GET /api/metrics",
               "GET /api/products/{product_id}", "GET /api/images/{product_id}", "POST /api/search",
-              "POST /api/search/by-id", *WRITES]
+              "POST /api/search/by-id", "POST /api/search/text", *WRITES]
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,18 @@ def write_key(api_workdir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def api_workdir(built_workdir, tmp_path_factory):
+def api_workdir(synthetic_catalog, built_workdir, tmp_path_factory):
     """A copy: generated writes must not change the workdir other tests share."""
     import shutil
 
+    from imageretrieval.training.text import train_text_projection
+
+    from .conftest import make_settings
+
     workdir = tmp_path_factory.mktemp("fuzz") / "wd"
     shutil.copytree(built_workdir, workdir)
+    train_text_projection(make_settings(synthetic_catalog, workdir), "tiny", "hashing-64", epochs=2, hidden=32,
+                          batch=32, progress=False)  # the text routes searched for real
     return workdir
 
 

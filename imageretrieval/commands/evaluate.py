@@ -21,7 +21,8 @@ JSON_KEYS = ("mAP", "PrecisionHits", "R@1", "R@10", "queries", "database")
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="retrieval metrics (mAP, P@15, R@k) of a model on a protocol")
     p.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="catalog")
+    p.add_argument("--protocol", choices=(*PROTOCOLS, "text-to-catalog"), default="catalog",
+                   help="text-to-catalog: words against the catalog (names, categories, colours, photo + words)")
     p.add_argument("--features", choices=VARIANTS, default="normalized",
                    help="raw (cosine), normalized (L2-PCAw-L2), aqe, alpha-qe (default: normalized)")
     p.add_argument("--pca", type=int, default=None,
@@ -172,6 +173,8 @@ def run(args, settings) -> int:
 
     t0 = time.perf_counter()
     model = args.model or settings.default_model
+    if args.protocol == "text-to-catalog":
+        return run_text(args, settings, model)
     config = get_model_config(model, settings.workdir)
     served_dims = chosen_pca_components(settings, model, config.dims)  # what the index serves
     if args.pca is not None:
@@ -251,4 +254,29 @@ def run(args, settings) -> int:
     print("mAP: full-ranking AP, the query excluded (from a dump: mean over queries of mean_j j / relevant_ranks[j]);"
           " PrecisionHits: precision@15; R@k: a relevant item in the top k; mAP_seed: the seed's sklearn AP"
           " with the query included")
+    return 0
+
+
+def run_text(args, settings, model: str) -> int:
+    """The text-to-catalog protocol: every mode's figures, saved under <WORKDIR>/results/<model>/."""
+    from ..evaluation import reports
+    from ..evaluation.text_protocol import evaluate_text
+
+    started = time.perf_counter()
+    result = evaluate_text(settings, model)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    reports.save_run(settings.workdir, model, "text-to-catalog", {**result, "created": reports.now()})
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{model} on text-to-catalog ({result['split']} names against {result['database']} products):")
+    for mode, tasks in result["modes"].items():
+        names = tasks["names"]
+        print(f"  {mode:<8} names R@1 {names['R@1']:.4f} R@10 {names['R@10']:.4f} MRR {names['MRR']:.4f} | "
+              f"articleType P@1 {tasks['articleType']['P@1']:.4f} P@15 {tasks['articleType']['P@15']:.4f} | "
+              f"subCategory P@1 {tasks['subCategory']['P@1']:.4f} P@15 {tasks['subCategory']['P@15']:.4f} | "
+              f"colour P@15 {tasks['colour']['P@15']:.4f}")
+    for label in ("photo alone", "photo+words"):
+        m = result["photo_words"][label]
+        print(f"  {label:<12} colour {m['colour']:.4f} type {m['type']:.4f} colour and type {m['colour_and_type']:.4f}")
     return 0

@@ -12,13 +12,17 @@ from ..training.validation import VAL_SCORES
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a custom model (classifier | metric | suffix | bn-adapt) into the zoo",
+    p = sub.add_parser("train", help="train a custom model (classifier | metric | suffix | bn-adapt) into the zoo, "
+                                    "or a model's text projection (text)",
                        description="Train a model from --base and save it as --name under <WORKDIR>/models/. "
                                    "Run folder: <WORKDIR>/training/<name>/ (log.csv, curves.png, confusion.png, "
                                    "checkpoints). See docs/training.md.")
     p.add_argument("--base", required=True, help="model of the zoo to start from, e.g. efficientnet_lite0")
-    p.add_argument("--name", required=True, help="name of the new model")
-    p.add_argument("--recipe", choices=RECIPES, default="metric")
+    p.add_argument("--name", help="name of the new model (every recipe but text, which adds to --base)")
+    p.add_argument("--recipe", choices=(*RECIPES, "text"), default="metric",
+                   help="text: a projection of a sentence encoder into --base's image space (search by words)")
+    p.add_argument("--text-encoder", default=None,
+                   help="text recipe: sentence encoder (default: the bundled all-minilm-l6-v2; or a hub id)")
     p.add_argument("--dataset", choices=DATASETS, default="both", help="training data (train split; val selects)")
     p.add_argument("--selection", default="seed", help="catalog selection (all | seed)")
     p.add_argument("--trainable", action="append",
@@ -126,6 +130,16 @@ def request_from_args(args) -> TrainRequest:
 def run(args, settings) -> int:
     from ..cli import CLIError
 
+    if args.recipe == "text":
+        from ..text.encoders import DEFAULT_TEXT_ENCODER
+        from ..training.text import train_text_projection
+
+        path = train_text_projection(settings, args.base, args.text_encoder or DEFAULT_TEXT_ENCODER,
+                                     epochs=args.epochs or 30, lr=args.lr or 2e-3)
+        print(f"{args.base}: text projection saved in {path}")
+        return 0
+    if not args.name:
+        raise CLIError(f"--recipe {args.recipe} trains a new model: give it a --name")
     try:
         info = train(settings, request_from_args(args))
     except ValueError as exc:  # bad option combinations name themselves

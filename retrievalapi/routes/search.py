@@ -6,12 +6,20 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from imageretrieval.engine import FILTER_FIELDS
 
-from ..errors import ERROR_RESPONSES, format_validation_errors
-from ..schemas import DEFAULT_TOP_K, RERANK_DESCRIPTION, Rerank, SearchResponse, make_by_id_request
+from ..errors import ERROR_RESPONSES, TEXT_RESPONSES, format_validation_errors
+from ..schemas import (
+    DEFAULT_TOP_K,
+    Q_DESCRIPTION,
+    RERANK_DESCRIPTION,
+    Rerank,
+    SearchResponse,
+    make_by_id_request,
+    make_text_request,
+)
 from .deps import FilterForm, RuntimeDep, read_image_upload
 
 JSON_TYPES = ("application/json",)
@@ -50,19 +58,21 @@ def _k(top_k: int | None, top_k_alias: int | None) -> int:
 def build_router(top_k_max: int) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["search"])
     by_id_model = make_by_id_request(top_k_max)
-    by_id_schema = by_id_model.model_json_schema()
     TopK = Annotated[int | None, Form(ge=1, le=top_k_max, description=f"Results wanted, 1..{top_k_max} "
                                                                        f"(default {DEFAULT_TOP_K})")]
 
-    @router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES,
-                 summary="Search the catalog with an uploaded image")
+    text_model = make_text_request(top_k_max)
+
+    @router.post("/search", response_model=SearchResponse, responses=TEXT_RESPONSES,
+                 summary="Search the catalog with an uploaded image, words (q), or both")
     async def search(
         request: Request,
         response: Response,
         rt: RuntimeDep,
-        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame), BMP, ...; "
-                                                      "EXIF orientation is honoured")],
         filter_values: FilterForm,
+        image: Annotated[UploadFile | None, File(description="JPEG, PNG, WebP, GIF (first frame), BMP, ...; "
+                                                             "EXIF orientation is honoured")] = None,
+        q: Annotated[str | None, Form(description=Q_DESCRIPTION, examples=["but in red"])] = None,
         model: Annotated[str | None, Form(description="Model name (default: the default model)",
                                           examples=["efficientnet_lite0"])] = None,
         top_k: TopK = None,
@@ -74,29 +84,26 @@ def build_router(top_k_max: int) -> APIRouter:
         k = _k(top_k, topK)
         request.state.model, request.state.k = engine.name, k
         filters = engine.check_filters(filter_values)
-        data = await read_image_upload(image, rt.settings.max_upload_bytes)
+        if image is None and q is None:
+            raise HTTPException(422, "send an image, words (q), or both")
+        data = await read_image_upload(image, rt.settings.max_upload_bytes) if image is not None else None
         timing: dict[str, float] = {}
-        hits = await rt.search_upload(engine, data, k, filters, timing, rerank)
+        if q is not None:  # words alone, or a photo refined by words
+            hits = await rt.search_words(engine, q, k, filters, image=data, timing=timing)
+            rerank = "none"
+        else:
+            hits = await rt.search_upload(engine, data, k, filters, timing, rerank)
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing(timing, took_ms)
         return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": rerank,
                 "type_first": type_first(hits, rerank), "results": rt.as_results(hits)}
 
-    @router.post(
-        "/search/by-id", response_model=SearchResponse, responses=ERROR_RESPONSES,
-        summary="More like this: products similar to a catalog product (itself excluded)",
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": by_id_schema},
-            "application/x-www-form-urlencoded": {"schema": by_id_schema},
-        }}},
-    )
+    @router.post("/search/by-id", response_model=SearchResponse, responses=ERROR_RESPONSES,
+                 summary="More like this: products similar to a catalog product (itself excluded)",
+                 openapi_extra=json_or_form(by_id_model))
     async def search_by_id(request: Request, response: Response, rt: RuntimeDep) -> dict[str, Any]:
         started = time.perf_counter()
-        payload, strict = await _read_body(request)
-        try:
-            body = by_id_model.model_validate(payload, strict=strict)
-        except ValidationError as exc:
-            raise HTTPException(422, format_validation_errors(exc.errors())) from None
+        body = await read_body_as(request, by_id_model)
         engine = rt.engine(body.model)
         k = _k(body.top_k, body.topK)
         request.state.model, request.state.k = engine.name, k
@@ -110,7 +117,40 @@ def build_router(top_k_max: int) -> APIRouter:
         return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": body.rerank,
                 "type_first": type_first(hits, body.rerank, own), "results": rt.as_results(hits)}
 
+    @router.post("/search/text", response_model=SearchResponse, responses=TEXT_RESPONSES,
+                 summary="Search the catalog by words (hybrid: by meaning and by letter)",
+                 openapi_extra=json_or_form(text_model))
+    async def search_text(request: Request, response: Response, rt: RuntimeDep) -> dict[str, Any]:
+        started = time.perf_counter()
+        body = await read_body_as(request, text_model)
+        engine = rt.engine(body.model)
+        k = _k(body.top_k, body.topK)
+        request.state.model, request.state.k = engine.name, k
+        filters = engine.check_filters(body.filters())
+        timing: dict[str, float] = {}
+        hits = await rt.search_words(engine, body.q, k, filters, body.mode, timing=timing)
+        took_ms = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = server_timing(timing, took_ms)
+        return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": "none", "type_first": None,
+                "results": rt.as_results(hits)}
+
     return router
+
+
+def json_or_form(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI: the body is `model`, as JSON or as a form."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema},
+                                                          "application/x-www-form-urlencoded": {"schema": schema}}}}
+
+
+async def read_body_as(request: Request, model: type[BaseModel]) -> Any:
+    """The JSON or form body validated as `model` (422 with the fields named)."""
+    payload, strict = await _read_body(request)
+    try:
+        return model.model_validate(payload, strict=strict)
+    except ValidationError as exc:
+        raise HTTPException(422, format_validation_errors(exc.errors())) from None
 
 
 async def _read_body(request: Request) -> tuple[dict[str, Any], bool]:

@@ -1,0 +1,77 @@
+"""BM25 over product names and attributes, rows appended as the catalog grows (Robertson & Zaragoza)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from .queries import tokens
+
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+
+class LexicalIndex:
+    """Inverted index over document rows 0..n-1; `extend` appends rows (the live catalog's new rows)."""
+
+    def __init__(self) -> None:
+        self._postings: dict[str, tuple[list[int], list[int]]] = {}  # term -> (rows, term counts)
+        self._frozen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.lengths: list[int] = []
+
+    @property
+    def n(self) -> int:
+        return len(self.lengths)
+
+    def extend(self, texts: Sequence[str]) -> None:
+        for text in texts:
+            row = len(self.lengths)
+            words = tokens(text)
+            self.lengths.append(len(words))
+            for term, count in Counter(words).items():
+                rows, counts = self._postings.setdefault(term, ([], []))
+                rows.append(row)
+                counts.append(count)
+                self._frozen.pop(term, None)
+
+    def _arrays(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
+        if term not in self._postings:
+            return None
+        if term not in self._frozen:
+            rows, counts = self._postings[term]
+            self._frozen[term] = (np.array(rows, np.int64), np.array(counts, np.float32))
+        return self._frozen[term]
+
+    def scores(self, query: str, n: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        """BM25 score of each of the first `n` rows (0 where no query word occurs); `allowed` masks rows."""
+        out = np.zeros(n, np.float32)
+        lengths = np.asarray(self.lengths[:n], np.float32)
+        if n == 0:
+            return out
+        avg = float(lengths.mean()) or 1.0
+        for term in set(tokens(query)):
+            arrays = self._arrays(term)
+            if arrays is None:
+                continue
+            rows, counts = arrays
+            keep = rows < n
+            rows, counts = rows[keep], counts[keep]
+            if len(rows) == 0:
+                continue
+            idf = np.log(1.0 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
+            norm = counts + BM25_K1 * (1 - BM25_B + BM25_B * lengths[rows] / avg)
+            out[rows] += idf * counts * (BM25_K1 + 1) / norm
+        if allowed is not None:
+            out[~allowed[:n]] = 0.0
+        return out
+
+    def search(self, query: str, k: int, n: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, rows) with a positive score; ties by row."""
+        scores = self.scores(query, n, allowed)
+        hits = np.flatnonzero(scores > 0)
+        if len(hits) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        order = hits[np.lexsort((hits, -scores[hits]))][:k]
+        return scores[order], order

@@ -1,0 +1,75 @@
+"""What words a product is known by, and the checks a typed query gets."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+
+MAX_QUERY_CHARS = 200  # longer text is refused: no product name is that long
+
+
+class QueryTextError(ValueError):
+    """An empty, too long or unreadable text query; the message says which."""
+
+
+def check_query(text: str | bytes | None) -> str:
+    """The query, trimmed, with whitespace collapsed; QueryTextError when it cannot be searched."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise QueryTextError("the text query is not UTF-8") from None
+    text = " ".join((text or "").split())
+    if not text:
+        raise QueryTextError("the text query is empty: type a few words, e.g. 'red dress'")
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryTextError(f"the text query is {len(text)} characters long; at most {MAX_QUERY_CHARS}")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
+        raise QueryTextError("the text query contains control characters")
+    return text
+
+
+def gender_word(gender: str) -> str:
+    return {"Men": "men's", "Women": "women's", "Boys": "boys'", "Girls": "girls'", "Unisex": "unisex"}.get(gender, "")
+
+
+def attribute_phrase(fields: Mapping[str, object]) -> str:
+    """A templated phrase of a product's attributes, e.g. "women's blue casual dresses"."""
+    parts = [gender_word(str(fields.get("gender") or "")), str(fields.get("baseColour") or ""),
+             str(fields.get("usage") or ""), str(fields.get("articleType") or "")]
+    return " ".join(p for p in parts if p).lower()
+
+
+def product_texts(fields: Mapping[str, object]) -> list[str]:
+    """The texts a product is trained on: its name and its attribute phrase."""
+    name = str(fields.get("productDisplayName") or "").strip()
+    phrase = attribute_phrase(fields)
+    return [t for t in (name, phrase) if t]
+
+
+def lexical_text(fields: Mapping[str, object]) -> str:
+    """What BM25 indexes: the name and every attribute (brand names live in the name)."""
+    keys = ("productDisplayName", "articleType", "subCategory", "masterCategory", "baseColour", "gender", "usage",
+            "season")
+    return " ".join(str(fields.get(k) or "") for k in keys)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-case words, a plural 's' dropped ("tshirts" = "tshirt"), "t shirt" joined as "tshirt"."""
+    text = unicodedata.normalize("NFKD", text.lower()).replace("'", "").replace("\u2019", "")  # men's = mens
+    words = _WORD.findall(text)
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "t" and i + 1 < len(words) and words[i + 1].startswith("shirt"):
+            w, i = "t" + words[i + 1], i + 1
+        if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+            w = w[:-1]
+        out.append(w)
+        i += 1
+    return out

