@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,12 +37,22 @@ ENCODE_CHUNK = 4  # images per forward of a write: a search queued behind it wai
 QUIET_CHUNK = 1  # ... while searches are about: a shorter wait for the next one
 RECENT_SEARCH_S = 0.1  # a search this recent means more may follow
 MAX_YIELD_S = 0.25  # a write waits at most this long per step for searches to finish (it never starves)
+WRITE_NICE = 19  # the writes' own threads (image preparation, journal) run at the lowest CPU priority
 PLACEHOLDER_IMAGE = "0" * 64  # planning before the images are stored: only errors matter then
 TAIL_INTERVAL_S = 0.5
 
 
 class WriteImageError(ValueError):
     """An uploaded product image cannot be used (400); the message names the product."""
+
+
+def lower_thread_priority() -> None:
+    """Thread initializer: the OS runs this thread only when search threads leave a core free (Linux
+    schedules threads by their own nice value; elsewhere a no-op)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITE_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 class SearchActivity:
@@ -92,10 +104,12 @@ class CatalogWriter:
         self.inference_pool = inference_pool
         # one thread decodes, normalizes and stores the writes' images: a bulk load takes at most one core
         # from the searches' own decoding, and their forwards go first on the inference thread
-        self.decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-decode")
+        self.decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-decode",
+                                              initializer=lower_thread_priority)
         self.max_image_pixels = max_image_pixels
         self.compact_every = compact_every
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-writer")
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-writer",
+                                         initializer=lower_thread_priority)
         self.maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-rebuild")
         self._tailer: asyncio.Task | None = None
 

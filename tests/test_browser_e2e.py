@@ -78,8 +78,16 @@ def app_url(tmp_path_factory, synthetic_catalog, built_workdir) -> Iterator[str]
     if not (DIST / "index.html").is_file():
         unavailable("the web app is not built (make app)")
     tmp = tmp_path_factory.mktemp("e2e")
+    workdir = tmp / "wd"  # a copy with a text projection for `tiny`: the search box searches for real
+    shutil.copytree(built_workdir, workdir)
+    from imageretrieval.training.text import train_text_projection
+
+    from .conftest import make_settings
+
+    train_text_projection(make_settings(synthetic_catalog, workdir), "tiny", "hashing-64", epochs=3, hidden=32,
+                          batch=32, progress=False)
     api_port, web_port = free_port(), free_port()
-    env = {**os.environ, "WORKDIR": str(built_workdir), "DATASET_ROOT": str(synthetic_catalog),
+    env = {**os.environ, "WORKDIR": str(workdir), "DATASET_ROOT": str(synthetic_catalog),
            "DEFAULT_MODEL": "tiny", "MODELS": "tiny,tiny2", "DEVICE": "cpu", "PRECISION": "fp32",
            "MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "APP_DIST": str(tmp / "no-app"), "HF_HUB_OFFLINE": "1"}
     api_log = tmp / "api.log"
@@ -260,6 +268,30 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     pg.click("#clear-filters")
     wait_results(pg, 5)
     assert "gender" not in query(pg)
+
+
+def test_search_box_words_alone_then_refining_a_photo(page, synthetic_catalog):
+    page.fill("#words-input", "women pink tshirts")
+    page.press("#words-input", "Enter")
+    expect_cards = cards(page)
+    expect_cards.first.wait_for()
+    assert expect_cards.count() == 15
+    assert parse_qs(urlparse(page.url).query)["q"] == ["women pink tshirts"]
+    page.fill("#words-input", "")  # emptied: back to the start, nothing searched
+    page.press("#words-input", "Enter")
+    assert "q" not in parse_qs(urlparse(page.url).query)
+    page.set_input_files("#file-input", str(synthetic_catalog / "images" / "1002.jpg"))
+    cards(page).first.wait_for()
+    with page.expect_response(lambda r: r.url.endswith("/api/search") and r.request.method == "POST") as answer:
+        page.fill("#words-input", "in red")
+        page.press("#words-input", "Enter")
+    # the photo went with the words: the answer is the photo + words ranking (plain, no type vote)
+    assert answer.value.status == 200 and answer.value.json()["rerank"] == "none"
+    assert parse_qs(urlparse(page.url).query)["q"] == ["in red"]
+    page.go_back()  # the previous words come back with the URL
+    assert page.input_value("#words-input") == ""
+    page.fill("#words-input", "x" * 300)  # the box caps what can be typed
+    assert len(page.input_value("#words-input")) == 200
 
 
 def test_more_like_this_and_back(page, synthetic_catalog):

@@ -47,11 +47,14 @@ def embed_texts(settings: Settings, encoder_name: str, texts: list[str], progres
 
 def catalog_pairs(settings: Settings, model: str, progress: bool = True):
     """(catalog table with split, L2-normalized image features, texts, text->product pairs)."""
+    from ..catalog import load_catalog, prepare_split
     from ..featurestore import get_features
 
     fs, table = get_features(settings, model, "fashion", progress=progress)
     valid = np.asarray(fs.valid)
+    splits = prepare_split(load_catalog(settings.dataset_root), "all", settings.workdir, settings.seed)
     table = table[valid].reset_index(drop=True)
+    table["split"] = table["id"].map(splits.set_index("id")["split"]).fillna("train").to_numpy()
     image = np.asarray(fs.features[valid], np.float32)
     image /= np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
     texts, pairs = [], []
@@ -87,7 +90,7 @@ def train_text_projection(settings: Settings, base: str, encoder_name: str = DEF
     """Train and save `<WORKDIR>/models/<base>/text_projection.npz`; returns its path."""
     table, image, texts, pairs = catalog_pairs(settings, base, progress)
     text = embed_texts(settings, encoder_name, texts, progress)
-    split = table["split"].to_numpy() if "split" in table else np.full(len(table), "train")
+    split = table["split"].to_numpy()
     product_split = split[pairs[:, 1]]
     train_pairs = pairs[product_split == "train"]
     names = np.array([i for i, (t, r) in enumerate(pairs) if split[r] == "val" and texts[t] ==

@@ -138,15 +138,17 @@ export function getProduct(id: number, signal?: AbortSignal): Promise<Product> {
   return request<Product>(`/products/${encodeURIComponent(String(id))}`, {}, signal);
 }
 
-/** Search with an uploaded image (multipart form; filters are repeated fields). */
+/** Search with an uploaded image, refined by words when `q` is given (multipart form; filters are repeated fields). */
 export function searchByImage(
   image: Blob,
   filename: string,
   opts: SearchOptions,
   signal?: AbortSignal,
+  q = "",
 ): Promise<SearchResponse> {
   const form = new FormData();
   form.append("image", image, filename);
+  if (q) form.append("q", q);
   form.append("model", opts.model);
   form.append("top_k", String(opts.topK));
   form.append("rerank", opts.rerank);
@@ -154,6 +156,19 @@ export function searchByImage(
     for (const value of values ?? []) form.append(field, value);
   }
   return request<SearchResponse>("/search", { method: "POST", body: form }, signal);
+}
+
+/** Search by words alone: by meaning and by letter, fused (the API's hybrid mode). */
+export function searchByText(q: string, opts: SearchOptions, signal?: AbortSignal): Promise<SearchResponse> {
+  const body: Record<string, unknown> = { q, model: opts.model, top_k: opts.topK };
+  for (const [field, values] of Object.entries(opts.filters)) {
+    if (values?.length) body[field] = values;
+  }
+  return request<SearchResponse>(
+    "/search/text",
+    { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } },
+    signal,
+  );
 }
 
 /** "More like this": search with a catalog product's stored vector. */

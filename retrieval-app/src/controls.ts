@@ -13,6 +13,7 @@ export interface Actions {
   setFilter(field: string, value: string): void;
   clearFilters(): void;
   search(): void;
+  searchWords(text: string): void;
   dismissError(): void;
   retry(): void;
   navigated(): void;
@@ -47,6 +48,11 @@ export function bindControls(actions: Actions): void {
   ui.controls.addEventListener("submit", (e) => {
     e.preventDefault();
     actions.search();
+  });
+  ui.wordsForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    actions.searchWords(ui.wordsInput.value);
+    ui.wordsInput.blur(); // a phone's keyboard closes to show the results
   });
   ui.errorDismiss.addEventListener("click", () => actions.dismissError());
   ui.errorRetry.addEventListener("click", () => actions.retry());

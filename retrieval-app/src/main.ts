@@ -2,7 +2,17 @@
 // URL in step. State: store.ts; drawing: render.ts; user input: controls.ts; the API: api.ts.
 import "./style.css";
 
-import { ApiError, getFacets, getModels, getProduct, type Product, type SearchResponse, searchById, searchByImage } from "./api";
+import {
+  ApiError,
+  getFacets,
+  getModels,
+  getProduct,
+  type Product,
+  type SearchResponse,
+  searchById,
+  searchByImage,
+  searchByText,
+} from "./api";
 import { bindControls } from "./controls";
 import { cropImage, Cropper, downscaleImage } from "./cropper";
 import { errorMessage } from "./format";
@@ -113,7 +123,7 @@ async function runSearch(): Promise<void> {
   inflight?.abort();
   if (!store.models || !store.view.model) return; // the search starts when the models have loaded
   showLikePanel();
-  if (store.view.likeId === null && !store.image) {
+  if (store.view.likeId === null && !store.image && !store.view.q) {
     render.renderStart();
     return;
   }
@@ -125,9 +135,11 @@ async function runSearch(): Promise<void> {
     let resp: SearchResponse;
     if (store.view.likeId !== null) {
       resp = await searchById(store.view.likeId, store.searchOptions(), controller.signal);
+    } else if (store.image) {
+      const { blob, name } = await uploadBlob(store.image);
+      resp = await searchByImage(blob, name, store.searchOptions(), controller.signal, store.view.q);
     } else {
-      const { blob, name } = await uploadBlob(store.image as ImageQuery);
-      resp = await searchByImage(blob, name, store.searchOptions(), controller.signal);
+      resp = await searchByText(store.view.q, store.searchOptions(), controller.signal);
     }
     if (controller.signal.aborted) return;
     for (const r of resp.results) store.known.set(r.id, r);
@@ -207,6 +219,13 @@ bindControls({
   },
   clearFilters: clearAllFilters,
   search: () => void runSearch(),
+  searchWords: (text) => {
+    store.setQuery(text);
+    if (store.view.likeId !== null) store.setLike(null);
+    render.syncControls(store);
+    updateUrl(true);
+    void runSearch();
+  },
   dismissError: clearError,
   retry: () => {
     const retry = retryAction;
@@ -246,6 +265,7 @@ async function loadCatalogInfo(): Promise<void> {
 
 render.renderTopK(store);
 ui.sameType.checked = store.view.rerank === "category";
+ui.wordsInput.value = store.view.q;
 render.syncFilterControls(store);
 render.renderOptionsState(store);
 render.renderStart();

@@ -42,6 +42,8 @@ export const ui = {
   likeMeta: $("like-meta"),
   backToPhoto: $<HTMLButtonElement>("back-to-photo"),
   controls: $<HTMLFormElement>("controls"),
+  wordsForm: $<HTMLFormElement>("words-form"),
+  wordsInput: $<HTMLInputElement>("words-input"),
   options: $<HTMLDetailsElement>("options"),
   optionsState: $("options-state"),
   model: $<HTMLSelectElement>("model-select"),
@@ -138,6 +140,7 @@ export function syncControls(store: Store): void {
   }
   renderTopK(store);
   ui.sameType.checked = store.view.rerank === "category";
+  ui.wordsInput.value = store.view.q;
   syncFilterControls(store);
 }
 

@@ -1,6 +1,17 @@
 import { describe, expect, it } from "vitest";
 
-import { DEFAULT_TOP_K, filterCount, hasFilters, knownFilters, parseState, stateToSearch, topKOptions, withFilter } from "./state";
+import {
+  cleanQuery,
+  DEFAULT_TOP_K,
+  filterCount,
+  hasFilters,
+  knownFilters,
+  MAX_QUERY_CHARS,
+  parseState,
+  stateToSearch,
+  topKOptions,
+  withFilter,
+} from "./state";
 
 describe("URL state", () => {
   it("round-trips a shared search", () => {
@@ -12,13 +23,14 @@ describe("URL state", () => {
       filters: { gender: ["Men"], articleType: ["Tshirts", "Shirts"] },
       likeId: 1163,
       rerank: "none",
+      q: "",
     });
     expect(parseState(stateToSearch(state))).toEqual(state);
   });
 
   it("falls back to the defaults for missing or bad values", () => {
     const state = parseState("?k=0&like=-3&gender=");
-    expect(state).toEqual({ model: null, topK: DEFAULT_TOP_K, filters: {}, likeId: null, rerank: "category" });
+    expect(state).toEqual({ model: null, topK: DEFAULT_TOP_K, filters: {}, likeId: null, rerank: "category", q: "" });
     expect(parseState("?k=5000").topK).toBe(100);
     expect(stateToSearch(parseState(""))).toBe("");
   });
@@ -45,5 +57,17 @@ describe("filters", () => {
   it("offers the fixed K choices plus the URL's own", () => {
     expect(topKOptions(15)).toEqual([5, 10, 15, 30, 50]);
     expect(topKOptions(7)).toEqual([5, 7, 10, 15, 30, 50]);
+  });
+});
+
+describe("words in the URL", () => {
+  it("keeps q, collapses whitespace, caps its length and leaves it out of the filters", () => {
+    const state = parseState("?q=navy%20%20striped+polo&gender=Men");
+    expect(state.q).toBe("navy striped polo");
+    expect(state.filters).toEqual({ gender: ["Men"] });
+    expect(stateToSearch(state)).toBe("?gender=Men&q=navy+striped+polo");
+    expect(parseState(`?q=${"x".repeat(500)}`).q).toHaveLength(MAX_QUERY_CHARS);
+    expect(stateToSearch(parseState("?q=%20%20"))).toBe("");
+    expect(cleanQuery("  red \n dress ")).toBe("red dress");
   });
 });

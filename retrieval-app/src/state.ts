@@ -1,6 +1,7 @@
 // The view's state and the pure functions that change it. Model, K, filters, the ranking and the
 // "more like this" product live in the URL, so a search can be reloaded or shared:
-// ?model=efficientnet_lite0&k=15&gender=Men&articleType=Tshirts&like=1163
+// ?model=efficientnet_lite0&k=15&gender=Men&articleType=Tshirts&like=1163 (&q=red+dress: words, alone or
+// refining the photo)
 // (&order=visual turns off "same type first", which is on by default: docs/results.md measures it).
 // Every other parameter is a filter; the fields the catalog has come from /api/facets (knownFilters).
 
@@ -10,7 +11,8 @@ export const TOP_K_CHOICES = [5, 10, 15, 30, 50] as const;
 export const DEFAULT_TOP_K = 15;
 export const MAX_TOP_K = 100;
 export const DEFAULT_RERANK: Rerank = "category";
-const RESERVED = new Set(["model", "k", "like", "order"]);
+const RESERVED = new Set(["model", "k", "like", "order", "q"]);
+export const MAX_QUERY_CHARS = 200;
 
 export interface ViewState {
   model: string | null;
@@ -18,6 +20,12 @@ export interface ViewState {
   filters: Filters;
   likeId: number | null;
   rerank: Rerank;
+  q: string;
+}
+
+/** Words as the API takes them: whitespace collapsed, at most MAX_QUERY_CHARS. */
+export function cleanQuery(text: string): string {
+  return text.split(/\s+/).filter(Boolean).join(" ").slice(0, MAX_QUERY_CHARS);
 }
 
 export function parseState(search: string): ViewState {
@@ -36,6 +44,7 @@ export function parseState(search: string): ViewState {
     filters,
     likeId: Number.isFinite(like) && like >= 0 ? like : null,
     rerank: params.get("order") === "visual" ? "none" : DEFAULT_RERANK,
+    q: cleanQuery(params.get("q") ?? ""),
   };
 }
 
@@ -48,6 +57,7 @@ export function stateToSearch(state: ViewState): string {
   }
   if (state.rerank !== DEFAULT_RERANK) params.set("order", "visual");
   if (state.likeId !== null) params.set("like", String(state.likeId));
+  if (state.q) params.set("q", state.q);
   const s = params.toString();
   return s ? `?${s}` : "";
 }

@@ -2,7 +2,7 @@
 // chosen photo. Its methods are the only way the state changes; they touch no DOM (store.test.ts).
 
 import type { Facets, ModelsResponse, Product, Rerank, SearchOptions } from "./api";
-import { knownFilters, parseState, stateToSearch, type ViewState, withFilter } from "./state";
+import { cleanQuery, knownFilters, parseState, stateToSearch, type ViewState, withFilter } from "./state";
 
 export interface ImageQuery {
   blob: Blob;
@@ -43,6 +43,10 @@ export class Store {
 
   setModel(name: string): void {
     this.view.model = name;
+  }
+
+  setQuery(text: string): void {
+    this.view.q = cleanQuery(text);
   }
 
   setTopK(k: number): void {
