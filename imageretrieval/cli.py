@@ -23,7 +23,9 @@ USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", 
                ("models", ["ModelNotFoundError", "WeightsUnavailableError"]),
                ("inference", ["RuntimeUnavailableError"]),
                ("live.products", ["ProductValidationError"]), ("live.journal", ["JournalCorruptError"]),
-               ("live.store", ["DuplicateProductError", "UnknownLiveProductError", "StorageFullError"])]
+               ("live.store", ["DuplicateProductError", "UnknownLiveProductError", "StorageFullError"]),
+               ("text.queries", ["QueryTextError"]), ("text.search", ["TextSearchUnavailableError"]),
+               ("text.encoders", ["TextEncoderUnavailableError"])]
 
 log = logging.getLogger("imageretrieval")
 

@@ -88,7 +88,7 @@ def test_the_projection_learns(text_workdir):
     losses = [h["loss"] for h in projection.meta["history"]]
     assert losses[-1] < losses[0] * 0.8, losses
     assert projection.encoder == ENCODER and projection.dims == 256
-    assert projection.meta["lexical_weight"] in (0.25, 0.5, 1.0, 2.0, 4.0)  # chosen on the validation split
+    assert projection.meta["lexical_weight"] in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # chosen on validation
     assert projection.meta["val_recall_at_10"] > 0  # validation names ranked the whole catalog each epoch
 
 
@@ -166,3 +166,21 @@ def test_the_bundled_minilm_loads_offline_and_encodes_meaning():
     v = encoder.encode(["red dress", "crimson gown", "blue jeans"])
     assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_cli_searches_by_words_and_refines_an_image(synthetic_catalog, text_workdir, capsys):
+    import json
+
+    from imageretrieval.cli import main
+
+    flags = ["--workdir", str(text_workdir), "--dataset-root", str(synthetic_catalog)]
+    assert main(["search", "--model", "tiny", "--text", "women pink tshirts", "--top-k", "3", "--json", *flags]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["query"] == "'women pink tshirts'" and len(line["results"]) == 3
+    image = str(synthetic_catalog / "images" / "1002.jpg")
+    assert main(["search", "--model", "tiny", "--image", image, "--text", "in red", "--top-k", "3", *flags]) == 0
+    assert "in red" in capsys.readouterr().out
+    assert main(["search", "--model", "tiny", "--text", "   ", *flags]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["search", "--model", "tiny2", "--text", "red", *flags]) == 2
+    assert "train --recipe text --base tiny2" in capsys.readouterr().err

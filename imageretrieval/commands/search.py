@@ -1,4 +1,4 @@
-"""`imageretrieval search`: query images against a model's index, one JSON line per query."""
+"""`imageretrieval search`: query images and/or words against a model's index, one JSON line per query."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from ..rerank import RERANKS
 
 
 def register(sub) -> None:
-    p = sub.add_parser("search", help="search the catalog with one or more images")
+    p = sub.add_parser("search", help="search the catalog with images, words, or both")
     p.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
-    p.add_argument("--image", action="append", required=True, help="query image path; repeat for several")
+    p.add_argument("--image", action="append", default=[], help="query image path; repeat for several")
+    p.add_argument("--text", help="words, e.g. 'navy striped polo for men'; with --image, they refine each image")
+    p.add_argument("--text-mode", choices=("hybrid", "semantic", "lexical"), default="hybrid",
+                   help="words alone: by meaning and by letter fused (hybrid), or one of them")
     p.add_argument("--top-k", type=int, default=15)
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help=f"restrict results, e.g. gender=Men (fields: {', '.join(FILTER_FIELDS)})")
@@ -40,6 +43,8 @@ def run(args, settings) -> int:
 
     if not 1 <= args.top_k <= 1000:
         raise CLIError(f"--top-k must be between 1 and 1000, got {args.top_k}")
+    if not args.image and args.text is None:
+        raise CLIError("give --image (repeatable), --text, or both")
     if args.query_resolution:
         settings.query_resolution = args.query_resolution
     name = args.model or settings.default_model
@@ -54,7 +59,20 @@ def run(args, settings) -> int:
             print(json.dumps({"query": path, "model": name, "error": str(exc)}) if args.json
                   else f"{path}: error: {exc}")
             status = 2
-    results = engine.search(images, args.top_k, filters, rerank=args.rerank) if images else []
+    if args.text is not None:
+        from ..text.queries import check_query
+
+        words = check_query(args.text)
+        if images:  # each photo refined by the words
+            vectors = engine.encode(images)
+            results = engine.text.search([words] * len(images), args.top_k, filters, image_vectors=vectors)
+            paths = [f"{path} + {words!r}" for path in paths]
+        elif status == 0:
+            results, paths = engine.text.search([words], args.top_k, filters, mode=args.text_mode), [repr(words)]
+        else:
+            results = []
+    else:
+        results = engine.search(images, args.top_k, filters, rerank=args.rerank) if images else []
     for path, hits in zip(paths, results, strict=True):
         if args.json:
             print(json.dumps({"query": path, "model": name, "results": [h.to_dict() for h in hits]}))

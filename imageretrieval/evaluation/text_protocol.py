@@ -124,7 +124,8 @@ def evaluate_text(settings, model: str, modes: Sequence[str] = ("semantic", "lex
     return out
 
 
-def choose_weights(settings, engine, lexical_grid=(0.25, 0.5, 1.0, 2.0, 4.0), text_grid=(0.1, 0.2, 0.3, 0.4, 0.5),
+def choose_weights(settings, engine, lexical_grid=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+                   text_grid=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                    queries: int = 1500) -> dict:
     """The hybrid's lexical weight (by R@10 of validation names, then MRR) and the photo + words text weight
     (by the share of the wanted colour and the product's type), both on the validation split."""
