@@ -63,7 +63,7 @@ def field_task(engine, field: str, values: Sequence[str], mode: str, k: int = 15
 
 
 def photo_words_task(engine, table, colours: Sequence[str], seed: int, text_weight: float | None = None,
-                     n: int = PHOTO_WORDS_QUERIES, k: int = 15) -> dict:
+                     words_weight: float | None = None, n: int = PHOTO_WORDS_QUERIES, k: int = 15) -> dict:
     """A product's own vector + another colour's name: share of the top k of that colour and type."""
     rng = np.random.default_rng(seed)
     rows = table.iloc[rng.permutation(len(table))[:n]]
@@ -75,7 +75,8 @@ def photo_words_task(engine, table, colours: Sequence[str], seed: int, text_weig
     words = []
     for start in range(0, len(ids), CHUNK):
         words += engine.text.search([c.lower() for c in wanted[start: start + CHUNK]], k=k + 1,
-                                    image_vectors=image[start: start + CHUNK], text_weight=text_weight)
+                                    image_vectors=image[start: start + CHUNK], text_weight=text_weight,
+                                    words_weight=words_weight)
     alone = engine.search_vectors(image, k + 1, exclude_ids=list(ids))
     out = {}
     for label, results in (("photo+words", words), ("photo alone", alone)):
@@ -120,22 +121,40 @@ def evaluate_text(settings, model: str, modes: Sequence[str] = ("semantic", "lex
             "colour": field_task(engine, "baseColour", [c for c in colours], mode),
         }
     out["photo_words"] = photo_words_task(engine, table, colours, settings.seed)
-    out["weights"] = {"lexical": engine.text.lexical_weight, "text": engine.text.text_weight}
+    out["weights"] = {"lexical": engine.text.lexical_weight, "text": engine.text.text_weight,
+                      "words": engine.text.words_weight}
     return out
 
 
 def choose_weights(settings, engine, lexical_grid=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
-                   text_grid=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
-                   queries: int = 1500) -> dict:
-    """The hybrid's lexical weight (by R@10 of validation names, then MRR) and the photo + words text weight
-    (by the share of the wanted colour and the product's type), both on the validation split."""
-    _, table = split_table(settings, "val")
+                   text_grid=(0.0, 0.2, 0.4), words_grid=(0.5, 1.0, 2.0, 4.0), queries: int = 1500) -> dict:
+    """The weights of the hybrid and of photo + words, chosen on the validation split.
+
+    Hybrid: BM25's weight by the sum of validation names' R@10 and the category tasks' P@15 (what
+    shoppers type is rarely a whole product name), then MRR. Photo + words: the words' share of the
+    vector and their BM25 weight by the share of the top 15 with the wanted colour and the product's type.
+    """
+    catalog, table = split_table(settings, "val")
     table = table.iloc[np.random.default_rng(settings.seed).permutation(len(table))[:queries]]
+    df = catalog.df
+    types = sorted(v for v in df["articleType"].astype(str).unique() if v)
+    subs = sorted(v for v in df["subCategory"].astype(str).unique() if v)
     colours = sorted(v for v in table["baseColour"].astype(str).unique() if v)
-    lexical = {w: names_task(engine, table, "hybrid", lexical_weight=w) for w in lexical_grid}
-    best_lexical = max(lexical_grid, key=lambda w: (lexical[w]["R@10"], lexical[w]["MRR"], -abs(np.log(w))))
-    photo = {w: photo_words_task(engine, table, colours, settings.seed, text_weight=w)["photo+words"]
-             for w in text_grid}
-    best_text = max(text_grid, key=lambda w: photo[w]["colour_and_type"])
-    return {"lexical_weight": best_lexical, "text_weight": best_text,
-            "val": {"lexical": {str(w): m for w, m in lexical.items()}, "text": {str(w): m for w, m in photo.items()}}}
+    lexical = {}
+    for w in lexical_grid:
+        engine.text.lexical_weight = w
+        lexical[w] = {"names": names_task(engine, table, "hybrid"),
+                      "articleType": field_task(engine, "articleType", types, "hybrid"),
+                      "subCategory": field_task(engine, "subCategory", subs, "hybrid")}
+
+    def overall(m: dict) -> tuple:
+        return (m["names"]["R@10"] + m["articleType"]["P@15"] + m["subCategory"]["P@15"], m["names"]["MRR"])
+
+    best_lexical = max(lexical_grid, key=lambda w: overall(lexical[w]))
+    engine.text.lexical_weight = best_lexical
+    photo = {(t, w): photo_words_task(engine, table, colours, settings.seed, text_weight=t,
+                                      words_weight=w)["photo+words"] for t in text_grid for w in words_grid}
+    best_text, best_words = max(photo, key=lambda tw: (photo[tw]["colour_and_type"], photo[tw]["type"]))
+    return {"lexical_weight": best_lexical, "text_weight": best_text, "words_weight": best_words,
+            "val": {"lexical": {str(w): m for w, m in lexical.items()},
+                    "photo_words": {f"{t},{w}": m for (t, w), m in photo.items()}}}

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 MODES = ("hybrid", "semantic", "lexical")
 DEFAULT_LEXICAL_WEIGHT = 1.0  # RRF weight of BM25 against the projection's 1 (train --recipe text chooses it)
-DEFAULT_TEXT_WEIGHT = 0.3  # photo + words: the words' share of the query vector (chosen on val likewise)
+DEFAULT_TEXT_WEIGHT = 0.2  # photo + words: the words' share of the query vector (chosen on val likewise)
+DEFAULT_WORDS_WEIGHT = 2.0  # photo + words: RRF weight of the words' BM25 order within the photo's neighbours
 FUSION_POOL = 100  # candidates of each ranking that the fusion sees
+PHOTO_POOL = 200  # photo + words: the photo's neighbours that the words re-order
 
 
 class TextSearchUnavailableError(LookupError):
@@ -36,6 +38,7 @@ class TextSearch:
         self.encoder = encoder
         self.lexical_weight = float(projection.meta.get("lexical_weight", DEFAULT_LEXICAL_WEIGHT))
         self.text_weight = float(projection.meta.get("text_weight", DEFAULT_TEXT_WEIGHT))
+        self.words_weight = float(projection.meta.get("words_weight", DEFAULT_WORDS_WEIGHT))
         self._lexical: tuple[object, LexicalIndex] | None = None  # (base the rows belong to, index)
         self._lock = threading.Lock()
 
@@ -75,8 +78,13 @@ class TextSearch:
     # ----- search -----------------------------------------------------------------------------------
     def search(self, texts: Sequence[str], k: int, filters: Mapping[str, Sequence[str]] | None = None,
                mode: str = "hybrid", image_vectors: np.ndarray | None = None, lexical_weight: float | None = None,
-               text_weight: float | None = None) -> list[list[SearchHit]]:
-        """Top-k hits per text. With `image_vectors` (photo + words) the words move the photo's vector."""
+               text_weight: float | None = None, words_weight: float | None = None) -> list[list[SearchHit]]:
+        """Top-k hits per text.
+
+        With `image_vectors` (photo + words, "this but in red"): the words move the photo's vector
+        (`text_weight`), then, among its PHOTO_POOL nearest products, those the words name (BM25)
+        move ahead: reciprocal rank fusion of the visual order and the words' order (`words_weight`).
+        """
         if mode not in MODES:
             raise ValueError(f"unknown text search mode {mode!r}; modes: {', '.join(MODES)}")
         texts = [check_query(t) for t in texts]
@@ -84,17 +92,15 @@ class TextSearch:
         state = engine.live.state
         mask = engine.filter_mask(filters, state)
         fetch = max(k, FUSION_POOL)
-        semantic = None
-        if mode != "lexical" or image_vectors is not None:
-            vectors = self.text_vectors(texts)
-            if image_vectors is not None:
-                vectors = self.combined(image_vectors, vectors, text_weight)
-            semantic = state.search(vectors, fetch, mask)
-        if image_vectors is not None or mode == "semantic":
+        allowed = state.alive if mask is None else (mask & state.alive)
+        if image_vectors is not None:
+            return self._refine_photo(texts, k, state, self.lexical_for(state), allowed, mask, image_vectors,
+                                      text_weight, words_weight)
+        semantic = state.search(self.text_vectors(texts), fetch, mask) if mode != "lexical" else None
+        if mode == "semantic":
             return [engine.hits_from_candidates(semantic[1][i], semantic[0][i], k, state=state)
                     for i in range(len(texts))]
         lexical = self.lexical_for(state)
-        allowed = state.alive if mask is None else (mask & state.alive)
         weight = self.lexical_weight if lexical_weight is None else lexical_weight
         out = []
         for i, text in enumerate(texts):
@@ -105,4 +111,18 @@ class TextSearch:
             sem_rows = semantic[1][i]
             rows, scores = reciprocal_rank_fusion([sem_rows[sem_rows >= 0], lex_rows], [1.0, weight], limit=fetch)
             out.append(engine.hits_from_candidates(rows, scores, k, state=state))
+        return out
+
+    def _refine_photo(self, texts, k, state, lexical, allowed, mask, image_vectors, text_weight, words_weight):
+        engine = self.engine
+        vectors = self.combined(image_vectors, self.text_vectors(texts), text_weight)
+        scores, rows = state.search(vectors, PHOTO_POOL, mask)
+        weight = self.words_weight if words_weight is None else words_weight
+        out = []
+        for i, text in enumerate(texts):
+            pool = rows[i][rows[i] >= 0]
+            named = lexical.scores(text, state.n, allowed)[pool]
+            by_words = pool[np.argsort(-named, kind="stable")][: int((named > 0).sum())]  # ties: visual order
+            fused, fused_scores = reciprocal_rank_fusion([pool, by_words], [1.0, weight])
+            out.append(engine.hits_from_candidates(fused, fused_scores, k, state=state))
         return out
