@@ -41,10 +41,10 @@ def _batched(search: Callable, texts: Sequence[str], **kw) -> list:
     return out
 
 
-def names_task(engine, table, mode: str, lexical_weight: float | None = None) -> dict:
+def names_task(engine, table, mode: str) -> dict:
     ids = table["id"].to_numpy()
     names = table["productDisplayName"].astype(str).str.strip().tolist()
-    hits = _batched(engine.text.search, names, k=NAME_DEPTH, mode=mode, lexical_weight=lexical_weight)
+    hits = _batched(engine.text.search, names, k=NAME_DEPTH, mode=mode)
     ranks = []
     for pid, found in zip(ids, hits, strict=True):
         ranks.append(next((h.rank for h in found if h.id == pid), None))
@@ -52,14 +52,22 @@ def names_task(engine, table, mode: str, lexical_weight: float | None = None) ->
 
 
 def field_task(engine, field: str, values: Sequence[str], mode: str, k: int = 15) -> dict:
-    """Each value alone as the query; relevant = products whose `field` is that value."""
+    """Each value alone as the query; relevant = products whose `field` is that value. `oracle`: the P@k a
+    perfect ranking reaches (a value with fewer than k products cannot fill the top k)."""
     hits = _batched(engine.text.search, [v for v in values], k=k, mode=mode)
+    state = engine.live.state
+    counts = {v: 0 for v in values}
+    for row in np.flatnonzero(state.alive):
+        value = state.products[row].get(field)
+        if value in counts:
+            counts[value] += 1
     p1, pk = [], []
     for value, found in zip(values, hits, strict=True):
         same = [h.product.get(field) == value for h in found]
         p1.append(float(same[0]) if same else 0.0)
         pk.append(sum(same) / k)
-    return {"P@1": float(np.mean(p1)), f"P@{k}": float(np.mean(pk)), "queries": len(values)}
+    return {"P@1": float(np.mean(p1)), f"P@{k}": float(np.mean(pk)), "queries": len(values),
+            f"oracle_P@{k}": float(np.mean([min(k, counts[v]) / k for v in values]))}
 
 
 def photo_words_task(engine, table, colours: Sequence[str], seed: int, text_weight: float | None = None,
@@ -121,16 +129,16 @@ def evaluate_text(settings, model: str, modes: Sequence[str] = ("semantic", "lex
             "colour": field_task(engine, "baseColour", [c for c in colours], mode),
         }
     out["photo_words"] = photo_words_task(engine, table, colours, settings.seed)
-    out["weights"] = {"lexical": engine.text.lexical_weight, "text": engine.text.text_weight,
+    out["weights"] = {"lexical_share": engine.text.lexical_share, "text": engine.text.text_weight,
                       "words": engine.text.words_weight}
     return out
 
 
-def choose_weights(settings, engine, lexical_grid=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+def choose_weights(settings, engine, lexical_grid=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
                    text_grid=(0.0, 0.2, 0.4), words_grid=(0.5, 1.0, 2.0, 4.0), queries: int = 1500) -> dict:
     """The weights of the hybrid and of photo + words, chosen on the validation split.
 
-    Hybrid: BM25's weight by the sum of validation names' R@10 and the category tasks' P@15 (what
+    Hybrid: BM25's share of the fused score by the sum of validation names' R@10 and the category tasks' P@15 (what
     shoppers type is rarely a whole product name), then MRR. Photo + words: the words' share of the
     vector and their BM25 weight by the share of the top 15 with the wanted colour and the product's type.
     """
@@ -142,7 +150,7 @@ def choose_weights(settings, engine, lexical_grid=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0
     colours = sorted(v for v in table["baseColour"].astype(str).unique() if v)
     lexical = {}
     for w in lexical_grid:
-        engine.text.lexical_weight = w
+        engine.text.lexical_share = w
         lexical[w] = {"names": names_task(engine, table, "hybrid"),
                       "articleType": field_task(engine, "articleType", types, "hybrid"),
                       "subCategory": field_task(engine, "subCategory", subs, "hybrid")}
@@ -151,10 +159,10 @@ def choose_weights(settings, engine, lexical_grid=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0
         return (m["names"]["R@10"] + m["articleType"]["P@15"] + m["subCategory"]["P@15"], m["names"]["MRR"])
 
     best_lexical = max(lexical_grid, key=lambda w: overall(lexical[w]))
-    engine.text.lexical_weight = best_lexical
+    engine.text.lexical_share = best_lexical
     photo = {(t, w): photo_words_task(engine, table, colours, settings.seed, text_weight=t,
                                       words_weight=w)["photo+words"] for t in text_grid for w in words_grid}
     best_text, best_words = max(photo, key=lambda tw: (photo[tw]["colour_and_type"], photo[tw]["type"]))
-    return {"lexical_weight": best_lexical, "text_weight": best_text, "words_weight": best_words,
+    return {"lexical_share": best_lexical, "text_weight": best_text, "words_weight": best_words,
             "val": {"lexical": {str(w): m for w, m in lexical.items()},
                     "photo_words": {f"{t},{w}": m for (t, w), m in photo.items()}}}

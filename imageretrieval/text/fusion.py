@@ -1,4 +1,5 @@
-"""Reciprocal rank fusion: several rankings of the same items into one (Cormack et al., 2009)."""
+"""Fusing rankings of the same items: by their scores (convex combination) or by their ranks (RRF,
+Cormack et al., 2009)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,17 @@ def reciprocal_rank_fusion(rankings: Sequence[np.ndarray], weights: Sequence[flo
     items = sorted(scores, key=lambda i: -scores[i])  # stable: first appearance breaks ties
     items = items[:limit] if limit is not None else items
     return np.array(items, dtype=np.int64), np.array([scores[i] for i in items], dtype=np.float32)
+
+
+def convex_fusion(lexical: np.ndarray, semantic: np.ndarray, lexical_share: float) -> np.ndarray:
+    """Fused scores of candidates: share x BM25 / its max + (1 - share) x cosine min-max scaled over them.
+
+    Scores, not ranks: an exact name (a far higher BM25 than near misses) keeps its lead, while equal
+    BM25 scores (every product of a named type) are ordered by meaning.
+    """
+    lexical = np.asarray(lexical, np.float64)
+    semantic = np.asarray(semantic, np.float64)
+    lex = lexical / lexical.max() if len(lexical) and lexical.max() > 0 else np.zeros_like(lexical)
+    span = semantic.max() - semantic.min() if len(semantic) else 0.0
+    sem = (semantic - semantic.min()) / span if span > 0 else np.zeros_like(semantic)
+    return (lexical_share * lex + (1 - lexical_share) * sem).astype(np.float32)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .encoders import TextEncoder, create_text_encoder
-from .fusion import reciprocal_rank_fusion
+from .fusion import convex_fusion, reciprocal_rank_fusion
 from .lexical import LexicalIndex
 from .projection import TextProjection, projection_path
 from .queries import check_query, lexical_text
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..live.liveindex import IndexState
 
 MODES = ("hybrid", "semantic", "lexical")
-DEFAULT_LEXICAL_WEIGHT = 1.0  # RRF weight of BM25 against the projection's 1 (train --recipe text chooses it)
+DEFAULT_LEXICAL_SHARE = 0.8  # hybrid: BM25's share of the fused score (train --recipe text chooses it)
 DEFAULT_TEXT_WEIGHT = 0.2  # photo + words: the words' share of the query vector (chosen on val likewise)
 DEFAULT_WORDS_WEIGHT = 2.0  # photo + words: RRF weight of the words' BM25 order within the photo's neighbours
 FUSION_POOL = 100  # candidates of each ranking that the fusion sees
@@ -36,7 +36,7 @@ class TextSearch:
         self.engine = engine
         self.projection = projection
         self.encoder = encoder
-        self.lexical_weight = float(projection.meta.get("lexical_weight", DEFAULT_LEXICAL_WEIGHT))
+        self.lexical_share = float(projection.meta.get("lexical_share", DEFAULT_LEXICAL_SHARE))
         self.text_weight = float(projection.meta.get("text_weight", DEFAULT_TEXT_WEIGHT))
         self.words_weight = float(projection.meta.get("words_weight", DEFAULT_WORDS_WEIGHT))
         self._lexical: tuple[object, LexicalIndex] | None = None  # (base the rows belong to, index)
@@ -77,7 +77,7 @@ class TextSearch:
 
     # ----- search -----------------------------------------------------------------------------------
     def search(self, texts: Sequence[str], k: int, filters: Mapping[str, Sequence[str]] | None = None,
-               mode: str = "hybrid", image_vectors: np.ndarray | None = None, lexical_weight: float | None = None,
+               mode: str = "hybrid", image_vectors: np.ndarray | None = None, lexical_share: float | None = None,
                text_weight: float | None = None, words_weight: float | None = None) -> list[list[SearchHit]]:
         """Top-k hits per text.
 
@@ -96,21 +96,27 @@ class TextSearch:
         if image_vectors is not None:
             return self._refine_photo(texts, k, state, self.lexical_for(state), allowed, mask, image_vectors,
                                       text_weight, words_weight)
-        semantic = state.search(self.text_vectors(texts), fetch, mask) if mode != "lexical" else None
+        vectors = self.text_vectors(texts) if mode != "lexical" else None
+        semantic = state.search(vectors, fetch, mask) if vectors is not None else None
         if mode == "semantic":
             return [engine.hits_from_candidates(semantic[1][i], semantic[0][i], k, state=state)
                     for i in range(len(texts))]
         lexical = self.lexical_for(state)
-        weight = self.lexical_weight if lexical_weight is None else lexical_weight
+        share = self.lexical_share if lexical_share is None else lexical_share
         out = []
         for i, text in enumerate(texts):
-            lex_scores, lex_rows = lexical.search(text, fetch, state.n, allowed)
+            bm25 = lexical.scores(text, state.n, allowed)
+            lex_rows = np.flatnonzero(bm25 > 0)
+            lex_rows = lex_rows[np.lexsort((lex_rows, -bm25[lex_rows]))][:fetch]
             if mode == "lexical":
-                out.append(engine.hits_from_candidates(lex_rows, lex_scores, k, state=state))
+                out.append(engine.hits_from_candidates(lex_rows, bm25[lex_rows], k, state=state))
                 continue
-            sem_rows = semantic[1][i]
-            rows, scores = reciprocal_rank_fusion([sem_rows[sem_rows >= 0], lex_rows], [1.0, weight], limit=fetch)
-            out.append(engine.hits_from_candidates(rows, scores, k, state=state))
+            sem_rows = semantic[1][i][semantic[1][i] >= 0]
+            rows = np.unique(np.concatenate([sem_rows, lex_rows]))  # ascending: ties end up by row
+            cosine = np.stack([state.vector(int(r)) for r in rows]) @ vectors[i] if len(rows) else np.zeros(0)
+            fused = convex_fusion(bm25[rows], cosine, share)
+            order = np.lexsort((rows, -fused))
+            out.append(engine.hits_from_candidates(rows[order], fused[order], k, state=state))
         return out
 
     def _refine_photo(self, texts, k, state, lexical, allowed, mask, image_vectors, text_weight, words_weight):

@@ -79,8 +79,8 @@ def choose_search_weights(settings: Settings, base: str, projection: TextProject
         return None
     engine._text = TextSearch(engine, projection, create_text_encoder(projection.encoder))
     chosen = choose_weights(settings, engine)
-    log.info("chosen on validation: lexical weight %s, photo + words text weight %s", chosen["lexical_weight"],
-             chosen["text_weight"])
+    log.info("chosen on validation: BM25 share %s; photo + words: text weight %s, words weight %s",
+             chosen["lexical_share"], chosen["text_weight"], chosen["words_weight"])
     return chosen
 
 
