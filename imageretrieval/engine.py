@@ -190,7 +190,8 @@ class RetrievalEngine:
                                 self.catalog.images_dir / f"{op.id}.jpg"))
             upserts.append(RowUpsert(op.id, vector, result_fields(op.product.fields)))
         if missing:
-            encoded = self.encode([open_image(path) for _, path in missing])
+            size = 2 * max(self.preprocess.shape[1:])  # decoded as a search decodes an upload
+            encoded = self.encode([open_image(path, min_size=size) for _, path in missing])
             by_op = {i: v for (i, _), v in zip(missing, encoded, strict=True)}
             positions = [i for i, op in enumerate(ops) if op.product is not None]
             upserts = [u if u.vector is not None else RowUpsert(u.id, by_op[pos], u.product)

@@ -24,7 +24,7 @@ import numpy as np
 from imageretrieval.engine import RetrievalEngine
 from imageretrieval.images import ImageDecodeError
 from imageretrieval.keys import ApiKey
-from imageretrieval.live.blobs import normalized_jpeg
+from imageretrieval.live.blobs import stored_form
 from imageretrieval.live.products import check_fields, check_id
 from imageretrieval.live.store import CommitResult, LiveCatalog, UnknownLiveProductError, Write, storage_error
 
@@ -83,14 +83,9 @@ class WriteRequest:
     replace: bool = False  # update: the fields given replace all of them (PUT), else they are merged
 
 
-def _preprocessed(engines: list[RetrievalEngine], jpeg: bytes) -> list[np.ndarray]:
-    from imageretrieval.images import open_image
-
-    image = open_image(jpeg)
-    try:
-        return [engine.preprocess(image) for engine in engines]
-    finally:
-        image.close()
+def decode_size(engines: list[RetrievalEngine]) -> int:
+    """The smallest side a JPEG may be decoded down to for every model (twice its input, as for searches)."""
+    return 2 * max(max(engine.preprocess.shape[1:]) for engine in engines)
 
 
 class CatalogWriter:
@@ -191,16 +186,20 @@ class CatalogWriter:
                                                   f"{'nothing to delete' if w.kind == 'delete' else 'add it first'}")
 
     def _prepare(self, request: WriteRequest, engines: list[RetrievalEngine]) -> tuple[str, list[np.ndarray]]:
-        """Write-decode thread: normalize and store the image durably; each model's input from the stored JPEG."""
+        """Write-decode thread: the image stored durably by hash, and each model's input, decoded once from
+        the stored bytes as a search decodes an upload."""
         try:
-            jpeg = normalized_jpeg(request.image, self.max_image_pixels)
+            stored, image = stored_form(request.image, self.max_image_pixels, min_size=decode_size(engines))
         except ImageDecodeError as exc:
             raise WriteImageError(f"product {request.id}: {str(exc).removeprefix('upload: ')}") from None
         try:
-            sha = self.catalog.blobs.put(jpeg)
-        except OSError as exc:
-            raise storage_error(exc) from exc
-        return sha, _preprocessed(engines, jpeg)
+            try:
+                sha = self.catalog.blobs.put(stored)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+            return sha, [engine.preprocess(image) for engine in engines]
+        finally:
+            image.close()
 
     async def _prepare_images(self, requests: list[WriteRequest]
                               ) -> tuple[list[str | None], dict[str, dict[str, np.ndarray]]]:

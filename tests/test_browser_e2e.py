@@ -372,6 +372,8 @@ def test_paste_drop_crop_keyboard_and_phone_layout(browser, app_url, synthetic_c
     pg.goto(app_url + "/?k=10")
     pg.locator("#model-select option[value='tiny']").wait_for(state="attached")
     assert pg.locator("#camera-button").is_visible()  # phones get a camera button
+    words = pg.locator("#words-input").bounding_box()  # the search box fits the phone and is easy to tap
+    assert words is not None and words["x"] >= 0 and words["x"] + words["width"] <= 390 and words["height"] >= 44
     # the search options fold under a summary of their state on a phone
     assert pg.locator("#topk-select").is_hidden()
     assert pg.locator("#options-state").inner_text() == "tiny · 10 results"

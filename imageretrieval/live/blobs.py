@@ -23,31 +23,46 @@ JPEG_QUALITY = 90
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-def normalized_jpeg(data: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """The bytes to store: decoded first (raises images.ImageDecodeError), then the upload itself when it
-    is already a plain JPEG (RGB or grey, upright, within MAX_STORED_SIDE), else a re-encoded JPEG.
-    Deterministic: the same upload gives the same bytes."""
-    raw = data if isinstance(data, bytes) else Path(data).read_bytes()
+def stored_form(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int | None = None
+                ) -> tuple[bytes, Image.Image]:
+    """(the bytes to store, the image decoded from them): raises images.ImageDecodeError.
+
+    A plain JPEG (RGB or grey, upright, within MAX_STORED_SIDE) is stored byte for byte, and decoded
+    once, the way a search decodes an upload (`min_size`: JPEG draft mode down to that size), so the
+    models encode exactly what a search with the same file would. Anything else is re-encoded as a
+    JPEG first. Deterministic: the same upload gives the same bytes. The caller closes the image.
+    """
+    if _plain_jpeg(raw):
+        return raw, open_image(raw, max_pixels=max_pixels, min_size=min_size)
     image = open_image(raw, max_pixels=max_pixels)
     try:
-        if _plain_jpeg(raw, image):
-            return raw
         if max(image.size) > MAX_STORED_SIDE:
             image.thumbnail((MAX_STORED_SIDE, MAX_STORED_SIDE), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=JPEG_QUALITY)
-        return out.getvalue()
     finally:
         image.close()
+    stored = out.getvalue()
+    return stored, open_image(stored, max_pixels=max_pixels, min_size=min_size)
 
 
-def _plain_jpeg(raw: bytes, decoded: Image.Image) -> bool:
-    """A JPEG that any browser shows as decoded here: no rotation, no CMYK, not oversized."""
-    if not raw.startswith(b"\xff\xd8") or max(decoded.size) > MAX_STORED_SIDE:
+def normalized_jpeg(data: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The bytes to store for an upload or an image file (see `stored_form`)."""
+    stored, image = stored_form(data if isinstance(data, bytes) else Path(data).read_bytes(), max_pixels)
+    image.close()
+    return stored
+
+
+def _plain_jpeg(raw: bytes) -> bool:
+    """A JPEG that any browser shows as it decodes here: no rotation, no CMYK, not oversized (header only)."""
+    if not raw.startswith(b"\xff\xd8"):
         return False
-    with Image.open(io.BytesIO(raw)) as original:
-        return (original.format == "JPEG" and original.mode in ("RGB", "L")
-                and original.getexif().get(0x0112, 1) == 1)
+    try:
+        with Image.open(io.BytesIO(raw)) as original:
+            return (original.format == "JPEG" and original.mode in ("RGB", "L")
+                    and max(original.size) <= MAX_STORED_SIDE and original.getexif().get(0x0112, 1) == 1)
+    except Exception:  # noqa: BLE001 - unreadable headers take the decoding path, which says why
+        return False
 
 
 class ImageBlobs:
