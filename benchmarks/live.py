@@ -277,6 +277,7 @@ def measure_perf(args, settings: Settings, model: str, bare: BareModel, queries:
         out.update(add_s=add_s, adds=rounds * (args.adds // rounds), bare_batch_s=float(np.median(bare.result.batches)))
         idle: list[float] = []
         during: list[float] = []
+        busy_add_s = 0.0
         for r in range(rounds):  # idle searches and searches during adds alternate
             idle += [client.search(queries[(r * 97 + i) % len(queries)])[0]
                      for i in range(args.idle_searches // rounds)]
@@ -290,10 +291,10 @@ def measure_perf(args, settings: Settings, model: str, bare: BareModel, queries:
 
             thread = threading.Thread(target=searcher)
             thread.start()
-            bulk(args.adds // rounds)
+            busy_add_s += bulk(args.adds // rounds)
             done.set()
             thread.join()
-        out.update(idle=idle, during=during)
+        out.update(idle=idle, during=during, busy_add_s=busy_add_s)
         visible_ms, first_hit = [], 0
         for _ in range(args.visible):
             p = next(products)
@@ -351,6 +352,8 @@ def render(model: str, command: str, perf: dict | None, crash: CrashReport | Non
             f"| Search p50 / p99 idle | {idle_p50:.1f} / {pct(perf['idle'], 99):.1f} ms | |",
             f"| Search p50 / p99 during the bulk add | {busy_p50:.1f} / {pct(perf['during'], 99):.1f} ms "
             f"({busy_p50 / idle_p50:.2f}x idle p50; {len(perf['during'])} searches) | <= 1.5x idle |",
+            f"| Add throughput beside the searching client | {perf['adds'] / perf['busy_add_s']:.1f} products/s "
+            "(writes step aside for searches) | |",
             f"| Acknowledgement to found | first search after the answer found it in {perf['visible_first']}/"
             f"{perf['visible_n']} writes; that search took p50 {pct(perf['visible_ms'], 50):.1f}, max "
             f"{max(perf['visible_ms']):.1f} ms | <= 1 s |",
