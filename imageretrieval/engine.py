@@ -121,6 +121,7 @@ class RetrievalEngine:
         self.vote_k, self.vote_alpha = chosen_vote(settings.workdir, model_name)  # `finetune-rerank`
         self._lock = threading.Lock()
         self._text = None
+        self._text_lock = threading.Lock()
         self.vector_key = vector_key(self.manifest)
         self.catalog = catalog if catalog is not None else LiveCatalog(settings.dataset_root, settings.workdir)
         self._load_rows(str(self.manifest.get("index_factory", "Flat")))
@@ -168,35 +169,36 @@ class RetrievalEngine:
     def apply_ops(self, ops: Sequence[Op], cached: Mapping[str, np.ndarray] | None = None) -> int:
         """Apply live-catalog changes atomically (one state swap); returns how many images were encoded.
 
-        A new image's vector comes from the op (computed by the writer for this index), `cached`
-        (sha -> vector), or is encoded here from the stored image.
+        Ops apply in order, so an id changed several times (a catch-up over several journal entries)
+        ends in its last state. A new image's vector comes from the op (computed by the writer for
+        this index), `cached` (sha -> vector), or is encoded here from the stored image; a metadata-only
+        change keeps the vector of the id's current image.
         """
         state = self.live.state
-        removes: list[int] = []
-        upserts: list[RowUpsert] = []
-        missing: list[tuple[int, Path]] = []
-        for i, op in enumerate(ops):
+        final: dict[int, tuple[Op, np.ndarray | None] | None] = {}  # id -> its last put (and vector), None: deleted
+        for op in ops:
             if op.product is None:
-                removes.append(op.id)
+                final[op.id] = None
                 continue
-            row = state.row_of.get(op.id)
             vector = op.vectors.get(self.vector_key)
             if vector is None and op.product.image is not None and cached is not None:
                 vector = cached.get(op.product.image)
-            if vector is None and row is not None and not op.image_changed:
-                vector = state.vector(row)  # metadata only: the row's own vector
-            if vector is None:
-                missing.append((i, self.catalog.blobs.path(op.product.image) if op.product.image else
-                                self.catalog.images_dir / f"{op.id}.jpg"))
-            upserts.append(RowUpsert(op.id, vector, result_fields(op.product.fields)))
+            if vector is None and not op.image_changed:  # metadata only: the current image's vector
+                earlier = final.get(op.id)
+                row = state.row_of.get(op.id)
+                vector = earlier[1] if earlier is not None else (state.vector(row) if row is not None else None)
+            final[op.id] = (op, vector)
+        puts = [(pid, entry) for pid, entry in final.items() if entry is not None]
+        missing = [pid for pid, (_, vector) in puts if vector is None]
+        vectors = {pid: vector for pid, (_, vector) in puts if vector is not None}
         if missing:
             size = 2 * max(self.preprocess.shape[1:])  # decoded as a search decodes an upload
-            encoded = self.encode([open_image(path, min_size=size) for _, path in missing])
-            by_op = {i: v for (i, _), v in zip(missing, encoded, strict=True)}
-            positions = [i for i, op in enumerate(ops) if op.product is not None]
-            upserts = [u if u.vector is not None else RowUpsert(u.id, by_op[pos], u.product)
-                       for pos, u in zip(positions, upserts, strict=True)]
-        self.live.apply(removes, upserts)
+            paths = [self.catalog.blobs.path(final[pid][0].product.image) if final[pid][0].product.image
+                     else self.catalog.images_dir / f"{pid}.jpg" for pid in missing]
+            vectors.update(zip(missing, self.encode([open_image(path, min_size=size) for path in paths]),
+                               strict=True))
+        upserts = [RowUpsert(pid, vectors[pid], result_fields(op.product.fields)) for pid, (op, _) in puts]
+        self.live.apply(list(final), upserts)
         return len(missing)
 
     @property
@@ -318,11 +320,12 @@ class RetrievalEngine:
 
     @property
     def text(self):
-        """Search by words (text/search.py); TextSearchUnavailableError when the model has no projection."""
+        """Search by words (text/search.py); TextSearchUnavailableError when the model has no projection.
+        The first call loads the text encoder: a server makes it on its inference thread."""
         if self._text is None:
             from .text.search import TextSearch
 
-            with self._lock:
+            with self._text_lock:
                 if self._text is None:
                     self._text = TextSearch.for_engine(self)
         return self._text

@@ -24,7 +24,8 @@ REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries + text fields around the one file
 OTHER_BODY_LIMIT = 1024 * 1024
-UPLOAD_PATHS = frozenset({"/api/search"})
+UPLOAD_PATHS = frozenset({"/api/search"})  # bodies up to MAX_UPLOAD_MB
+INFLIGHT_PATHS = frozenset({"/api/search", "/api/search/text"})  # searches counted against MAX_INFLIGHT
 
 
 class PayloadTooLargeError(HTTPException):
@@ -165,7 +166,7 @@ class LimitsMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        is_upload = scope["path"] in UPLOAD_PATHS  # searches: counted in flight
+        is_upload = scope["path"] in INFLIGHT_PATHS  # searches: counted in flight
         shown_limit = self._limit(scope)
         limit = shown_limit + (FORM_OVERHEAD_BYTES if shown_limit != OTHER_BODY_LIMIT else 0)
         length = dict(scope["headers"]).get(b"content-length")

@@ -287,8 +287,9 @@ class Runtime:
         if self.decode_pool is None or not self.ready:
             raise NotReadyError("the service is not ready")
         q = check_query(q)
-        text = engine.text  # raises when the model has no text projection
         loop = asyncio.get_running_loop()
+        # the first call loads the text encoder: on the inference thread, not the event loop
+        text = await loop.run_in_executor(self.inference_pool, lambda: engine.text)
         timing = {} if timing is None else timing
         self.searches.begin()
         try:
@@ -325,7 +326,15 @@ class Runtime:
             self._facets = (state, self.engines[self.default].facets())
         return self._facets[1]
 
-    @staticmethod
-    def as_results(hits: list[SearchHit]) -> list[dict]:
-        return [{**hit.to_dict(), "image_url": f"/api/images/{hit.id}"} for hit in hits]
+    def image_version(self, product_id: int) -> str:
+        """Names the product's current image: its hash's start, or "0" for the original catalog file."""
+        product = self.catalog.current(int(product_id))
+        return product.image[:16] if product is not None and product.image else "0"
+
+    def image_url(self, product_id: int) -> str:
+        """A URL whose content never changes (cached for long): a new image gets a new URL."""
+        return f"/api/images/{product_id}?v={self.image_version(product_id)}"
+
+    def as_results(self, hits: list[SearchHit]) -> list[dict]:
+        return [{**hit.to_dict(), "image_url": self.image_url(hit.id)} for hit in hits]
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 ENCODE_CHUNK = 4  # images per forward of a write: a search queued behind it waits for one chunk at most
 QUIET_CHUNK = 1  # ... while searches are about: a shorter wait for the next one
 RECENT_SEARCH_S = 0.1  # a search this recent means more may follow
-MAX_YIELD_S = 0.25  # a write waits at most this long per step for searches to finish (it never starves)
+MAX_YIELD_S = 0.25  # a write waits at most this long per step for in-flight searches to finish
 WRITE_NICE = 19  # the writes' own threads (image preparation, journal) run at the lowest CPU priority
 PLACEHOLDER_IMAGE = "0" * 64  # planning before the images are stored: only errors matter then
 TAIL_INTERVAL_S = 0.5
@@ -148,7 +148,7 @@ class CatalogWriter:
         writes = [Write(w.kind, w.id, w.fields, sha) for w, sha in zip(writes, shas, strict=True)]
         meta = {"key": key.id if key is not None else None}
         try:
-            result: CommitResult = await loop.run_in_executor(self.thread, self._commit, writes, vectors, meta)
+            result, size = await loop.run_in_executor(self.thread, self._commit, writes, vectors, meta)
         except OSError as exc:
             raise storage_error(exc) from exc
         elapsed = time.perf_counter() - started
@@ -158,7 +158,7 @@ class CatalogWriter:
                  (f" (+{len(result.changes) - 5})" if len(result.changes) > 5 else ""), elapsed * 1000)
         changed = bool(result.ops)
         return {"seq": result.seq, "changes": [c.to_dict() for c in result.changes],
-                "indexes": sorted(self.engines) if changed else [], "catalog_size": len(self.catalog)}
+                "indexes": sorted(self.engines) if changed else [], "catalog_size": size}
 
     def _validated(self, requests: list[WriteRequest]) -> list[Write]:
         writes = []
@@ -239,14 +239,19 @@ class CatalogWriter:
         while self.searches.inflight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.002)
 
-    def _commit(self, writes: list[Write], vectors, meta: dict) -> CommitResult:
-        result = self.catalog.commit(writes, vectors, meta)
+    def _commit(self, writes: list[Write], vectors, meta: dict) -> tuple[CommitResult, int]:
+        """Writer thread: journal, apply everywhere; (the result, the catalog's size after it)."""
+        try:
+            result = self.catalog.commit(writes, vectors, meta)
+        except BaseException:
+            self._catch_up()  # what the commit caught up of other writers reaches the indexes even so
+            raise
         for engine in self.engines.values():
             if result.caught_up:
                 engine.apply_ops(result.caught_up)
             engine.apply_ops(result.ops)
         self._maintain()
-        return result
+        return result, len(self.catalog)
 
     def _maintain(self) -> None:
         """Writer thread: fold a long journal into a snapshot; rebuild indexes whose growing part is large."""

@@ -120,7 +120,7 @@ def test_facets_counts_sorted_without_empty_values(client, catalog_df):
 def test_product_route(client, catalog_df):
     pid = int(catalog_df.index[5])
     body = client.get(f"/api/products/{pid}").json()
-    assert body["id"] == pid and body["image_url"] == f"/api/images/{pid}"
+    assert body["id"] == pid and body["image_url"] == f"/api/images/{pid}?v=0"
     assert body["articleType"] == catalog_df.loc[pid, "articleType"]
     assert client.get("/api/products/999999").status_code == 404
     r = client.get("/api/products/abc")
@@ -131,7 +131,10 @@ def test_image_route_etag_and_cache(client, synthetic_catalog):
     r = client.get("/api/images/1001")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert r.content == image_bytes(synthetic_catalog, 1001)
-    assert r.headers["cache-control"] == "public, max-age=86400"
+    assert r.headers["cache-control"] == "no-cache"  # the live catalog may change it: revalidated
+    versioned = client.get("/api/images/1001?v=0")  # the URL results carry: long-lived
+    assert versioned.headers["cache-control"] == "public, max-age=2592000, immutable"
+    assert client.get("/api/images/1001?v=stale").headers["cache-control"] == "no-cache"
     etag = r.headers["etag"]
     again = client.get("/api/images/1001", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.headers["etag"] == etag and not again.content
@@ -177,7 +180,7 @@ def test_search_finds_the_catalog_image_first(client, synthetic_catalog, catalog
     hits = body["results"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert hits[0]["id"] == 1010 and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert hits[0]["image_url"] == "/api/images/1010"
+    assert hits[0]["image_url"] == "/api/images/1010?v=0"
     assert hits[0]["productDisplayName"] == catalog_df.loc[1010, "productDisplayName"]
     assert set(hits[0]) == {"rank", "id", "score", "productDisplayName", "articleType", "baseColour", "gender",
                             "masterCategory", "subCategory", "season", "usage", "year", "image_url"}

@@ -54,8 +54,9 @@ def test_an_added_product_is_found_first_by_its_own_photo_in_every_model(live):
         assert top_ids(live, image, model=model)[0] == NEW_ID
     product = live.get(f"/api/products/{NEW_ID}").json()
     assert product["productDisplayName"] == "Sun dress" and product["articleType"] == "Dresses"
-    picture = live.get(f"/api/images/{NEW_ID}")
+    picture = live.get(product["image_url"])
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+    assert product["image_url"] != f"/api/images/{NEW_ID}?v=0" and "immutable" in picture.headers["cache-control"]
     assert add(live, NEW_ID, image, articleType="Dresses", baseColour="Yellow",  # the same again: a no-op
                productDisplayName="Sun dress").json()["changes"] == [{"id": NEW_ID, "action": "unchanged"}]
     conflict = add(live, NEW_ID, new_image(1), productDisplayName="Other")

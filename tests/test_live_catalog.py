@@ -88,12 +88,35 @@ def test_images_are_stored_once_by_content_hash(tmp_path):
         blobs.path("../../etc/passwd")
 
 
+def test_a_plain_jpeg_is_stored_as_it_is_without_its_metadata():
+    from imageretrieval.live.blobs import stored_form
+
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG", exif=exif.tobytes())
+    raw = buf.getvalue()
+    stored, decoded = stored_form(raw)
+    assert b"PhoneMaker" in raw and b"PhoneMaker" not in stored and decoded.size == (64, 48)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), np.asarray(Image.open(io.BytesIO(raw))))
+    assert raw.endswith(stored[-200:])  # the compressed image data is the upload's, untouched
+
+
+@pytest.mark.parametrize("value", ["²", "1" * 5000, "0", "-3", "9007199254740992", " "])
+def test_ids_out_of_range_or_not_plain_digits_are_refused(value):
+    from imageretrieval.live.products import check_id
+
+    with pytest.raises(ProductValidationError, match="id must be an integer"):
+        check_id(value)
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({**FIELDS, "colour": "red"}, "unknown field"),
     ({**FIELDS, "productDisplayName": "x" * 201}, "at most 200"),
     ({**FIELDS, "articleType": ""}, "missing required"),
     ({**FIELDS, "year": "1776"}, "year must be within"),
     ({**FIELDS, "year": "soon"}, "year must be a number"),
+    ({**FIELDS, "year": "1e999"}, "year must be a number"),
     ({**FIELDS, "gender": "Men\x00"}, "control"),
 ])
 def test_bad_metadata_is_refused_with_the_field_named(fields, message):
@@ -158,6 +181,39 @@ def test_re_adding_an_original_product_as_it_is_changes_nothing(synthetic_catalo
     fields = {k: v for k, v in catalog.current(pid).fields.items()}
     assert [c.action for c in catalog.commit([Write("add", pid, fields, sha)]).changes] == ["unchanged"]
     assert catalog.seq == 0 and catalog.current(pid).image is None
+
+
+def test_another_writers_entries_reach_the_caller_even_when_its_own_write_fails(synthetic_catalog, tmp_path):
+    ours, theirs = LiveCatalog(synthetic_catalog, tmp_path), LiveCatalog(synthetic_catalog, tmp_path)
+    add(theirs, 900031)
+    theirs.commit([Write("delete", 900031)])
+    add(theirs, 900032)
+    with pytest.raises(UnknownLiveProductError):  # our write fails after catching up with theirs
+        ours.commit([Write("delete", 12345678)])
+    ops = ours.catch_up()  # ... and what it caught up is still handed out, once
+    assert [(op.id, op.product is None) for op in ops] == [(900031, False), (900031, True), (900032, False)]
+    assert ours.catch_up() == []
+
+
+def test_an_id_changed_twice_in_one_catch_up_ends_in_its_last_state(synthetic_catalog, tmp_path, built_workdir):
+    import shutil
+
+    from imageretrieval.engine import RetrievalEngine
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    engine = RetrievalEngine(make_settings(synthetic_catalog, workdir), "tiny")
+    other = LiveCatalog(synthetic_catalog, workdir)
+    add(other, 900040)
+    other.commit([Write("delete", 900040)])
+    add(other, 900041, image_seed=41)
+    other.commit([Write("update", 900041, {"season": "Winter"})])  # metadata only, after a new image
+    engine.apply_ops(engine.catalog.catch_up())
+    state = engine.live.state
+    assert 900040 not in state.row_of and int((state.ids[: state.n][state.alive] == 900040).sum()) == 0
+    assert int((state.ids[: state.n][state.alive] == 900041).sum()) == 1
+    assert engine.product(900041)["season"] == "Winter"
+    assert engine.search([new_image(41)], k=1)[0][0].id == 900041
 
 
 def test_original_styles_csv_is_never_modified(synthetic_catalog, tmp_path):

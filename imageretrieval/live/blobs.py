@@ -1,8 +1,10 @@
 """Product images of the live catalog, stored by content hash under the workdir.
 
 Uploads are decoded with the search's own checks (format, size, pixels, EXIF orientation), then
-stored as a normalized JPEG (RGB, longest side capped) named by the SHA-256 of those bytes: never
-under a client-given name or path, and the same picture uploaded twice is stored once.
+stored as a JPEG named by the SHA-256 of its bytes: never under a client-given name or path, and the
+same picture uploaded twice is stored once. A plain JPEG keeps its compressed data byte for byte,
+without its metadata segments (EXIF, XMP, IPTC: a phone photo's GPS position is never served);
+anything else is re-encoded.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def stored_form(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int 
     JPEG first. Deterministic: the same upload gives the same bytes. The caller closes the image.
     """
     if _plain_jpeg(raw):
-        return raw, open_image(raw, max_pixels=max_pixels, min_size=min_size)
+        stored = _without_metadata(raw)
+        return stored, open_image(stored, max_pixels=max_pixels, min_size=min_size)
     image = open_image(raw, max_pixels=max_pixels)
     try:
         if max(image.size) > MAX_STORED_SIDE:
@@ -51,6 +54,24 @@ def normalized_jpeg(data: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     stored, image = stored_form(data if isinstance(data, bytes) else Path(data).read_bytes(), max_pixels)
     image.close()
     return stored
+
+
+METADATA_MARKERS = frozenset({0xE1, 0xED})  # APP1 (EXIF, XMP), APP13 (IPTC); APP0 (JFIF), APP2 (ICC) stay
+
+
+def _without_metadata(raw: bytes) -> bytes:
+    """The JPEG without its metadata segments, the image data untouched (no re-encoding)."""
+    out = bytearray(raw[:2])
+    pos = 2
+    while pos + 4 <= len(raw) and raw[pos] == 0xFF:
+        marker = raw[pos + 1]
+        if marker == 0xDA:  # start of scan: the compressed image follows, copied as it is
+            break
+        length = int.from_bytes(raw[pos + 2: pos + 4], "big")
+        if marker not in METADATA_MARKERS:
+            out += raw[pos: pos + 2 + length]
+        pos += 2 + length
+    return bytes(out + raw[pos:])
 
 
 def _plain_jpeg(raw: bytes) -> bool:
@@ -81,8 +102,11 @@ class ImageBlobs:
         sha = hashlib.sha256(jpeg).hexdigest()
         path = self.path(sha)
         if path.is_file() and path.stat().st_size == len(jpeg):
+            fsync_dir(path.parent)  # a copy written by a write that failed later may not be durable yet
             return sha
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.root)  # the new folder's entry is durable before a journal entry names a file in it
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as fh:

@@ -21,6 +21,7 @@ import numpy as np
 from ..artifacts import ModelArtifacts
 from ..io_utils import atomic_write, save_json, save_npy
 from ..settings import Settings
+from .journal import fsync_dir
 from .store import LiveCatalog
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ def compact_index(settings: Settings, model_name: str, catalog: LiveCatalog | No
         images = [catalog.current(int(pid)).image for pid in ids]
     vectors = np.ascontiguousarray(state.all_vectors()[keep], dtype=np.float32)
     factory = str(manifest.get("index_factory", "Flat"))
-    folder = art.root / f"{SNAPSHOT_PREFIX}{seq}"
-    if folder.exists():
-        shutil.rmtree(folder)
+    if manifest.get("live_snapshot") and manifest.get("catalog_seq") == seq:
+        log.info("%s: the saved index already holds the live catalog at seq %d", model_name, seq)
+        return manifest
+    folder = art.root / f"{SNAPSHOT_PREFIX}{seq}-{time.time_ns()}"  # never the folder the manifest names
     folder.mkdir(parents=True)
     save_index(build_index(vectors, factory, seed=settings.seed), folder / "index.faiss")
     save_npy(folder / "ids.npy", ids)
@@ -61,6 +63,8 @@ def compact_index(settings: Settings, model_name: str, catalog: LiveCatalog | No
     for path in folder.iterdir():  # every file on disk before the manifest names the folder
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
+    fsync_dir(folder)
+    fsync_dir(art.root)
     atomic_write(art.manifest, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"), durable=True)
     for old in art.root.glob(f"{SNAPSHOT_PREFIX}*"):
         if old.is_dir() and old.name != folder.name:

@@ -121,6 +121,8 @@ class Journal:
         with fh:
             fh.seek(offset)
             for line in iter(fh.readline, b""):
+                if not line.endswith(b"\n"):  # being appended by another process, or torn by a crash
+                    return
                 obj = decode_line(line)
                 if obj is None:
                     if not fh.read(1):  # the last line: torn by a crash mid-append (never acknowledged)

@@ -50,7 +50,9 @@ def built_indexes(workdir: Path) -> list[str]:
 
 def write_products(settings: Settings, writes: Sequence[ProductWrite], models: Sequence[str] | None = None,
                    progress: bool = True) -> tuple[list[Change], list[str]]:
-    """Validate everything first (nothing is written on a bad row), then store, encode, journal by chunks.
+    """Validate every row first (a bad row or an unknown id writes nothing), then store, encode and journal
+    by chunks: an image that fails to decode stops the load there, the chunks before it kept (a rerun
+    skips them).
 
     Returns the changes and the models whose vectors were journaled with them.
     """

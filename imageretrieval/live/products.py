@@ -16,7 +16,7 @@ MAX_ID = 2**53 - 1  # ids stay exact as JavaScript numbers (the web app)
 MAX_LENGTH = {"productDisplayName": 200}
 DEFAULT_MAX_LENGTH = 64
 YEAR_RANGE = (1900, 2100)
-MAX_BATCH = 1000  # products per batch write
+MAX_BATCH = 500  # products per batch write (a multipart form holds at most 1,000 files and fields)
 
 
 class ProductValidationError(ValueError):
@@ -25,7 +25,7 @@ class ProductValidationError(ValueError):
 
 def check_id(value: Any, where: str = "") -> int:
     text = str(value).strip() if value is not None else ""
-    if not text.isdigit() or not (1 <= int(text) <= MAX_ID):
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_ID))) or not 1 <= int(text) <= MAX_ID:
         raise ProductValidationError(f"{where}id must be an integer from 1 to {MAX_ID}, got {str(value)[:40]!r}")
     return int(text)
 
@@ -66,7 +66,7 @@ def check_fields(fields: Mapping[str, Any], partial: bool, where: str = "") -> d
                 continue
             try:
                 year = int(float(text))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ProductValidationError(f"{where}year must be a number, got {text[:20]!r}") from None
             if not YEAR_RANGE[0] <= year <= YEAR_RANGE[1]:
                 raise ProductValidationError(f"{where}year must be within {YEAR_RANGE[0]}-{YEAR_RANGE[1]}")

@@ -159,7 +159,8 @@ class LiveCatalog:
         self.snapshot_seq = 0
         self.lock = threading.RLock()
         self._journal_identity = None  # (inode, size) when last read: unchanged = nothing new
-        self._journal_position: tuple[int, int] = (-1, 0)  # (inode, offset) read up to
+        self._journal_position: tuple[int, int, int] = (-1, -1, 0)  # (inode, base seq, offset) read up to
+        self._undelivered: list[Op] = []  # applied here, not yet handed to a caller's indexes
         self._load_snapshot()
         self.catch_up()
 
@@ -258,19 +259,25 @@ class LiveCatalog:
         """
         vectors = vectors or {}
         with self.lock, self.journal.locked():
-            caught_up = self._catch_up_locked() if self.journal.identity() != self._journal_identity else []
-            ops, changes = self.plan(writes)
+            if self.journal.identity() != self._journal_identity:
+                self._catch_up_locked()
+            ops, changes = self.plan(writes)  # on an error, what was caught up stays for the next catch_up()
             ops = [Op(op.id, op.product, op.previous,
                       {key: by_sha[op.product.image] for key, by_sha in vectors.items()
                        if op.image_changed and op.product.image in by_sha}) for op in ops]
             if not ops:
-                return CommitResult(self.seq, changes, [], caught_up)
+                return CommitResult(self.seq, changes, [], self._deliver())
             stamp = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **(meta or {})}
             seq = self.journal.append([self._op_json(op) for op in ops], stamp, expected_seq=self.seq)
             self._apply(seq, ops)
-            self._journal_position = self.journal.appended_to or (-1, 0)
+            tail = self.journal.appended_to
+            self._journal_position = (tail[0], self.journal.base_seq(), tail[1]) if tail else (-1, -1, 0)
             self._journal_identity = self.journal.identity()
-            return CommitResult(seq, changes, ops, caught_up)
+            return CommitResult(seq, changes, ops, self._deliver())
+
+    def _deliver(self) -> list[Op]:
+        ops, self._undelivered = self._undelivered, []
+        return ops
 
     @staticmethod
     def _op_json(op: Op) -> dict:
@@ -310,33 +317,35 @@ class LiveCatalog:
         return ops
 
     def catch_up(self) -> list[Op]:
-        """Apply entries other processes journaled since (cheap when the log did not change)."""
+        """Apply entries other processes journaled since (cheap when the log did not change); returns every
+        op applied here and not yet returned, for the caller's indexes (none is ever handed out twice)."""
         with self.lock:
-            if self.journal.identity() == self._journal_identity:
-                return []
-            return self._catch_up_locked()
+            if self.journal.identity() != self._journal_identity:
+                self._catch_up_locked()
+            return self._deliver()
 
-    def _catch_up_locked(self) -> list[Op]:
-        """Apply the entries past what was read (only the new bytes, unless the log was replaced)."""
-        applied: list[Op] = []
+    def _catch_up_locked(self) -> None:
+        """Apply the entries past what was read (only the new bytes, unless the log was replaced); their ops
+        join the undelivered ones as they apply, so an error midway loses none."""
         identity = self.journal.identity()
         if identity is None:
-            return applied
-        if self.journal.base_seq() > self.seq:  # compacted by another process past what we applied
-            applied.extend(self._reload_snapshot())
-        inode, offset = self._journal_position
-        if inode != identity[0]:
-            offset = 0  # a new log (compaction): read it from its start
+            return
+        base_seq = self.journal.base_seq()
+        if base_seq > self.seq:  # compacted by another process past what we applied
+            self._undelivered.extend(self._reload_snapshot())
+        inode, read_base, offset = self._journal_position
+        if (inode, read_base) != (identity[0], base_seq):
+            offset = 0  # a new log (a compaction; an inode number may be reused): read it from its start
         for end, entry in self.journal.scan(offset):
             offset = end
             if entry.seq <= self.seq:
                 continue
             ops = self._entry_ops(entry)
             self._apply(entry.seq, ops)
-            applied.extend(ops)
-        self._journal_position = (identity[0], offset)
+            self._undelivered.extend(ops)
+            self._journal_position = (identity[0], base_seq, offset)
+        self._journal_position = (identity[0], base_seq, offset)
         self._journal_identity = identity
-        return applied
 
     def _reload_snapshot(self) -> list[Op]:
         old = {pid: self.current(pid) for pid in self.overlay}

@@ -12,7 +12,10 @@ from ..runtime import read_evaluation
 from ..schemas import FacetsResponse, ModelsResponse, Product
 from .deps import RuntimeDep
 
-IMAGE_CACHE_CONTROL = "public, max-age=86400"
+# A product's image may change or go (the live catalog): its plain URL is revalidated on every use (a
+# 304 when unchanged); the versioned URL the API hands out (?v=<image hash>) never changes content.
+IMAGE_CACHE_CONTROL = "no-cache"
+VERSIONED_IMAGE_CACHE_CONTROL = "public, max-age=2592000, immutable"
 ProductId = Annotated[int, Path(ge=0, le=2**63 - 1, description="Catalog product id", examples=[15970])]
 
 router = APIRouter(prefix="/api", tags=["catalog"])
@@ -40,7 +43,7 @@ def product(rt: RuntimeDep, product_id: ProductId) -> dict[str, Any]:
     info = rt.product(product_id)
     if info is None:
         raise HTTPException(404, f"unknown product id {product_id}")
-    return {**info, "image_url": f"/api/images/{product_id}"}
+    return {**info, "image_url": rt.image_url(product_id)}
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -59,7 +62,8 @@ def image(request: Request, rt: RuntimeDep, product_id: ProductId) -> Response:
         raise HTTPException(404, f"no image for product id {product_id}")
     st = path.stat()
     etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
-    headers = {"ETag": etag, "Cache-Control": IMAGE_CACHE_CONTROL}
+    versioned = request.query_params.get("v") == rt.image_version(product_id)
+    headers = {"ETag": etag, "Cache-Control": VERSIONED_IMAGE_CACHE_CONTROL if versioned else IMAGE_CACHE_CONTROL}
     if _etag_matches(request.headers.get("if-none-match", ""), etag):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type="image/jpeg", headers=headers, stat_result=st)
