@@ -295,15 +295,22 @@ def measure_perf(args, settings: Settings, model: str, bare: BareModel, queries:
             done.set()
             thread.join()
         out.update(idle=idle, during=during, busy_add_s=busy_add_s)
-        visible_ms, first_hit = [], 0
+        visible_ms, first_hit, singles = [], 0, []
         for _ in range(args.visible):
             p = next(products)
+            singles.append(p)
             writer.add(p).raise_for_status()
             acked = time.perf_counter()
             _, ids = client.search(p.image, k=1)
             visible_ms.append((time.perf_counter() - acked) * 1000)
             first_hit += ids == [p.id]
-        out.update(visible_ms=visible_ms, visible_first=first_hit, visible_n=args.visible)
+        gone = 0
+        for p in singles:  # deleted: never found again, by its photo or by id
+            writer.http.delete(f"/api/products/{p.id}").raise_for_status()
+            _, ids = client.search(p.image, k=15)
+            by_id = client.http.post("/api/search/by-id", json={"product_id": p.id}).status_code
+            gone += p.id not in ids and by_id == 404 and not client.present(p.id)
+        out.update(visible_ms=visible_ms, visible_first=first_hit, visible_n=args.visible, deleted_gone=gone)
     finally:
         client.close()
         writer.close()
@@ -357,6 +364,8 @@ def render(model: str, command: str, perf: dict | None, crash: CrashReport | Non
             f"| Acknowledgement to found | first search after the answer found it in {perf['visible_first']}/"
             f"{perf['visible_n']} writes; that search took p50 {pct(perf['visible_ms'], 50):.1f}, max "
             f"{max(perf['visible_ms']):.1f} ms | <= 1 s |",
+            f"| Deleted, then searched | {perf['deleted_gone']}/{perf['visible_n']} never returned again (not in "
+            "the top 15 of their own photo; by id and /api/products 404) | |",
             f"| Start-up, empty journal | {perf['startup_empty_s']:.1f} s (process start to /api/ready) | |",
         ]
         if perf.get("replay_n"):
