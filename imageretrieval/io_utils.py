@@ -31,18 +31,23 @@ def atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o644, d
                 os.fsync(fh.fileno())
         os.replace(tmp_path, path)
         if durable:
-            folder = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def save_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a file renamed or created in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_json(path: Path, obj: Any, durable: bool = False) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"), durable=durable)
 
 
 def load_json(path: Path) -> Any:

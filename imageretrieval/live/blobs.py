@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 from pathlib import Path
 
 from PIL import Image
 
 from ..images import DEFAULT_MAX_PIXELS, open_image
-from .journal import fsync_dir
+from ..io_utils import atomic_write, fsync_dir
 
 MAX_STORED_SIDE = 1024  # larger uploads are downscaled: search models read 224 px at most
 JPEG_QUALITY = 90
@@ -107,16 +106,7 @@ class ImageBlobs:
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
             fsync_dir(self.root)  # the new folder's entry is durable before a journal entry names a file in it
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(jpeg)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+        atomic_write(path, lambda p: p.write_bytes(jpeg), durable=True)
         return sha
 
     def exists(self, sha: str) -> bool:

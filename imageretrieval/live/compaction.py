@@ -9,7 +9,6 @@ the other post-processing stay as fitted on the original catalog (a refit is `in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,9 +18,8 @@ from datetime import datetime, timezone
 import numpy as np
 
 from ..artifacts import ModelArtifacts
-from ..io_utils import atomic_write, save_json, save_npy
+from ..io_utils import fsync_dir, save_json, save_npy
 from ..settings import Settings
-from .journal import fsync_dir
 from .store import LiveCatalog
 
 log = logging.getLogger(__name__)
@@ -65,7 +63,7 @@ def compact_index(settings: Settings, model_name: str, catalog: LiveCatalog | No
             os.fsync(fh.fileno())
     fsync_dir(folder)
     fsync_dir(art.root)
-    atomic_write(art.manifest, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"), durable=True)
+    save_json(art.manifest, manifest, durable=True)
     for old in art.root.glob(f"{SNAPSHOT_PREFIX}*"):
         if old.is_dir() and old.name != folder.name:
             shutil.rmtree(old, ignore_errors=True)

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io_utils import atomic_write
+
 log = logging.getLogger(__name__)
 
 HEADER_KEY = "journal"
@@ -54,14 +56,6 @@ def decode_line(line: bytes) -> dict | None:
         return json.loads(body)
     except ValueError:
         return None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -98,8 +92,7 @@ class Journal:
 
     def _header(self) -> dict | None:
         try:
-            with open(self.path, "rb") as fh:
-                first = fh.readline()
+            first = self._first_line()
         except FileNotFoundError:
             return None
         obj = decode_line(first)
@@ -204,10 +197,5 @@ class Journal:
 
     def _write_new(self, base_seq: int) -> None:
         self._tail = None
-        tmp = self.path.with_name(f".{self.path.name}.new")
-        with open(tmp, "wb") as fh:
-            fh.write(encode_line({HEADER_KEY: FORMAT_VERSION, "base_seq": base_seq}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        header = encode_line({HEADER_KEY: FORMAT_VERSION, "base_seq": base_seq})
+        atomic_write(self.path, lambda p: p.write_bytes(header), durable=True)
