@@ -165,6 +165,12 @@ class RetrievalEngine:
     def dims(self) -> int:
         return self.live.dims
 
+    @property
+    def decode_size(self) -> int:
+        """The smallest side an upload is decoded down to (JPEG draft mode): twice the model input is plenty,
+        the preprocessing downsamples further. Searches, writes and re-encodes all decode this way."""
+        return 2 * max(self.preprocess.shape[1:])
+
     # ----- live catalog -------------------------------------------------------------------------
     def apply_ops(self, ops: Sequence[Op], cached: Mapping[str, np.ndarray] | None = None) -> int:
         """Apply live-catalog changes atomically (one state swap); returns how many images were encoded.
@@ -192,7 +198,7 @@ class RetrievalEngine:
         missing = [pid for pid, (_, vector) in puts if vector is None]
         vectors = {pid: vector for pid, (_, vector) in puts if vector is not None}
         if missing:
-            size = 2 * max(self.preprocess.shape[1:])  # decoded as a search decodes an upload
+            size = self.decode_size  # decoded as a search decodes an upload
             paths = [self.catalog.blobs.path(final[pid][0].product.image) if final[pid][0].product.image
                      else self.catalog.images_dir / f"{pid}.jpg" for pid in missing]
             vectors.update(zip(missing, self.encode([open_image(path, min_size=size) for path in paths]),

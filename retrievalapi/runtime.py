@@ -108,9 +108,7 @@ def read_evaluation(workdir: Path, model: str) -> dict | None:
 
 def decode_for(engine: RetrievalEngine, data: bytes, max_pixels: int) -> np.ndarray:
     """Upload bytes -> the model's uint8 input array (worker thread). Raises ImageDecodeError."""
-    # Twice the model input is plenty: the engine downsamples further (letterbox, catalog resolution).
-    # JPEGs are decoded at a reduced scale in the DCT (draft mode) down to that size.
-    image = open_image(data, max_pixels=max_pixels, min_size=2 * max(engine.preprocess.shape[1:]))
+    image = open_image(data, max_pixels=max_pixels, min_size=engine.decode_size)
     try:
         return engine.preprocess(image)
     finally:

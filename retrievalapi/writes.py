@@ -85,7 +85,7 @@ class WriteRequest:
 
 def decode_size(engines: list[RetrievalEngine]) -> int:
     """The smallest side a JPEG may be decoded down to for every model (twice its input, as for searches)."""
-    return 2 * max(max(engine.preprocess.shape[1:]) for engine in engines)
+    return max(engine.decode_size for engine in engines)
 
 
 class CatalogWriter:

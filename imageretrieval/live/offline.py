@@ -108,6 +108,5 @@ def _encode(engine, images: dict[str, bytes]) -> dict[str, np.ndarray]:
     from ..images import open_image
 
     shas = list(images)
-    size = 2 * max(engine.preprocess.shape[1:])  # decoded as a search decodes an upload (and the API a write)
-    vectors = engine.encode([open_image(images[s], min_size=size) for s in shas])
+    vectors = engine.encode([open_image(images[s], min_size=engine.decode_size) for s in shas])
     return dict(zip(shas, vectors, strict=True))
