@@ -262,20 +262,24 @@ class Runtime:
         """
         if self.decode_pool is None or not self.ready:
             raise NotReadyError("the service is not ready")
-        loop = asyncio.get_running_loop()
         timing = {} if timing is None else timing
-        started = time.perf_counter()
         self.searches.begin()
         try:
-            try:
-                tensor = await loop.run_in_executor(self.decode_pool, decode_for, engine, data,
-                                                    self.settings.max_image_pixels)
-            except ImageDecodeError as exc:
-                raise BadImageError(decode_error_message(exc)) from None
-            timing["decode"] = (time.perf_counter() - started) * 1000
+            tensor = await self._decode(engine, data, timing)
             return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
         finally:
             self.searches.end()
+
+    async def _decode(self, engine: RetrievalEngine, data: bytes, timing: dict[str, float]) -> np.ndarray:
+        """An upload -> the model's input, on a decode thread (BadImageError when it is not a usable image)."""
+        started = time.perf_counter()
+        try:
+            tensor = await asyncio.get_running_loop().run_in_executor(
+                self.decode_pool, decode_for, engine, data, self.settings.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise BadImageError(decode_error_message(exc)) from None
+        timing["decode"] = (time.perf_counter() - started) * 1000
+        return tensor
 
     async def search_words(self, engine: RetrievalEngine, q: str, k: int, filters: dict[str, list[str]],
                            mode: str = "hybrid", image: bytes | None = None,
@@ -293,13 +297,7 @@ class Runtime:
         try:
             vectors = None
             if image is not None:
-                started = time.perf_counter()
-                try:
-                    tensor = await loop.run_in_executor(self.decode_pool, decode_for, engine, image,
-                                                        self.settings.max_image_pixels)
-                except ImageDecodeError as exc:
-                    raise BadImageError(decode_error_message(exc)) from None
-                timing["decode"] = (time.perf_counter() - started) * 1000
+                tensor = await self._decode(engine, image, timing)
                 started = time.perf_counter()
                 vectors = await loop.run_in_executor(self.inference_pool, engine.encode_tensors, tensor[None])
                 timing["forward"] = (time.perf_counter() - started) * 1000

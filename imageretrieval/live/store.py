@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from ..catalog import load_catalog
-from ..io_utils import atomic_write, load_json
+from ..io_utils import atomic_write, fsync_dir, load_json
 from .blobs import ImageBlobs
-from .journal import Entry, Journal, fsync_dir
+from .journal import Entry, Journal
 from .products import FIELDS, check_fields, check_id
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,7 @@ class LiveCatalog:
     def current(self, product_id: int) -> Product | None:
         if product_id in self.overlay:
             return self.overlay[product_id]
-        fields = self.base.get(product_id)
-        return None if fields is None else Product(fields, None)
+        return self.current_base(product_id)
 
     def image_path(self, product_id: int) -> Path | None:
         product = self.current(product_id)
@@ -355,6 +354,7 @@ class LiveCatalog:
                 if self.current(pid) != old.get(pid, self.current_base(pid))]
 
     def current_base(self, pid: int) -> Product | None:
+        """The product as the original catalog has it (None when it is not there)."""
         fields = self.base.get(pid)
         return None if fields is None else Product(fields, None)
 

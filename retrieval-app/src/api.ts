@@ -158,35 +158,28 @@ export function searchByImage(
   return request<SearchResponse>("/search", { method: "POST", body: form }, signal);
 }
 
-/** Search by words alone: by meaning and by letter, fused (the API's hybrid mode). */
-export function searchByText(q: string, opts: SearchOptions, signal?: AbortSignal): Promise<SearchResponse> {
-  const body: Record<string, unknown> = { q, model: opts.model, top_k: opts.topK };
+/** POST a JSON search body with the options' filters added (fields with values only). */
+function searchJson(path: string, body: Record<string, unknown>, opts: SearchOptions, signal?: AbortSignal) {
+  const payload: Record<string, unknown> = { ...body };
   for (const [field, values] of Object.entries(opts.filters)) {
-    if (values?.length) body[field] = values;
+    if (values?.length) payload[field] = values;
   }
   return request<SearchResponse>(
-    "/search/text",
-    { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } },
+    path,
+    { method: "POST", body: JSON.stringify(payload), headers: { "Content-Type": "application/json" } },
     signal,
   );
 }
 
+/** Search by words alone: by meaning and by letter, fused (the API's hybrid mode). */
+export function searchByText(q: string, opts: SearchOptions, signal?: AbortSignal): Promise<SearchResponse> {
+  return searchJson("/search/text", { q, model: opts.model, top_k: opts.topK }, opts, signal);
+}
+
 /** "More like this": search with a catalog product's stored vector. */
 export function searchById(productId: number, opts: SearchOptions, signal?: AbortSignal): Promise<SearchResponse> {
-  const body: Record<string, unknown> = {
-    product_id: productId,
-    model: opts.model,
-    top_k: opts.topK,
-    rerank: opts.rerank,
-  };
-  for (const [field, values] of Object.entries(opts.filters)) {
-    if (values?.length) body[field] = values;
-  }
-  return request<SearchResponse>(
-    "/search/by-id",
-    { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } },
-    signal,
-  );
+  const body = { product_id: productId, model: opts.model, top_k: opts.topK, rerank: opts.rerank };
+  return searchJson("/search/by-id", body, opts, signal);
 }
 
 /** The URL of a catalog product's image (served by the API, cached by nginx and the browser). */

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Form, HTTPException, Request, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -51,16 +51,16 @@ async def read_image_upload(upload: UploadFile, limit: int) -> bytes:
 FilterParam = Annotated[list[str] | None, Form(description=FILTER_DESCRIPTION)]
 
 
-def _filter_form() -> Callable[..., dict[str, list[str] | None]]:
-    """A dependency taking one repeatable form field per FILTER_FIELDS entry (each documented in OpenAPI)."""
+def form_fields(names: tuple[str, ...], annotation: Any, drop_missing: bool = False) -> Callable[..., dict]:
+    """A dependency taking one optional form field per name, each documented in OpenAPI; its value is
+    {name: value} (without the fields not sent, with `drop_missing`)."""
 
-    def read(**values: list[str] | None) -> dict[str, list[str] | None]:
-        return {f: values.get(f) for f in FILTER_FIELDS}
+    def read(**values: Any) -> dict:
+        return {n: values.get(n) for n in names if not (drop_missing and values.get(n) is None)}
 
     read.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=FilterParam)
-         for f in FILTER_FIELDS])
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation) for n in names])
     return read
 
 
-FilterForm = Annotated[dict[str, list[str] | None], Depends(_filter_form())]
+FilterForm = Annotated[dict[str, list[str] | None], Depends(form_fields(FILTER_FIELDS, FilterParam))]

@@ -5,8 +5,6 @@ Each answer comes once the write is durable and visible to every loaded model's 
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from pathlib import PurePath
 from typing import Annotated, Any
 
@@ -20,26 +18,14 @@ from ..errors import WRITE_RESPONSES
 from ..schemas import ProductPatch, WriteResponse
 from ..writes import WriteImageError, WriteRequest
 from .catalog import ProductId
-from .deps import RuntimeDep, read_image_upload, require_scope
+from .deps import RuntimeDep, form_fields, read_image_upload, require_scope
 
 router = APIRouter(prefix="/api", tags=["catalog writes"])
 WriteKey = Annotated[ApiKey, Depends(require_scope("write"))]
 FieldParam = Annotated[str | None, Form(description="A styles.csv column")]
 
 
-def _fields_form() -> Callable[..., dict[str, str]]:
-    """A dependency taking one optional form field per product field (documented in OpenAPI)."""
-
-    def read(**values: str | None) -> dict[str, str]:
-        return {name: value for name, value in values.items() if value is not None}
-
-    read.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=FieldParam)
-         for name in FIELDS])
-    return read
-
-
-FieldsForm = Annotated[dict[str, str], Depends(_fields_form())]
+FieldsForm = Annotated[dict[str, str], Depends(form_fields(FIELDS, FieldParam, drop_missing=True))]
 
 
 async def _refuse_unknown_form_fields(request: Request, allowed: set[str]) -> None:

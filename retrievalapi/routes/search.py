@@ -8,9 +8,10 @@ import anyio
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from pydantic import BaseModel, ValidationError
 
-from imageretrieval.engine import FILTER_FIELDS
+from imageretrieval.engine import FILTER_FIELDS, RetrievalEngine
 
 from ..errors import ERROR_RESPONSES, TEXT_RESPONSES, format_validation_errors
+from ..runtime import Runtime
 from ..schemas import (
     DEFAULT_TOP_K,
     Q_DESCRIPTION,
@@ -103,11 +104,7 @@ def build_router(top_k_max: int) -> APIRouter:
                  openapi_extra=json_or_form(by_id_model))
     async def search_by_id(request: Request, response: Response, rt: RuntimeDep) -> dict[str, Any]:
         started = time.perf_counter()
-        body = await read_body_as(request, by_id_model)
-        engine = rt.engine(body.model)
-        k = _k(body.top_k, body.topK)
-        request.state.model, request.state.k = engine.name, k
-        filters = engine.check_filters(body.filters())
+        body, engine, k, filters = await _body_and_target(request, rt, by_id_model)
         searched = time.perf_counter()
         hits = await anyio.to_thread.run_sync(engine.search_by_id, body.product_id, k, filters or None, body.rerank)
         searched_ms = (time.perf_counter() - searched) * 1000
@@ -122,11 +119,7 @@ def build_router(top_k_max: int) -> APIRouter:
                  openapi_extra=json_or_form(text_model))
     async def search_text(request: Request, response: Response, rt: RuntimeDep) -> dict[str, Any]:
         started = time.perf_counter()
-        body = await read_body_as(request, text_model)
-        engine = rt.engine(body.model)
-        k = _k(body.top_k, body.topK)
-        request.state.model, request.state.k = engine.name, k
-        filters = engine.check_filters(body.filters())
+        body, engine, k, filters = await _body_and_target(request, rt, text_model)
         timing: dict[str, float] = {}
         hits = await rt.search_words(engine, body.q, k, filters, body.mode, timing=timing)
         took_ms = (time.perf_counter() - started) * 1000
@@ -135,6 +128,16 @@ def build_router(top_k_max: int) -> APIRouter:
                 "results": rt.as_results(hits)}
 
     return router
+
+
+async def _body_and_target(request: Request, rt: Runtime, model: type[BaseModel]
+                           ) -> tuple[Any, RetrievalEngine, int, dict[str, list[str]]]:
+    """A JSON or form search body validated as `model`, its engine, k and checked filters (logged on the request)."""
+    body = await read_body_as(request, model)
+    engine = rt.engine(body.model)
+    k = _k(body.top_k, body.topK)
+    request.state.model, request.state.k = engine.name, k
+    return body, engine, k, engine.check_filters(body.filters())
 
 
 def json_or_form(model: type[BaseModel]) -> dict[str, Any]:
