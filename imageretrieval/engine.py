@@ -12,12 +12,13 @@ import numpy as np
 from PIL import Image
 
 from .artifacts import ModelArtifacts, chosen_vote, vector_key
+from .backends import Candidates, Row, VectorBackend
 from .catalog import ATTRIBUTE_COLUMNS
 from .images import open_image
 from .index import load_index
 from .inference import create_encoder, device_type, load_exported, resolve_inference, runtime_installed
 from .io_utils import load_json
-from .live.liveindex import IndexState, LiveIndex, RowUpsert
+from .live.liveindex import IndexState, LiveIndex
 from .live.store import LiveCatalog, Op
 from .preprocess import Preprocess, preprocess_for
 from .rerank import DEFAULT_POOL, NO_CATEGORY, category_first, check_rerank, rerank_by_category
@@ -80,19 +81,22 @@ class RetrievalEngine:
         if not art.exists():
             _known_model(settings, model_name)  # unknown names fail first
             raise IndexNotBuiltError(f"no index for model {model_name!r} in {art.root}: run `{rebuild}`")
+        self.backend_name = settings.index_backend
         try:
             self.manifest = art.read_manifest()
-            index_path, ids_path, vectors_path, images_path = art.current_files(self.manifest)
-            self.index = load_index(index_path)
-            self.index_ids = np.load(ids_path)
-            self.vectors_file = np.load(vectors_path, mmap_mode="r")
-            self.row_images = load_json(images_path) if images_path else [None] * len(self.index_ids)
             self.postprocess = PostProcessor.load(art.postprocess)
+            if self.backend_name == "faiss":
+                index_path, ids_path, vectors_path, images_path = art.current_files(self.manifest)
+                self.index = load_index(index_path)
+                self.index_ids = np.load(ids_path)
+                self.vectors_file = np.load(vectors_path, mmap_mode="r")
+                self.row_images = load_json(images_path) if images_path else [None] * len(self.index_ids)
         except Exception as exc:  # noqa: BLE001 - any corruption gets the same actionable message
             raise IndexNotBuiltError(
                 f"index for model {model_name!r} in {art.root} is corrupt ({exc}): run `{rebuild} --force`"
             ) from exc
-        if not (self.index.ntotal == len(self.index_ids) == len(self.vectors_file) == len(self.row_images)):
+        if self.backend_name == "faiss" and not (
+                self.index.ntotal == len(self.index_ids) == len(self.vectors_file) == len(self.row_images)):
             raise IndexNotBuiltError(f"index for {model_name!r} is inconsistent: run `{rebuild} --force`")
         res = self.manifest.get("catalog_resolution")
         query_resolution = tuple(res) if (res and settings.query_resolution == "catalog") else None
@@ -124,10 +128,24 @@ class RetrievalEngine:
         self._text_lock = threading.Lock()
         self.vector_key = vector_key(self.manifest)
         self.catalog = catalog if catalog is not None else LiveCatalog(settings.dataset_root, settings.workdir)
-        self._load_rows(str(self.manifest.get("index_factory", "Flat")))
+        self.backend: VectorBackend
+        if self.backend_name == "faiss":
+            self._load_rows(str(self.manifest.get("index_factory", "Flat")))
+        else:
+            from .backends import CollectionNotLoadedError
+            from .backends.loading import open_backend
+
+            try:
+                self.backend = open_backend(settings, model_name, self.manifest)
+            except CollectionNotLoadedError as exc:
+                raise IndexNotBuiltError(str(exc)) from None
+            with self.catalog.synced():  # no other writer between reading the catalog and applying it
+                self.sync_backend(list(self.catalog.changed_ids()))
 
     def _load_rows(self, factory: str) -> None:
         """The built index's rows, with the live catalog's changes since it was built applied."""
+        from .backends.faiss_backend import FaissBackend
+
         flat = factory.strip() == "Flat"
         base_vectors = np.ascontiguousarray(self.vectors_file, np.float32) if flat else self.vectors_file
         with self.catalog.lock:
@@ -139,14 +157,54 @@ class RetrievalEngine:
                 else:
                     indexed[pid] = image
                 products.append(result_fields(current.fields if current is not None else {}))
-            self.live = LiveIndex(None if flat else self.index, base_vectors, self.index_ids, products,
-                                  FILTER_FIELDS, factory, seed=self.settings.seed)
+            live = LiveIndex(None if flat else self.index, base_vectors, self.index_ids, products,
+                             FILTER_FIELDS, factory, seed=self.settings.seed)
+            self.backend = FaissBackend(live, {pid: image for pid, image in indexed.items() if image})
             ops = [Op(pid, product, None) for pid, product in self.catalog.changed_ids().items()
                    if product is not None and pid not in indexed]
-        self.live.apply(removes, [])
+        self.backend.apply(removes, [])
         if ops:
             self.apply_ops(ops, cached=self.catalog.cached_vectors(self.vector_key))
             log.info("%s: %d products of the live catalog applied to the index", self.name, len(ops))
+
+    @property
+    def live(self) -> LiveIndex:
+        """The in-process index (INDEX_BACKEND=faiss): text search and compaction read its rows."""
+        live = getattr(self.backend, "live", None)
+        if live is None:
+            raise AttributeError(f"the {self.backend_name} backend keeps no rows in this process")
+        return live
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes read and write the same index (a write is applied once, by its writer)."""
+        return self.backend.shared
+
+    def sync_backend(self, ids: Sequence[int]) -> int:
+        """Make the backend's rows of `ids` what the live catalog holds; returns how many rows changed.
+
+        Idempotent: a shared backend is brought up to date at start-up and after a failed write,
+        with the journal locked (`LiveCatalog.synced`), so no other writer interleaves.
+        """
+        ids = [int(i) for i in ids]
+        if not ids:
+            return 0
+        stored = self.backend.fetch(ids, vectors=False)
+        ops = []
+        for pid in ids:
+            current = self.catalog.current(pid)
+            row = stored.get(pid)
+            if current is None:
+                if row is not None:
+                    ops.append(Op(pid, None, None))
+            elif row is None or row.image != current.image or row.product != result_fields(current.fields):
+                same_image = row is not None and row.image == current.image
+                ops.append(Op(pid, current, current if same_image else None))
+        if ops:
+            self.apply_ops(ops, cached=self.catalog.cached_vectors(self.vector_key))
+            log.info("%s: %d rows of the %s index brought up to the live catalog", self.name, len(ops),
+                     self.backend_name)
+        return len(ops)
 
     # ----- encoding -------------------------------------------------------------------------
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -163,7 +221,7 @@ class RetrievalEngine:
 
     @property
     def dims(self) -> int:
-        return self.live.dims
+        return self.backend.dims
 
     @property
     def decode_size(self) -> int:
@@ -180,20 +238,29 @@ class RetrievalEngine:
         this index), `cached` (sha -> vector), or is encoded here from the stored image; a metadata-only
         change keeps the vector of the id's current image.
         """
-        state = self.live.state
         final: dict[int, tuple[Op, np.ndarray | None] | None] = {}  # id -> its last put (and vector), None: deleted
+        keep_vector: set[int] = set()  # metadata-only changes of rows the backend holds: keep its vector
         for op in ops:
             if op.product is None:
                 final[op.id] = None
+                keep_vector.discard(op.id)
                 continue
             vector = op.vectors.get(self.vector_key)
             if vector is None and op.product.image is not None and cached is not None:
                 vector = cached.get(op.product.image)
+            earlier = final.get(op.id)
             if vector is None and not op.image_changed:  # metadata only: the current image's vector
-                earlier = final.get(op.id)
-                row = state.row_of.get(op.id)
-                vector = earlier[1] if earlier is not None else (state.vector(row) if row is not None else None)
+                if earlier is not None:
+                    vector = earlier[1]
+                elif op.id not in final:
+                    keep_vector.add(op.id)
+            else:
+                keep_vector.discard(op.id)
             final[op.id] = (op, vector)
+        stored = self.backend.fetch(sorted(keep_vector)) if keep_vector else {}
+        for pid in keep_vector:
+            if pid in stored and final[pid] is not None and final[pid][1] is None:
+                final[pid] = (final[pid][0], stored[pid].vector)
         puts = [(pid, entry) for pid, entry in final.items() if entry is not None]
         missing = [pid for pid, (_, vector) in puts if vector is None]
         vectors = {pid: vector for pid, (_, vector) in puts if vector is not None}
@@ -203,8 +270,9 @@ class RetrievalEngine:
                      else self.catalog.images_dir / f"{pid}.jpg" for pid in missing]
             vectors.update(zip(missing, self.encode([open_image(path, min_size=size) for path in paths]),
                                strict=True))
-        upserts = [RowUpsert(pid, vectors[pid], result_fields(op.product.fields)) for pid, (op, _) in puts]
-        self.live.apply(list(final), upserts)
+        upserts = [Row(pid, vectors[pid], result_fields(op.product.fields), op.product.image)
+                   for pid, (op, _) in puts]
+        self.backend.apply(list(final), upserts)
         return len(missing)
 
     @property
@@ -228,7 +296,10 @@ class RetrievalEngine:
             if field not in FILTER_FIELDS:
                 raise UnknownFilterError(f"unknown filter {field!r}; filters: {', '.join(FILTER_FIELDS)}")
             values = [v.strip() for v in values or [] if v and v.strip()]
-            unknown = [v for v in values if v not in self.live.value_codes[field]]
+            unknown = [v for v in values if v not in self.backend.known_values(field)]
+            if unknown and self.backend.shared:  # another process may have added the value: recount once
+                self.backend.refresh()
+                unknown = [v for v in values if v not in self.backend.known_values(field)]
             if unknown:
                 examples = [item["value"] for item in self.facets()[field][:MAX_LISTED_VALUES]]
                 raise UnknownFilterError(f"unknown value(s) {', '.join(map(repr, unknown))} for filter {field!r}; "
@@ -239,26 +310,21 @@ class RetrievalEngine:
 
     def filter_mask(self, filters: Mapping[str, Sequence[str]] | None, state: IndexState | None = None
                     ) -> np.ndarray | None:
-        """Boolean mask over the state's rows; values within a field are OR-ed, fields AND-ed."""
-        filters = self.check_filters(filters)
-        if not filters:
-            return None
-        state = state or self.live.state
-        mask = np.ones(state.n, dtype=bool)
-        for field, values in filters.items():
-            mask &= np.isin(state.codes[field][: state.n], self.live.codes_of(field, values))
-        return mask
+        """INDEX_BACKEND=faiss: boolean mask over the state's rows (values OR-ed within a field, fields AND-ed)."""
+        return self.backend.mask(self.check_filters(filters), state or self.live.state)
 
     def facets(self) -> dict[str, list[dict]]:
         """Filter values with their live product counts, most common first (ties by value), empty left out."""
-        state = self.live.state
-        out: dict[str, list[dict]] = {}
-        for field in FILTER_FIELDS:
-            names = {code: value for value, code in self.live.value_codes[field].copy().items()}  # writers add
-            counts = np.bincount(state.codes[field][: state.n][state.alive], minlength=len(names))
-            items = [(names[c], int(n)) for c, n in enumerate(counts) if n and names[c] != ""]
-            out[field] = [{"value": v, "count": n} for v, n in sorted(items, key=lambda kv: (-kv[1], kv[0]))]
-        return out
+        counted = self.backend.facets(FILTER_FIELDS)
+        return {field: [{"value": v, "count": n}
+                        for v, n in sorted(((v, n) for v, n in counted[field].items() if n and v != ""),
+                                           key=lambda kv: (-kv[1], kv[0]))]
+                for field in FILTER_FIELDS}
+
+    @property
+    def size(self) -> int:
+        """Products in the index now."""
+        return self.backend.count()
 
     # ----- search -----------------------------------------------------------------------------
     def search_vectors(
@@ -271,20 +337,12 @@ class RetrievalEngine:
     ) -> list[list[SearchHit]]:
         """Top-k hits per query vector; `rerank="category"` shows the voted articleType first."""
         rerank = check_rerank(rerank)
-        state = self.live.state  # one state for the whole search: a write lands before or after it
-        mask = self.filter_mask(filters, state)
+        filters = self.check_filters(filters)
         extra = 1 if exclude_ids is not None else 0
         fetch = self.candidates_needed(k, rerank) + extra
-        scores, rows = state.search(queries, fetch, mask)
-        n_allowed = state.n_allowed(mask)
-        out = []
-        for qi in range(len(queries)):
-            q_rows, q_scores = rows[qi], scores[qi]
-            if int((q_rows >= 0).sum()) < min(fetch, n_allowed):  # approximate index ran short: exact fallback
-                q_scores, q_rows = (a[0] for a in state.search(queries[qi], fetch, mask, exact=True))
-            skip = None if exclude_ids is None else exclude_ids[qi]
-            out.append(self.hits_from_candidates(q_rows, q_scores, k, rerank, skip, state))
-        return out
+        found = self.backend.search(np.atleast_2d(np.asarray(queries, np.float32)), fetch, filters or None)
+        return [self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi])
+                for qi, cands in enumerate(found)]
 
     @staticmethod
     def candidates_needed(k: int, rerank: str = "none") -> int:
@@ -293,36 +351,36 @@ class RetrievalEngine:
 
     def hits_from_candidates(self, rows: np.ndarray, scores: np.ndarray, k: int, rerank: str = "none",
                              skip_id: int | None = None, state: IndexState | None = None) -> list[SearchHit]:
-        """Ranked candidate rows (best first, -1 = none) -> the top-k hits, `skip_id` left out.
+        """INDEX_BACKEND=faiss: ranked rows of a state (best first, -1 = none) -> the top-k hits (`hits`)."""
+        from .backends.faiss_backend import FaissBackend
+
+        return self.hits(FaissBackend.candidates(rows, scores, state or self.live.state), k, rerank, skip_id)
+
+    def hits(self, cands: Candidates, k: int, rerank: str = "none", skip_id: int | None = None) -> list[SearchHit]:
+        """Ranked candidates -> the top-k hits, `skip_id` left out.
 
         With rerank="category", the candidates' articleTypes vote (`rerank.vote_category`) and that
         type comes first; a "more like this" query (`skip_id`) needs no vote: its own type is known.
         """
-        state = state or self.live.state
-        rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
-        keep = rows >= 0
-        if skip_id is not None:
-            keep &= state.ids[np.maximum(rows, 0)] != skip_id
-        rows, scores = rows[keep], scores[keep]
-        if rerank == "category" and len(rows):
-            codes = self._category_codes(state)
-            own = state.row_of.get(int(skip_id)) if skip_id is not None else None
+        ids, scores, products = cands.ids, cands.scores, cands.products
+        keep = np.ones(len(ids), bool) if skip_id is None else ids != skip_id
+        order = np.flatnonzero(keep)
+        if rerank == "category" and len(order):
+            types: dict[str, int] = {}  # articleType -> code; an empty type never votes
+            codes = np.array([types.setdefault(t, len(types)) if (t := products[i].get("articleType")) else NO_CATEGORY
+                              for i in order], np.int64)
+            own = self.backend.fetch([int(skip_id)], vectors=False).get(int(skip_id)) if skip_id is not None else None
             if own is not None:
-                predicted = np.array([codes[own]])
-                order = category_first(np.arange(len(rows))[None], codes[rows], predicted, None)[0]
+                own_type = own.product.get("articleType")
+                predicted = np.array([types.get(own_type, len(types)) if own_type else NO_CATEGORY])
+                ranked = category_first(np.arange(len(order))[None], codes, predicted, None)[0]
             else:
-                order, _ = rerank_by_category(np.arange(len(rows))[None], scores[None], codes[rows],
-                                              self.vote_k, self.vote_alpha, pool=None)
-                order = order[0]
-            rows, scores = rows[order], scores[order]
-        return [SearchHit(rank, int(state.ids[row]), float(score), state.products[row])
-                for rank, (row, score) in enumerate(zip(rows[:k], scores[:k], strict=True), start=1)]
-
-    def _category_codes(self, state: IndexState) -> np.ndarray:
-        """articleType code per row; an empty type never votes (rerank.NO_CATEGORY)."""
-        codes = state.codes["articleType"][: state.n].astype(np.int64)
-        empty = self.live.value_codes["articleType"].get("")
-        return codes if empty is None else np.where(codes == empty, NO_CATEGORY, codes)
+                ranked, _ = rerank_by_category(np.arange(len(order))[None], scores[order][None], codes,
+                                               self.vote_k, self.vote_alpha, pool=None)
+                ranked = ranked[0]
+            order = order[ranked]
+        return [SearchHit(rank, int(ids[i]), float(scores[i]), products[i])
+                for rank, i in enumerate(order[:k], start=1)]
 
     @property
     def text(self):
@@ -348,11 +406,10 @@ class RetrievalEngine:
         return self.search_vectors(self.encode(decoded), k, filters, rerank=rerank)
 
     def vector_of(self, product_id: int) -> np.ndarray:
-        state = self.live.state
-        row = state.row_of.get(int(product_id))
+        row = self.backend.fetch([int(product_id)]).get(int(product_id))
         if row is None:
             raise UnknownProductError(f"product {product_id} is not in the {self.name} index")
-        return state.vector(row)
+        return row.vector
 
     def search_by_id(self, product_id: int, k: int = 15, filters=None, rerank: str | None = None) -> list[SearchHit]:
         """'More like this': the stored vector of a catalog product, the product itself excluded."""
@@ -360,11 +417,10 @@ class RetrievalEngine:
         return self.search_vectors(q, k, filters, exclude_ids=[int(product_id)], rerank=rerank)[0]
 
     def product(self, product_id: int) -> dict:
-        state = self.live.state
-        row = state.row_of.get(int(product_id))
+        row = self.backend.fetch([int(product_id)], vectors=False).get(int(product_id))
         if row is None:
             raise UnknownProductError(f"unknown product id {product_id}")
-        return dict(state.products[row])
+        return dict(row.product)
 
     def describe(self) -> dict:
         return {
@@ -375,7 +431,8 @@ class RetrievalEngine:
             "dims": self.dims,
             "raw_dims": self.manifest.get("raw_dims"),
             "index_type": self.manifest.get("index_factory"),
-            "index_size": self.live.state.size,
+            "index_size": self.size,
+            "index_backend": self.backend_name,
             "input_size": self.preprocess.shape[1],
             "input_width": self.preprocess.shape[2],
             "runtime": self.encoder.runtime,

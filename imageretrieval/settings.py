@@ -66,11 +66,39 @@ class Settings(BaseSettings):
         description='FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ32", ...); "auto" = exact Flat for '
                     "small catalogs, HNSW32 when an exact search would cost milliseconds per query.",
     )
+    index_backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        validation_alias=AliasChoices("INDEX_BACKEND", "index_backend"),
+        description="Where the vectors are searched: faiss = in this process (the embedded default); milvus = a "
+                    "Milvus collection per model that every process of a deployment shares (MILVUS_URI).",
+    )
+    milvus_uri: str = Field(
+        "",
+        validation_alias=AliasChoices("MILVUS_URI", "milvus_uri"),
+        description="A local path = Milvus Lite, embedded (default: <WORKDIR>/milvus.db); http://host:19530 = a "
+                    "Milvus standalone or distributed server.",
+    )
+    milvus_token: str | None = Field(
+        None, validation_alias=AliasChoices("MILVUS_TOKEN", "milvus_token"),
+        description="Milvus credentials (\"user:password\" or an API key) where the server requires them.",
+    )
+    milvus_index: str = Field(
+        "auto",
+        validation_alias=AliasChoices("MILVUS_INDEX", "milvus_index"),
+        description='Milvus index type with parameters, e.g. "HNSW:M=32,efConstruction=200,ef=128", '
+                    '"IVF_FLAT:nlist=1024,nprobe=32", "FLAT"; "auto" = FLAT for small catalogs, else HNSW '
+                    "(the INDEX_FACTORY rule).",
+    )
     query_resolution: Literal["catalog", "native"] = Field(
         "catalog",
         validation_alias=AliasChoices("QUERY_RESOLUTION", "query_resolution"),
         description="'catalog' brings large queries down to the catalog's effective resolution first.",
     )
+
+    @property
+    def milvus_location(self) -> str:
+        """MILVUS_URI, or the embedded Milvus Lite file under the workdir."""
+        return self.milvus_uri or str(Path(self.workdir) / "milvus.db")
 
     @property
     def images_dir(self) -> Path:

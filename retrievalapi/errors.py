@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imageretrieval.backends import BackendUnavailableError
 from imageretrieval.engine import UnknownFilterError, UnknownProductError
 from imageretrieval.live.products import ProductValidationError
 from imageretrieval.live.store import DuplicateProductError, StorageFullError, UnknownLiveProductError
@@ -66,6 +67,7 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     MissingKeyError: 401, InvalidKeyError: 401, ForbiddenKeyError: 403,
     WriteImageError: 400, UnknownLiveProductError: 404, DuplicateProductError: 409, ProductValidationError: 422,
     StorageFullError: 507, QueryTextError: 422, TextSearchUnavailableError: 400, TextEncoderUnavailableError: 501,
+    BackendUnavailableError: 503,
 }
 RETRY_AFTER = {"Retry-After": "1"}
 

@@ -76,7 +76,7 @@ def load_engines(settings: ApiSettings, executor: Executor | None = None,
                 f"cannot load model {name!r} from {ModelArtifacts.of(settings.workdir, name).root} ({exc}): "
                 f"rebuild it with `imageretrieval index --model {name} --force`"
             ) from exc
-        log.info("loaded model %s: %d vectors x %d dims in %.1f s", name, engines[name].live.state.size,
+        log.info("loaded model %s: %d vectors x %d dims in %.1f s", name, engines[name].size,
                  engines[name].dims, time.perf_counter() - started)
     return engines
 
@@ -309,17 +309,26 @@ class Runtime:
         finally:
             self.searches.end()
 
+    def refresh_catalog(self) -> None:
+        """With shared indexes only (Milvus), read what other replicas journaled now rather than at the
+        next tail: a product one replica just added has its page and image on every replica at once."""
+        if self.engines and all(engine.shared for engine in self.engines.values()):
+            self.catalog.catch_up()  # nothing to apply here: the writers applied it to the shared index
+
     def product(self, product_id: int) -> dict | None:
         """A product's current metadata (the live catalog's), None when unknown or deleted."""
         product = self.catalog.current(int(product_id))
+        if product is None:
+            self.refresh_catalog()
+            product = self.catalog.current(int(product_id))
         return None if product is None else {"id": int(product_id), **result_fields(product.fields)}
 
     @property
     def facets(self) -> dict[str, list[dict]]:
         """The default model's live facet counts, recomputed only after a write changed its rows."""
-        state = self.engines[self.default].live.state
-        if self._facets is None or self._facets[0] is not state:
-            self._facets = (state, self.engines[self.default].facets())
+        generation = self.engines[self.default].backend.generation
+        if self._facets is None or self._facets[0] is not generation:
+            self._facets = (generation, self.engines[self.default].facets())
         return self._facets[1]
 
     def image_version(self, product_id: int) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imageretrieval.backends import BackendUnavailableError
 from imageretrieval.engine import RetrievalEngine
 from imageretrieval.images import ImageDecodeError
 from imageretrieval.keys import ApiKey
@@ -107,6 +108,7 @@ class CatalogWriter:
                                          initializer=lower_thread_priority)
         self.maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-rebuild")
         self._tailer: asyncio.Task | None = None
+        self._unsynced: set[int] = set()  # ids journaled but not applied to a shared index (it failed)
 
     # ----- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,9 +135,22 @@ class CatalogWriter:
         ops = self.catalog.catch_up()
         if ops:
             for engine in self.engines.values():
-                engine.apply_ops(ops)
+                if not engine.shared:  # a shared index got them from their writer
+                    engine.apply_ops(ops)
             log.info("applied %d catalog changes written by another process", len(ops))
             self._maintain()
+        if self._unsynced:
+            self._resync()
+
+    def _resync(self) -> None:
+        """Writer thread: bring shared indexes up to the catalog for the ids a failed write left behind."""
+        ids = sorted(self._unsynced)
+        with self.catalog.synced():
+            for engine in self.engines.values():
+                if engine.shared:
+                    engine.sync_backend(ids)
+        self._unsynced.difference_update(ids)
+        log.info("shared indexes caught up with %d journaled changes", len(ids))
 
     # ----- the write ----------------------------------------------------------------------------
     async def write(self, requests: list[WriteRequest], key: ApiKey | None) -> dict:
@@ -241,12 +256,29 @@ class CatalogWriter:
 
     def _commit(self, writes: list[Write], vectors, meta: dict) -> tuple[CommitResult, int]:
         """Writer thread: journal, apply everywhere; (the result, the catalog's size after it)."""
+        shared = [engine for engine in self.engines.values() if engine.shared]
+        journaled: list[int] = []
+
+        def apply_shared(ops) -> None:  # the journal is still locked: writers reach the index in order
+            journaled.extend(op.id for op in ops)
+            for engine in shared:
+                engine.apply_ops(ops)
+
         try:
-            result = self.catalog.commit(writes, vectors, meta)
+            result = self.catalog.commit(writes, vectors, meta, on_commit=apply_shared if shared else None)
+        except BackendUnavailableError as exc:
+            if not journaled:
+                raise
+            self._unsynced.update(journaled)  # durable in the journal: the tailer applies it when the index answers
+            raise BackendUnavailableError(f"{exc}; the change is saved in the catalog journal and reaches the index "
+                                          "when it answers again") from exc
         except BaseException:
+            self._unsynced.update(journaled)
             self._catch_up()  # what the commit caught up of other writers reaches the indexes even so
             raise
         for engine in self.engines.values():
+            if engine.shared:
+                continue
             if result.caught_up:
                 engine.apply_ops(result.caught_up)
             engine.apply_ops(result.ops)
@@ -263,7 +295,7 @@ class CatalogWriter:
             except OSError as exc:  # the journal stays valid; try again after the next write
                 log.warning("catalog compaction failed (%s); the journal keeps growing", exc)
         for engine in self.engines.values():
-            if engine.live.needs_rebuild():
+            if engine.backend.needs_rebuild():
                 log.info("rebuilding the %s index in the background (%d growing rows, %d removed)", engine.name,
                          engine.live.state.n_growing, engine.live.state.n_dead)
-                self.maintenance.submit(engine.live.rebuild)
+                self.maintenance.submit(engine.backend.rebuild)

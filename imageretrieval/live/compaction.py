@@ -35,7 +35,7 @@ def compact_index(settings: Settings, model_name: str, catalog: LiveCatalog | No
     started = time.perf_counter()
     catalog = catalog or LiveCatalog(settings.dataset_root, settings.workdir)
     catalog.compact()
-    engine = RetrievalEngine(settings, model_name, catalog)
+    engine = RetrievalEngine(settings.model_copy(update={"index_backend": "faiss"}), model_name, catalog)
     art = ModelArtifacts.of(settings.workdir, model_name)
     manifest = dict(engine.manifest)
     with catalog.lock:  # the rows and the images they were encoded from, at one catalog seq

@@ -74,6 +74,12 @@ def write_products(settings: Settings, writes: Sequence[ProductWrite], models: S
         checked.append(Write(w.kind, pid, fields))
     names = list(models) if models is not None else built_indexes(settings.workdir)
     engines = [RetrievalEngine(settings, name, catalog) for name in names]
+    shared = [engine for engine in engines if engine.shared]
+
+    def apply_shared(ops) -> None:  # Milvus: applied by this writer, with the journal locked (journal order)
+        for engine in shared:
+            engine.apply_ops(ops)
+
     changes: list[Change] = []
     bar = tqdm(total=len(checked), unit="product", desc="catalog", disable=not progress)
     for start in range(0, len(checked), CHUNK):
@@ -95,7 +101,7 @@ def write_products(settings: Settings, writes: Sequence[ProductWrite], models: S
             stored.append(Write(write.kind, write.id, write.fields, sha))
         vectors = {engine.vector_key: _encode(engine, images) for engine in engines} if images else {}
         try:
-            result = catalog.commit(stored, vectors, {"source": "cli"})
+            result = catalog.commit(stored, vectors, {"source": "cli"}, on_commit=apply_shared if shared else None)
         except OSError as exc:
             raise storage_error(exc) from exc
         changes += result.changes

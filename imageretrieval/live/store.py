@@ -18,7 +18,8 @@ import errno
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -250,11 +251,13 @@ class LiveCatalog:
 
     # ----- writing ------------------------------------------------------------------------------
     def commit(self, writes: list[Write], vectors: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-               meta: dict | None = None) -> CommitResult:
+               meta: dict | None = None, on_commit: Callable[[list[Op]], None] | None = None) -> CommitResult:
         """Plan, journal durably, apply. `vectors`: vector_key -> image sha -> vector (new images).
 
         Raises the planning errors (nothing written) or OSError from the disk (nothing written:
         the journal cuts a partial entry); returns once the entry is on disk and applied.
+        `on_commit(ops)` runs once the entry is durable, before the journal is unlocked: a shared
+        index applies the write there, so writers of several processes reach it in journal order.
         """
         vectors = vectors or {}
         with self.lock, self.journal.locked():
@@ -272,6 +275,8 @@ class LiveCatalog:
             tail = self.journal.appended_to
             self._journal_position = (tail[0], self.journal.base_seq(), tail[1]) if tail else (-1, -1, 0)
             self._journal_identity = self.journal.identity()
+            if on_commit is not None:
+                on_commit(ops)
             return CommitResult(seq, changes, ops, self._deliver())
 
     def _deliver(self) -> list[Op]:
@@ -314,6 +319,14 @@ class LiveCatalog:
             vectors = {k: _decode_vector(v) for k, v in raw.get("vectors", {}).items()}
             ops.append(Op(pid, product, self.current(pid), vectors))
         return ops
+
+    @contextmanager
+    def synced(self) -> Iterator[None]:
+        """The journal locked and read to its end: no process writes until the block ends (a shared
+        index is brought up to the catalog in it). What was caught up is delivered by the next catch_up()."""
+        with self.lock, self.journal.locked():
+            self._catch_up_locked()
+            yield
 
     def catch_up(self) -> list[Op]:
         """Apply entries other processes journaled since (cheap when the log did not change); returns every

@@ -44,6 +44,10 @@ class TextSearch:
 
     @classmethod
     def for_engine(cls, engine: RetrievalEngine) -> TextSearch:
+        if engine.backend_name != "faiss":
+            raise TextSearchUnavailableError(
+                f"search by words ranks the rows in this process: it needs INDEX_BACKEND=faiss, not "
+                f"{engine.backend_name}")
         path = projection_path(engine.name, engine.settings.workdir)
         if path is None:
             raise TextSearchUnavailableError(

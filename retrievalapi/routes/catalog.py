@@ -59,6 +59,9 @@ def _etag_matches(header: str, etag: str) -> bool:
 def image(request: Request, rt: RuntimeDep, product_id: ProductId) -> Response:
     path = rt.catalog.image_path(product_id)
     if path is None:
+        rt.refresh_catalog()
+        path = rt.catalog.image_path(product_id)
+    if path is None:
         raise HTTPException(404, f"no image for product id {product_id}")
     st = path.stat()
     etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'

@@ -1,0 +1,302 @@
+"""Milvus as the index backend: Milvus Lite (a local `.db` path, embedded) or a Milvus server (`http://...`).
+
+One collection per model index build (its vector space: `artifacts.vector_key`), holding per row
+the id, the vector, the image hash, the filterable attributes as VARCHAR scalar fields and the
+result fields as JSON. Filters become Milvus boolean expressions evaluated inside the search, so k
+filtered results come back whenever k rows match. Every process of a deployment (API replicas, the
+CLI) reads and writes the same collection: the service holds no index state of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..index import AUTO, AUTO_FLAT_MAX_FLOATS, IndexFactoryError, exact_search
+from .base import BackendUnavailableError, Candidates, CollectionNotLoadedError, Filters, Row, VectorBackend
+
+log = logging.getLogger(__name__)
+
+INSERT_BATCH = 2000  # rows per insert request (a gRPC message stays well under Milvus' 64 MB limit)
+FETCH_BATCH = 4096  # ids per get/query request
+EXACT_FALLBACK_MAX_ROWS = 200_000  # a filter this selective is ranked exactly when the index ran short
+FACETS_TTL_S = 10.0  # facet counts are recounted at most this often (other replicas write too)
+MAX_VALUE_LENGTH = 512  # VARCHAR capacity of an attribute field (the write path allows 64 characters)
+SEARCH_KEYS = {"ef", "nprobe"}  # index-string keys that are search parameters, not build parameters
+VALID_NAME = re.compile(r"[^A-Za-z0-9_]")
+
+
+@dataclass(frozen=True)
+class MilvusIndexSpec:
+    """An index type with its build and search parameters, e.g. from "HNSW:M=32,efConstruction=200,ef=128"."""
+
+    index_type: str
+    build: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+
+
+DEFAULTS = {
+    "FLAT": ({}, {}),
+    "HNSW": ({"M": 32, "efConstruction": 200}, {"ef": 128}),  # FAISS' HNSW32 with efSearch 128
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
+    "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 32}),
+    "IVF_PQ": ({"nlist": 1024, "m": 32, "nbits": 8}, {"nprobe": 32}),
+}
+
+
+def parse_index_spec(text: str, n: int, dims: int) -> MilvusIndexSpec:
+    """`auto` (FLAT for small catalogs, else HNSW: FAISS' rule) or TYPE[:key=value,...] with defaults filled in."""
+    text = text.strip()
+    if text.lower() == AUTO:
+        text = "FLAT" if n * dims <= AUTO_FLAT_MAX_FLOATS else "HNSW"
+    kind, _, params = text.partition(":")
+    kind = kind.strip().upper()
+    if kind not in DEFAULTS:
+        raise IndexFactoryError(f"unknown Milvus index type {kind!r}; choose one of {', '.join(DEFAULTS)} "
+                                "(e.g. \"HNSW:M=32,efConstruction=200,ef=128\", \"IVF_FLAT:nlist=1024,nprobe=32\")")
+    build, search = dict(DEFAULTS[kind][0]), dict(DEFAULTS[kind][1])
+    for item in filter(None, (p.strip() for p in params.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise IndexFactoryError(f"Milvus index parameter {item!r} must be key=integer")
+        (search if key.strip() in SEARCH_KEYS else build)[key.strip()] = int(value)
+    return MilvusIndexSpec(kind, build, search)
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal: JSON escaping (backslashes, quotes, control characters) is what it parses."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def filter_expression(filters: Filters | None) -> str:
+    """`{"gender": ["Men"], "baseColour": ["Navy Blue", "Blue"]}` -> 'gender in ["Men"] and baseColour in [...]'."""
+    parts = []
+    for name, values in (filters or {}).items():
+        if not name.isidentifier():
+            raise ValueError(f"invalid filter field {name!r}")
+        parts.append(f"{name} in [{', '.join(quote(v) for v in values)}]")
+    return " and ".join(parts)
+
+
+def collection_name(model_name: str, vector_key: str, prefix: str = "ir") -> str:
+    """A valid Milvus collection name that names the model and its index build."""
+    readable = VALID_NAME.sub("_", model_name)[:120]
+    digest = hashlib.sha256(model_name.encode()).hexdigest()[:6]  # names differing only in odd characters
+    return f"{prefix}_{readable}_{digest}_{vector_key[:12]}"
+
+
+def connect(uri: str, token: str | None = None):
+    """A MilvusClient for `uri`: a local path (Milvus Lite: `<path>.db`) or http(s)://host:port."""
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as exc:
+        raise BackendUnavailableError("INDEX_BACKEND=milvus needs pymilvus (and milvus-lite for a local file): "
+                                      "pip install pymilvus milvus-lite") from exc
+    if "://" not in uri:
+        path = Path(uri).expanduser()
+        if path.suffix != ".db":
+            path = path.with_suffix(path.suffix + ".db") if path.suffix else path.with_suffix(".db")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = str(path.resolve())
+    try:
+        return MilvusClient(uri=uri, token=token or "")
+    except Exception as exc:  # noqa: BLE001 - pymilvus raises its own hierarchy
+        raise BackendUnavailableError(f"cannot connect to Milvus at {uri}: {exc}") from exc
+
+
+def _guarded(method):
+    """Milvus' own errors (server down, timeouts) as BackendUnavailableError: the API answers 503."""
+    import functools
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (BackendUnavailableError, ValueError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - pymilvus and grpc raise their own hierarchies
+            if type(exc).__module__.split(".")[0] not in ("pymilvus", "grpc", "milvus_lite"):
+                raise
+            raise BackendUnavailableError(f"Milvus ({self.collection}) failed: {exc}") from exc
+
+    return call
+
+
+class MilvusBackend(VectorBackend):
+    name = "milvus"
+    shared = True
+
+    def __init__(self, client, collection: str, attribute_fields: Sequence[str], spec: MilvusIndexSpec | None = None):
+        self.client = client
+        self.collection = collection
+        self.attribute_fields = tuple(attribute_fields)
+        if not client.has_collection(collection):
+            raise CollectionNotLoadedError(f"Milvus holds no collection {collection!r}")
+        desc = client.describe_collection(collection)
+        self._dims = next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector")
+        self.spec = spec or self._stored_spec()
+        self._lock = threading.Lock()
+        self._writes = 0
+        self._facets: tuple[tuple, dict] | None = None
+        client.load_collection(collection)
+
+    # ----- creation -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, client, collection: str, rows: Sequence[Row] | None, dims: int, attribute_fields: Sequence[str],
+               spec: MilvusIndexSpec, progress=None, source: dict | None = None) -> MilvusBackend:
+        """A new collection (an existing one of that name is dropped) holding `rows`, indexed per `spec`;
+        `source` (what the rows were loaded from) is kept in the collection's description."""
+        from pymilvus import DataType, MilvusClient
+
+        if client.has_collection(collection):
+            client.drop_collection(collection)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description=json.dumps({"index": spec.index_type, "build": spec.build,
+                                                                    "search": spec.search, "source": source}))
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dims))
+        schema.add_field("image", DataType.VARCHAR, max_length=64)
+        for name in attribute_fields:
+            schema.add_field(name, DataType.VARCHAR, max_length=MAX_VALUE_LENGTH)
+        schema.add_field("product", DataType.JSON)
+        index_params = client.prepare_index_params()
+        index_params.add_index(field_name="vector", index_type=spec.index_type, metric_type="IP",
+                               params=spec.build)
+        client.create_collection(collection, schema=schema, index_params=index_params, consistency_level="Strong")
+        backend = cls(client, collection, attribute_fields, spec)
+        rows = list(rows or [])
+        for start in range(0, len(rows), INSERT_BATCH):
+            batch = rows[start: start + INSERT_BATCH]
+            client.insert(collection, [backend._record(r) for r in batch])
+            if progress is not None:
+                progress.update(len(batch))
+        client.flush(collection)
+        return backend
+
+    def _stored_spec(self) -> MilvusIndexSpec:
+        desc = self.client.describe_collection(self.collection)
+        try:
+            stored = json.loads(desc.get("description") or "{}")
+            return MilvusIndexSpec(stored["index"], stored.get("build", {}), stored.get("search", {}))
+        except (ValueError, KeyError, TypeError):
+            return MilvusIndexSpec("FLAT")
+
+    def _record(self, row: Row) -> dict:
+        record = {"id": int(row.id), "vector": np.asarray(row.vector, np.float32).tolist(), "image": row.image or "",
+                  "product": row.product}
+        for name in self.attribute_fields:
+            value = row.product.get(name)
+            record[name] = "" if value is None else str(value)[:MAX_VALUE_LENGTH]
+        return record
+
+    # ----- reads ------------------------------------------------------------------------------
+    @property
+    def dims(self) -> int:
+        return self._dims
+
+    @_guarded
+    def count(self, filters: Filters | None = None) -> int:
+        result = self.client.query(self.collection, filter=filter_expression(filters), output_fields=["count(*)"],
+                                   consistency_level="Strong")
+        return int(result[0]["count(*)"])
+
+    @_guarded
+    def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> list[Candidates]:
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        expr = filter_expression(filters)
+        params = {"metric_type": "IP", "params": dict(self.spec.search)}
+        answers = self.client.search(self.collection, data=queries.tolist(), limit=int(k), filter=expr,
+                                     output_fields=["product"], search_params=params, consistency_level="Strong")
+        out = []
+        n_allowed = None
+        for qi, hits in enumerate(answers):
+            cands = self._candidates([(int(h["id"]), float(h["distance"]), h["entity"]["product"]) for h in hits])
+            if len(cands) < k:  # an approximate index may run short under a selective filter
+                n_allowed = self.count(filters) if n_allowed is None else n_allowed
+                if len(cands) < min(k, n_allowed) and n_allowed <= EXACT_FALLBACK_MAX_ROWS:
+                    cands = self._exact(queries[qi], k, expr)
+            out.append(cands)
+        return out
+
+    @staticmethod
+    def _candidates(hits: list[tuple[int, float, dict]]) -> Candidates:
+        hits.sort(key=lambda h: (-h[1], h[0]))  # the project's ranking rule: score, then id
+        return Candidates(np.array([h[0] for h in hits], np.int64), np.array([h[1] for h in hits], np.float32),
+                          [h[2] for h in hits])
+
+    def _exact(self, query: np.ndarray, k: int, expr: str) -> Candidates:
+        rows = list(self.client.query(self.collection, filter=expr or "id >= 0",
+                                      output_fields=["id", "vector", "product"], consistency_level="Strong",
+                                      limit=EXACT_FALLBACK_MAX_ROWS))
+        if not rows:
+            return self._candidates([])
+        rows.sort(key=lambda r: int(r["id"]))
+        vectors = np.asarray([r["vector"] for r in rows], np.float32)
+        scores, idx = exact_search(vectors, query[None], k)
+        return self._candidates([(int(rows[i]["id"]), float(s), rows[i]["product"])
+                                 for i, s in zip(idx[0], scores[0], strict=True) if i >= 0])
+
+    @_guarded
+    def fetch(self, ids: Sequence[int], vectors: bool = True) -> dict[int, Row]:
+        out: dict[int, Row] = {}
+        fields = ["id", "image", "product"] + (["vector"] if vectors else [])
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), FETCH_BATCH):
+            for r in self.client.get(self.collection, ids=ids[start: start + FETCH_BATCH], output_fields=fields):
+                vector = np.asarray(r["vector"], np.float32) if vectors else np.zeros(0, np.float32)
+                out[int(r["id"])] = Row(int(r["id"]), vector, dict(r["product"]), r["image"] or None)
+        return out
+
+    @property
+    def generation(self) -> object:
+        return (self._writes, int(time.monotonic() // FACETS_TTL_S))
+
+    @_guarded
+    def facets(self, fields: Sequence[str]) -> dict[str, dict[str, int]]:
+        cached = self._facets
+        if cached is None or cached[0] != self.generation:
+            counts: dict[str, dict[str, int]] = {f: {} for f in self.attribute_fields}
+            iterator = self.client.query_iterator(self.collection, batch_size=8192, filter="id >= 0",
+                                                  output_fields=list(self.attribute_fields))
+            try:
+                while batch := iterator.next():
+                    for record in batch:
+                        for name, table in counts.items():
+                            value = record.get(name) or ""
+                            table[value] = table.get(value, 0) + 1
+            finally:
+                iterator.close()
+            cached = self._facets = (self.generation, counts)
+        return {name: cached[1].get(name, {}) for name in fields}
+
+    def refresh(self) -> None:
+        """Forget cached facet counts (another replica may have written)."""
+        self._facets = None
+
+    # ----- writes -------------------------------------------------------------------------------
+    @_guarded
+    def apply(self, removes: Sequence[int], upserts: Sequence[Row]) -> None:
+        kept = {int(r.id) for r in upserts}
+        gone = [int(i) for i in removes if int(i) not in kept]
+        with self._lock:
+            if gone:
+                self.client.delete(self.collection, ids=gone)
+            for start in range(0, len(upserts), INSERT_BATCH):
+                self.client.upsert(self.collection, [self._record(r) for r in upserts[start: start + INSERT_BATCH]])
+            self._writes += 1
+            self._facets = None
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing the Milvus client failed", exc_info=True)
