@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +141,12 @@ def encode_batches(encoder: Encoder, batches: Iterable[tuple[np.ndarray, np.ndar
         yield feats
 
 
+def _counted(batches: Iterable[np.ndarray], progress) -> Iterator[np.ndarray]:
+    for feats in batches:
+        progress.update(len(feats))
+        yield feats
+
+
 class _RowStream:
     """Rows of a stream of (batch, dims) arrays, handed out `n` at a time across batch boundaries."""
 
@@ -175,6 +181,7 @@ def extract_features(
     reuse_root: Path | None = None,
     runtime: str = "torch",
     workdir: Path | None = None,
+    encode: Callable[[Sequence[Path]], Iterator[np.ndarray]] | None = None,
 ) -> FeatureSet:
     """Extract features for `paths` into `out_dir`, resuming from finished chunks.
 
@@ -182,6 +189,8 @@ def extract_features(
     with the same model fingerprint, input size, precision and query resolution are copied, not
     re-encoded (e.g. the whole catalog after its test split was extracted for evaluation).
     `runtime` (inference.py) runs the forward passes; ONNX exports are cached under `workdir`.
+    `encode` (paths -> feature batches in path order) replaces the local encoder, e.g. Ray actors
+    (distributed.py); the chunks, resuming and the result stay the same.
     """
     out_dir = Path(out_dir)
     ids = np.asarray(ids)
@@ -235,11 +244,16 @@ def extract_features(
         plan.append((c, feats, [i for i in range(hi - lo) if i not in known]))
     n_copied = n_todo - sum(len(missing) for _, _, missing in plan)
     encoder = (create_encoder(model, preprocess.shape, runtime, dev, prec, workdir, spin=False)
-               if n_copied < n_todo else None)
+               if n_copied < n_todo and encode is None else None)
     # One stream over every image still to encode, decoded ahead while the encoder runs.
     to_encode = [paths[c * chunk_size + i] for c, _, missing in plan for i in missing]
-    batches = image_batches(to_encode, preprocess, batch_size, num_workers)
-    rows = _RowStream(encode_batches(encoder, batches, bar) if to_encode else iter(()))
+    if not to_encode:
+        stream = iter(())
+    elif encode is not None:
+        stream = _counted(encode(to_encode), bar)
+    else:
+        stream = encode_batches(encoder, image_batches(to_encode, preprocess, batch_size, num_workers), bar)
+    rows = _RowStream(stream)
     for c, feats, missing in plan:
         if missing:
             feats[missing] = rows.take(len(missing))
@@ -249,7 +263,7 @@ def extract_features(
     if n_todo > n_copied:
         n_new = n_todo - n_copied
         log.info("encoded %d images in %.1fs (%.1f img/s, %s, %s, %s)%s", n_new, elapsed, n_new / elapsed, dev, prec,
-                 encoder.runtime if encoder else "-",
+                 encoder.runtime if encoder else ("ray" if encode is not None else "-"),
                  f"; {n_copied} rows copied from other feature sets" if n_copied else "")
 
     features = np.concatenate([np.load(chunk_dir / f"chunk_{c:05d}.npy") for c in range(n_chunks)], axis=0)

@@ -199,12 +199,26 @@ def get_features(
                 return sliced, table
     model = model if model is not None else create_model(model_name, workdir=settings.workdir)
     cfg = model.config
+    preprocess = preprocess_for(cfg, query_resolution, query_scale)
     fs = extract_features(
         model, [Path(p) for p in table["path"]], ids, feature_dir(settings.workdir, model_name, name),
-        preprocess=preprocess_for(cfg, query_resolution, query_scale),
+        preprocess=preprocess,
         batch_size=settings.batch_size, num_workers=settings.num_workers, device=settings.device,
         precision=settings.precision, fingerprint=fp, progress=progress,
         reuse_root=feature_dir(settings.workdir, model_name, name).parent,  # rows other sets already hold
         runtime=settings.runtime, workdir=settings.workdir,
+        encode=ray_encode(settings, model_name, preprocess) if settings.ray_address else None,
     )
     return fs, table
+
+
+def ray_encode(settings: Settings, model_name: str, preprocess):
+    """Encoding on Ray actors (settings.ray_address) with this process's preprocessing and runtime."""
+    from .device import resolve_device
+    from .distributed import ActorSpec, ray_encoder
+    from .inference import resolve_inference
+
+    runtime, precision = resolve_inference(settings.runtime, settings.precision, resolve_device(settings.device))
+    spec = ActorSpec(model_name, str(Path(settings.workdir).resolve()), preprocess, runtime, precision,
+                     settings.device, settings.ray_actor_cpus)
+    return ray_encoder(spec, settings.ray_address, settings.ray_actors, settings.batch_size)

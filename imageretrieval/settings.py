@@ -89,6 +89,17 @@ class Settings(BaseSettings):
                     '"IVF_FLAT:nlist=1024,nprobe=32", "FLAT"; "auto" = FLAT for small catalogs, else HNSW '
                     "(the INDEX_FACTORY rule).",
     )
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("EXTRACT_RAY", "ray_address"),
+        description="Extract on Ray Data: 'local' starts Ray on this machine, 'auto' joins the running "
+                    "cluster, or a cluster address; unset = extract in this process (`--ray` sets it).",
+    )
+    ray_actors: int | None = Field(None, ge=1, validation_alias=AliasChoices("EXTRACT_RAY_ACTORS", "ray_actors"),
+                                   description="Model replicas (Ray actors); default: the cluster's CPUs / "
+                                               "EXTRACT_RAY_ACTOR_CPUS.")
+    ray_actor_cpus: int = Field(1, ge=1, validation_alias=AliasChoices("EXTRACT_RAY_ACTOR_CPUS", "ray_actor_cpus"),
+                                description="CPUs (inference threads) per Ray actor.")
     query_resolution: Literal["catalog", "native"] = Field(
         "catalog",
         validation_alias=AliasChoices("QUERY_RESOLUTION", "query_resolution"),

@@ -311,16 +311,17 @@ class Runtime:
 
     def refresh_catalog(self) -> None:
         """With shared indexes only (Milvus), read what other replicas journaled now rather than at the
-        next tail: a product one replica just added has its page and image on every replica at once."""
+        next tail (a stat when nothing is new): a product one replica just changed has its page and
+        image on every replica at once."""
         if self.engines and all(engine.shared for engine in self.engines.values()):
-            self.catalog.catch_up()  # nothing to apply here: the writers applied it to the shared index
+            ops = self.catalog.catch_up()  # nothing to apply here: the writers applied them to the shared index
+            if ops and self.writer is not None:
+                self.writer.unsynced(op.id for op in ops)  # ... unless it had none: the tailer checks
 
     def product(self, product_id: int) -> dict | None:
         """A product's current metadata (the live catalog's), None when unknown or deleted."""
+        self.refresh_catalog()
         product = self.catalog.current(int(product_id))
-        if product is None:
-            self.refresh_catalog()
-            product = self.catalog.current(int(product_id))
         return None if product is None else {"id": int(product_id), **result_fields(product.fields)}
 
     @property

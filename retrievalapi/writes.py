@@ -135,12 +135,18 @@ class CatalogWriter:
         ops = self.catalog.catch_up()
         if ops:
             for engine in self.engines.values():
-                if not engine.shared:  # a shared index got them from their writer
+                if not engine.shared:
                     engine.apply_ops(ops)
+            if any(engine.shared for engine in self.engines.values()):
+                self.unsynced(op.id for op in ops)  # their writer applied them, unless it had no such index
             log.info("applied %d catalog changes written by another process", len(ops))
             self._maintain()
         if self._unsynced:
             self._resync()
+
+    def unsynced(self, ids) -> None:
+        """Ids another process journaled: checked against the shared indexes at the next tail."""
+        self._unsynced.update(ids)
 
     def _resync(self) -> None:
         """Writer thread: bring shared indexes up to the catalog for the ids a failed write left behind."""

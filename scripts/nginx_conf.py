@@ -46,17 +46,29 @@ def mime_types_path() -> str:
     raise SystemExit("nginx_conf.py: nginx's mime.types not found (is nginx installed?)")
 
 
-def write_config(prefix: Path, listen: str, api: str, app_root: Path, max_upload_mb: float) -> Path:
+def upstream_servers(text: str, apis: list[str]) -> str:
+    """The rendered template with its one upstream `server` line repeated for every API replica."""
+    line = re.search(r"^( *)server (\S+)( [^;\n]*)?;$", text, flags=re.MULTILINE)
+    if line is None:
+        raise SystemExit("nginx_conf.py: the template has no upstream server line")
+    indent, options = line.group(1), line.group(3) or ""
+    lines = "\n".join(f"{indent}server {api}{options};" for api in apis)
+    return text[: line.start()] + lines + text[line.end():]
+
+
+def write_config(prefix: Path, listen: str, api: str | list[str], app_root: Path, max_upload_mb: float) -> Path:
+    """`api`: host:port of the API, or several (replicas, comma-separated or a list) that nginx balances."""
+    apis = [a.strip() for a in (api.split(",") if isinstance(api, str) else api) if a.strip()]
     prefix = prefix.resolve()
     prefix.mkdir(parents=True, exist_ok=True)
     app = render_template(TEMPLATE.read_text(), {
-        "API_UPSTREAM": api,
+        "API_UPSTREAM": apis[0],
         "LISTEN": listen,
         "APP_ROOT": str(app_root.resolve()),
         "MAX_UPLOAD_MB": f"{max_upload_mb:g}",
         "CLIENT_MAX_BODY_SIZE": f"{math.ceil(max_upload_mb) + 1}m",
     })
-    (prefix / "app.conf").write_text(app)
+    (prefix / "app.conf").write_text(upstream_servers(app, apis))
     temp = prefix / "temp"
     for name in TEMP_DIRS:
         (temp / name).mkdir(parents=True, exist_ok=True)
@@ -102,7 +114,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prefix", type=Path, required=True, help="folder for the configs, pid, logs and temp files")
     ap.add_argument("--listen", default="127.0.0.1:8080", help="port or address:port for nginx")
-    ap.add_argument("--api", default="127.0.0.1:8000", help="host:port of the API")
+    ap.add_argument("--api", default="127.0.0.1:8000",
+                    help="host:port of the API; several replicas comma-separated (nginx balances them)")
     ap.add_argument("--app-root", type=Path, default=REPO / "retrieval-app" / "dist", help="the built app")
     ap.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("MAX_UPLOAD_MB", "10")),
                     help="the API's upload limit (env MAX_UPLOAD_MB, default 10)")

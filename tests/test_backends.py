@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from imageretrieval.backends import Row, backend_class
-from imageretrieval.backends.milvus_backend import (MilvusBackend, collection_name, connect, filter_expression,
-                                                    parse_index_spec)
+from imageretrieval.backends.milvus_backend import (
+    MilvusBackend,
+    collection_name,
+    connect,
+    filter_expression,
+    parse_index_spec,
+)
 from imageretrieval.index import IndexFactoryError
 
 FIELDS = ("gender", "articleType", "baseColour")
@@ -175,3 +180,40 @@ def test_collection_names_are_valid_and_distinct():
 def test_unknown_backend_names_the_choices():
     with pytest.raises(ValueError, match="faiss, milvus"):
         backend_class("qdrant")
+
+
+def test_cli_loads_a_built_index_into_milvus_and_writes_reach_it(synthetic_catalog, built_workdir, tmp_path,
+                                                                 monkeypatch, capsys):
+    import shutil
+
+    from imageretrieval.cli import main
+    from imageretrieval.engine import RetrievalEngine
+
+    from .conftest import make_settings
+    from .test_live_catalog import new_image
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    monkeypatch.setenv("MILVUS_URI", str(tmp_path / "cli.db"))
+    flags = ["--workdir", str(workdir), "--dataset-root", str(synthetic_catalog)]
+    assert main(["index", "--model", "tiny", "--pca", "32", "--backend", "milvus", *flags]) == 0
+    assert "rows loaded" in capsys.readouterr().out
+    assert main(["index", "--model", "tiny", "--pca", "32", "--backend", "milvus", *flags]) == 0
+    assert "already loaded from this build" in capsys.readouterr().out  # no re-load, no re-encoding
+
+    monkeypatch.setenv("INDEX_BACKEND", "milvus")
+    images = tmp_path / "new"
+    images.mkdir()
+    (images / "900300.png").write_bytes(new_image(7300, "Shirts", "Blue", size=(120, 160)))
+    (tmp_path / "rows.csv").write_text("id,productDisplayName,articleType,baseColour\n900300,New shirt,Shirts,Blue\n")
+    assert main(["catalog", "add", "--styles", str(tmp_path / "rows.csv"), "--images", str(images), "--model", "tiny",
+                 *flags]) == 0
+    settings = make_settings(synthetic_catalog, workdir, index_backend="milvus", milvus_uri=str(tmp_path / "cli.db"))
+    engine = RetrievalEngine(settings, "tiny")
+    assert engine.backend.name == "milvus"
+    assert engine.search([images / "900300.png"], k=1)[0][0].id == 900300
+    faiss = RetrievalEngine(make_settings(synthetic_catalog, workdir), "tiny")
+    query = faiss.vector_of(1003)[None]
+    assert ([h.id for h in engine.search_vectors(query, 10, {"gender": ["Men"]})[0]]
+            == [h.id for h in faiss.search_vectors(query, 10, {"gender": ["Men"]})[0]])
+    assert engine.facets() == faiss.facets() and engine.size == faiss.size

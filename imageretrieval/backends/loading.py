@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -46,7 +45,7 @@ def load_into_milvus(settings: Settings, model_name: str, force: bool = False, p
 
     from ..engine import FILTER_FIELDS, IndexNotBuiltError, result_fields
     from ..live.store import LiveCatalog
-    from .milvus_backend import MilvusBackend, collection_name, connect, parse_index_spec
+    from .milvus_backend import MilvusBackend, collection_name, connect, parse_index_spec, stored_meta
 
     art = ModelArtifacts.of(settings.workdir, model_name)
     manifest = art.read_manifest() if art.exists() else None
@@ -58,7 +57,7 @@ def load_into_milvus(settings: Settings, model_name: str, force: bool = False, p
     client = connect(settings.milvus_location, settings.milvus_token)
     try:
         if not force and client.has_collection(name):
-            described = json.loads(client.describe_collection(name).get("description") or "{}")
+            described = stored_meta(client, name)
             if described.get("source") == stamp:
                 log.info("%s: Milvus collection %s is loaded from this index build", model_name, name)
                 return {"collection": name, "loaded": 0, "index": described.get("index")}

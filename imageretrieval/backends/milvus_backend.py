@@ -32,6 +32,7 @@ EXACT_FALLBACK_MAX_ROWS = 200_000  # a filter this selective is ranked exactly w
 FACETS_TTL_S = 10.0  # facet counts are recounted at most this often (other replicas write too)
 MAX_VALUE_LENGTH = 512  # VARCHAR capacity of an attribute field (the write path allows 64 characters)
 SEARCH_KEYS = {"ef", "nprobe"}  # index-string keys that are search parameters, not build parameters
+META_PROPERTY = "imageretrieval.meta"  # collection property holding the index spec and what was loaded
 VALID_NAME = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -87,11 +88,26 @@ def filter_expression(filters: Filters | None) -> str:
     return " and ".join(parts)
 
 
+def live_expression(filters: Filters | None) -> str:
+    """The filter with rows a change is removing (marked dead until deleted) left out."""
+    expr = filter_expression(filters)
+    return f"alive == true and ({expr})" if expr else "alive == true"
+
+
 def collection_name(model_name: str, vector_key: str, prefix: str = "ir") -> str:
     """A valid Milvus collection name that names the model and its index build."""
     readable = VALID_NAME.sub("_", model_name)[:120]
     digest = hashlib.sha256(model_name.encode()).hexdigest()[:6]  # names differing only in odd characters
     return f"{prefix}_{readable}_{digest}_{vector_key[:12]}"
+
+
+def stored_meta(client, collection: str) -> dict:
+    """What `MilvusBackend.create` recorded in the collection's properties: index spec and source."""
+    properties = client.describe_collection(collection).get("properties") or {}
+    try:
+        return dict(json.loads(properties.get(META_PROPERTY) or "{}"))
+    except (ValueError, TypeError):
+        return {}
 
 
 def connect(uri: str, token: str | None = None):
@@ -159,19 +175,20 @@ class MilvusBackend(VectorBackend):
 
         if client.has_collection(collection):
             client.drop_collection(collection)
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                            description=json.dumps({"index": spec.index_type, "build": spec.build,
-                                                                    "search": spec.search, "source": source}))
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dims))
         schema.add_field("image", DataType.VARCHAR, max_length=64)
         for name in attribute_fields:
             schema.add_field(name, DataType.VARCHAR, max_length=MAX_VALUE_LENGTH)
         schema.add_field("product", DataType.JSON)
+        schema.add_field("alive", DataType.BOOL)
         index_params = client.prepare_index_params()
         index_params.add_index(field_name="vector", index_type=spec.index_type, metric_type="IP",
                                params=spec.build)
-        client.create_collection(collection, schema=schema, index_params=index_params, consistency_level="Strong")
+        meta = {"index": spec.index_type, "build": spec.build, "search": spec.search, "source": source}
+        client.create_collection(collection, schema=schema, index_params=index_params, consistency_level="Strong",
+                                 properties={META_PROPERTY: json.dumps(meta)})
         backend = cls(client, collection, attribute_fields, spec)
         rows = list(rows or [])
         for start in range(0, len(rows), INSERT_BATCH):
@@ -183,16 +200,14 @@ class MilvusBackend(VectorBackend):
         return backend
 
     def _stored_spec(self) -> MilvusIndexSpec:
-        desc = self.client.describe_collection(self.collection)
-        try:
-            stored = json.loads(desc.get("description") or "{}")
-            return MilvusIndexSpec(stored["index"], stored.get("build", {}), stored.get("search", {}))
-        except (ValueError, KeyError, TypeError):
+        stored = stored_meta(self.client, self.collection)
+        if "index" not in stored:
             return MilvusIndexSpec("FLAT")
+        return MilvusIndexSpec(stored["index"], stored.get("build", {}), stored.get("search", {}))
 
     def _record(self, row: Row) -> dict:
         record = {"id": int(row.id), "vector": np.asarray(row.vector, np.float32).tolist(), "image": row.image or "",
-                  "product": row.product}
+                  "product": row.product, "alive": True}
         for name in self.attribute_fields:
             value = row.product.get(name)
             record[name] = "" if value is None else str(value)[:MAX_VALUE_LENGTH]
@@ -205,14 +220,14 @@ class MilvusBackend(VectorBackend):
 
     @_guarded
     def count(self, filters: Filters | None = None) -> int:
-        result = self.client.query(self.collection, filter=filter_expression(filters), output_fields=["count(*)"],
+        result = self.client.query(self.collection, filter=live_expression(filters), output_fields=["count(*)"],
                                    consistency_level="Strong")
         return int(result[0]["count(*)"])
 
     @_guarded
     def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> list[Candidates]:
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        expr = filter_expression(filters)
+        expr = live_expression(filters)
         params = {"metric_type": "IP", "params": dict(self.spec.search)}
         answers = self.client.search(self.collection, data=queries.tolist(), limit=int(k), filter=expr,
                                      output_fields=["product"], search_params=params, consistency_level="Strong")
@@ -234,7 +249,7 @@ class MilvusBackend(VectorBackend):
                           [h[2] for h in hits])
 
     def _exact(self, query: np.ndarray, k: int, expr: str) -> Candidates:
-        rows = list(self.client.query(self.collection, filter=expr or "id >= 0",
+        rows = list(self.client.query(self.collection, filter=expr,
                                       output_fields=["id", "vector", "product"], consistency_level="Strong",
                                       limit=EXACT_FALLBACK_MAX_ROWS))
         if not rows:
@@ -248,10 +263,12 @@ class MilvusBackend(VectorBackend):
     @_guarded
     def fetch(self, ids: Sequence[int], vectors: bool = True) -> dict[int, Row]:
         out: dict[int, Row] = {}
-        fields = ["id", "image", "product"] + (["vector"] if vectors else [])
+        fields = ["id", "image", "product", "alive"] + (["vector"] if vectors else [])
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), FETCH_BATCH):
             for r in self.client.get(self.collection, ids=ids[start: start + FETCH_BATCH], output_fields=fields):
+                if not r["alive"]:
+                    continue
                 vector = np.asarray(r["vector"], np.float32) if vectors else np.zeros(0, np.float32)
                 out[int(r["id"])] = Row(int(r["id"]), vector, dict(r["product"]), r["image"] or None)
         return out
@@ -265,7 +282,7 @@ class MilvusBackend(VectorBackend):
         cached = self._facets
         if cached is None or cached[0] != self.generation:
             counts: dict[str, dict[str, int]] = {f: {} for f in self.attribute_fields}
-            iterator = self.client.query_iterator(self.collection, batch_size=8192, filter="id >= 0",
+            iterator = self.client.query_iterator(self.collection, batch_size=8192, filter=live_expression(None),
                                                   output_fields=list(self.attribute_fields))
             try:
                 while batch := iterator.next():
@@ -285,15 +302,22 @@ class MilvusBackend(VectorBackend):
     # ----- writes -------------------------------------------------------------------------------
     @_guarded
     def apply(self, removes: Sequence[int], upserts: Sequence[Row]) -> None:
+        """One upsert request carries the whole change (removals as rows marked dead), so a search sees it
+        all or not at all; the dead rows are deleted right after."""
         kept = {int(r.id) for r in upserts}
-        gone = [int(i) for i in removes if int(i) not in kept]
+        gone = sorted({int(i) for i in removes} - kept)
+        records = [self._record(r) for r in upserts] + [self._tombstone(pid) for pid in gone]
         with self._lock:
+            for start in range(0, len(records), INSERT_BATCH):
+                self.client.upsert(self.collection, records[start: start + INSERT_BATCH])
             if gone:
                 self.client.delete(self.collection, ids=gone)
-            for start in range(0, len(upserts), INSERT_BATCH):
-                self.client.upsert(self.collection, [self._record(r) for r in upserts[start: start + INSERT_BATCH]])
             self._writes += 1
             self._facets = None
+
+    def _tombstone(self, pid: int) -> dict:
+        return {"id": int(pid), "vector": [0.0] * self._dims, "image": "", "product": {}, "alive": False,
+                **{name: "" for name in self.attribute_fields}}
 
     def close(self) -> None:
         try:

@@ -17,11 +17,16 @@ def register(sub) -> None:
     p.add_argument("--dataset", choices=["fashion", "deepfashion"], default="fashion")
     p.add_argument("--split", choices=["all", "train", "val", "test"], default="all")
     p.add_argument("--selection", choices=SELECTIONS, default="all", help="catalog selection (fashion only)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="encode on Ray Data actors: alone = Ray on this machine; 'auto' = the running cluster; or "
+                        "its address (the dataset and workdir at the same paths on every node)")
     p.set_defaults(func=run)
 
 
 def run(args, settings) -> int:
     name = args.model or settings.default_model
+    if args.ray:
+        settings.ray_address = args.ray
     fs, _ = get_features(settings, name, args.dataset, args.split, args.selection)
     where = Path(settings.workdir) / "features"
     print(f"{len(fs.ids)} feature vectors of {fs.features.shape[1]} dims ({int((~fs.valid).sum())} unreadable "

@@ -11,9 +11,14 @@ def register(sub) -> None:
     p.add_argument("--index-factory", help='FAISS factory string, e.g. "Flat", "HNSW32", "IVF256,PQ32"')
     p.add_argument("--pca", type=int, help="PCA-whitening dims (0 = L2 only); default: tuned value or 256")
     p.add_argument("--force", action="store_true", help="rebuild even when artifacts are current")
+    p.add_argument("--backend", choices=["faiss", "milvus"], default=None,
+                   help="milvus: also load the built index's vectors into its Milvus collection (MILVUS_URI), no "
+                        "re-encoding (default: INDEX_BACKEND)")
     p.add_argument("--compact", action="store_true",
                    help="fold the live catalog's changes (catalog add/update/delete, the API's writes) into the "
                         "saved index, so a service starts without applying them; PCA stays as fitted")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="extract the catalog's features on Ray Data (see `extract --ray`)")
     p.set_defaults(func=run)
 
 
@@ -22,6 +27,8 @@ def run(args, settings) -> int:
         settings.index_factory = args.index_factory
     if args.pca is not None:
         settings.pca_components = args.pca
+    if args.ray:
+        settings.ray_address = args.ray
     for name in args.model or [settings.default_model]:
         if args.compact:
             from ..live.compaction import compact_index
@@ -33,4 +40,19 @@ def run(args, settings) -> int:
         manifest = build_model_index(settings, name, force=args.force)
         print(f"{name}: {manifest['size']} products, {manifest['dims']} dims, "
               f"{manifest['index_factory']} index in {ModelArtifacts.of(settings.workdir, name).root}")
+        if (args.backend or settings.index_backend) == "milvus":
+            load_milvus(settings, name, force=args.force)
     return 0
+
+
+def load_milvus(settings, name: str, force: bool = False) -> None:
+    """Load the built index into Milvus, then bring the collection up to the live catalog."""
+    from ..backends.loading import load_into_milvus
+    from ..engine import RetrievalEngine
+
+    loaded = load_into_milvus(settings, name, force=force)
+    engine = RetrievalEngine(settings.model_copy(update={"index_backend": "milvus"}), name)
+    state = f"{loaded['loaded']} rows loaded" if loaded["loaded"] else "already loaded from this build"
+    print(f"{name}: Milvus collection {loaded['collection']} at {settings.milvus_location} ({loaded['index']}, "
+          f"{state}); {engine.size} products after the live catalog's changes")
+    engine.backend.close()

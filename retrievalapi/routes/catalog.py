@@ -57,10 +57,8 @@ def _etag_matches(header: str, etag: str) -> bool:
                304: {"description": "Not modified (If-None-Match)"}, 404: ERROR_RESPONSES[404]},
 )
 def image(request: Request, rt: RuntimeDep, product_id: ProductId) -> Response:
+    rt.refresh_catalog()
     path = rt.catalog.image_path(product_id)
-    if path is None:
-        rt.refresh_catalog()
-        path = rt.catalog.image_path(product_id)
     if path is None:
         raise HTTPException(404, f"no image for product id {product_id}")
     st = path.stat()
