@@ -2,7 +2,9 @@
 """Validate the Docker deployment without a Docker engine.
 
 Checks that docker-compose.yml parses and is consistent (services, build targets that exist in the
-Dockerfile, dependency conditions, volumes, host paths), that every file the Dockerfile COPYs from
+Dockerfile, dependency conditions, volumes, host paths), that docker-compose.scale.yml over it adds
+a pinned, health-checked Milvus standalone (etcd, MinIO) and scalable API replicas pointed at it,
+that every file the Dockerfile COPYs from
 the build context exists and is not excluded by .dockerignore, that the nginx template gets a value
 for each placeholder in the app image, and that nginx accepts it (`nginx -t`, with the upstream
 pointed at a resolvable address). Runs hadolint on the Dockerfile when it is installed
@@ -124,6 +126,56 @@ def check_compose(stages: dict[str, str], problems: list[str]) -> dict:
     return compose
 
 
+def merged(base: dict, overlay: dict) -> dict:
+    """Compose's merge of a second file: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def check_scale_compose(base: dict, problems: list[str], overlay: dict | None = None) -> dict:
+    """docker-compose.scale.yml (or `overlay`) over docker-compose.yml: Milvus standalone + etcd + MinIO,
+    N API replicas."""
+    path = REPO / "docker-compose.scale.yml"
+    compose = merged(base, overlay if overlay is not None else yaml.safe_load(path.read_text()))
+    services = compose.get("services", {})
+    declared_volumes = set((compose.get("volumes") or {}).keys())
+    for name in ("etcd", "minio", "milvus"):
+        svc = services.get(name)
+        if svc is None:
+            problems.append(f"{path.name}: no `{name}` service")
+            continue
+        image = str(svc.get("image", ""))
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        if not tag or tag == "latest":
+            problems.append(f"{path.name}: {name} image {image!r} is not pinned to a version")
+        if "healthcheck" not in svc:
+            problems.append(f"{path.name}: {name} has no healthcheck")
+        if not svc.get("volumes"):
+            problems.append(f"{path.name}: {name} keeps its data in no volume")
+    for name, svc in services.items():
+        for dep in svc.get("depends_on") or {}:
+            if dep not in services:
+                problems.append(f"{path.name}: {name} depends on unknown service {dep}")
+        for vol in svc.get("volumes") or []:
+            source = str(vol).split(":")[0]
+            if not source.startswith(("${", ".", "/")) and source not in declared_volumes:
+                problems.append(f"{path.name}: {name}: volume {source} is not declared under volumes:")
+    api = services.get("api", {})
+    if "container_name" in api or api.get("ports"):
+        problems.append(f"{path.name}: api has a container_name or published ports: it cannot be scaled")
+    env = api.get("environment") or {}
+    if env.get("INDEX_BACKEND") != "milvus" or "milvus:19530" not in str(env.get("MILVUS_URI")):
+        problems.append(f"{path.name}: api replicas are not pointed at the milvus service")
+    if (api.get("depends_on") or {}).get("milvus", {}).get("condition") != "service_healthy":
+        problems.append(f"{path.name}: api must start after Milvus is healthy")
+    command = " ".join(map(str, services.get("indexer", {}).get("command") or []))
+    if "--backend milvus" not in command:
+        problems.append(f"{path.name}: the indexer does not load the index into Milvus (index --backend milvus)")
+    return compose
+
+
 def check_nginx_template(stages: dict[str, str], compose: dict, problems: list[str]) -> None:
     template = nginx_conf.TEMPLATE.read_text()
     placeholders = {m.group(1) for m in nginx_conf.PLACEHOLDER.finditer(template)}
@@ -165,12 +217,14 @@ def main() -> int:
     problems: list[str] = []
     stages = check_dockerfile(problems)
     compose = check_compose(stages, problems)
+    scaled = check_scale_compose(compose, problems)
     check_nginx_template(stages, compose, problems)
     check_hadolint(problems)
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
     if not problems:
-        print(f"deployment files OK: stages {', '.join(stages)}; services {', '.join(compose['services'])}")
+        print(f"deployment files OK: stages {', '.join(stages)}; services {', '.join(compose['services'])}; "
+              f"scale profile: {', '.join(scaled['services'])}")
     return 1 if problems else 0
 
 

@@ -164,3 +164,24 @@ def test_nginx_balances_and_survives_a_lost_replica(cluster):
     stop(cluster["apis"][0])  # one replica is lost: nginx sends everything to the other
     for _ in range(4):
         assert top_ids(cluster["nginx"], query, 5) == expected
+
+
+def test_the_scale_compose_file_validates_and_its_checks_bite():
+    import copy
+
+    import check_deploy
+    import yaml
+
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "check_deploy.py")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "scale profile: indexer, api, app, etcd, minio, milvus" in res.stdout
+    base = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    overlay = yaml.safe_load((REPO / "docker-compose.scale.yml").read_text())
+    broken = copy.deepcopy(overlay)
+    broken["services"]["milvus"]["image"] = "milvusdb/milvus:latest"
+    del broken["services"]["etcd"]["healthcheck"]
+    broken["services"]["api"]["ports"] = ["8000:8000"]
+    broken["services"]["indexer"]["command"] = ["imageretrieval", "index"]
+    problems: list[str] = []
+    check_deploy.check_scale_compose(base, problems, broken)
+    assert len(problems) == 4, problems
