@@ -1,4 +1,4 @@
-"""`python -m benchmarks encoder|pipeline|serve|live|text`: measured speed figures, written into docs/benchmarks.md."""
+"""`python -m benchmarks encoder|pipeline|serve|live|text|scaling`: measured figures, written into docs/."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import sys
 
 from imageretrieval.cli import add_settings_flags, settings_from_args, user_errors
 
-from . import encoder, live, pipeline, serve, text
+from . import encoder, live, pipeline, scaling, serve, text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     add_settings_flags(parser)
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    for module in (encoder, pipeline, serve, live, text):
+    for module in (encoder, pipeline, serve, live, text, scaling):
         module.register(sub)
     for subparser in sub.choices.values():
         add_settings_flags(subparser, default=argparse.SUPPRESS)

@@ -108,7 +108,8 @@ class CatalogWriter:
                                          initializer=lower_thread_priority)
         self.maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-rebuild")
         self._tailer: asyncio.Task | None = None
-        self._unsynced: set[int] = set()  # ids journaled but not applied to a shared index (it failed)
+        self._unsynced: set[int] = set()  # ids journaled but maybe not applied to a shared index
+        self._unsynced_lock = threading.Lock()  # request threads add, the writer thread takes
 
     # ----- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,7 +132,7 @@ class CatalogWriter:
             except Exception:  # noqa: BLE001 - keep tailing; the log says why
                 log.exception("applying other writers' catalog changes failed")
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, resync: bool = True) -> None:
         ops = self.catalog.catch_up()
         if ops:
             for engine in self.engines.values():
@@ -141,22 +142,26 @@ class CatalogWriter:
                 self.unsynced(op.id for op in ops)  # their writer applied them, unless it had no such index
             log.info("applied %d catalog changes written by another process", len(ops))
             self._maintain()
-        if self._unsynced:
+        if resync and self._unsynced:
             self._resync()
 
     def unsynced(self, ids) -> None:
-        """Ids another process journaled: checked against the shared indexes at the next tail."""
-        self._unsynced.update(ids)
+        """Ids journaled that a shared index may lack (another process wrote them, or applying failed):
+        checked against the shared indexes at the next tail."""
+        with self._unsynced_lock:
+            self._unsynced.update(ids)
 
     def _resync(self) -> None:
-        """Writer thread: bring shared indexes up to the catalog for the ids a failed write left behind."""
-        ids = sorted(self._unsynced)
+        """Writer thread: bring shared indexes up to the catalog for the unsynced ids (idempotent)."""
+        with self._unsynced_lock:
+            ids = sorted(self._unsynced)
         with self.catalog.synced():
             for engine in self.engines.values():
                 if engine.shared:
                     engine.sync_backend(ids)
-        self._unsynced.difference_update(ids)
-        log.info("shared indexes caught up with %d journaled changes", len(ids))
+        with self._unsynced_lock:
+            self._unsynced.difference_update(ids)
+        log.debug("shared indexes checked against %d journaled changes", len(ids))
 
     # ----- the write ----------------------------------------------------------------------------
     async def write(self, requests: list[WriteRequest], key: ApiKey | None) -> dict:
@@ -199,7 +204,8 @@ class CatalogWriter:
     def _precheck(self, writes: list[Write]) -> None:
         """Unknown ids of updates and deletes; an add of an existing id is decided at commit (it may be a
         no-op re-add of the same product, which needs the stored image to tell)."""
-        self._catch_up()  # what other processes wrote, applied to the indexes too
+        self._catch_up(resync=False)  # what other processes wrote, applied to in-process indexes (the tailer
+        # re-checks shared ones: a write does not wait for, or fail with, that check)
         with self.catalog.lock:
             for w in writes:
                 if w.kind != "add" and self.catalog.current(w.id) is None:
@@ -275,11 +281,11 @@ class CatalogWriter:
         except BackendUnavailableError as exc:
             if not journaled:
                 raise
-            self._unsynced.update(journaled)  # durable in the journal: the tailer applies it when the index answers
+            self.unsynced(journaled)  # durable in the journal: the tailer applies it when the index answers
             raise BackendUnavailableError(f"{exc}; the change is saved in the catalog journal and reaches the index "
                                           "when it answers again") from exc
         except BaseException:
-            self._unsynced.update(journaled)
+            self.unsynced(journaled)
             self._catch_up()  # what the commit caught up of other writers reaches the indexes even so
             raise
         for engine in self.engines.values():

@@ -217,3 +217,7 @@ def test_cli_loads_a_built_index_into_milvus_and_writes_reach_it(synthetic_catal
     assert ([h.id for h in engine.search_vectors(query, 10, {"gender": ["Men"]})[0]]
             == [h.id for h in faiss.search_vectors(query, 10, {"gender": ["Men"]})[0]])
     assert engine.facets() == faiss.facets() and engine.size == faiss.size
+    for rerank in ("none", "category"):  # more like this, with and without the same-type-first re-ranking
+        assert ([h.id for h in engine.search_by_id(1003, 12, rerank=rerank)]
+                == [h.id for h in faiss.search_by_id(1003, 12, rerank=rerank)])
+    assert engine.product(900300) == faiss.product(900300)

@@ -97,8 +97,9 @@ def cluster(tmp_path_factory, synthetic_catalog, built_workdir):
         return proc
 
     try:
-        milvus = start([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp / "milvus"),
-                        "--host", "127.0.0.1", "--port", str(milvus_port)], "milvus", dict(os.environ))
+        milvus_args = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp / "milvus"),
+                       "--host", "127.0.0.1", "--port", str(milvus_port)]
+        milvus = start(milvus_args, "milvus", dict(os.environ))
         uri = f"http://127.0.0.1:{milvus_port}"
         settings = make_settings(synthetic_catalog, workdir, index_backend="milvus", milvus_uri=uri)
         deadline = time.monotonic() + 60
@@ -126,7 +127,8 @@ def cluster(tmp_path_factory, synthetic_catalog, built_workdir):
         web = start([nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"], "nginx", dict(os.environ))
         wait_for(f"http://127.0.0.1:{web_port}/api/health", web, prefix / "error.log", timeout=20)
         yield {"replicas": [f"http://127.0.0.1:{p}" for p in ports], "apis": apis, "nginx": f"http://127.0.0.1:{web_port}",
-               "auth": {"Authorization": f"Bearer {key}"}, "catalog": Path(synthetic_catalog), "logs": logs}
+               "auth": {"Authorization": f"Bearer {key}"}, "catalog": Path(synthetic_catalog), "logs": logs,
+               "milvus": milvus, "restart_milvus": lambda: start(milvus_args, "milvus-again", dict(os.environ))}
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -153,6 +155,32 @@ def test_replicas_answer_alike_and_see_each_others_writes(cluster):
     assert request(f"{b}/api/products/{new_id}", "DELETE", headers=cluster["auth"])[0] == 200
     assert new_id not in top_ids(a, image, 10)
     assert request(f"{a}/api/products/{new_id}")[0] == 404
+
+
+def test_a_write_while_milvus_is_down_is_journaled_then_applied(cluster):
+    a, b = cluster["replicas"]
+    new_id, image = 900800, png(8)
+    stop(cluster["milvus"])
+    started = time.monotonic()
+    status, body = request(f"{a}/api/products", "POST", headers=cluster["auth"], files={"image": ("p.png", image)},
+                           fields={"id": new_id, "productDisplayName": "Offline tee", "gender": "Women",
+                                   "masterCategory": "Apparel", "subCategory": "Topwear", "articleType": "Tshirts"})
+    assert status == 503 and "journal" in body["detail"], body
+    assert time.monotonic() - started < 60
+    status, body = request(f"{b}/api/search", "POST", fields={"top_k": 3}, files={"image": ("q.png", image)})
+    assert status == 503 and "Milvus" in body["detail"]  # a clear answer, not a hang or a 500
+    cluster["milvus"] = cluster["restart_milvus"]()
+    deadline = time.monotonic() + 60
+    found: list[int] = []
+    while time.monotonic() < deadline:  # each replica's tailer applies the journaled write once Milvus answers
+        status, body = request(f"{b}/api/search", "POST", fields={"top_k": 1}, files={"image": ("q.png", image)})
+        found = [hit["id"] for hit in body.get("results", [])] if status == 200 else []
+        if found == [new_id]:
+            break
+        time.sleep(0.5)
+    assert found == [new_id], (status, body, *[(cluster["logs"] / f"api{i}.log").read_text()[-3000:] for i in (0, 1)],
+                               (cluster["logs"] / "milvus-again.log").read_text()[-2000:])
+    assert request(f"{a}/api/products/{new_id}")[1]["productDisplayName"] == "Offline tee"
 
 
 def test_nginx_balances_and_survives_a_lost_replica(cluster):

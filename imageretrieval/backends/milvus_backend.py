@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 INSERT_BATCH = 2000  # rows per insert request (a gRPC message stays well under Milvus' 64 MB limit)
 FETCH_BATCH = 4096  # ids per get/query request
 EXACT_FALLBACK_MAX_ROWS = 200_000  # a filter this selective is ranked exactly when the index ran short
+COLLECTION_NOT_LOADED = 101  # Milvus' error code for a search or query on a released collection
+CALL_TIMEOUT_S = 10.0  # per request: a Milvus that does not answer is reported (503), not waited for
 FACETS_TTL_S = 10.0  # facet counts are recounted at most this often (other replicas write too)
 MAX_VALUE_LENGTH = 512  # VARCHAR capacity of an attribute field (the write path allows 64 characters)
 SEARCH_KEYS = {"ef", "nprobe"}  # index-string keys that are search parameters, not build parameters
@@ -124,7 +126,7 @@ def connect(uri: str, token: str | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = str(path.resolve())
     try:
-        return MilvusClient(uri=uri, token=token or "")
+        return MilvusClient(uri=uri, token=token or "", timeout=CALL_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - pymilvus raises its own hierarchy
         raise BackendUnavailableError(f"cannot connect to Milvus at {uri}: {exc}") from exc
 
@@ -135,14 +137,22 @@ def _guarded(method):
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except (BackendUnavailableError, ValueError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - pymilvus and grpc raise their own hierarchies
-            if type(exc).__module__.split(".")[0] not in ("pymilvus", "grpc", "milvus_lite"):
+        for attempt in (1, 2):
+            try:
+                return method(self, *args, **kwargs)
+            except (BackendUnavailableError, ValueError):
                 raise
-            raise BackendUnavailableError(f"Milvus ({self.collection}) failed: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - pymilvus and grpc raise their own hierarchies
+                if type(exc).__module__.split(".")[0] not in ("pymilvus", "grpc", "milvus_lite"):
+                    raise
+                if attempt == 1 and getattr(exc, "code", None) == COLLECTION_NOT_LOADED:
+                    try:  # a restarted Milvus holds the collection, not loaded: load it and retry once
+                        self.client.load_collection(self.collection, timeout=CALL_TIMEOUT_S)
+                        continue
+                    except Exception:  # noqa: BLE001 - reported below
+                        pass
+                raise BackendUnavailableError(f"Milvus ({self.collection}) failed: {exc}") from exc
+        raise AssertionError("unreachable")
 
     return call
 
@@ -220,27 +230,40 @@ class MilvusBackend(VectorBackend):
 
     @_guarded
     def count(self, filters: Filters | None = None) -> int:
-        result = self.client.query(self.collection, filter=live_expression(filters), output_fields=["count(*)"],
-                                   consistency_level="Strong")
-        return int(result[0]["count(*)"])
+        return self.count_expr(live_expression(filters))
 
     @_guarded
     def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> list[Candidates]:
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         expr = live_expression(filters)
         params = {"metric_type": "IP", "params": dict(self.spec.search)}
-        answers = self.client.search(self.collection, data=queries.tolist(), limit=int(k), filter=expr,
-                                     output_fields=["product"], search_params=params, consistency_level="Strong")
+        answers = self._search(queries, k, expr, params)
         out = []
-        n_allowed = None
         for qi, hits in enumerate(answers):
             cands = self._candidates([(int(h["id"]), float(h["distance"]), h["entity"]["product"]) for h in hits])
-            if len(cands) < k:  # an approximate index may run short under a selective filter
-                n_allowed = self.count(filters) if n_allowed is None else n_allowed
-                if len(cands) < min(k, n_allowed) and n_allowed <= EXACT_FALLBACK_MAX_ROWS:
-                    cands = self._exact(queries[qi], k, expr)
+            if len(cands) < k and self.spec.search:  # an approximate index may run short under a selective filter
+                cands = self._widened(queries[qi], k, expr)
             out.append(cands)
         return out
+
+    def _search(self, queries: np.ndarray, k: int, expr: str, params: dict) -> list:
+        return self.client.search(self.collection, data=queries.tolist(), limit=int(k), filter=expr,
+                                  output_fields=["product"], search_params=params, consistency_level="Strong",
+                                  timeout=CALL_TIMEOUT_S)
+
+    def _widened(self, query: np.ndarray, k: int, expr: str) -> Candidates:
+        """A graph or IVF search that ran short: search wider (ef, nprobe x8), then rank the filtered rows
+        exactly (fewer than k of them, or the filter too selective for the index)."""
+        search = {key: value * 8 for key, value in self.spec.search.items()}
+        hits = self._search(query[None], k, expr, {"metric_type": "IP", "params": search})[0]
+        if len(hits) >= k:
+            return self._candidates([(int(h["id"]), float(h["distance"]), h["entity"]["product"]) for h in hits])
+        return self._exact(query, k, expr)
+
+    def count_expr(self, expr: str) -> int:
+        result = self.client.query(self.collection, filter=expr, output_fields=["count(*)"],
+                                   consistency_level="Strong", timeout=CALL_TIMEOUT_S)
+        return int(result[0]["count(*)"])
 
     @staticmethod
     def _candidates(hits: list[tuple[int, float, dict]]) -> Candidates:
@@ -249,9 +272,9 @@ class MilvusBackend(VectorBackend):
                           [h[2] for h in hits])
 
     def _exact(self, query: np.ndarray, k: int, expr: str) -> Candidates:
-        rows = list(self.client.query(self.collection, filter=expr,
-                                      output_fields=["id", "vector", "product"], consistency_level="Strong",
-                                      limit=EXACT_FALLBACK_MAX_ROWS))
+        rows = list(self.client.query(self.collection, filter=expr, output_fields=["id", "vector", "product"],
+                                      consistency_level="Strong", limit=EXACT_FALLBACK_MAX_ROWS,
+                                      timeout=CALL_TIMEOUT_S))
         if not rows:
             return self._candidates([])
         rows.sort(key=lambda r: int(r["id"]))
@@ -266,7 +289,8 @@ class MilvusBackend(VectorBackend):
         fields = ["id", "image", "product", "alive"] + (["vector"] if vectors else [])
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), FETCH_BATCH):
-            for r in self.client.get(self.collection, ids=ids[start: start + FETCH_BATCH], output_fields=fields):
+            for r in self.client.get(self.collection, ids=ids[start: start + FETCH_BATCH], output_fields=fields,
+                                     timeout=CALL_TIMEOUT_S):
                 if not r["alive"]:
                     continue
                 vector = np.asarray(r["vector"], np.float32) if vectors else np.zeros(0, np.float32)
@@ -283,7 +307,7 @@ class MilvusBackend(VectorBackend):
         if cached is None or cached[0] != self.generation:
             counts: dict[str, dict[str, int]] = {f: {} for f in self.attribute_fields}
             iterator = self.client.query_iterator(self.collection, batch_size=8192, filter=live_expression(None),
-                                                  output_fields=list(self.attribute_fields))
+                                                  output_fields=list(self.attribute_fields), timeout=CALL_TIMEOUT_S)
             try:
                 while batch := iterator.next():
                     for record in batch:
@@ -309,9 +333,9 @@ class MilvusBackend(VectorBackend):
         records = [self._record(r) for r in upserts] + [self._tombstone(pid) for pid in gone]
         with self._lock:
             for start in range(0, len(records), INSERT_BATCH):
-                self.client.upsert(self.collection, records[start: start + INSERT_BATCH])
+                self.client.upsert(self.collection, records[start: start + INSERT_BATCH], timeout=CALL_TIMEOUT_S)
             if gone:
-                self.client.delete(self.collection, ids=gone)
+                self.client.delete(self.collection, ids=gone, timeout=CALL_TIMEOUT_S)
             self._writes += 1
             self._facets = None
 
