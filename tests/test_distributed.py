@@ -60,3 +60,22 @@ def test_ray_extraction_equals_local_and_resumes(local_ray, synthetic_catalog, b
     valid = ~np.isnan(local.features).any(axis=1)
     np.testing.assert_allclose(resumed.features[valid], local.features[valid], atol=1e-5)
     np.testing.assert_array_equal(resumed.ids, local.ids)
+
+
+def test_extract_cli_on_ray_matches_the_cached_local_features(local_ray, synthetic_catalog, built_workdir, tmp_path,
+                                                               capsys):
+    import shutil
+
+    from imageretrieval.cli import main
+    from imageretrieval.extract import feature_dir, load_features
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    local = load_features(feature_dir(workdir, "tiny", "fashion-all-all"))
+    shutil.rmtree(workdir / "features")  # nothing to copy from: every row is encoded on Ray
+    flags = ["--workdir", str(workdir), "--dataset-root", str(synthetic_catalog)]
+    assert main(["extract", "--model", "tiny", "--ray", *flags]) == 0
+    assert "96 feature vectors" in capsys.readouterr().out
+    remote = load_features(feature_dir(workdir, "tiny", "fashion-all-all"))
+    np.testing.assert_array_equal(remote.ids, local.ids)
+    np.testing.assert_allclose(remote.features, local.features, atol=1e-5)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 INSERT_BATCH = 2000  # rows per insert request (a gRPC message stays well under Milvus' 64 MB limit)
 FETCH_BATCH = 4096  # ids per get/query request
-EXACT_FALLBACK_MAX_ROWS = 200_000  # a filter this selective is ranked exactly when the index ran short
+EXACT_FALLBACK_MAX_ROWS = 200_000  # filtered rows ranked exactly, at most, where the index ran short
 COLLECTION_NOT_LOADED = 101  # Milvus' error code for a search or query on a released collection
 CALL_TIMEOUT_S = 10.0  # per request: a Milvus that does not answer is reported (503), not waited for
 FACETS_TTL_S = 10.0  # facet counts are recounted at most this often (other replicas write too)
@@ -131,28 +131,30 @@ def connect(uri: str, token: str | None = None):
         raise BackendUnavailableError(f"cannot connect to Milvus at {uri}: {exc}") from exc
 
 
+def _from_milvus(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in ("pymilvus", "grpc", "milvus_lite")
+
+
 def _guarded(method):
     """Milvus' own errors (server down, timeouts) as BackendUnavailableError: the API answers 503."""
     import functools
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        for attempt in (1, 2):
-            try:
-                return method(self, *args, **kwargs)
-            except (BackendUnavailableError, ValueError):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - pymilvus and grpc raise their own hierarchies
+            if not _from_milvus(exc):
                 raise
-            except Exception as exc:  # noqa: BLE001 - pymilvus and grpc raise their own hierarchies
-                if type(exc).__module__.split(".")[0] not in ("pymilvus", "grpc", "milvus_lite"):
-                    raise
-                if attempt == 1 and getattr(exc, "code", None) == COLLECTION_NOT_LOADED:
-                    try:  # a restarted Milvus holds the collection, not loaded: load it and retry once
-                        self.client.load_collection(self.collection, timeout=CALL_TIMEOUT_S)
-                        continue
-                    except Exception:  # noqa: BLE001 - reported below
-                        pass
+            if getattr(exc, "code", None) != COLLECTION_NOT_LOADED:
                 raise BackendUnavailableError(f"Milvus ({self.collection}) failed: {exc}") from exc
-        raise AssertionError("unreachable")
+        try:  # a restarted Milvus holds the collection, not loaded: load it and try once more
+            self.client.load_collection(self.collection, timeout=CALL_TIMEOUT_S)
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            if not _from_milvus(exc):
+                raise
+            raise BackendUnavailableError(f"Milvus ({self.collection}) failed: {exc}") from exc
 
     return call
 
@@ -172,7 +174,7 @@ class MilvusBackend(VectorBackend):
         self.spec = spec or self._stored_spec()
         self._lock = threading.Lock()
         self._writes = 0
-        self._facets: tuple[tuple, dict] | None = None
+        self._facets: tuple[object, dict] | None = None  # (generation, counts)
         client.load_collection(collection)
 
     # ----- creation -------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ class MilvusBackend(VectorBackend):
     def create(cls, client, collection: str, rows: Sequence[Row] | None, dims: int, attribute_fields: Sequence[str],
                spec: MilvusIndexSpec, progress=None, source: dict | None = None) -> MilvusBackend:
         """A new collection (an existing one of that name is dropped) holding `rows`, indexed per `spec`;
-        `source` (what the rows were loaded from) is kept in the collection's description."""
+        the spec and `source` (what the rows were loaded from) are kept in the collection's properties."""
         from pymilvus import DataType, MilvusClient
 
         if client.has_collection(collection):
@@ -256,8 +258,9 @@ class MilvusBackend(VectorBackend):
         exactly (fewer than k of them, or the filter too selective for the index)."""
         search = {key: value * 8 for key, value in self.spec.search.items()}
         hits = self._search(query[None], k, expr, {"metric_type": "IP", "params": search})[0]
-        if len(hits) >= k:
-            return self._candidates([(int(h["id"]), float(h["distance"]), h["entity"]["product"]) for h in hits])
+        widened = self._candidates([(int(h["id"]), float(h["distance"]), h["entity"]["product"]) for h in hits])
+        if len(hits) >= k or self.count_expr(expr) > EXACT_FALLBACK_MAX_ROWS:
+            return widened
         return self._exact(query, k, expr)
 
     def count_expr(self, expr: str) -> int:
