@@ -430,7 +430,7 @@ class RetrievalEngine:
             "kind": self.info["kind"] or "trained",
             "dims": self.dims,
             "raw_dims": self.manifest.get("raw_dims"),
-            "index_type": self.manifest.get("index_factory"),
+            "index_type": self.backend.index_type,
             "index_size": self.size,
             "index_backend": self.backend_name,
             "input_size": self.preprocess.shape[1],

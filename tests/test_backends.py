@@ -210,7 +210,7 @@ def test_cli_loads_a_built_index_into_milvus_and_writes_reach_it(synthetic_catal
                  *flags]) == 0
     settings = make_settings(synthetic_catalog, workdir, index_backend="milvus", milvus_uri=str(tmp_path / "cli.db"))
     engine = RetrievalEngine(settings, "tiny")
-    assert engine.backend.name == "milvus"
+    assert engine.backend.name == "milvus" and engine.describe()["index_type"] == "milvus:FLAT"
     assert engine.search([images / "900300.png"], k=1)[0][0].id == 900300
     faiss = RetrievalEngine(make_settings(synthetic_catalog, workdir), "tiny")
     query = faiss.vector_of(1003)[None]

@@ -27,9 +27,11 @@ pytest.importorskip("milvus_lite")
 
 
 def request(url: str, method: str = "GET", fields: dict | None = None, files: dict | None = None,
-            headers: dict | None = None) -> tuple[int, dict]:
-    """A multipart (or plain) request with the standard library; (status, JSON body)."""
-    body, head = None, dict(headers or {})
+            headers: dict | None = None, body: dict | None = None) -> tuple[int, dict]:
+    """A multipart, JSON (`body`) or plain request with the standard library; (status, JSON answer)."""
+    head = dict(headers or {})
+    if body is not None:
+        body, head["Content-Type"] = json.dumps(body).encode(), "application/json"
     if fields is not None or files is not None:
         boundary = uuid.uuid4().hex
         parts = []
@@ -139,8 +141,11 @@ def test_replicas_answer_alike_and_see_each_others_writes(cluster):
     query = (cluster["catalog"] / "images" / "1003.jpg").read_bytes()
     assert top_ids(a, query, 10) == top_ids(b, query, 10)
     assert top_ids(a, query, 5, gender="Women") == top_ids(b, query, 5, gender="Women")
-    assert request(f"{a}/api/search/1003?top_k=5&rerank=category")[1] == request(
-        f"{b}/api/search/1003?top_k=5&rerank=category")[1]
+    by_id = [request(f"{r}/api/search/by-id", "POST", body={"product_id": 1003, "top_k": 5, "rerank": "category"})
+             for r in (a, b)]
+    assert by_id[0][0] == by_id[1][0] == 200, by_id
+    assert [h["id"] for h in by_id[0][1]["results"]] == [h["id"] for h in by_id[1][1]["results"]]
+    assert len(by_id[0][1]["results"]) == 5 and 1003 not in [h["id"] for h in by_id[0][1]["results"]]
 
     new_id, image = 900700, png(7)
     status, body = request(f"{a}/api/products", "POST", headers=cluster["auth"], files={"image": ("p.png", image)},

@@ -56,6 +56,11 @@ class VectorBackend(ABC):
     @abstractmethod
     def dims(self) -> int: ...
 
+    @property
+    @abstractmethod
+    def index_type(self) -> str:
+        """What searches the vectors, as a user configures it (a FAISS factory string, "milvus:HNSW")."""
+
     @abstractmethod
     def count(self, filters: Filters | None = None) -> int:
         """Rows matching `filters` (all rows for None)."""

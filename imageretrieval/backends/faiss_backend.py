@@ -37,6 +37,10 @@ class FaissBackend(VectorBackend):
         return self.live.dims
 
     @property
+    def index_type(self) -> str:
+        return self.live.factory
+
+    @property
     def state(self) -> IndexState:
         return self.live.state
 

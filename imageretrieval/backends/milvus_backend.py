@@ -230,6 +230,10 @@ class MilvusBackend(VectorBackend):
     def dims(self) -> int:
         return self._dims
 
+    @property
+    def index_type(self) -> str:
+        return f"milvus:{self.spec.index_type}"
+
     @_guarded
     def count(self, filters: Filters | None = None) -> int:
         return self.count_expr(live_expression(filters))
