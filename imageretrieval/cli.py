@@ -25,7 +25,9 @@ USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", 
                ("live.products", ["ProductValidationError"]), ("live.journal", ["JournalCorruptError"]),
                ("live.store", ["DuplicateProductError", "UnknownLiveProductError", "StorageFullError"]),
                ("text.queries", ["QueryTextError"]), ("text.search", ["TextSearchUnavailableError"]),
-               ("text.encoders", ["TextEncoderUnavailableError"])]
+               ("text.encoders", ["TextEncoderUnavailableError"]),
+               ("backends.base", ["BackendUnavailableError", "CollectionNotLoadedError"]),
+               ("distributed", ["RayUnavailableError"])]
 
 log = logging.getLogger("imageretrieval")
 

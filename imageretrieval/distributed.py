@@ -36,6 +36,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         raise RayUnavailableError("--ray needs Ray Data: pip install 'ray[data]'") from exc
     if ray.is_initialized():
         return
+    # workers run this very interpreter and its packages: never an environment Ray would rebuild with `uv run`
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if address in (None, "", LOCAL):
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from imageretrieval.artifacts import ModelArtifacts
+from imageretrieval.backends import BackendUnavailableError
 from imageretrieval.catalog import CatalogError
 from imageretrieval.device import keep_freed_memory
 from imageretrieval.engine import IndexNotBuiltError, RetrievalEngine, SearchHit, result_fields
@@ -69,7 +70,7 @@ def load_engines(settings: ApiSettings, executor: Executor | None = None,
             engines[name] = (executor.submit(RetrievalEngine, settings, name, catalog).result()
                              if executor is not None else RetrievalEngine(settings, name, catalog))
         except (IndexNotBuiltError, ModelNotFoundError, WeightsUnavailableError, CatalogError,
-                RuntimeUnavailableError) as exc:
+                RuntimeUnavailableError, BackendUnavailableError) as exc:
             raise StartupError(f"cannot load model {name!r}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - anything else at load time is still a broken artifact
             raise StartupError(
