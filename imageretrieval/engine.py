@@ -141,6 +141,8 @@ class RetrievalEngine:
                 raise IndexNotBuiltError(str(exc)) from None
             with self.catalog.synced():  # no other writer between reading the catalog and applying it
                 self.sync_backend(list(self.catalog.changed_ids()))
+            self._counted_journal = self.catalog.journal.identity()
+            self.backend.known_values(FILTER_FIELDS[0])  # the facet count, now rather than at the first filter
 
     def _load_rows(self, factory: str) -> None:
         """The built index's rows, with the live catalog's changes since it was built applied."""
@@ -297,7 +299,8 @@ class RetrievalEngine:
                 raise UnknownFilterError(f"unknown filter {field!r}; filters: {', '.join(FILTER_FIELDS)}")
             values = [v.strip() for v in values or [] if v and v.strip()]
             unknown = [v for v in values if v not in self.backend.known_values(field)]
-            if unknown and self.backend.shared:  # another process may have added the value: recount once
+            if unknown and self.backend.shared and self.catalog.journal.identity() != self._counted_journal:
+                self._counted_journal = self.catalog.journal.identity()  # another process wrote: recount once
                 self.backend.refresh()
                 unknown = [v for v in values if v not in self.backend.known_values(field)]
             if unknown:

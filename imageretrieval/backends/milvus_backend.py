@@ -31,7 +31,7 @@ FETCH_BATCH = 4096  # ids per get/query request
 EXACT_FALLBACK_MAX_ROWS = 200_000  # filtered rows ranked exactly, at most, where the index ran short
 COLLECTION_NOT_LOADED = 101  # Milvus' error code for a search or query on a released collection
 CALL_TIMEOUT_S = 10.0  # per request: a Milvus that does not answer is reported (503), not waited for
-FACETS_TTL_S = 10.0  # facet counts are recounted at most this often (other replicas write too)
+FACETS_TTL_S = 30.0  # facet counts are recounted this often when asked for (other replicas write too)
 MAX_VALUE_LENGTH = 512  # VARCHAR capacity of an attribute field (the write path allows 64 characters)
 SEARCH_KEYS = {"ef", "nprobe"}  # index-string keys that are search parameters, not build parameters
 META_PROPERTY = "imageretrieval.meta"  # collection property holding the index spec and what was loaded
@@ -175,6 +175,7 @@ class MilvusBackend(VectorBackend):
         self._lock = threading.Lock()
         self._writes = 0
         self._facets: tuple[object, dict] | None = None  # (generation, counts)
+        self._facets_lock = threading.Lock()
         client.load_collection(collection)
 
     # ----- creation -------------------------------------------------------------------------------
@@ -236,7 +237,10 @@ class MilvusBackend(VectorBackend):
 
     @_guarded
     def count(self, filters: Filters | None = None) -> int:
-        return self.count_expr(live_expression(filters))
+        """Rows matching `filters`. Unfiltered: Milvus' own row count, which may include for an instant
+        the dead rows of a write in progress (they are deleted right after it) - a filter scan costs
+        seconds on Milvus Lite."""
+        return self.count_expr(live_expression(filters) if filters else "")
 
     @_guarded
     def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> list[Candidates]:
@@ -263,9 +267,10 @@ class MilvusBackend(VectorBackend):
         search = {key: value * 8 for key, value in self.spec.search.items()}
         hits = self._search(query[None], k, expr, {"metric_type": "IP", "params": search})[0]
         widened = self._candidates([(int(h["id"]), float(h["distance"]), h["entity"]["product"]) for h in hits])
-        if len(hits) >= k or self.count_expr(expr) > EXACT_FALLBACK_MAX_ROWS:
+        if len(hits) >= k:
             return widened
-        return self._exact(query, k, expr)
+        exact = self._exact(query, k, expr)
+        return widened if exact is None else exact
 
     def count_expr(self, expr: str) -> int:
         result = self.client.query(self.collection, filter=expr, output_fields=["count(*)"],
@@ -278,10 +283,13 @@ class MilvusBackend(VectorBackend):
         return Candidates(np.array([h[0] for h in hits], np.int64), np.array([h[1] for h in hits], np.float32),
                           [h[2] for h in hits])
 
-    def _exact(self, query: np.ndarray, k: int, expr: str) -> Candidates:
+    def _exact(self, query: np.ndarray, k: int, expr: str) -> Candidates | None:
+        """The filtered rows ranked exactly; None when more than EXACT_FALLBACK_MAX_ROWS match."""
         rows = list(self.client.query(self.collection, filter=expr, output_fields=["id", "vector", "product"],
-                                      consistency_level="Strong", limit=EXACT_FALLBACK_MAX_ROWS,
+                                      consistency_level="Strong", limit=EXACT_FALLBACK_MAX_ROWS + 1,
                                       timeout=CALL_TIMEOUT_S))
+        if len(rows) > EXACT_FALLBACK_MAX_ROWS:
+            return None
         if not rows:
             return self._candidates([])
         rows.sort(key=lambda r: int(r["id"]))
@@ -310,8 +318,23 @@ class MilvusBackend(VectorBackend):
 
     @_guarded
     def facets(self, fields: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Counted by a scan of the collection, again when this process wrote or FACETS_TTL_S passed."""
         cached = self._facets
         if cached is None or cached[0] != self.generation:
+            cached = self._count_facets()
+        return {name: cached[1].get(name, {}) for name in fields}
+
+    def known_values(self, name: str) -> set[str]:
+        """From the last count whatever its age (a filter must not wait for a scan): a value it lacks
+        makes the engine `refresh` and ask again."""
+        cached = self._facets or self._count_facets()
+        return set(cached[1].get(name, {}))
+
+    def _count_facets(self) -> tuple[object, dict]:
+        with self._facets_lock:
+            cached = self._facets
+            if cached is not None and cached[0] == self.generation:  # another thread just counted
+                return cached
             counts: dict[str, dict[str, int]] = {f: {} for f in self.attribute_fields}
             iterator = self.client.query_iterator(self.collection, batch_size=8192, filter=live_expression(None),
                                                   output_fields=list(self.attribute_fields), timeout=CALL_TIMEOUT_S)
@@ -323,11 +346,11 @@ class MilvusBackend(VectorBackend):
                             table[value] = table.get(value, 0) + 1
             finally:
                 iterator.close()
-            cached = self._facets = (self.generation, counts)
-        return {name: cached[1].get(name, {}) for name in fields}
+            self._facets = (self.generation, counts)
+            return self._facets
 
     def refresh(self) -> None:
-        """Forget cached facet counts (another replica may have written)."""
+        """Recount the facets at the next use (another replica wrote)."""
         self._facets = None
 
     # ----- writes -------------------------------------------------------------------------------
