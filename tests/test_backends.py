@@ -221,3 +221,17 @@ def test_cli_loads_a_built_index_into_milvus_and_writes_reach_it(synthetic_catal
         assert ([h.id for h in engine.search_by_id(1003, 12, rerank=rerank)]
                 == [h.id for h in faiss.search_by_id(1003, 12, rerank=rerank)])
     assert engine.product(900300) == faiss.product(900300)
+
+
+def test_a_local_milvus_uri_in_the_environment_does_not_break_pymilvus(tmp_path):
+    """pymilvus parses MILVUS_URI itself at import and accepts only http(s): ours may be a file path."""
+    import os
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "env.db")
+    code = ("from imageretrieval.backends.milvus_backend import connect\n"
+            f"print('collections', connect({path!r}).list_collections())")
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MILVUS_URI": path}, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "collections []" in res.stdout, res.stderr[-2000:]

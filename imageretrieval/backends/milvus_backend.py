@@ -112,14 +112,31 @@ def stored_meta(client, collection: str) -> dict:
         return {}
 
 
+def _pymilvus():
+    """pymilvus, imported with a MILVUS_URI that is a local path hidden from it: its own connection
+    defaults parse that variable at import and accept only http(s) addresses."""
+    import os
+
+    ours = os.environ.get("MILVUS_URI")
+    if ours is not None and "://" not in ours:
+        del os.environ["MILVUS_URI"]
+    try:
+        import pymilvus
+    finally:
+        if ours is not None:
+            os.environ["MILVUS_URI"] = ours
+    return pymilvus
+
+
 def connect(uri: str, token: str | None = None):
     """A MilvusClient for `uri`: a local path (Milvus Lite: `<path>.db`) or http(s)://host:port."""
     try:
-        from pymilvus import MilvusClient
+        MilvusClient = _pymilvus().MilvusClient  # noqa: N806 - the class
     except ImportError as exc:
         raise BackendUnavailableError("INDEX_BACKEND=milvus needs pymilvus (and milvus-lite for a local file): "
                                       "pip install pymilvus milvus-lite") from exc
-    if "://" not in uri:
+    local = "://" not in uri
+    if local:
         path = Path(uri).expanduser()
         if path.suffix != ".db":
             path = path.with_suffix(path.suffix + ".db") if path.suffix else path.with_suffix(".db")
@@ -128,7 +145,9 @@ def connect(uri: str, token: str | None = None):
     try:
         return MilvusClient(uri=uri, token=token or "", timeout=CALL_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - pymilvus raises its own hierarchy
-        raise BackendUnavailableError(f"cannot connect to Milvus at {uri}: {exc}") from exc
+        hint = (f" (Milvus Lite opens a file in one process at a time: to share it, run `python -m milvus_lite "
+                f"server --data-dir {uri} --port 19530` and set MILVUS_URI=http://127.0.0.1:19530)" if local else "")
+        raise BackendUnavailableError(f"cannot connect to Milvus at {uri}: {exc}{hint}") from exc
 
 
 def _from_milvus(exc: BaseException) -> bool:
@@ -184,7 +203,7 @@ class MilvusBackend(VectorBackend):
                spec: MilvusIndexSpec, progress=None, source: dict | None = None) -> MilvusBackend:
         """A new collection (an existing one of that name is dropped) holding `rows`, indexed per `spec`;
         the spec and `source` (what the rows were loaded from) are kept in the collection's properties."""
-        from pymilvus import DataType, MilvusClient
+        DataType, MilvusClient = _pymilvus().DataType, _pymilvus().MilvusClient  # noqa: N806
 
         if client.has_collection(collection):
             client.drop_collection(collection)
