@@ -298,17 +298,20 @@ class RetrievalEngine:
             if field not in FILTER_FIELDS:
                 raise UnknownFilterError(f"unknown filter {field!r}; filters: {', '.join(FILTER_FIELDS)}")
             values = [v.strip() for v in values or [] if v and v.strip()]
-            unknown = [v for v in values if v not in self.backend.known_values(field)]
+            if not values:
+                continue
+            known = self.backend.known_values(field)
+            unknown = [v for v in values if v not in known]
             if unknown and self.backend.shared and self.catalog.journal.identity() != self._counted_journal:
                 self._counted_journal = self.catalog.journal.identity()  # another process wrote: recount once
                 self.backend.refresh()
-                unknown = [v for v in values if v not in self.backend.known_values(field)]
+                known = self.backend.known_values(field)
+                unknown = [v for v in values if v not in known]
             if unknown:
                 examples = [item["value"] for item in self.facets()[field][:MAX_LISTED_VALUES]]
                 raise UnknownFilterError(f"unknown value(s) {', '.join(map(repr, unknown))} for filter {field!r}; "
                                          f"e.g. {', '.join(examples)}")
-            if values:
-                clean[field] = values
+            clean[field] = values
         return clean
 
     def filter_mask(self, filters: Mapping[str, Sequence[str]] | None, state: IndexState | None = None

@@ -195,6 +195,7 @@ class MilvusBackend(VectorBackend):
         self._writes = 0
         self._facets: tuple[object, dict] | None = None  # (generation, counts)
         self._facets_lock = threading.Lock()
+        self._generation: tuple[int, int] = (-1, -1)
         client.load_collection(collection)
 
     # ----- creation -------------------------------------------------------------------------------
@@ -203,11 +204,12 @@ class MilvusBackend(VectorBackend):
                spec: MilvusIndexSpec, progress=None, source: dict | None = None) -> MilvusBackend:
         """A new collection (an existing one of that name is dropped) holding `rows`, indexed per `spec`;
         the spec and `source` (what the rows were loaded from) are kept in the collection's properties."""
-        DataType, MilvusClient = _pymilvus().DataType, _pymilvus().MilvusClient  # noqa: N806
+        pymilvus = _pymilvus()
 
         if client.has_collection(collection):
             client.drop_collection(collection)
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        DataType = pymilvus.DataType  # noqa: N806 - the enum
+        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dims))
         schema.add_field("image", DataType.VARCHAR, max_length=64)
@@ -333,7 +335,11 @@ class MilvusBackend(VectorBackend):
 
     @property
     def generation(self) -> object:
-        return (self._writes, int(time.monotonic() // FACETS_TTL_S))
+        """The same object until this process writes or FACETS_TTL_S passes (callers compare with `is`)."""
+        current = (self._writes, int(time.monotonic() // FACETS_TTL_S))
+        if current != self._generation:
+            self._generation = current
+        return self._generation
 
     @_guarded
     def facets(self, fields: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -343,6 +349,7 @@ class MilvusBackend(VectorBackend):
             cached = self._count_facets()
         return {name: cached[1].get(name, {}) for name in fields}
 
+    @_guarded
     def known_values(self, name: str) -> set[str]:
         """From the last count whatever its age (a filter must not wait for a scan): a value it lacks
         makes the engine `refresh` and ask again."""
