@@ -35,7 +35,8 @@ def open_backend(settings: Settings, model_name: str, manifest: dict):
             f"{name}): run `imageretrieval index --model {model_name} --backend milvus`") from None
 
 
-def load_into_milvus(settings: Settings, model_name: str, force: bool = False, progress: bool = True) -> dict:
+def load_into_milvus(settings: Settings, model_name: str, force: bool = False, progress: bool = True,
+                     catalog=None) -> dict:
     """Copy a built index's rows (vectors, product fields, image names) into a new Milvus collection.
 
     A no-op when the collection was loaded from this very build, unless `force`. The live catalog's
@@ -65,7 +66,7 @@ def load_into_milvus(settings: Settings, model_name: str, force: bool = False, p
         ids = np.load(ids_path)
         vectors = np.load(vectors_path, mmap_mode="r")
         images = load_json(images_path) if images_path else [None] * len(ids)
-        catalog = LiveCatalog(settings.dataset_root, settings.workdir)
+        catalog = catalog or LiveCatalog(settings.dataset_root, settings.workdir)
         spec = parse_index_spec(settings.milvus_index, len(ids), int(vectors.shape[1]))
         rows = []
         for row, (pid, image) in enumerate(zip(ids.tolist(), images, strict=True)):

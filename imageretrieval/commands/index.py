@@ -49,9 +49,11 @@ def load_milvus(settings, name: str, force: bool = False) -> None:
     """Load the built index into Milvus, then bring the collection up to the live catalog."""
     from ..backends.loading import load_into_milvus
     from ..engine import RetrievalEngine
+    from ..live.store import LiveCatalog
 
-    loaded = load_into_milvus(settings, name, force=force)
-    engine = RetrievalEngine(settings.model_copy(update={"index_backend": "milvus"}), name)
+    catalog = LiveCatalog(settings.dataset_root, settings.workdir)  # styles.csv read once for both steps
+    loaded = load_into_milvus(settings, name, force=force, catalog=catalog)
+    engine = RetrievalEngine(settings.model_copy(update={"index_backend": "milvus"}), name, catalog)
     state = f"{loaded['loaded']} rows loaded" if loaded["loaded"] else "already loaded from this build"
     print(f"{name}: Milvus collection {loaded['collection']} at {settings.milvus_location} ({loaded['index']}, "
           f"{state}); {engine.size} products after the live catalog's changes")
