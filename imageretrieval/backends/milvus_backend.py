@@ -15,7 +15,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +179,41 @@ def _guarded(method):
     return call
 
 
+class _ReadWriteLock:
+    """Many readers or one writer."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class MilvusBackend(VectorBackend):
     name = "milvus"
     shared = True
@@ -191,7 +227,7 @@ class MilvusBackend(VectorBackend):
         desc = client.describe_collection(collection)
         self._dims = next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector")
         self.spec = spec or self._stored_spec()
-        self._lock = threading.Lock()
+        self._rows = _ReadWriteLock()  # a search sees this process's writes whole
         self._writes = 0
         self._facets: tuple[object, dict] | None = None  # (generation, counts)
         self._facets_lock = threading.Lock()
@@ -268,13 +304,15 @@ class MilvusBackend(VectorBackend):
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         expr = live_expression(filters)
         params = {"metric_type": "IP", "params": dict(self.spec.search)}
-        answers = self._search(queries, k, expr, params)
-        out = []
-        for qi, hits in enumerate(answers):
-            cands = self._candidates([(int(h["id"]), float(h["distance"]), h["entity"]["product"]) for h in hits])
-            if len(cands) < k and self.spec.search:  # an approximate index may run short under a selective filter
-                cands = self._widened(queries[qi], k, expr)
-            out.append(cands)
+        with self._rows.reading():  # never beside this process's write: Milvus Lite applies rows one by one
+            answers = self._search(queries, k, expr, params)
+            out = []
+            for qi, hits in enumerate(answers):
+                cands = self._candidates([(int(h["id"]), float(h["distance"]), h["entity"]["product"])
+                                          for h in hits])
+                if len(cands) < k and self.spec.search:  # an approximate index may run short under a filter
+                    cands = self._widened(queries[qi], k, expr)
+                out.append(cands)
         return out
 
     def _search(self, queries: np.ndarray, k: int, expr: str, params: dict) -> list:
@@ -387,7 +425,7 @@ class MilvusBackend(VectorBackend):
         kept = {int(r.id) for r in upserts}
         gone = sorted({int(i) for i in removes} - kept)
         records = [self._record(r) for r in upserts] + [self._tombstone(pid) for pid in gone]
-        with self._lock:
+        with self._rows.writing():
             for start in range(0, len(records), INSERT_BATCH):
                 self.client.upsert(self.collection, records[start: start + INSERT_BATCH], timeout=CALL_TIMEOUT_S)
             if gone:
