@@ -22,6 +22,7 @@ from .preprocess import Preprocess
 log = logging.getLogger(__name__)
 
 LOCAL = "local"
+LOCAL_START_ATTEMPTS = 3
 
 
 class RayUnavailableError(RuntimeError):
@@ -38,10 +39,32 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     # workers run this very interpreter and its packages: never an environment Ray would rebuild with `uv run`
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    if address in (None, "", LOCAL):
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
+    if address not in (None, "", LOCAL):
         ray.init(address=address, log_to_driver=False, configure_logging=False)
+        return
+    # Ray waits a fixed 30 s for its raylet to register; on a loaded machine it can miss that once
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return
+        except Exception as exc:  # Ray raises a bare Exception on a start-up time-out
+            ray.shutdown()
+            if attempt == LOCAL_START_ATTEMPTS:
+                raise RayUnavailableError(
+                    f"a local Ray did not start ({attempt} attempts): {exc}\n{_ray_log_tail()}") from exc
+            log.warning("a local Ray did not start (%s); starting it again", exc)
+
+
+def _ray_log_tail(lines: int = 20) -> str:
+    """The end of the last Ray session's raylet and GCS logs: why a start failed."""
+    logs = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "session_latest" / "logs"
+    parts = []
+    for name in ("raylet.err", "raylet.out", "gcs_server.err", "gcs_server.out"):
+        path = logs / name
+        if path.is_file():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path}\n" + "\n".join(tail))
+    return "\n".join(parts) or f"(no Ray logs under {logs})"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imageretrieval.catalog import load_catalog
-from imageretrieval.distributed import ActorSpec, ray_encoder
+from imageretrieval.distributed import LOCAL, ActorSpec, init_ray, ray_encoder
 from imageretrieval.extract import extract_features
 from imageretrieval.models import create_model
 from imageretrieval.preprocess import preprocess_for
@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_ray(LOCAL, num_cpus=2)
     yield
     ray.shutdown()
 
