@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Does int8 pay? Post-training static quantization (ONNX Runtime, QDQ, per-channel) of a model's export,
-calibrated on seeded catalog train images; speed and catalog-protocol quality against fp32, side by side.
+"""Does int8 pay? The int8 twin `imageretrieval quantize` makes (ONNX Runtime, QDQ, per-channel), calibrated
+on seeded catalog train images: speed and catalog test-split quality against fp32, side by side.
 
-    DATASET_ROOT=... WORKDIR=... python -m benchmarks.int8_probe efficientnet_lite0_fashion [--calibration 256]
+    DATASET_ROOT=... WORKDIR=... python -m benchmarks.int8_probe efficientnet_lite0_fashion [--keep-fp32-convs 0]
 
 The catalog protocol's database (the seed test split) is encoded with both models; the fp32 figures are
 the ones `imageretrieval evaluate --model M --protocol catalog --features raw` prints.
@@ -26,6 +26,7 @@ from imageretrieval.images import open_image
 from imageretrieval.inference import OnnxRuntimeEncoder, default_threads, export_dir, export_onnx
 from imageretrieval.models import create_model, get_model_config
 from imageretrieval.preprocess import preprocess_for
+from imageretrieval.quantize import DEFAULT_KEEP_FP32_CONVS, quantize_static_int8
 from imageretrieval.settings import Settings
 
 log = logging.getLogger("int8_probe")
@@ -50,12 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--calibration", type=int, default=256, help="catalog train images to calibrate on")
-    parser.add_argument("--ops", default="", help="comma-separated ONNX op types to quantize (default: all "
-                                                  "supported), e.g. Conv to keep the heads in fp32")
+    parser.add_argument("--keep-fp32-convs", type=int, default=DEFAULT_KEEP_FP32_CONVS,
+                        help="leave the first N convolutions in fp32 (0: quantize every supported op)")
     args = parser.parse_args()
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     settings = Settings()
     config = get_model_config(args.model, settings.workdir)
     preprocess = preprocess_for(config)
@@ -64,19 +62,10 @@ def main() -> None:
     train = fashion_table(settings, "seed", "train").sample(args.calibration, random_state=settings.seed)
     calibration = np.stack([preprocess(open_image(p)) for p in train["path"]])
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"images": calibration[i:i + 16]} for i in range(0, len(calibration), 16)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
     with tempfile.TemporaryDirectory() as tmp:
-        pre, int8_path = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        op_types_to_quantize=[o for o in args.ops.split(",") if o] or None)
+        int8_path = Path(tmp) / "int8.onnx"
+        batches = (calibration[i:i + 16] for i in range(0, len(calibration), 16))
+        quantize_static_int8(fp32_path, int8_path, batches, args.keep_fp32_convs)
         threads = default_threads()
         encoders = {"fp32": OnnxRuntimeEncoder(fp32_path, threads), "int8": OnnxRuntimeEncoder(int8_path, threads)}
         timing = speed(encoders, calibration[:32])

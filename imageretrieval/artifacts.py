@@ -126,19 +126,23 @@ def export_serving_encoder(settings: Settings, model_name: str, art: ModelArtifa
     `model`: the model already loaded by the caller, if any."""
     import shutil
 
-    from .inference import export_dir, export_onnx
+    from .inference import device_type, export_for, resolve_inference
     from .models import create_model
+    from .quantize import QuantizationError
 
+    _, precision = resolve_inference(settings.runtime, settings.precision, device_type(settings.device))
     try:
         model = model if model is not None else create_model(model_name, workdir=settings.workdir)
-        path = export_onnx(model, preprocess_for(model.config).shape, export_dir(settings.workdir, model_name))
+        path = export_for(model, preprocess_for(model.config).shape, settings.workdir, precision)
+    except QuantizationError:
+        raise  # the features were encoded by an accepted int8 twin, so it exists: never serve another
     except Exception as exc:  # noqa: BLE001 - the index still serves through PyTorch
         log.warning("%s: no ONNX export beside the index (%s: %s); serving it needs PyTorch",
                     model_name, type(exc).__name__, exc)
         art.encoder.unlink(missing_ok=True)
         return None
     atomic_write(art.encoder, lambda p: shutil.copyfile(path, p))
-    return {"file": art.encoder.name, "export": path.name}
+    return {"file": art.encoder.name, "export": path.name, "precision": "int8" if precision == "int8" else "fp32"}
 
 
 def export_text_search(settings: Settings, model_name: str) -> None:
@@ -175,7 +179,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     """Extract catalog features, fit post-processing, build the FAISS index. No-op when current."""
     import shutil
 
-    from .featurestore import get_features, head_only_base
+    from .featurestore import get_features, head_only_base, uses_int8
     from .index import build_index, resolve_factory, save_index  # faiss: not needed to train on a GPU box
     from .models import create_model, get_model_config
     from .models.composite import is_composite_base
@@ -195,9 +199,12 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         "pca_components": n_components,
         "index_factory": resolve_factory(settings.index_factory, len(catalog.ids), n_components or config.dims),
     }
+    if uses_int8(settings):  # absent for fp32, so that indexes built before int8 existed stay current
+        wanted["encoder_precision"] = "int8"
     art = ModelArtifacts.of(workdir, model_name)
     current = art.read_manifest()
-    if not force and current is not None and art.exists() and all(current.get(k) == v for k, v in wanted.items()):
+    if not force and current is not None and art.exists() and all(current.get(k) == v for k, v in wanted.items()) \
+            and current.get("encoder_precision") == wanted.get("encoder_precision"):
         log.info("index for %s is up to date (%s)", model_name, art.root)
         if not (current.get("encoder") and art.encoder.is_file()):  # built before indexes held their model
             current = {**current, **_serving_fields(config),
@@ -207,7 +214,8 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         return current
 
     t0 = time.perf_counter()
-    reuses = head_only_base(settings, config) is not None or is_composite_base(config)  # members' cached features
+    reuses = not uses_int8(settings) and (  # members' cached features
+        head_only_base(settings, config) is not None or is_composite_base(config))
     model = None if reuses else create_model(model_name, workdir=workdir)  # also exported below: loaded once
     fs, _ = get_features(settings, model_name, "fashion", progress=progress, model=model)
     t_extract = time.perf_counter() - t0

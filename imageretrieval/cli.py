@@ -15,13 +15,13 @@ from .settings import Settings
 
 COMMAND_MODULES = [
     "prepare", "models", "extract", "index", "search", "serve", "evaluate", "finetune_pca", "finetune_rerank", "keys",
-    "catalog", "train", "pack", "ensemble", "compose", "fuse", "download_catalog", "make_synthetic",
+    "catalog", "train", "pack", "ensemble", "compose", "fuse", "quantize", "download_catalog", "make_synthetic",
 ]
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",
                "UnknownProductError"]), ("images", ["ImageDecodeError"]), ("index", ["IndexFactoryError"]),
                ("models", ["ModelNotFoundError", "WeightsUnavailableError"]),
-               ("inference", ["RuntimeUnavailableError"]),
+               ("inference", ["RuntimeUnavailableError"]), ("quantize", ["QuantizationError"]),
                ("live.products", ["ProductValidationError"]), ("live.journal", ["JournalCorruptError"]),
                ("live.store", ["DuplicateProductError", "UnknownLiveProductError", "StorageFullError"]),
                ("text.queries", ["QueryTextError"]), ("text.search", ["TextSearchUnavailableError"]),
@@ -43,7 +43,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, default=None) -> None:
         (("--deepfashion-root",), {"help": "DeepFashion In-shop folder (img/); env DEEPFASHION_ROOT"}),
         (("--workdir",), {"help": "artifact folder; env WORKDIR (or WORKDIR_ROOT)"}),
         (("--device",), {"choices": ["auto", "cpu", "cuda"], "help": "env DEVICE"}),
-        (("--precision",), {"choices": ["auto", "fp32", "bf16"], "help": "env PRECISION"}),
+        (("--precision",), {"choices": ["auto", "fp32", "bf16", "int8"], "help": "env PRECISION"}),
         (("--batch-size",), {"type": int, "help": "env BATCH_SIZE"}),
         (("--num-workers",), {"type": int, "help": "data loader workers; env NUM_WORKERS"}),
     ]

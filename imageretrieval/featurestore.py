@@ -52,6 +52,11 @@ def _fingerprint(settings: Settings, model_name: str) -> str:
     return config.fingerprint() + weights_fingerprint(config, settings.workdir)
 
 
+def uses_int8(settings: Settings) -> bool:
+    """PRECISION=int8: features come from the model's int8 twin and are cached apart from fp32 ones."""
+    return settings.precision == "int8"
+
+
 def _slice(fs: FeatureSet, ids: np.ndarray) -> FeatureSet | None:
     pos = {str(v): i for i, v in enumerate(fs.ids)}
     rows = [pos.get(str(v)) for v in ids]
@@ -156,12 +161,13 @@ def get_features(
     loaded here otherwise, and only when something must be extracted).
     """
     config = get_model_config(model_name, settings.workdir)
-    base = head_only_base(settings, config)
+    int8 = uses_int8(settings)  # an int8 twin encodes the whole model: nothing is reused from fp32 parts
+    base = None if int8 else head_only_base(settings, config)
     if base is not None:
         fs, table = get_features(settings, base, dataset, split, selection, query_resolution, progress, sample,
                                  query_scale)
         return apply_head(create_model(model_name, workdir=settings.workdir), fs), table
-    if is_composite_base(config):
+    if is_composite_base(config) and not int8:
         parts = [get_features(settings, m, dataset, split, selection, query_resolution, progress, sample, query_scale)
                  for m in composite_members(config)]
         features = concat_normalized([fs.features for fs, _ in parts], member_weights(config))
@@ -176,6 +182,8 @@ def get_features(
     suffix = "" if query_resolution is None else f"-q{query_resolution[0]}x{query_resolution[1]}"
     if query_scale is not None:
         suffix += f"-x{query_scale:g}"
+    if int8:
+        suffix += "-int8"
     candidates = [f"{dataset}-all{suffix}"] if dataset == "deepfashion" else [f"fashion-all{suffix}"]
     name = f"{dataset}-{selection}-{split}" if dataset == "fashion" else f"deepfashion-{split}"
     if sample is not None:

@@ -8,6 +8,8 @@ embeddings out, the scaling to [0, 1] and the normalization inside the graph -- 
 or resized model is exported anew and a stale export is never used. PyTorch stays the runtime for
 CUDA and for training. `imageretrieval index` copies the export beside the index it built, so a
 serving install runs it with ONNX Runtime or OpenVINO alone, without PyTorch (engine.py).
+`PRECISION=int8` runs the export's int8 twin, written and accepted by `imageretrieval quantize`
+(quantize.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 EXPORT_OPSET = 18
 EXPORT_FORMAT = 1  # bump when the exported graph's contract changes (inputs, outputs, scaling)
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -63,6 +66,9 @@ def resolve_runtime(runtime: str, device: torch.device | str, precision: str = "
     if runtime not in RUNTIMES:
         raise RuntimeUnavailableError(f"unknown RUNTIME={runtime!r}; choose one of {', '.join(RUNTIMES)}")
     kind = getattr(device, "type", device)
+    if precision == "int8" and (runtime == "torch" or kind != "cpu"):
+        raise RuntimeUnavailableError("PRECISION=int8 runs an int8 ONNX export on the CPU: use RUNTIME=auto, "
+                                      "onnxruntime or openvino with DEVICE=cpu (or auto on a machine without CUDA)")
     if runtime == "auto":
         if kind != "cpu" or precision == "bf16":
             return "torch"
@@ -84,10 +90,12 @@ def resolve_runtime(runtime: str, device: torch.device | str, precision: str = "
 
 
 def resolve_inference(runtime: str, precision: str, device: torch.device | str) -> tuple[str, str]:
-    """(runtime, precision) for the settings: the exported runtimes compute in fp32."""
+    """(runtime, precision) for the settings: the exported runtimes compute in fp32, or run the int8 twin."""
+    if precision not in PRECISIONS:
+        raise RuntimeUnavailableError(f"unknown PRECISION={precision!r}; choose one of {', '.join(PRECISIONS)}")
     chosen = resolve_runtime(runtime, device, precision)
     if chosen != "torch":
-        return chosen, "fp32"
+        return chosen, "int8" if precision == "int8" else "fp32"
     import torch
 
     return chosen, resolve_precision(precision, torch.device(device) if isinstance(device, str) else device)
@@ -180,10 +188,22 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], direc
         return path
     log.info("exporting %s to ONNX (%s)", getattr(getattr(model, "config", None), "name", "model"), path)
     atomic_write(path, lambda p: _export(model, input_shape, p))
-    for stale in Path(directory).glob("model-*.onnx"):
-        if stale != path:
+    for stale in Path(directory).glob("model-*"):  # older exports and their int8 twins
+        if not stale.name.startswith(path.stem):
             stale.unlink(missing_ok=True)
     return path
+
+
+def export_for(model: torch.nn.Module, input_shape: tuple[int, int, int], workdir: Path, precision: str) -> Path:
+    """The ONNX file that runs `model` at `precision`: its fp32 export, or for int8 that export's accepted
+    int8 twin (an error naming `imageretrieval quantize` where there is none)."""
+    name = getattr(getattr(model, "config", None), "name", "model")
+    path = export_onnx(model, input_shape, export_dir(workdir, name))
+    if precision != "int8":
+        return path
+    from .quantize import accepted_int8
+
+    return accepted_int8(path, name)
 
 
 # ----- encoders -----------------------------------------------------------------------------------------
@@ -273,13 +293,11 @@ def create_encoder(model: torch.nn.Module, input_shape: tuple[int, int, int], ru
     chosen, precision = resolve_inference(runtime, precision, device)
     if chosen == "torch":
         return TorchEncoder(model, input_shape, device, precision, compile)
-    name = getattr(getattr(model, "config", None), "name", "model")
     if workdir is None:
         import tempfile
 
         workdir = Path(tempfile.gettempdir()) / "imageretrieval"
-    path = export_onnx(model, input_shape, export_dir(workdir, name))
-    return load_exported(path, chosen, threads, spin)
+    return load_exported(export_for(model, input_shape, workdir, precision), chosen, threads, spin)
 
 
 def load_exported(path: Path, runtime: str, threads: int | None = None, spin: bool = True) -> Encoder:

@@ -35,10 +35,11 @@ class Settings(BaseSettings):
     default_model: str = Field(
         "efficientnet_lite0_fashion", validation_alias=AliasChoices("DEFAULT_MODEL", "default_model")
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
         validation_alias=AliasChoices("PRECISION", "precision"),
-        description="auto = bf16 autocast where the hardware supports it fast, else fp32.",
+        description="auto = bf16 autocast where the hardware supports it fast, else fp32; int8 = the model's "
+                    "int8 export accepted by `imageretrieval quantize` (ONNX Runtime or OpenVINO).",
     )
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
         "auto",

@@ -1,0 +1,150 @@
+"""int8 twins of exports: written and accepted by `quantize`, run by PRECISION=int8 end to end, refused
+when missing, rejected or tampered with."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from imageretrieval.cli import main
+from imageretrieval.inference import RuntimeUnavailableError, create_encoder, export_dir, export_onnx
+from imageretrieval.io_utils import load_json, save_json
+from imageretrieval.models import create_model
+from imageretrieval.preprocess import preprocess_for
+from imageretrieval.quantize import (
+    QuantizationError,
+    acceptance,
+    accepted_int8,
+    file_digest,
+    int8_path,
+    record_path,
+)
+
+from .conftest import TINY, make_settings
+
+
+@pytest.fixture()
+def workdir(built_workdir, tmp_path):
+    """A copy of the session's workdir: quantizing writes beside its exports."""
+    return shutil.copytree(built_workdir, tmp_path / "wd")
+
+
+def _flags(workdir, catalog):
+    return ["--workdir", str(workdir), "--dataset-root", str(catalog), "--device", "cpu"]
+
+
+def test_quantize_writes_an_accepted_twin_that_runs_everywhere(workdir, synthetic_catalog, capsys):
+    flags = _flags(workdir, synthetic_catalog)
+    assert main([*flags, "quantize", "--model", TINY, "--selection", "all", "--calibration", "48",
+                 "--tolerance", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "val P@15: fp32" in out and "int8 export accepted" in out
+
+    model = create_model(TINY, workdir=workdir)
+    shape = preprocess_for(model.config).shape
+    fp32_path = export_onnx(model, shape, export_dir(workdir, TINY))
+    record = load_json(record_path(fp32_path))
+    assert record["accepted"] and record["calibration"]["images"] == 48 and record["keep_fp32_convs"] == 2
+    assert record["digest"] == file_digest(int8_path(fp32_path))
+    assert set(record["val"]["int8"]) == {"PrecisionHits", "mAP"}
+
+    # the twin computes nearly the same embeddings, and is a different graph (quantized ops)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int8_path(fp32_path))).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    images = np.random.default_rng(0).integers(0, 256, (8, *shape), dtype=np.uint8)
+    fp32 = create_encoder(model, shape, "onnxruntime", precision="fp32", workdir=workdir)(images)
+    int8 = create_encoder(model, shape, "onnxruntime", precision="int8", workdir=workdir)(images)
+    cosines = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert cosines.mean() > 0.95 and not np.allclose(fp32, int8, atol=1e-5)
+
+    # PRECISION=int8: features cached apart, the index serves the twin, a product finds itself
+    from imageretrieval.artifacts import ModelArtifacts, build_model_index
+    from imageretrieval.catalog import load_catalog
+    from imageretrieval.engine import RetrievalEngine
+    from imageretrieval.featurestore import get_features
+
+    settings = make_settings(synthetic_catalog, workdir).model_copy(update={"precision": "int8"})
+    fs, _ = get_features(settings, TINY, "fashion", progress=False)
+    meta = load_json(workdir / "features" / TINY / "fashion-all-all-int8" / "meta.json")
+    assert meta["precision"] == f"int8:{record['digest']}"
+    before = ModelArtifacts.of(workdir, TINY).read_manifest()
+    manifest = build_model_index(settings, TINY, progress=False)
+    assert manifest["encoder"]["precision"] == "int8" and manifest["encoder_precision"] == "int8"
+    assert manifest["created"] != before["created"] or manifest["encoder"] != before["encoder"]  # rebuilt
+    art = ModelArtifacts.of(workdir, TINY)
+    assert art.encoder.read_bytes() == int8_path(fp32_path).read_bytes()
+    catalog = load_catalog(synthetic_catalog)
+    pid = int(catalog.ids[7])
+    hits = RetrievalEngine(settings, TINY).search([catalog.image_path(pid)], k=3)[0]
+    assert hits[0].id == pid
+    fp32_features = np.load(workdir / "features" / TINY / "fashion-all-all" / "features.npy")
+    assert np.isfinite(fs.features).all() and fs.features.shape == fp32_features.shape  # the fp32 set kept
+    assert not np.allclose(fs.features, fp32_features, atol=1e-5)
+
+    # back to fp32: the index is rebuilt from the fp32 features, with the fp32 export
+    fp32_settings = make_settings(synthetic_catalog, workdir)
+    again = build_model_index(fp32_settings, TINY, progress=False)
+    assert again["encoder"]["precision"] == "fp32" and "encoder_precision" not in again
+    assert art.encoder.read_bytes() == fp32_path.read_bytes()
+
+
+def test_int8_without_an_accepted_twin_is_a_one_line_error(workdir, synthetic_catalog, capsys):
+    flags = _flags(workdir, synthetic_catalog)
+    assert main([*flags, "--precision", "int8", "extract", "--model", "tiny2"]) == 2
+    err = capsys.readouterr().err
+    assert "imageretrieval quantize --model tiny2" in err and "Traceback" not in err
+
+
+def test_a_rejected_or_altered_twin_is_refused(workdir):
+    model = create_model(TINY, workdir=workdir)
+    fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY))
+    twin = int8_path(fp32_path)
+    with pytest.raises(QuantizationError, match="quantize --model tiny"):
+        accepted_int8(fp32_path, TINY)
+    twin.write_bytes(b"an int8 model")
+    save_json(record_path(fp32_path), {"accepted": False, "reason": "largest drop mAP 0.0100",
+                                       "digest": file_digest(twin)})
+    with pytest.raises(QuantizationError, match="lost too much quality"):
+        accepted_int8(fp32_path, TINY)
+    save_json(record_path(fp32_path), {"accepted": True, "digest": file_digest(twin)})
+    assert accepted_int8(fp32_path, TINY) == twin
+    twin.write_bytes(b"another model")
+    with pytest.raises(QuantizationError, match="does not match its record"):
+        accepted_int8(fp32_path, TINY)
+
+
+def test_a_new_export_removes_the_stale_twin(workdir):
+    import torch
+
+    model = create_model(TINY, workdir=workdir)
+    shape = preprocess_for(model.config).shape
+    fp32_path = export_onnx(model, shape, export_dir(workdir, TINY))
+    int8_path(fp32_path).write_bytes(b"x")
+    save_json(record_path(fp32_path), {"accepted": True})
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    fresh = export_onnx(model, shape, export_dir(workdir, TINY))
+    assert fresh != fp32_path
+    assert sorted(p.name for p in export_dir(workdir, TINY).iterdir()) == [fresh.name]
+
+
+def test_acceptance_by_hand():
+    fp32 = {"PrecisionHits": 0.8130, "mAP": 0.7718}
+    assert acceptance(fp32, {"PrecisionHits": 0.8128, "mAP": 0.7674}, 0.005)[0]
+    ok, why = acceptance(fp32, {"PrecisionHits": 0.8140, "mAP": 0.7652}, 0.005)
+    assert not ok and why.startswith("largest drop: mAP 0.0066")
+    assert acceptance(fp32, {"PrecisionHits": 0.8080, "mAP": 0.7718}, 0.005)[0]  # a drop of exactly 0.005
+
+
+def test_int8_needs_an_exported_runtime():
+    from imageretrieval.inference import resolve_inference
+
+    with pytest.raises(RuntimeUnavailableError, match="PRECISION=int8"):
+        resolve_inference("torch", "int8", "cpu")
+    with pytest.raises(RuntimeUnavailableError, match="PRECISION=int8"):
+        resolve_inference("auto", "int8", "cuda")
+    assert resolve_inference("onnxruntime", "int8", "cpu") == ("onnxruntime", "int8")
