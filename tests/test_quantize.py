@@ -23,6 +23,7 @@ from imageretrieval.quantize import (
 )
 
 from .conftest import TINY, make_settings
+from .test_training import make_synthetic_deepfashion
 
 
 @pytest.fixture()
@@ -35,20 +36,23 @@ def _flags(workdir, catalog):
     return ["--workdir", str(workdir), "--dataset-root", str(catalog), "--device", "cpu"]
 
 
-def test_quantize_writes_an_accepted_twin_that_runs_everywhere(workdir, synthetic_catalog, capsys):
-    flags = _flags(workdir, synthetic_catalog)
+def test_quantize_writes_an_accepted_twin_that_runs_everywhere(workdir, synthetic_catalog, tmp_path, capsys):
+    photos = make_synthetic_deepfashion(tmp_path / "deepfashion")
+    flags = [*_flags(workdir, synthetic_catalog), "--deepfashion-root", str(photos)]
     assert main([*flags, "quantize", "--model", TINY, "--selection", "all", "--calibration", "48",
-                 "--tolerance", "0.2"]) == 0
+                 "--photos", "16", "--tolerance", "0.3"]) == 0
     out = capsys.readouterr().out
-    assert "val P@15: fp32" in out and "int8 export accepted" in out
+    assert "val catalog P@15: fp32" in out and "val photos mAP: fp32" in out and "int8 export accepted" in out
 
     model = create_model(TINY, workdir=workdir)
     shape = preprocess_for(model.config).shape
     fp32_path = export_onnx(model, shape, export_dir(workdir, TINY))
     record = load_json(record_path(fp32_path))
-    assert record["accepted"] and record["calibration"]["images"] == 48 and record["keep_fp32_convs"] == 2
+    assert record["accepted"] and record["keep_fp32_convs"] == 2
+    assert record["calibration"]["products"] == 48 and record["calibration"]["photos"] == 16
     assert record["digest"] == file_digest(int8_path(fp32_path))
-    assert set(record["val"]["int8"]) == {"PrecisionHits", "mAP"}
+    assert set(record["val"]["int8"]) == {"catalog P@15", "catalog mAP", "photos P@15", "photos mAP"}
+    assert record["val"]["photos"]["queries"] > 0
 
     # the twin computes nearly the same embeddings, and is a different graph (quantized ops)
     import onnx

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from datetime import datetime, timezone
@@ -18,13 +19,17 @@ FIGURES = {"PrecisionHits": "P@15", "mAP": "mAP"}
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="write and validate a model's int8 export (PRECISION=int8)",
                        description="Quantize the model's ONNX export to int8 (static, per channel; ONNX Runtime), "
-                                   "calibrated on seeded catalog train images; score it against fp32 on the "
-                                   "catalog protocol's val split and accept it only where P@15 and mAP drop by "
-                                   "at most --tolerance. PRECISION=int8 then runs it for extraction, indexes, "
-                                   "search and evaluation. It pays on CPUs with VNNI or AMX: see "
+                                   "calibrated on seeded catalog train images and photos; score it against fp32 "
+                                   "on the val splits (catalog products, and photos where DEEPFASHION_ROOT has "
+                                   "them, against the catalog's val split) and accept it only where P@15 and "
+                                   "mAP drop by at most --tolerance. PRECISION=int8 then runs it for extraction, "
+                                   "indexes, search and evaluation. It pays on CPUs with VNNI or AMX: see "
                                    "docs/benchmarks.md.")
     p.add_argument("--model", help="model of the zoo (default: DEFAULT_MODEL)")
     p.add_argument("--calibration", type=int, default=256, help="catalog train images to calibrate on")
+    p.add_argument("--photos", type=int, default=0,
+                   help="DeepFashion train photos to calibrate on too, where DEEPFASHION_ROOT has them (the "
+                        "shipped model scored lower on val photos with 64 of them than with none)")
     p.add_argument("--keep-fp32-convs", type=int, default=DEFAULT_KEEP_FP32_CONVS,
                    help="leave the graph's first N convolutions in fp32 (the stem sees raw pixels)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
@@ -35,57 +40,96 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from ..cli import CLIError
-    from ..evaluation.protocols import catalog_task
-    from ..evaluation.runner import evaluate_task
+    from ..evaluation.protocols import catalog_task, deepfashion_task
     from ..extract import image_batches
     from ..featurestore import fashion_table
     from ..inference import export_dir, export_onnx, load_exported
     from ..models import create_model
     from ..preprocess import preprocess_for
     from ..quantize import acceptance, file_digest, int8_path, quantize_static_int8, save_record
+    from .evaluate import query_resolution_of
 
-    if args.calibration < 1 or not 0 <= args.tolerance < 1 or args.keep_fp32_convs < 0:
-        raise CLIError("--calibration must be >= 1, --tolerance in [0, 1), --keep-fp32-convs >= 0")
+    if args.calibration < 1 or args.photos < 0 or not 0 <= args.tolerance < 1 or args.keep_fp32_convs < 0:
+        raise CLIError("--calibration must be >= 1, --photos >= 0, --tolerance in [0, 1), --keep-fp32-convs >= 0")
     name = args.model or settings.default_model
     settings = settings.model_copy(update={"precision": "fp32", "runtime": "onnxruntime"})
     model = create_model(name, workdir=settings.workdir)
     preprocess = preprocess_for(model.config)
+    photo_preprocess = preprocess_for(model.config, query_resolution_of(settings, name, settings.query_resolution))
     fp32_path = export_onnx(model, preprocess.shape, export_dir(settings.workdir, name))
 
     train = fashion_table(settings, args.selection, "train")
     if len(train) == 0:
         raise CLIError(f"no product in the {args.selection} train split of {settings.dataset_root}: "
                        "run `imageretrieval prepare` or pass --selection all")
-    sample = train.sample(min(args.calibration, len(train)), random_state=settings.seed)
+    products = list(train.sample(min(args.calibration, len(train)), random_state=settings.seed)["path"])
+    photos = _photos(settings, "train", args.photos)
     t0 = time.perf_counter()
-    calibration = (images for images, _ in image_batches(list(sample["path"]), preprocess, batch_size=16))
+    calibration = itertools.chain(  # photos of people go through the search's query path, as in the API
+        (images for images, _ in image_batches(products, preprocess, batch_size=16)),
+        (images for images, _ in image_batches(photos, photo_preprocess, batch_size=16)))
     out = int8_path(fp32_path)
     quantize_static_int8(fp32_path, out, calibration, args.keep_fp32_convs)
     log.info("quantized %s in %.0f s -> %s", name, time.perf_counter() - t0, out)
 
-    task = catalog_task(settings, name, args.selection, split="val", database="val", with_fit=False)
-    fp32 = evaluate_task(task, "raw").metrics
-    path_of = {int(i): Path(p) for i, p in zip(fashion_table(settings, args.selection, "val")["id"],
-                                                fashion_table(settings, args.selection, "val")["path"],
-                                                strict=True)}
     encoder = load_exported(out, "onnxruntime")
-    paths = [path_of[int(i)] for i in task.database_ids]
-    task.database = np.concatenate([encoder(images) for images, _ in image_batches(paths, preprocess, threads=1)])
-    task.queries = task.database[task.exclude_rows]
-    int8 = evaluate_task(task, "raw").metrics
-    before = {k: float(fp32[k]) for k in FIGURES}
-    after = {k: float(int8[k]) for k in FIGURES}
-    accepted, reason = acceptance(before, after, args.tolerance)
+    task = catalog_task(settings, name, args.selection, split="val", database="val", with_fit=False)
+    fp32 = _figures("catalog", task)
+    val_table = fashion_table(settings, args.selection, "val")
+    path_of = {int(i): Path(p) for i, p in zip(val_table["id"], val_table["path"], strict=True)}
+    database = _encode(encoder, [path_of[int(i)] for i in task.database_ids], preprocess)
+    task.database, task.queries = database, database[task.exclude_rows]
+    int8 = _figures("catalog", task)
+    checked = {"catalog": {"queries": len(task.exclude_rows), "database": len(task.database_ids)}}
+    if _photos(settings, "val", 1):
+        task = deepfashion_task(settings, name, database="val", selection=args.selection, with_fit=False,
+                                query_resolution=photo_preprocess.query_resolution, split="val")
+        fp32 |= _figures("photos", task)
+        task.queries = _encode(encoder, list(task.info["query_table"]["path"]), photo_preprocess)
+        task.database = database
+        int8 |= _figures("photos", task)
+        checked["photos"] = {"queries": len(task.query_ids), "database": len(task.database_ids)}
+    else:
+        print(f"no DeepFashion val photos under {settings.deepfashion_root}: checked on catalog products only")
+    accepted, reason = acceptance(fp32, int8, args.tolerance)
     save_record(fp32_path, {
         "model": name, "accepted": accepted, "reason": reason, "digest": file_digest(out),
-        "calibration": {"images": len(sample), "selection": args.selection, "split": "train", "seed": settings.seed},
+        "calibration": {"products": len(products), "photos": len(photos), "selection": args.selection,
+                        "split": "train", "seed": settings.seed},
         "keep_fp32_convs": args.keep_fp32_convs, "tolerance": args.tolerance,
-        "val": {"queries": len(task.exclude_rows), "database": len(task.database_ids), "fp32": before, "int8": after},
+        "val": {**checked, "fp32": fp32, "int8": int8},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
-    for key, label in FIGURES.items():
-        print(f"val {label}: fp32 {before[key]:.4f}  int8 {after[key]:.4f}  ({after[key] - before[key]:+.4f})")
+    for key in fp32:
+        print(f"val {key}: fp32 {fp32[key]:.4f}  int8 {int8[key]:.4f}  ({int8[key] - fp32[key]:+.4f})")
     if not accepted:
         raise CLIError(f"{name}: int8 not accepted ({reason}); PRECISION=int8 refuses it")
     print(f"{name}: int8 export accepted ({reason}): {out}")
     return 0
+
+
+def _photos(settings, split: str, count: int) -> list[str]:
+    """A seeded sample of DeepFashion photos of `split`; none where the folder is absent."""
+    from ..deepfashion import DeepFashionError
+    from ..featurestore import deepfashion_table
+
+    if count == 0:
+        return []
+    try:
+        table = deepfashion_table(settings, split)
+    except DeepFashionError:
+        return []
+    return list(table.sample(min(count, len(table)), random_state=settings.seed)["path"]) if len(table) else []
+
+
+def _encode(encoder, paths: list, preprocess) -> np.ndarray:
+    from ..extract import image_batches
+
+    return np.concatenate([encoder(images) for images, _ in image_batches(paths, preprocess, threads=1)])
+
+
+def _figures(prefix: str, task) -> dict[str, float]:
+    from ..evaluation.runner import evaluate_task
+
+    metrics = evaluate_task(task, "raw").metrics
+    return {f"{prefix} {label}": float(metrics[key]) for key, label in FIGURES.items()}

@@ -79,9 +79,9 @@ def _valid(fs_features: np.ndarray) -> np.ndarray:
     return ~np.isnan(fs_features).any(axis=1)
 
 
-def _require_deepfashion_test(settings: Settings) -> None:
-    if deepfashion_table(settings, "test").empty:
-        raise ValueError(f"no DeepFashion test-split image under {settings.deepfashion_root}")
+def _require_deepfashion_test(settings: Settings, split: str = "test") -> None:
+    if deepfashion_table(settings, split).empty:
+        raise ValueError(f"no DeepFashion {split}-split image under {settings.deepfashion_root}")
 
 
 def _fit_features(settings: Settings, model: str, fit_on: str, selection: str, fit_sample: int | None):
@@ -181,19 +181,22 @@ def deepfashion_task(
     database_sample: int | None = None,
     with_fit: bool = True,
     query_model: str | None = None,
+    split: str = "test",
 ) -> RetrievalTask:
-    """Photos of people (DeepFashion test split) against catalog products; relevance = articleType.
+    """Photos of people (a DeepFashion split) against catalog products; relevance = articleType.
+    `split` = val scores the photos of the val split against that split of the catalog (`database`
+    "val"), or the whole catalog.
 
     `query_model` encodes the photos with another model of the same embedding space (e.g. the same
     network with batch-norm statistics of the photos, `train --recipe bn-adapt`), the catalog with `model`.
     """
-    _require_deepfashion_test(settings)
-    qfs, qtable = get_features(settings, query_model or model, "deepfashion", "test",
+    _require_deepfashion_test(settings, split)
+    qfs, qtable = get_features(settings, query_model or model, "deepfashion", split,
                                query_resolution=query_resolution, sample=n_queries)
     keep = _valid(qfs.features) & (qtable["articleType"].astype(str) != "").to_numpy()
     qtable = qtable[keep].reset_index(drop=True)
     queries = qfs.features[keep]
-    db, db_table, db_name = _catalog_database(settings, model, database, selection, "test", database_sample)
+    db, db_table, db_name = _catalog_database(settings, model, database, selection, split, database_sample)
     if queries.shape[1] != db.shape[1]:
         raise ValueError(f"query model {query_model} gives {queries.shape[1]}-d vectors, {model} {db.shape[1]}-d: "
                          "the two must share one embedding space")
@@ -207,7 +210,7 @@ def deepfashion_task(
         database_categories=db_table["articleType"].astype(str).to_numpy(),
         query_attributes={"gender": qtable["gender"].map(PHOTO_GENDERS).fillna("").astype(str).to_numpy()},
         database_attributes=_attributes(db_table),
-        info={"queries_from": "DeepFashion In-shop test split" + (f" (sample of {n_queries})" if n_queries else ""),
+        info={"queries_from": f"DeepFashion In-shop {split} split" + (f" (sample of {n_queries})" if n_queries else ""),
               "database": db_name, "relevance": "mapped articleType", "whitening_fit": fit_name,
               "query_resolution": res, "query_table": qtable,
               **({"query_model": query_model} if query_model else {})},
