@@ -106,6 +106,7 @@ class RetrievalEngine:
         if self.runtime != "torch" and exported:  # the index's own model, exported: no PyTorch needed
             self.preprocess = Preprocess.from_dict(self.manifest["preprocess"], query_resolution)
             self.encoder = load_exported(art.encoder, self.runtime)
+            self.precision = self.manifest["encoder"].get("precision", "fp32")  # the index's own: fp32 or int8
             self.info = {k: self.manifest.get(k) for k in ("description", "backbone", "kind")}
         elif self.runtime != "torch" and not runtime_installed("torch"):
             raise IndexNotBuiltError(f"the index of {model_name!r} in {art.root} holds no exported model "
@@ -442,6 +443,7 @@ class RetrievalEngine:
             "input_size": self.preprocess.shape[1],
             "input_width": self.preprocess.shape[2],
             "runtime": self.encoder.runtime,
+            "precision": self.precision,
             "synthetic_catalog": bool(self.manifest.get("synthetic_catalog")),
         }
 

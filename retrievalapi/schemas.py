@@ -76,6 +76,7 @@ class ModelInfo(BaseModel):
     input_size: int | None = Field(None, description="input height in pixels")
     input_width: int | None = Field(None, description="input width in pixels")
     runtime: str | None = Field(None, description="inference runtime: onnxruntime, openvino or torch")
+    precision: str | None = Field(None, description="the query encoder's precision: fp32, int8 or bf16")
     default: bool
     evaluation: dict | None = Field(None, description="<WORKDIR>/results/<model>/summary.json; null until evaluated")
 
@@ -86,7 +87,7 @@ class ModelsResponse(BaseModel):
         "models": [{"name": "efficientnet_lite0", "description": "EfficientNet-Lite0, ImageNet weights",
                     "backbone": "efficientnet_lite0", "kind": "pretrained", "dims": 256, "index_type": "Flat",
                     "index_size": 44072, "input_size": 224, "input_width": 224,
-                    "runtime": "onnxruntime", "default": True,
+                    "runtime": "onnxruntime", "precision": "fp32", "default": True,
                     "evaluation": {"mAP": 0.41, "R@1": 0.62, "protocol": "fashion-seed test"}}],
     }]})
 

@@ -83,8 +83,9 @@ def test_quantize_writes_an_accepted_twin_that_runs_everywhere(workdir, syntheti
     assert art.encoder.read_bytes() == int8_path(fp32_path).read_bytes()
     catalog = load_catalog(synthetic_catalog)
     pid = int(catalog.ids[7])
-    hits = RetrievalEngine(settings, TINY).search([catalog.image_path(pid)], k=3)[0]
-    assert hits[0].id == pid
+    engine = RetrievalEngine(settings, TINY)
+    assert engine.search([catalog.image_path(pid)], k=3)[0][0].id == pid
+    assert engine.describe()["precision"] == "int8"  # what /api/models shows
     fp32_features = np.load(workdir / "features" / TINY / "fashion-all-all" / "features.npy")
     assert np.isfinite(fs.features).all() and fs.features.shape == fp32_features.shape  # the fp32 set kept
     assert not np.allclose(fs.features, fp32_features, atol=1e-5)

@@ -204,15 +204,16 @@ def run(args, settings) -> int:
         raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0
     metrics = result.metrics
+    int8 = settings.precision == "int8"  # the int8 twin's runs sit beside fp32's, never in their place
     used = used_features_label(args.features, dims, args.qe_k, args.qe_alpha, args.dba, args.tag, args.rerank,
-                               args.vote_k, args.vote_alpha)
+                               args.vote_k, args.vote_alpha) + (", int8" if int8 else "")
     info = dict(task.info)
     if args.protocol == "catalog" and args.relevance != "articleType":
         info["relevance"] = args.relevance
     shown = f"{model} (photos: {args.query_model})" if args.query_model else model
     row = reports.results_row(shown, args.protocol, used, result.features_size, seconds, metrics, info)
     reports.append_results(settings.workdir, row)
-    key = run_key(args, info)
+    key = run_key(args, info) + ("-int8" if int8 else "")
     reports.save_run(settings.workdir, model, key, {
         "model": shown, "protocol": args.protocol, "features": used, "metrics": metrics,
         "info": {k: v for k, v in info.items() if k != "query_table"},
@@ -224,7 +225,7 @@ def run(args, settings) -> int:
     served = (args.features == "normalized" and dims == served_dims) or (args.features == "raw" and not served_dims)
     plain = (args.database_sample is None and args.query_scale is None and args.relevance == "articleType"
              and args.rerank == "none" and (args.database or "test") == "test")
-    if args.protocol == "catalog" and plain and served:
+    if args.protocol == "catalog" and plain and served and not int8:
         reports.write_summary(settings.workdir, model, args.protocol, used, metrics)
     if args.dump_rankings:
         n = write_rankings(args.dump_rankings, result)
