@@ -153,3 +153,13 @@ def test_int8_needs_an_exported_runtime():
     with pytest.raises(RuntimeUnavailableError, match="PRECISION=int8"):
         resolve_inference("auto", "int8", "cuda")
     assert resolve_inference("onnxruntime", "int8", "cpu") == ("onnxruntime", "int8")
+
+
+def test_index_under_int8_makes_the_twin_it_needs(workdir, synthetic_catalog, tmp_path, capsys):
+    flags = [*_flags(workdir, synthetic_catalog), "--deepfashion-root", str(tmp_path / "no-photos")]
+    assert main([*flags, "--precision", "int8", "index", "--model", "tiny2"]) == 0
+    out = capsys.readouterr().out
+    assert "no int8 twin yet: making one" in out and "int8 twin accepted" in out
+    from imageretrieval.artifacts import ModelArtifacts
+
+    assert ModelArtifacts.of(workdir, "tiny2").read_manifest()["encoder"]["precision"] == "int8"

@@ -37,12 +37,36 @@ def run(args, settings) -> int:
             print(f"{name}: compacted at catalog seq {manifest['catalog_seq']}: {manifest['size']} products, "
                   f"{manifest['index_factory']} index in {ModelArtifacts.of(settings.workdir, name).root}")
             continue
+        if settings.precision == "int8":
+            ensure_int8_twin(settings, name)
         manifest = build_model_index(settings, name, force=args.force)
         print(f"{name}: {manifest['size']} products, {manifest['dims']} dims, "
               f"{manifest['index_factory']} index in {ModelArtifacts.of(settings.workdir, name).root}")
         if (args.backend or settings.index_backend) == "milvus":
             load_milvus(settings, name, force=args.force)
     return 0
+
+
+def ensure_int8_twin(settings, name: str) -> None:
+    """PRECISION=int8 on a model without a twin: make one with `quantize`'s defaults (accepted or refused)."""
+    from ..cli import CLIError
+    from ..featurestore import fashion_table
+    from ..inference import export_dir, export_onnx
+    from ..models import create_model
+    from ..preprocess import preprocess_for
+    from ..quantize import int8_path, load_record
+    from .quantize import quantize_model
+
+    model = create_model(name, workdir=settings.workdir)
+    fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(settings.workdir, name))
+    if load_record(fp32_path) is not None and int8_path(fp32_path).is_file():
+        return  # accepted or not: accepted_int8 says which when the index is built
+    print(f"{name}: PRECISION=int8 and no int8 twin yet: making one (imageretrieval quantize --model {name})")
+    seed_types = len(fashion_table(settings, "seed", "train")) > 0  # a shop's own catalog may have none
+    record, _ = quantize_model(settings, name, selection="seed" if seed_types else "all")
+    if not record["accepted"]:
+        raise CLIError(f"{name}: int8 not accepted ({record['reason']}): use PRECISION=fp32")
+    print(f"{name}: int8 twin accepted ({record['reason']})")
 
 
 def load_milvus(settings, name: str, force: bool = False) -> None:

@@ -40,72 +40,84 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from ..cli import CLIError
+
+    if args.calibration < 1 or args.photos < 0 or not 0 <= args.tolerance < 1 or args.keep_fp32_convs < 0:
+        raise CLIError("--calibration must be >= 1, --photos >= 0, --tolerance in [0, 1), --keep-fp32-convs >= 0")
+    name = args.model or settings.default_model
+    record, path = quantize_model(settings, name, args.calibration, args.photos, args.keep_fp32_convs,
+                                  args.tolerance, args.selection)
+    fp32, int8 = record["val"]["fp32"], record["val"]["int8"]
+    if "photos P@15" not in fp32:
+        print(f"no DeepFashion val photos under {settings.deepfashion_root}: checked on catalog products only")
+    for key in fp32:
+        print(f"val {key}: fp32 {fp32[key]:.4f}  int8 {int8[key]:.4f}  ({int8[key] - fp32[key]:+.4f})")
+    if not record["accepted"]:
+        raise CLIError(f"{name}: int8 not accepted ({record['reason']}); PRECISION=int8 refuses it")
+    print(f"{name}: int8 export accepted ({record['reason']}): {path}")
+    return 0
+
+
+def quantize_model(settings, name: str, calibration: int = 256, photos: int = 0,
+                   keep_fp32_convs: int = DEFAULT_KEEP_FP32_CONVS, tolerance: float = DEFAULT_TOLERANCE,
+                   selection: str = "seed") -> tuple[dict, Path]:
+    """Write `name`'s int8 twin and its record (accepted or not); (record, twin path)."""
+    from ..cli import CLIError
     from ..evaluation.protocols import catalog_task, deepfashion_task
     from ..extract import image_batches
     from ..featurestore import fashion_table
     from ..inference import export_dir, export_onnx, load_exported
     from ..models import create_model
     from ..preprocess import preprocess_for
-    from ..quantize import acceptance, file_digest, int8_path, quantize_static_int8, save_record
+    from ..quantize import acceptance, file_digest, int8_path, load_record, quantize_static_int8, save_record
     from .evaluate import query_resolution_of
 
-    if args.calibration < 1 or args.photos < 0 or not 0 <= args.tolerance < 1 or args.keep_fp32_convs < 0:
-        raise CLIError("--calibration must be >= 1, --photos >= 0, --tolerance in [0, 1), --keep-fp32-convs >= 0")
-    name = args.model or settings.default_model
     settings = settings.model_copy(update={"precision": "fp32", "runtime": "onnxruntime"})
     model = create_model(name, workdir=settings.workdir)
     preprocess = preprocess_for(model.config)
     photo_preprocess = preprocess_for(model.config, query_resolution_of(settings, name, settings.query_resolution))
     fp32_path = export_onnx(model, preprocess.shape, export_dir(settings.workdir, name))
 
-    train = fashion_table(settings, args.selection, "train")
+    train = fashion_table(settings, selection, "train")
     if len(train) == 0:
-        raise CLIError(f"no product in the {args.selection} train split of {settings.dataset_root}: "
+        raise CLIError(f"no product in the {selection} train split of {settings.dataset_root}: "
                        "run `imageretrieval prepare` or pass --selection all")
-    products = list(train.sample(min(args.calibration, len(train)), random_state=settings.seed)["path"])
-    photos = _photos(settings, "train", args.photos)
+    products = list(train.sample(min(calibration, len(train)), random_state=settings.seed)["path"])
+    photo_paths = _photos(settings, "train", photos)
     t0 = time.perf_counter()
-    calibration = itertools.chain(  # photos of people go through the search's query path, as in the API
+    batches = itertools.chain(  # photos of people go through the search's query path, as in the API
         (images for images, _ in image_batches(products, preprocess, batch_size=16)),
-        (images for images, _ in image_batches(photos, photo_preprocess, batch_size=16)))
+        (images for images, _ in image_batches(photo_paths, photo_preprocess, batch_size=16)))
     out = int8_path(fp32_path)
-    quantize_static_int8(fp32_path, out, calibration, args.keep_fp32_convs)
+    quantize_static_int8(fp32_path, out, batches, keep_fp32_convs)
     log.info("quantized %s in %.0f s -> %s", name, time.perf_counter() - t0, out)
 
     encoder = load_exported(out, "onnxruntime")
-    task = catalog_task(settings, name, args.selection, split="val", database="val", with_fit=False)
+    task = catalog_task(settings, name, selection, split="val", database="val", with_fit=False)
     fp32 = _figures("catalog", task)
-    val_table = fashion_table(settings, args.selection, "val")
+    val_table = fashion_table(settings, selection, "val")
     path_of = {int(i): Path(p) for i, p in zip(val_table["id"], val_table["path"], strict=True)}
     database = _encode(encoder, [path_of[int(i)] for i in task.database_ids], preprocess)
     task.database, task.queries = database, database[task.exclude_rows]
     int8 = _figures("catalog", task)
     checked = {"catalog": {"queries": len(task.exclude_rows), "database": len(task.database_ids)}}
     if _photos(settings, "val", 1):
-        task = deepfashion_task(settings, name, database="val", selection=args.selection, with_fit=False,
+        task = deepfashion_task(settings, name, database="val", selection=selection, with_fit=False,
                                 query_resolution=photo_preprocess.query_resolution, split="val")
         fp32 |= _figures("photos", task)
         task.queries = _encode(encoder, list(task.info["query_table"]["path"]), photo_preprocess)
         task.database = database
         int8 |= _figures("photos", task)
         checked["photos"] = {"queries": len(task.query_ids), "database": len(task.database_ids)}
-    else:
-        print(f"no DeepFashion val photos under {settings.deepfashion_root}: checked on catalog products only")
-    accepted, reason = acceptance(fp32, int8, args.tolerance)
+    accepted, reason = acceptance(fp32, int8, tolerance)
     save_record(fp32_path, {
         "model": name, "accepted": accepted, "reason": reason, "digest": file_digest(out),
-        "calibration": {"products": len(products), "photos": len(photos), "selection": args.selection,
+        "calibration": {"products": len(products), "photos": len(photo_paths), "selection": selection,
                         "split": "train", "seed": settings.seed},
-        "keep_fp32_convs": args.keep_fp32_convs, "tolerance": args.tolerance,
+        "keep_fp32_convs": keep_fp32_convs, "tolerance": tolerance,
         "val": {**checked, "fp32": fp32, "int8": int8},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
-    for key in fp32:
-        print(f"val {key}: fp32 {fp32[key]:.4f}  int8 {int8[key]:.4f}  ({int8[key] - fp32[key]:+.4f})")
-    if not accepted:
-        raise CLIError(f"{name}: int8 not accepted ({reason}); PRECISION=int8 refuses it")
-    print(f"{name}: int8 export accepted ({reason}): {out}")
-    return 0
+    return load_record(fp32_path), out
 
 
 def _photos(settings, split: str, count: int) -> list[str]:
