@@ -120,29 +120,39 @@ def catalog_resolution(catalog: Catalog, sample: int = 400, seed: int = 0) -> tu
     return int(np.median(arr[:, 0])), int(np.median(arr[:, 1]))
 
 
-def export_serving_encoder(settings: Settings, model_name: str, art: ModelArtifacts, model=None) -> dict | None:
-    """Copy the model's ONNX export beside its index (`encoder.onnx`), so that the API can serve the index
-    with ONNX Runtime or OpenVINO alone. None (with a warning) where the model cannot be exported.
-    `model`: the model already loaded by the caller, if any."""
-    import shutil
-
-    from .inference import device_type, export_for, resolve_inference
+def serving_export(settings: Settings, model_name: str, model=None) -> Path | None:
+    """The ONNX file to serve beside the model's index: its export, or under PRECISION=int8 its accepted
+    twin (a QuantizationError where there is none: the index must never serve another encoder than the
+    one that encoded it). None (with a warning) where the model cannot be exported. `model`: the model
+    already loaded by the caller, if any."""
+    from .featurestore import uses_int8
+    from .inference import export_for
     from .models import create_model
-    from .quantize import QuantizationError
 
-    _, precision = resolve_inference(settings.runtime, settings.precision, device_type(settings.device))
+    precision = "int8" if uses_int8(settings) else "fp32"
     try:
         model = model if model is not None else create_model(model_name, workdir=settings.workdir)
-        path = export_for(model, preprocess_for(model.config).shape, settings.workdir, precision)
-    except QuantizationError:
-        raise  # the features were encoded by an accepted int8 twin, so it exists: never serve another
+        return export_for(model, preprocess_for(model.config).shape, settings.workdir, precision)
     except Exception as exc:  # noqa: BLE001 - the index still serves through PyTorch
+        if precision == "int8":
+            raise
         log.warning("%s: no ONNX export beside the index (%s: %s); serving it needs PyTorch",
                     model_name, type(exc).__name__, exc)
+        return None
+
+
+def install_serving_encoder(settings: Settings, art: ModelArtifacts, path: Path | None) -> dict | None:
+    """Copy the export beside the index (`encoder.onnx`), so that the API can serve the index with ONNX
+    Runtime or OpenVINO alone; the manifest's `encoder` entry."""
+    import shutil
+
+    from .featurestore import uses_int8
+
+    if path is None:
         art.encoder.unlink(missing_ok=True)
         return None
     atomic_write(art.encoder, lambda p: shutil.copyfile(path, p))
-    return {"file": art.encoder.name, "export": path.name, "precision": "int8" if precision == "int8" else "fp32"}
+    return {"file": art.encoder.name, "export": path.name, "precision": "int8" if uses_int8(settings) else "fp32"}
 
 
 def export_text_search(settings: Settings, model_name: str) -> None:
@@ -179,7 +189,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     """Extract catalog features, fit post-processing, build the FAISS index. No-op when current."""
     import shutil
 
-    from .featurestore import get_features, head_only_base, uses_int8
+    from .featurestore import get_features, head_only_base, int8_digest, uses_int8
     from .index import build_index, resolve_factory, save_index  # faiss: not needed to train on a GPU box
     from .models import create_model, get_model_config
     from .models.composite import is_composite_base
@@ -200,15 +210,15 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         "index_factory": resolve_factory(settings.index_factory, len(catalog.ids), n_components or config.dims),
     }
     if uses_int8(settings):  # absent for fp32, so that indexes built before int8 existed stay current
-        wanted["encoder_precision"] = "int8"
+        wanted["encoder_precision"] = f"int8:{int8_digest(settings, model_name)}"
     art = ModelArtifacts.of(workdir, model_name)
     current = art.read_manifest()
-    if not force and current is not None and art.exists() and all(current.get(k) == v for k, v in wanted.items()) \
-            and current.get("encoder_precision") == wanted.get("encoder_precision"):
+    same = all(current.get(k) == v for k, v in wanted.items()) if current is not None else False
+    if not force and same and art.exists() and current.get("encoder_precision") == wanted.get("encoder_precision"):
         log.info("index for %s is up to date (%s)", model_name, art.root)
         if not (current.get("encoder") and art.encoder.is_file()):  # built before indexes held their model
-            current = {**current, **_serving_fields(config),
-                       "encoder": export_serving_encoder(settings, model_name, art)}
+            current = {**current, **_serving_fields(config), "encoder": install_serving_encoder(
+                settings, art, serving_export(settings, model_name))}
             save_json(art.manifest, current)
         export_text_search(settings, model_name)
         return current
@@ -219,6 +229,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     model = None if reuses else create_model(model_name, workdir=workdir)  # also exported below: loaded once
     fs, _ = get_features(settings, model_name, "fashion", progress=progress, model=model)
     t_extract = time.perf_counter() - t0
+    export = serving_export(settings, model_name, model)  # before the old index is touched: it may refuse
     valid = fs.valid
     raw, ids = fs.features[valid], fs.ids[valid]
     t1 = time.perf_counter()
@@ -233,7 +244,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     save_npy(art.ids, ids.astype(np.int64))
     save_npy(art.vectors, vectors.astype(np.float32))
     post.save(art.postprocess)
-    encoder = export_serving_encoder(settings, model_name, art, model)
+    encoder = install_serving_encoder(settings, art, export)
     export_text_search(settings, model_name)
     manifest = {
         **wanted,

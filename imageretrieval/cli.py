@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "prepare", "models", "extract", "index", "search", "serve", "evaluate", "finetune_pca", "finetune_rerank", "keys",
     "catalog", "train", "pack", "ensemble", "compose", "fuse", "quantize", "download_catalog", "make_synthetic",
 ]
+# commands that train or tune: their features and tuning files are fp32's
+FP32_ONLY = {"train", "finetune-pca", "finetune-rerank", "ensemble", "fuse", "pack"}
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",
                "UnknownProductError"]), ("images", ["ImageDecodeError"]), ("index", ["IndexFactoryError"]),
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = settings_from_args(args)
+        if settings.precision == "int8" and args.command in FP32_ONLY:
+            raise CLIError(f"PRECISION=int8 is for extraction, indexes, search and evaluation; `{args.command}` "
+                           "trains or tunes on fp32 features: run it with PRECISION=auto or fp32")
         return int(args.func(args, settings) or 0)
     except user_errors() as exc:
         print(f"imageretrieval {args.command}: error: {exc}", file=sys.stderr)

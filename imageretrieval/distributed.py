@@ -48,16 +48,44 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
             return
         except Exception as exc:  # Ray raises a bare Exception on a start-up time-out
+            if "timed out during startup" not in str(exc):
+                raise
             ray.shutdown()
+            _stop_local_ray_processes()  # the half-started GCS and raylet: shutdown() does not know them
             if attempt == LOCAL_START_ATTEMPTS:
                 raise RayUnavailableError(
                     f"a local Ray did not start ({attempt} attempts): {exc}\n{_ray_log_tail()}") from exc
             log.warning("a local Ray did not start (%s); starting it again", exc)
 
 
+def _stop_local_ray_processes() -> None:
+    """Terminate the Ray processes this process started (Linux /proc; elsewhere nothing is done)."""
+    import signal
+
+    proc = Path("/proc")
+    parents: dict[int, int] = {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
+        mine |= frontier
+    for pid in mine:
+        try:
+            if "/ray/" in (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
 def _ray_log_tail(lines: int = 20) -> str:
     """The end of the last Ray session's raylet and GCS logs: why a start failed."""
-    logs = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "session_latest" / "logs"
+    tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"  # Ray's own order on Linux
+    logs = Path(tmp) / "ray" / "session_latest" / "logs"
     parts = []
     for name in ("raylet.err", "raylet.out", "gcs_server.err", "gcs_server.out"):
         path = logs / name

@@ -16,7 +16,14 @@ from .backends import Candidates, Row, VectorBackend
 from .catalog import ATTRIBUTE_COLUMNS
 from .images import open_image
 from .index import load_index
-from .inference import create_encoder, device_type, load_exported, resolve_inference, runtime_installed
+from .inference import (
+    RuntimeUnavailableError,
+    create_encoder,
+    device_type,
+    load_exported,
+    resolve_inference,
+    runtime_installed,
+)
 from .io_utils import load_json
 from .live.liveindex import IndexState, LiveIndex
 from .live.store import LiveCatalog, Op
@@ -100,13 +107,11 @@ class RetrievalEngine:
             raise IndexNotBuiltError(f"index for {model_name!r} is inconsistent: run `{rebuild} --force`")
         res = self.manifest.get("catalog_resolution")
         query_resolution = tuple(res) if (res and settings.query_resolution == "catalog") else None
-        self.runtime, self.precision = resolve_inference(settings.runtime, settings.precision,
-                                                         device_type(settings.device))
         exported = self.manifest.get("encoder") and self.manifest.get("preprocess") and art.encoder.is_file()
+        self.runtime, self.precision = self._query_inference(settings, model_name, bool(exported), rebuild)
         if self.runtime != "torch" and exported:  # the index's own model, exported: no PyTorch needed
             self.preprocess = Preprocess.from_dict(self.manifest["preprocess"], query_resolution)
             self.encoder = load_exported(art.encoder, self.runtime)
-            self.precision = self.manifest["encoder"].get("precision", "fp32")  # the index's own: fp32 or int8
             self.info = {k: self.manifest.get(k) for k in ("description", "backbone", "kind")}
         elif self.runtime != "torch" and not runtime_installed("torch"):
             raise IndexNotBuiltError(f"the index of {model_name!r} in {art.root} holds no exported model "
@@ -428,6 +433,29 @@ class RetrievalEngine:
         if row is None:
             raise UnknownProductError(f"unknown product id {product_id}")
         return dict(row.product)
+
+    def _query_inference(self, settings: Settings, model_name: str, exported: bool, rebuild: str) -> tuple[str, str]:
+        """(runtime, precision) of the queries: the index's own precision, whatever PRECISION says, so that
+        queries and catalog are encoded alike (an int8 index runs its int8 encoder.onnx)."""
+        int8_index = str(self.manifest.get("encoder_precision", "")).startswith("int8")
+        precision = settings.precision
+        if int8_index:
+            precision = "int8"
+        elif precision == "int8":
+            log.warning("%s: the index was built in fp32, so queries are encoded in fp32; run `%s` with "
+                        "PRECISION=int8 to serve int8", model_name, rebuild)
+            precision = "fp32"
+        try:
+            if int8_index and not exported:
+                raise RuntimeUnavailableError("its encoder.onnx is missing")
+            return resolve_inference(settings.runtime, precision, device_type(settings.device))
+        except RuntimeUnavailableError as exc:
+            if not int8_index:
+                raise
+            raise IndexNotBuiltError(f"the index of {model_name!r} was built with PRECISION=int8 and is searched "
+                                     f"with its int8 encoder.onnx on ONNX Runtime or OpenVINO on the CPU ({exc}); "
+                                     f"use RUNTIME=auto and DEVICE=cpu, or rebuild it: `{rebuild} --force` with "
+                                     "PRECISION=fp32") from exc
 
     def describe(self) -> dict:
         return {

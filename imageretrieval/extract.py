@@ -210,11 +210,6 @@ def extract_features(
     }
     if preprocess.query_scale is not None:
         meta["query_scale"] = preprocess.query_scale
-    if prec == "int8" and workdir is not None:  # a twin quantized anew encodes differently
-        from .inference import export_for
-        from .quantize import file_digest
-
-        meta["precision"] = f"int8:{file_digest(export_for(model, preprocess.shape, Path(workdir), prec))}"
     meta_path = out_dir / "meta.json"
     old = load_json(meta_path) if meta_path.is_file() else None
     done = load_features(out_dir)

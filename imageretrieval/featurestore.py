@@ -57,6 +57,14 @@ def uses_int8(settings: Settings) -> bool:
     return settings.precision == "int8"
 
 
+def int8_digest(settings: Settings, model_name: str) -> str:
+    """The digest of the model's accepted int8 twin (a QuantizationError naming the fix where none is)."""
+    from .inference import export_dir
+    from .quantize import twin_digest
+
+    return twin_digest(export_dir(settings.workdir, model_name), model_name)
+
+
 def _slice(fs: FeatureSet, ids: np.ndarray) -> FeatureSet | None:
     pos = {str(v): i for i, v in enumerate(fs.ids)}
     rows = [pos.get(str(v)) for v in ids]
@@ -179,6 +187,8 @@ def get_features(
         sample = None
     ids = table["id"].to_numpy() if dataset == "fashion" else table["image_id"].to_numpy().astype(str)
     fp = _fingerprint(settings, model_name)
+    if int8:  # a twin made anew encodes differently: what the old one encoded is stale
+        fp += f":int8:{int8_digest(settings, model_name)}"
     suffix = "" if query_resolution is None else f"-q{query_resolution[0]}x{query_resolution[1]}"
     if query_scale is not None:
         suffix += f"-x{query_scale:g}"

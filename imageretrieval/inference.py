@@ -72,7 +72,10 @@ def resolve_runtime(runtime: str, device: torch.device | str, precision: str = "
     if runtime == "auto":
         if kind != "cpu" or precision == "bf16":
             return "torch"
-        return next((r for r in ("onnxruntime", "openvino") if runtime_installed(r)), "torch")
+        chosen = next((r for r in ("onnxruntime", "openvino") if runtime_installed(r)), "torch")
+        if chosen == "torch" and precision == "int8":
+            raise RuntimeUnavailableError("PRECISION=int8 needs ONNX Runtime or OpenVINO: pip install onnxruntime")
+        return chosen
     if runtime == "torch" and not runtime_installed("torch"):
         raise RuntimeUnavailableError("RUNTIME=torch but PyTorch is not installed (a serving install): use "
                                       "RUNTIME=auto, onnxruntime or openvino")

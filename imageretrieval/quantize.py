@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,7 +38,13 @@ def int8_path(fp32_path: Path) -> Path:
 
 
 def record_path(fp32_path: Path) -> Path:
+    """The accepted twin's record."""
     return fp32_path.with_name(f"{fp32_path.stem}-int8.json")
+
+
+def rejected_path(fp32_path: Path) -> Path:
+    """The record of the last attempt that was not accepted (an accepted twin stays in place)."""
+    return fp32_path.with_name(f"{fp32_path.stem}-int8-rejected.json")
 
 
 def file_digest(path: Path) -> str:
@@ -74,6 +81,9 @@ def quantize_static_int8(fp32_path: Path, out_path: Path, calibration: Iterable[
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         keep = first_convs(prepared, keep_fp32_convs)
+        if len(keep) < keep_fp32_convs or not all(keep):
+            raise QuantizationError(f"{fp32_path.name}: cannot name its first {keep_fp32_convs} convolutions "
+                                    f"to keep in fp32 (found {keep})")
 
         def write(target: Path) -> None:
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -82,8 +92,16 @@ def quantize_static_int8(fp32_path: Path, out_path: Path, calibration: Iterable[
         atomic_write(out_path, write)
 
 
-def save_record(fp32_path: Path, record: dict) -> None:
+def install_twin(fp32_path: Path, candidate: Path, record: dict) -> None:
+    """Put an accepted candidate in place of the twin, with its record; a rejected one leaves the twin
+    in place and is recorded apart."""
+    if not record["accepted"]:
+        candidate.unlink(missing_ok=True)
+        save_json(rejected_path(fp32_path), record)
+        return
     save_json(record_path(fp32_path), record)
+    os.replace(candidate, int8_path(fp32_path))
+    rejected_path(fp32_path).unlink(missing_ok=True)
 
 
 def load_record(fp32_path: Path) -> dict | None:
@@ -91,18 +109,39 @@ def load_record(fp32_path: Path) -> dict | None:
     return load_json(path) if path.is_file() else None
 
 
-def accepted_int8(fp32_path: Path, model_name: str) -> Path:
-    """The accepted int8 twin of an export, else a QuantizationError naming the fix."""
-    record, path = load_record(fp32_path), int8_path(fp32_path)
-    fix = f"run `imageretrieval quantize --model {model_name}`, or use PRECISION=fp32"
-    if record is None or not path.is_file():
-        raise QuantizationError(f"PRECISION=int8: {model_name} has no int8 export for its current weights: {fix}")
-    if not record.get("accepted"):
+def accepted_record(fp32_path: Path, model_name: str) -> dict:
+    """The accepted twin's record (its digest keys the features it encodes), else a QuantizationError."""
+    record = load_record(fp32_path)
+    if record is not None and record.get("accepted") and int8_path(fp32_path).is_file():
+        return record
+    rejected = rejected_path(fp32_path)
+    if rejected.is_file():
+        reason = load_json(rejected).get("reason", "not accepted")
         raise QuantizationError(f"PRECISION=int8: {model_name}'s int8 export lost too much quality on val "
-                                f"({record.get('reason', 'not accepted')}); use PRECISION=fp32")
+                                f"({reason}): use PRECISION=fp32, or `imageretrieval quantize --model "
+                                f"{model_name}` with other options (see --help)")
+    raise QuantizationError(f"PRECISION=int8: {model_name} has no int8 export for its current weights: run "
+                            f"`imageretrieval quantize --model {model_name}`, or use PRECISION=fp32")
+
+
+def accepted_int8(fp32_path: Path, model_name: str) -> Path:
+    """The accepted int8 twin of an export, checked against its record, else a QuantizationError."""
+    record, path = accepted_record(fp32_path, model_name), int8_path(fp32_path)
     if record.get("digest") != file_digest(path):
-        raise QuantizationError(f"PRECISION=int8: {path} does not match its record: {fix}")
+        raise QuantizationError(f"PRECISION=int8: {path} does not match its record: run `imageretrieval "
+                                f"quantize --model {model_name}` again, or use PRECISION=fp32")
     return path
+
+
+def twin_digest(export_directory: Path, model_name: str) -> str:
+    """The digest of the model's accepted twin, from its record (no model loaded): what keys int8 features
+    and indexes, so that a twin made anew invalidates what the old one encoded."""
+    records = sorted(Path(export_directory).glob("model-*-int8.json"))
+    if not records:
+        raise QuantizationError(f"PRECISION=int8: {model_name} has no int8 export: run `imageretrieval quantize "
+                                f"--model {model_name}`, or use PRECISION=fp32")
+    fp32_path = records[-1].with_name(records[-1].name.removesuffix("-int8.json") + ".onnx")
+    return str(accepted_record(fp32_path, model_name)["digest"])
 
 
 def acceptance(fp32: dict[str, float], int8: dict[str, float], tolerance: float) -> tuple[bool, str]:

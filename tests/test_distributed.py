@@ -79,3 +79,39 @@ def test_extract_cli_on_ray_matches_the_cached_local_features(local_ray, synthet
     remote = load_features(feature_dir(workdir, "tiny", "fashion-all-all"))
     np.testing.assert_array_equal(remote.ids, local.ids)
     np.testing.assert_allclose(remote.features, local.features, atol=1e-5)
+
+
+def test_the_processes_of_a_failed_local_start_can_be_stopped(tmp_path):
+    """A start that times out leaves Ray's GCS and raylet running (ray.shutdown() does not know them):
+    init_ray stops this process' Ray processes before it starts again."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import os, ray
+from pathlib import Path
+from imageretrieval.distributed import _stop_local_ray_processes
+
+def ray_children():
+    found = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            stat = (cmd.parent / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) == os.getpid() and "/ray/" in cmd.read_bytes().decode(errors="replace"):
+                found.append(int(cmd.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+before = ray_children()
+_stop_local_ray_processes()
+import time; time.sleep(1)
+print(len(before), len(ray_children()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                         env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = map(int, out.stdout.strip().splitlines()[-1].split())
+    assert before >= 2 and after == 0

@@ -18,8 +18,10 @@ from imageretrieval.quantize import (
     acceptance,
     accepted_int8,
     file_digest,
+    install_twin,
     int8_path,
     record_path,
+    rejected_path,
 )
 
 from .conftest import TINY, make_settings
@@ -74,11 +76,10 @@ def test_quantize_writes_an_accepted_twin_that_runs_everywhere(workdir, syntheti
     settings = make_settings(synthetic_catalog, workdir).model_copy(update={"precision": "int8"})
     fs, _ = get_features(settings, TINY, "fashion", progress=False)
     meta = load_json(workdir / "features" / TINY / "fashion-all-all-int8" / "meta.json")
-    assert meta["precision"] == f"int8:{record['digest']}"
-    before = ModelArtifacts.of(workdir, TINY).read_manifest()
+    assert meta["precision"] == "int8" and meta["fingerprint"].endswith(f":int8:{record['digest']}")
     manifest = build_model_index(settings, TINY, progress=False)
-    assert manifest["encoder"]["precision"] == "int8" and manifest["encoder_precision"] == "int8"
-    assert manifest["created"] != before["created"] or manifest["encoder"] != before["encoder"]  # rebuilt
+    assert manifest["encoder"]["precision"] == "int8"
+    assert manifest["encoder_precision"] == f"int8:{record['digest']}"
     art = ModelArtifacts.of(workdir, TINY)
     assert art.encoder.read_bytes() == int8_path(fp32_path).read_bytes()
     catalog = load_catalog(synthetic_catalog)
@@ -104,19 +105,23 @@ def test_int8_without_an_accepted_twin_is_a_one_line_error(workdir, synthetic_ca
     assert "imageretrieval quantize --model tiny2" in err and "Traceback" not in err
 
 
-def test_a_rejected_or_altered_twin_is_refused(workdir):
+def test_a_rejected_candidate_never_replaces_the_twin_and_an_altered_twin_is_refused(workdir):
     model = create_model(TINY, workdir=workdir)
     fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY))
-    twin = int8_path(fp32_path)
+    twin, candidate = int8_path(fp32_path), fp32_path.with_name("candidate.onnx")
     with pytest.raises(QuantizationError, match="quantize --model tiny"):
         accepted_int8(fp32_path, TINY)
-    twin.write_bytes(b"an int8 model")
-    save_json(record_path(fp32_path), {"accepted": False, "reason": "largest drop mAP 0.0100",
-                                       "digest": file_digest(twin)})
+    candidate.write_bytes(b"a rejected int8 model")
+    install_twin(fp32_path, candidate, {"accepted": False, "reason": "largest drop: mAP 0.0100"})
+    assert not candidate.exists() and not twin.exists()
     with pytest.raises(QuantizationError, match="lost too much quality"):
         accepted_int8(fp32_path, TINY)
-    save_json(record_path(fp32_path), {"accepted": True, "digest": file_digest(twin)})
-    assert accepted_int8(fp32_path, TINY) == twin
+    candidate.write_bytes(b"an accepted int8 model")
+    install_twin(fp32_path, candidate, {"accepted": True, "digest": file_digest(candidate)})
+    assert accepted_int8(fp32_path, TINY) == twin and not rejected_path(fp32_path).exists()
+    candidate.write_bytes(b"a later, rejected int8 model")
+    install_twin(fp32_path, candidate, {"accepted": False, "reason": "largest drop: mAP 0.0100"})
+    assert accepted_int8(fp32_path, TINY) == twin and twin.read_bytes() == b"an accepted int8 model"
     twin.write_bytes(b"another model")
     with pytest.raises(QuantizationError, match="does not match its record"):
         accepted_int8(fp32_path, TINY)
@@ -155,11 +160,99 @@ def test_int8_needs_an_exported_runtime():
     assert resolve_inference("onnxruntime", "int8", "cpu") == ("onnxruntime", "int8")
 
 
+def test_int8_never_falls_back_to_pytorch(monkeypatch):
+    from imageretrieval import inference
+
+    monkeypatch.setattr(inference, "runtime_installed", lambda runtime: runtime == "torch")
+    with pytest.raises(RuntimeUnavailableError, match="needs ONNX Runtime or OpenVINO"):
+        inference.resolve_inference("auto", "int8", "cpu")
+    assert inference.resolve_inference("auto", "fp32", "cpu")[0] == "torch"
+
+
 def test_index_under_int8_makes_the_twin_it_needs(workdir, synthetic_catalog, tmp_path, capsys):
-    flags = [*_flags(workdir, synthetic_catalog), "--deepfashion-root", str(tmp_path / "no-photos")]
-    assert main([*flags, "--precision", "int8", "index", "--model", "tiny2"]) == 0
+    from imageretrieval.artifacts import ModelArtifacts
+    from imageretrieval.commands.index import ensure_int8_twin
+
+    settings = make_settings(synthetic_catalog, workdir, deepfashion_root=tmp_path / "no-photos").model_copy(
+        update={"precision": "int8"})
+    ensure_int8_twin(settings, "tiny2", tolerance=0.3)  # what `index` runs first (int8 kernels differ by CPU)
     out = capsys.readouterr().out
     assert "no int8 twin yet: making one" in out and "int8 twin accepted" in out
+    flags = [*_flags(workdir, synthetic_catalog), "--deepfashion-root", str(tmp_path / "no-photos")]
+    assert main([*flags, "--precision", "int8", "index", "--model", "tiny2"]) == 0
+    assert "making one" not in capsys.readouterr().out
+    assert ModelArtifacts.of(workdir, "tiny2").read_manifest()["encoder"]["precision"] == "int8"
+
+
+def _quantize(workdir, catalog, *extra) -> dict:
+    assert main([*_flags(workdir, catalog), "quantize", "--model", TINY, "--selection", "all", "--calibration",
+                 "32", "--tolerance", "0.3", *extra]) == 0
+    model = create_model(TINY, workdir=workdir)
+    return load_json(record_path(export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY))))
+
+
+def test_a_twin_made_anew_invalidates_what_the_old_one_encoded(workdir, synthetic_catalog, capsys):
+    from imageretrieval.artifacts import ModelArtifacts, build_model_index
+    from imageretrieval.featurestore import get_features
+
+    settings = make_settings(synthetic_catalog, workdir).model_copy(update={"precision": "int8"})
+    first = _quantize(workdir, synthetic_catalog, "--keep-fp32-convs", "2")
+    old_features, _ = get_features(settings, TINY, "fashion", progress=False)
+    build_model_index(settings, TINY, progress=False)
+    second = _quantize(workdir, synthetic_catalog, "--keep-fp32-convs", "1")
+    assert second["digest"] != first["digest"]
+    new_features, _ = get_features(settings, TINY, "fashion", progress=False)
+    assert not np.allclose(new_features.features, old_features.features, atol=1e-6)  # encoded again
+    art = ModelArtifacts.of(workdir, TINY)
+    manifest = build_model_index(settings, TINY, progress=False)  # not current any more: rebuilt
+    assert manifest["encoder_precision"] == f"int8:{second['digest']}"
+    assert file_digest(art.encoder) == second["digest"]
+
+
+def test_a_failed_int8_rebuild_keeps_the_index_that_serves(workdir, synthetic_catalog, capsys):
     from imageretrieval.artifacts import ModelArtifacts
 
-    assert ModelArtifacts.of(workdir, "tiny2").read_manifest()["encoder"]["precision"] == "int8"
+    _quantize(workdir, synthetic_catalog)
+    flags = [*_flags(workdir, synthetic_catalog), "--precision", "int8"]
+    assert main([*flags, "index", "--model", TINY]) == 0
+    art = ModelArtifacts.of(workdir, TINY)
+    manifest = art.read_manifest()
+    model = create_model(TINY, workdir=workdir)
+    twin = int8_path(export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY)))
+    twin.write_bytes(twin.read_bytes() + b"\0")  # altered after it was accepted
+    capsys.readouterr()
+    assert main([*flags, "index", "--model", TINY, "--force"]) == 2
+    assert "does not match its record" in capsys.readouterr().err
+    assert art.read_manifest() == manifest and art.exists()  # the old index still serves
+
+
+def test_the_engine_encodes_queries_as_its_index_was_encoded(workdir, synthetic_catalog):
+    from imageretrieval.artifacts import build_model_index
+    from imageretrieval.engine import IndexNotBuiltError, RetrievalEngine
+
+    fp32 = make_settings(synthetic_catalog, workdir)
+    int8 = fp32.model_copy(update={"precision": "int8"})
+    assert RetrievalEngine(int8, "tiny2").describe()["precision"] == "fp32"  # an fp32 index: fp32 queries
+    _quantize(workdir, synthetic_catalog)
+    build_model_index(int8, TINY, progress=False)
+    assert RetrievalEngine(fp32, TINY).describe()["precision"] == "int8"  # an int8 index: its own encoder
+    with pytest.raises(IndexNotBuiltError, match="built with PRECISION=int8"):
+        RetrievalEngine(fp32.model_copy(update={"runtime": "torch"}), TINY)
+
+
+def test_the_first_convolutions_stay_in_fp32(workdir, synthetic_catalog):
+    import onnx
+
+    record = _quantize(workdir, synthetic_catalog, "--keep-fp32-convs", "2")
+    model = create_model(TINY, workdir=workdir)
+    twin = int8_path(export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY)))
+    graph = onnx.load(str(twin)).graph
+    dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert record["keep_fp32_convs"] == 2
+    assert [c.input[1] in dequantized for c in convs[:3]] == [False, False, True]  # their weights
+
+
+def test_training_commands_refuse_int8(workdir, synthetic_catalog, capsys):
+    assert main([*_flags(workdir, synthetic_catalog), "--precision", "int8", "finetune-pca", "--model", TINY]) == 2
+    assert "PRECISION=int8 is for extraction" in capsys.readouterr().err

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..artifacts import ModelArtifacts, build_model_index
+from ..quantize import DEFAULT_TOLERANCE
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 def register(sub) -> None:
@@ -47,23 +53,23 @@ def run(args, settings) -> int:
     return 0
 
 
-def ensure_int8_twin(settings, name: str) -> None:
+def ensure_int8_twin(settings: Settings, name: str, tolerance: float = DEFAULT_TOLERANCE) -> None:
     """PRECISION=int8 on a model without a twin: make one with `quantize`'s defaults (accepted or refused)."""
     from ..cli import CLIError
     from ..featurestore import fashion_table
     from ..inference import export_dir, export_onnx
     from ..models import create_model
     from ..preprocess import preprocess_for
-    from ..quantize import int8_path, load_record
+    from ..quantize import load_record, rejected_path
     from .quantize import quantize_model
 
     model = create_model(name, workdir=settings.workdir)
     fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(settings.workdir, name))
-    if load_record(fp32_path) is not None and int8_path(fp32_path).is_file():
-        return  # accepted or not: accepted_int8 says which when the index is built
+    if load_record(fp32_path) is not None or rejected_path(fp32_path).is_file():
+        return  # made before, accepted or not: building the index says which
     print(f"{name}: PRECISION=int8 and no int8 twin yet: making one (imageretrieval quantize --model {name})")
     seed_types = len(fashion_table(settings, "seed", "train")) > 0  # a shop's own catalog may have none
-    record, _ = quantize_model(settings, name, selection="seed" if seed_types else "all")
+    record, _ = quantize_model(settings, name, selection="seed" if seed_types else "all", tolerance=tolerance)
     if not record["accepted"]:
         raise CLIError(f"{name}: int8 not accepted ({record['reason']}): use PRECISION=fp32")
     print(f"{name}: int8 twin accepted ({record['reason']})")

@@ -7,10 +7,17 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..quantize import DEFAULT_KEEP_FP32_CONVS, DEFAULT_TOLERANCE
+
+if TYPE_CHECKING:
+    from ..evaluation.protocols import RetrievalTask
+    from ..inference import Encoder
+    from ..preprocess import Preprocess
+    from ..settings import Settings
 
 log = logging.getLogger(__name__)
 FIGURES = {"PrecisionHits": "P@15", "mAP": "mAP"}
@@ -28,8 +35,8 @@ def register(sub) -> None:
     p.add_argument("--model", help="model of the zoo (default: DEFAULT_MODEL)")
     p.add_argument("--calibration", type=int, default=256, help="catalog train images to calibrate on")
     p.add_argument("--photos", type=int, default=0,
-                   help="DeepFashion train photos to calibrate on too, where DEEPFASHION_ROOT has them (the "
-                        "shipped model scored lower on val photos with 64 of them than with none)")
+                   help="DeepFashion train photos to calibrate on too, where DEEPFASHION_ROOT has them "
+                        "(docs/experiments.md compares both for the shipped model)")
     p.add_argument("--keep-fp32-convs", type=int, default=DEFAULT_KEEP_FP32_CONVS,
                    help="leave the graph's first N convolutions in fp32 (the stem sees raw pixels)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
@@ -44,34 +51,41 @@ def run(args, settings) -> int:
     if args.calibration < 1 or args.photos < 0 or not 0 <= args.tolerance < 1 or args.keep_fp32_convs < 0:
         raise CLIError("--calibration must be >= 1, --photos >= 0, --tolerance in [0, 1), --keep-fp32-convs >= 0")
     name = args.model or settings.default_model
-    record, path = quantize_model(settings, name, args.calibration, args.photos, args.keep_fp32_convs,
-                                  args.tolerance, args.selection)
+    try:
+        record, path = quantize_model(settings, name, args.calibration, args.photos, args.keep_fp32_convs,
+                                      args.tolerance, args.selection)
+    except ValueError as exc:  # an empty val split, no photos of a split: named by the protocols
+        raise CLIError(str(exc)) from exc
     fp32, int8 = record["val"]["fp32"], record["val"]["int8"]
     if "photos P@15" not in fp32:
         print(f"no DeepFashion val photos under {settings.deepfashion_root}: checked on catalog products only")
     for key in fp32:
         print(f"val {key}: fp32 {fp32[key]:.4f}  int8 {int8[key]:.4f}  ({int8[key] - fp32[key]:+.4f})")
     if not record["accepted"]:
-        raise CLIError(f"{name}: int8 not accepted ({record['reason']}); PRECISION=int8 refuses it")
+        kept = " (the twin accepted before stays in place)" if path.is_file() else ""
+        raise CLIError(f"{name}: int8 not accepted ({record['reason']}){kept}")
     print(f"{name}: int8 export accepted ({record['reason']}): {path}")
     return 0
 
 
-def quantize_model(settings, name: str, calibration: int = 256, photos: int = 0,
+def quantize_model(settings: Settings, name: str, calibration: int = 256, photos: int = 0,
                    keep_fp32_convs: int = DEFAULT_KEEP_FP32_CONVS, tolerance: float = DEFAULT_TOLERANCE,
                    selection: str = "seed") -> tuple[dict, Path]:
-    """Write `name`'s int8 twin and its record (accepted or not); (record, twin path)."""
+    """Make `name`'s int8 twin and score it on val: (its record, the twin's path). Only an accepted twin
+    replaces the one in place (quantize.install_twin)."""
     from ..cli import CLIError
     from ..evaluation.protocols import catalog_task, deepfashion_task
     from ..extract import image_batches
     from ..featurestore import fashion_table
-    from ..inference import export_dir, export_onnx, load_exported
+    from ..inference import export_dir, export_onnx, load_exported, runtime_installed
     from ..models import create_model
     from ..preprocess import preprocess_for
-    from ..quantize import acceptance, file_digest, int8_path, load_record, quantize_static_int8, save_record
+    from ..quantize import CALIBRATION_BATCH, acceptance, file_digest, install_twin, int8_path, quantize_static_int8
     from .evaluate import query_resolution_of
 
-    settings = settings.model_copy(update={"precision": "fp32", "runtime": "onnxruntime"})
+    if not runtime_installed("onnxruntime"):
+        raise CLIError("quantize needs ONNX Runtime: pip install onnxruntime")
+    settings = settings.model_copy(update={"precision": "fp32", "runtime": "onnxruntime", "device": "cpu"})
     model = create_model(name, workdir=settings.workdir)
     preprocess = preprocess_for(model.config)
     photo_preprocess = preprocess_for(model.config, query_resolution_of(settings, name, settings.query_resolution))
@@ -85,13 +99,14 @@ def quantize_model(settings, name: str, calibration: int = 256, photos: int = 0,
     photo_paths = _photos(settings, "train", photos)
     t0 = time.perf_counter()
     batches = itertools.chain(  # photos of people go through the search's query path, as in the API
-        (images for images, _ in image_batches(products, preprocess, batch_size=16)),
-        (images for images, _ in image_batches(photo_paths, photo_preprocess, batch_size=16)))
+        (images for images, _ in image_batches(products, preprocess, batch_size=CALIBRATION_BATCH)),
+        (images for images, _ in image_batches(photo_paths, photo_preprocess, batch_size=CALIBRATION_BATCH)))
     out = int8_path(fp32_path)
-    quantize_static_int8(fp32_path, out, batches, keep_fp32_convs)
-    log.info("quantized %s in %.0f s -> %s", name, time.perf_counter() - t0, out)
+    candidate = out.with_name(f".{out.stem}.candidate.onnx")  # the twin in place serves until this one is accepted
+    quantize_static_int8(fp32_path, candidate, batches, keep_fp32_convs)
+    log.info("quantized %s in %.0f s", name, time.perf_counter() - t0)
 
-    encoder = load_exported(out, "onnxruntime")
+    encoder = load_exported(candidate, "onnxruntime")
     task = catalog_task(settings, name, selection, split="val", database="val", with_fit=False)
     fp32 = _figures("catalog", task)
     val_table = fashion_table(settings, selection, "val")
@@ -109,18 +124,29 @@ def quantize_model(settings, name: str, calibration: int = 256, photos: int = 0,
         int8 |= _figures("photos", task)
         checked["photos"] = {"queries": len(task.query_ids), "database": len(task.database_ids)}
     accepted, reason = acceptance(fp32, int8, tolerance)
-    save_record(fp32_path, {
-        "model": name, "accepted": accepted, "reason": reason, "digest": file_digest(out),
+    record = {
+        "model": name, "accepted": accepted, "reason": reason, "digest": file_digest(candidate),
         "calibration": {"products": len(products), "photos": len(photo_paths), "selection": selection,
                         "split": "train", "seed": settings.seed},
         "keep_fp32_convs": keep_fp32_convs, "tolerance": tolerance,
         "val": {**checked, "fp32": fp32, "int8": int8},
+        "cpu": _cpu_features(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
-    return load_record(fp32_path), out
+    }
+    install_twin(fp32_path, candidate, record)
+    return record, out
 
 
-def _photos(settings, split: str, count: int) -> list[str]:
+def _cpu_features() -> list[str]:
+    """The CPU's int8 instruction sets: int8 kernels (and their rounding) differ with them."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def _photos(settings: Settings, split: str, count: int) -> list[str]:
     """A seeded sample of DeepFashion photos of `split`; none where the folder is absent."""
     from ..deepfashion import DeepFashionError
     from ..featurestore import deepfashion_table
@@ -134,13 +160,13 @@ def _photos(settings, split: str, count: int) -> list[str]:
     return list(table.sample(min(count, len(table)), random_state=settings.seed)["path"]) if len(table) else []
 
 
-def _encode(encoder, paths: list, preprocess) -> np.ndarray:
+def _encode(encoder: Encoder, paths: list[str] | list[Path], preprocess: Preprocess) -> np.ndarray:
     from ..extract import image_batches
 
     return np.concatenate([encoder(images) for images, _ in image_batches(paths, preprocess, threads=1)])
 
 
-def _figures(prefix: str, task) -> dict[str, float]:
+def _figures(prefix: str, task: RetrievalTask) -> dict[str, float]:
     from ..evaluation.runner import evaluate_task
 
     metrics = evaluate_task(task, "raw").metrics
