@@ -26,12 +26,12 @@ FIGURES = {"PrecisionHits": "P@15", "mAP": "mAP"}
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="write and validate a model's int8 export (PRECISION=int8)",
                        description="Quantize the model's ONNX export to int8 (static, per channel; ONNX Runtime), "
-                                   "calibrated on seeded catalog train images and photos; score it against fp32 "
-                                   "on the val splits (catalog products, and photos where DEEPFASHION_ROOT has "
-                                   "them, against the catalog's val split) and accept it only where P@15 and "
-                                   "mAP drop by at most --tolerance. PRECISION=int8 then runs it for extraction, "
-                                   "indexes, search and evaluation. It pays on CPUs with VNNI or AMX: see "
-                                   "docs/benchmarks.md.")
+                                   "calibrated on seeded catalog train images (and photos: --photos); score it "
+                                   "against fp32 on the val splits (catalog products, and photos where "
+                                   "DEEPFASHION_ROOT has them, against the catalog's val split) and accept it "
+                                   "only where P@15 and mAP drop by at most --tolerance. PRECISION=int8 then "
+                                   "runs it for extraction, indexes, search and evaluation. It pays on CPUs with "
+                                   "VNNI or AMX: see docs/benchmarks.md.")
     p.add_argument("--model", help="model of the zoo (default: DEFAULT_MODEL)")
     p.add_argument("--calibration", type=int, default=256, help="catalog train images to calibrate on")
     p.add_argument("--photos", type=int, default=0,
@@ -74,7 +74,6 @@ def quantize_model(settings: Settings, name: str, calibration: int = 256, photos
     """Make `name`'s int8 twin and score it on val: (its record, the twin's path). Only an accepted twin
     replaces the one in place (quantize.install_twin)."""
     from ..cli import CLIError
-    from ..evaluation.protocols import catalog_task, deepfashion_task
     from ..extract import image_batches
     from ..featurestore import fashion_table
     from ..inference import export_dir, export_onnx, load_exported, runtime_installed
@@ -103,10 +102,35 @@ def quantize_model(settings: Settings, name: str, calibration: int = 256, photos
         (images for images, _ in image_batches(photo_paths, photo_preprocess, batch_size=CALIBRATION_BATCH)))
     out = int8_path(fp32_path)
     candidate = out.with_name(f".{out.stem}.candidate.onnx")  # the twin in place serves until this one is accepted
-    quantize_static_int8(fp32_path, candidate, batches, keep_fp32_convs)
-    log.info("quantized %s in %.0f s", name, time.perf_counter() - t0)
+    try:
+        quantize_static_int8(fp32_path, candidate, batches, keep_fp32_convs)
+        log.info("quantized %s in %.0f s", name, time.perf_counter() - t0)
 
-    encoder = load_exported(candidate, "onnxruntime")
+        encoder = load_exported(candidate, "onnxruntime")
+        fp32, int8, checked = _score_on_val(settings, name, selection, encoder, preprocess, photo_preprocess)
+        accepted, reason = acceptance(fp32, int8, tolerance)
+        record = {
+            "model": name, "accepted": accepted, "reason": reason, "digest": file_digest(candidate),
+            "calibration": {"products": len(products), "photos": len(photo_paths), "selection": selection,
+                            "split": "train", "seed": settings.seed},
+            "keep_fp32_convs": keep_fp32_convs, "tolerance": tolerance,
+            "val": {**checked, "fp32": fp32, "int8": int8},
+            "cpu": _cpu_features(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        install_twin(fp32_path, candidate, record)
+    finally:  # an interrupted or failed check leaves no candidate behind
+        candidate.unlink(missing_ok=True)
+    return record, out
+
+
+def _score_on_val(settings: Settings, name: str, selection: str, encoder: Encoder, preprocess: Preprocess,
+                  photo_preprocess: Preprocess) -> tuple[dict[str, float], dict[str, float], dict]:
+    """(fp32 figures, `encoder`'s figures, what was scored): catalog val products against the catalog's val
+    split, then DeepFashion val photos against it where there are photos. fp32 is the feature store's."""
+    from ..evaluation.protocols import catalog_task, deepfashion_task
+    from ..featurestore import fashion_table
+
     task = catalog_task(settings, name, selection, split="val", database="val", with_fit=False)
     fp32 = _figures("catalog", task)
     val_table = fashion_table(settings, selection, "val")
@@ -123,18 +147,7 @@ def quantize_model(settings: Settings, name: str, calibration: int = 256, photos
         task.database = database
         int8 |= _figures("photos", task)
         checked["photos"] = {"queries": len(task.query_ids), "database": len(task.database_ids)}
-    accepted, reason = acceptance(fp32, int8, tolerance)
-    record = {
-        "model": name, "accepted": accepted, "reason": reason, "digest": file_digest(candidate),
-        "calibration": {"products": len(products), "photos": len(photo_paths), "selection": selection,
-                        "split": "train", "seed": settings.seed},
-        "keep_fp32_convs": keep_fp32_convs, "tolerance": tolerance,
-        "val": {**checked, "fp32": fp32, "int8": int8},
-        "cpu": _cpu_features(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    install_twin(fp32_path, candidate, record)
-    return record, out
+    return fp32, int8, checked
 
 
 def _cpu_features() -> list[str]:
