@@ -51,15 +51,16 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
             if "timed out during startup" not in str(exc):
                 raise
             ray.shutdown()
-            _stop_local_ray_processes()  # the half-started GCS and raylet: shutdown() does not know them
+            _stop_local_ray_processes(Path(ray.__file__).parent)  # shutdown() does not know a half-started node
             if attempt == LOCAL_START_ATTEMPTS:
                 raise RayUnavailableError(
                     f"a local Ray did not start ({attempt} attempts): {exc}\n{_ray_log_tail()}") from exc
             log.warning("a local Ray did not start (%s); starting it again", exc)
 
 
-def _stop_local_ray_processes() -> None:
-    """Terminate the Ray processes this process started (Linux /proc; elsewhere nothing is done)."""
+def _stop_local_ray_processes(ray_package: Path) -> None:
+    """Kill this process' descendants that run Ray's own programs (GCS, raylet, its Python workers and
+    agents all live under `ray_package`). Linux /proc; elsewhere nothing is done."""
     import signal
 
     proc = Path("/proc")
@@ -76,7 +77,7 @@ def _stop_local_ray_processes() -> None:
         mine |= frontier
     for pid in mine:
         try:
-            if "/ray/" in (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace"):
+            if str(ray_package) in (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ProcessLookupError):
             continue

@@ -106,7 +106,7 @@ def ray_children():
 
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
 before = ray_children()
-_stop_local_ray_processes()
+_stop_local_ray_processes(Path(ray.__file__).parent)
 import time; time.sleep(1)
 print(len(before), len(ray_children()))
 """
