@@ -120,11 +120,11 @@ def catalog_resolution(catalog: Catalog, sample: int = 400, seed: int = 0) -> tu
     return int(np.median(arr[:, 0])), int(np.median(arr[:, 1]))
 
 
-def serving_export(settings: Settings, model_name: str, model=None) -> Path | None:
+def serving_export(settings: Settings, model_name: str, model=None, int8_digest: str | None = None) -> Path | None:
     """The ONNX file to serve beside the model's index: its export, or under PRECISION=int8 its accepted
     twin (a QuantizationError where there is none: the index must never serve another encoder than the
-    one that encoded it). None (with a warning) where the model cannot be exported. `model`: the model
-    already loaded by the caller, if any."""
+    one that encoded it; with `int8_digest`, the twin that encoded the catalog). None (with a warning)
+    where the model cannot be exported. `model`: the model already loaded by the caller, if any."""
     from .featurestore import uses_int8
     from .inference import export_for
     from .models import create_model
@@ -132,7 +132,7 @@ def serving_export(settings: Settings, model_name: str, model=None) -> Path | No
     precision = "int8" if uses_int8(settings) else "fp32"
     try:
         model = model if model is not None else create_model(model_name, workdir=settings.workdir)
-        return export_for(model, preprocess_for(model.config).shape, settings.workdir, precision)
+        return export_for(model, preprocess_for(model.config).shape, settings.workdir, precision, int8_digest)
     except Exception as exc:  # noqa: BLE001 - the index still serves through PyTorch
         if precision == "int8":
             raise
@@ -152,7 +152,12 @@ def install_serving_encoder(settings: Settings, art: ModelArtifacts, path: Path 
         art.encoder.unlink(missing_ok=True)
         return None
     atomic_write(art.encoder, lambda p: shutil.copyfile(path, p))
-    return {"file": art.encoder.name, "export": path.name, "precision": "int8" if uses_int8(settings) else "fp32"}
+    entry = {"file": art.encoder.name, "export": path.name, "precision": "int8" if uses_int8(settings) else "fp32"}
+    if uses_int8(settings):  # the engine checks the copy against it
+        from .quantize import file_digest
+
+        entry["digest"] = file_digest(art.encoder)
+    return entry
 
 
 def export_text_search(settings: Settings, model_name: str) -> None:
@@ -209,8 +214,9 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         "pca_components": n_components,
         "index_factory": resolve_factory(settings.index_factory, len(catalog.ids), n_components or config.dims),
     }
-    if uses_int8(settings):  # absent for fp32, so that indexes built before int8 existed stay current
-        wanted["encoder_precision"] = f"int8:{int8_digest(settings, model_name)}"
+    digest = int8_digest(settings, model_name) if uses_int8(settings) else None  # the twin this build is keyed by
+    if digest:  # absent for fp32, so that indexes built before int8 existed stay current
+        wanted["encoder_precision"] = f"int8:{digest}"
     art = ModelArtifacts.of(workdir, model_name)
     current = art.read_manifest()
     same = all(current.get(k) == v for k, v in wanted.items()) if current is not None else False
@@ -218,7 +224,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         log.info("index for %s is up to date (%s)", model_name, art.root)
         if not (current.get("encoder") and art.encoder.is_file()):  # built before indexes held their model
             current = {**current, **_serving_fields(config), "encoder": install_serving_encoder(
-                settings, art, serving_export(settings, model_name))}
+                settings, art, serving_export(settings, model_name, int8_digest=digest))}
             save_json(art.manifest, current)
         export_text_search(settings, model_name)
         return current
@@ -229,7 +235,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     model = None if reuses else create_model(model_name, workdir=workdir)  # also exported below: loaded once
     fs, _ = get_features(settings, model_name, "fashion", progress=progress, model=model)
     t_extract = time.perf_counter() - t0
-    export = serving_export(settings, model_name, model)  # before the old index is touched: it may refuse
+    export = serving_export(settings, model_name, model, digest)  # before the old index is touched: it may refuse
     valid = fs.valid
     raw, ids = fs.features[valid], fs.ids[valid]
     t1 = time.perf_counter()

@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "catalog", "train", "pack", "ensemble", "compose", "fuse", "quantize", "download_catalog", "make_synthetic",
 ]
 # commands that train or tune: their features and tuning files are fp32's
-FP32_ONLY = {"train", "finetune-pca", "finetune-rerank", "ensemble", "fuse", "pack"}
+FP32_ONLY = {"train", "finetune-pca", "finetune-rerank", "ensemble", "fuse"}
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",
                "UnknownProductError"]), ("images", ["ImageDecodeError"]), ("index", ["IndexFactoryError"]),

@@ -77,7 +77,7 @@ def _stop_local_ray_processes(ray_package: Path) -> None:
         mine |= frontier
     for pid in mine:
         try:
-            if str(ray_package) in (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace"):
+            if f"{ray_package}{os.sep}" in (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ProcessLookupError):
             continue

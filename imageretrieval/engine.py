@@ -108,7 +108,8 @@ class RetrievalEngine:
         res = self.manifest.get("catalog_resolution")
         query_resolution = tuple(res) if (res and settings.query_resolution == "catalog") else None
         exported = self.manifest.get("encoder") and self.manifest.get("preprocess") and art.encoder.is_file()
-        self.runtime, self.precision = self._query_inference(settings, model_name, bool(exported), rebuild)
+        self.runtime, self.precision = self._query_inference(settings, model_name, art.encoder if exported else None,
+                                                             rebuild)
         if self.runtime != "torch" and exported:  # the index's own model, exported: no PyTorch needed
             self.preprocess = Preprocess.from_dict(self.manifest["preprocess"], query_resolution)
             self.encoder = load_exported(art.encoder, self.runtime)
@@ -434,28 +435,33 @@ class RetrievalEngine:
             raise UnknownProductError(f"unknown product id {product_id}")
         return dict(row.product)
 
-    def _query_inference(self, settings: Settings, model_name: str, exported: bool, rebuild: str) -> tuple[str, str]:
+    def _query_inference(self, settings: Settings, model_name: str, encoder: Path | None,
+                         rebuild: str) -> tuple[str, str]:
         """(runtime, precision) of the queries: the index's own precision, whatever PRECISION says, so that
-        queries and catalog are encoded alike (an int8 index runs its int8 encoder.onnx)."""
+        queries and catalog are encoded alike (an int8 index runs its int8 encoder.onnx, on the CPU)."""
         int8_index = str(self.manifest.get("encoder_precision", "")).startswith("int8")
-        precision = settings.precision
+        precision, device = settings.precision, device_type(settings.device)
         if int8_index:
-            precision = "int8"
+            precision, device = "int8", "cpu" if settings.device == "auto" else device
         elif precision == "int8":
             log.warning("%s: the index was built in fp32, so queries are encoded in fp32; run `%s` with "
                         "PRECISION=int8 to serve int8", model_name, rebuild)
             precision = "fp32"
         try:
-            if int8_index and not exported:
-                raise RuntimeUnavailableError("its encoder.onnx is missing")
-            return resolve_inference(settings.runtime, precision, device_type(settings.device))
+            if int8_index:
+                from .quantize import file_digest
+
+                if encoder is None:
+                    raise RuntimeUnavailableError("its encoder.onnx is missing")
+                if file_digest(encoder) != (self.manifest.get("encoder") or {}).get("digest"):
+                    raise RuntimeUnavailableError(f"{encoder} is not the encoder that built it")
+            return resolve_inference(settings.runtime, precision, device)
         except RuntimeUnavailableError as exc:
             if not int8_index:
                 raise
             raise IndexNotBuiltError(f"the index of {model_name!r} was built with PRECISION=int8 and is searched "
                                      f"with its int8 encoder.onnx on ONNX Runtime or OpenVINO on the CPU ({exc}); "
-                                     f"use RUNTIME=auto and DEVICE=cpu, or rebuild it: `{rebuild} --force` with "
-                                     "PRECISION=fp32") from exc
+                                     f"use RUNTIME=auto and DEVICE=cpu, or rebuild it: `{rebuild} --force`") from exc
 
     def describe(self) -> dict:
         return {

@@ -243,7 +243,8 @@ def extract_features(
         bar.update(len(known))
         plan.append((c, feats, [i for i in range(hi - lo) if i not in known]))
     n_copied = n_todo - sum(len(missing) for _, _, missing in plan)
-    encoder = (create_encoder(model, preprocess.shape, runtime, dev, prec, workdir, spin=False)
+    keyed_by = fingerprint.rsplit(":int8:", 1)[1] if prec == "int8" and ":int8:" in fingerprint else None
+    encoder = (create_encoder(model, preprocess.shape, runtime, dev, prec, workdir, spin=False, int8_digest=keyed_by)
                if n_copied < n_todo and encode is None else None)
     # One stream over every image still to encode, decoded ahead while the encoder runs.
     to_encode = [paths[c * chunk_size + i] for c, _, missing in plan for i in missing]

@@ -188,25 +188,33 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], direc
     fingerprint = export_fingerprint(model, input_shape)
     path = Path(directory) / f"model-{fingerprint}.onnx"
     if path.is_file():
+        _remove_stale(path)  # what an interrupted re-export may have left
         return path
     log.info("exporting %s to ONNX (%s)", getattr(getattr(model, "config", None), "name", "model"), path)
     atomic_write(path, lambda p: _export(model, input_shape, p))
-    for stale in Path(directory).glob("model-*"):  # older exports and their int8 twins
-        if not stale.name.startswith(path.stem):
-            stale.unlink(missing_ok=True)
+    _remove_stale(path)
     return path
 
 
-def export_for(model: torch.nn.Module, input_shape: tuple[int, int, int], workdir: Path, precision: str) -> Path:
+def _remove_stale(path: Path) -> None:
+    """Older exports of the model, with their int8 twins, records and interrupted candidates."""
+    for stale in [*path.parent.glob("model-*"), *path.parent.glob(".model-*.candidate.onnx")]:
+        if not stale.name.lstrip(".").startswith(path.stem):
+            stale.unlink(missing_ok=True)
+
+
+def export_for(model: torch.nn.Module, input_shape: tuple[int, int, int], workdir: Path, precision: str,
+               int8_digest: str | None = None) -> Path:
     """The ONNX file that runs `model` at `precision`: its fp32 export, or for int8 that export's accepted
-    int8 twin (an error naming `imageretrieval quantize` where there is none)."""
+    int8 twin (an error naming `imageretrieval quantize` where there is none; with `int8_digest`, an
+    error too where the twin is another one)."""
     name = getattr(getattr(model, "config", None), "name", "model")
     path = export_onnx(model, input_shape, export_dir(workdir, name))
     if precision != "int8":
         return path
     from .quantize import accepted_int8
 
-    return accepted_int8(path, name)
+    return accepted_int8(path, name, int8_digest)
 
 
 # ----- encoders -----------------------------------------------------------------------------------------
@@ -283,12 +291,13 @@ class OpenVinoEncoder(Encoder):
 
 def create_encoder(model: torch.nn.Module, input_shape: tuple[int, int, int], runtime: str = "auto",
                    device: torch.device | None = None, precision: str = "fp32", workdir: Path | None = None,
-                   compile: bool = False, threads: int | None = None, spin: bool = True) -> Encoder:
+                   compile: bool = False, threads: int | None = None, spin: bool = True,
+                   int8_digest: str | None = None) -> Encoder:
     """The encoder of `model` on the chosen runtime (`auto`: see `resolve_runtime`) and precision setting.
 
     ONNX exports are cached under `<workdir>/exports/<model>/` (a temporary folder without a workdir).
     `spin=False` lets ONNX Runtime's idle threads sleep: better throughput when other threads (image
-    decoding) share the cores, as in extraction.
+    decoding) share the cores, as in extraction. `int8_digest`: the int8 twin the caller keyed its work by.
     """
     import torch
 
@@ -300,7 +309,7 @@ def create_encoder(model: torch.nn.Module, input_shape: tuple[int, int, int], ru
         import tempfile
 
         workdir = Path(tempfile.gettempdir()) / "imageretrieval"
-    return load_exported(export_for(model, input_shape, workdir, precision), chosen, threads, spin)
+    return load_exported(export_for(model, input_shape, workdir, precision, int8_digest), chosen, threads, spin)
 
 
 def load_exported(path: Path, runtime: str, threads: int | None = None, spin: bool = True) -> Encoder:

@@ -33,8 +33,14 @@ class QuantizationError(RuntimeError):
     """No accepted int8 export where one is needed; the message names the command that makes it."""
 
 
-def int8_path(fp32_path: Path) -> Path:
-    return fp32_path.with_name(f"{fp32_path.stem}-int8.onnx")
+def int8_path(fp32_path: Path, digest: str) -> Path:
+    """A twin's file, named by its digest: a new twin never overwrites the one its record names."""
+    return fp32_path.with_name(f"{fp32_path.stem}-int8-{digest}.onnx")
+
+
+def candidate_path(fp32_path: Path) -> Path:
+    """Where `quantize` writes a twin it has not scored yet (hidden: never taken for a twin)."""
+    return fp32_path.with_name(f".{fp32_path.stem}-int8.candidate.onnx")
 
 
 def record_path(fp32_path: Path) -> Path:
@@ -92,16 +98,22 @@ def quantize_static_int8(fp32_path: Path, out_path: Path, calibration: Iterable[
         atomic_write(out_path, write)
 
 
-def install_twin(fp32_path: Path, candidate: Path, record: dict) -> None:
-    """Put an accepted candidate in place of the twin, with its record; a rejected one leaves the twin
-    in place and is recorded apart."""
+def install_twin(fp32_path: Path, candidate: Path, record: dict) -> Path:
+    """Make an accepted candidate the twin: its file (named by its digest) first, then its record, the
+    one commit point, then the old twin's file goes. A rejected candidate leaves the twin in place and
+    is recorded apart. The path the twin of `record` has (or would have)."""
+    path = int8_path(fp32_path, record["digest"])
     if not record["accepted"]:
         candidate.unlink(missing_ok=True)
         save_json(rejected_path(fp32_path), record)
-        return
+        return path
+    os.replace(candidate, path)
     save_json(record_path(fp32_path), record)
-    os.replace(candidate, int8_path(fp32_path))
+    for old in fp32_path.parent.glob(f"{fp32_path.stem}-int8-*.onnx"):
+        if old != path:
+            old.unlink(missing_ok=True)
     rejected_path(fp32_path).unlink(missing_ok=True)
+    return path
 
 
 def load_record(fp32_path: Path) -> dict | None:
@@ -110,24 +122,30 @@ def load_record(fp32_path: Path) -> dict | None:
 
 
 def accepted_record(fp32_path: Path, model_name: str) -> dict:
-    """The accepted twin's record (its digest keys the features it encodes), else a QuantizationError."""
+    """The accepted twin's record (its digest keys what the twin encodes), else a QuantizationError."""
     record = load_record(fp32_path)
-    if record is not None and record.get("accepted") and int8_path(fp32_path).is_file():
+    if record is not None and record.get("accepted") and int8_path(fp32_path, record["digest"]).is_file():
         return record
-    rejected = rejected_path(fp32_path)
-    if rejected.is_file():
-        reason = load_json(rejected).get("reason", "not accepted")
+    rejected = load_json(rejected_path(fp32_path)) if rejected_path(fp32_path).is_file() else None
+    if rejected is None and record is not None and not record.get("accepted"):
+        rejected = record  # written by an earlier version, which kept rejections in the record
+    if rejected is not None:
         raise QuantizationError(f"PRECISION=int8: {model_name}'s int8 export lost too much quality on val "
-                                f"({reason}): use PRECISION=fp32, or `imageretrieval quantize --model "
-                                f"{model_name}` with other options (see --help)")
+                                f"({rejected.get('reason', 'not accepted')}): use PRECISION=fp32, or "
+                                f"`imageretrieval quantize --model {model_name}` with other options (see --help)")
     raise QuantizationError(f"PRECISION=int8: {model_name} has no int8 export for its current weights: run "
                             f"`imageretrieval quantize --model {model_name}`, or use PRECISION=fp32")
 
 
-def accepted_int8(fp32_path: Path, model_name: str) -> Path:
-    """The accepted int8 twin of an export, checked against its record, else a QuantizationError."""
-    record, path = accepted_record(fp32_path, model_name), int8_path(fp32_path)
-    if record.get("digest") != file_digest(path):
+def accepted_int8(fp32_path: Path, model_name: str, digest: str | None = None) -> Path:
+    """The accepted int8 twin of an export, checked against its record (and against `digest`, the twin a
+    caller keyed its work by), else a QuantizationError."""
+    record = accepted_record(fp32_path, model_name)
+    path = int8_path(fp32_path, record["digest"])
+    if digest is not None and record["digest"] != digest:
+        raise QuantizationError(f"PRECISION=int8: {model_name}'s int8 twin changed during this run (was {digest}, "
+                                f"now {record['digest']}): run it again")
+    if file_digest(path) != record["digest"]:
         raise QuantizationError(f"PRECISION=int8: {path} does not match its record: run `imageretrieval "
                                 f"quantize --model {model_name}` again, or use PRECISION=fp32")
     return path
@@ -136,11 +154,12 @@ def accepted_int8(fp32_path: Path, model_name: str) -> Path:
 def twin_digest(export_directory: Path, model_name: str) -> str:
     """The digest of the model's accepted twin, from its record (no model loaded): what keys int8 features
     and indexes, so that a twin made anew invalidates what the old one encoded."""
-    records = sorted(Path(export_directory).glob("model-*-int8.json"))
-    if not records:
-        raise QuantizationError(f"PRECISION=int8: {model_name} has no int8 export: run `imageretrieval quantize "
+    records = list(Path(export_directory).glob("model-*-int8.json"))
+    if len(records) != 1:
+        found = "no int8 export" if not records else f"{len(records)} int8 records in {export_directory}"
+        raise QuantizationError(f"PRECISION=int8: {model_name} has {found}: run `imageretrieval quantize "
                                 f"--model {model_name}`, or use PRECISION=fp32")
-    fp32_path = records[-1].with_name(records[-1].name.removesuffix("-int8.json") + ".onnx")
+    fp32_path = records[0].with_name(records[0].name.removesuffix("-int8.json") + ".onnx")
     return str(accepted_record(fp32_path, model_name)["digest"])
 
 

@@ -104,14 +104,17 @@ def ray_children():
             pass
     return found
 
+import subprocess, sys, time
+bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "/ray/not-ray"])
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
 before = ray_children()
 _stop_local_ray_processes(Path(ray.__file__).parent)
-import time; time.sleep(1)
-print(len(before), len(ray_children()))
+time.sleep(1)
+print(len(before), len(ray_children()), bystander.poll() is None)
+bystander.kill()
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path,
                          env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
     assert out.returncode == 0, out.stderr[-2000:]
-    before, after = map(int, out.stdout.strip().splitlines()[-1].split())
-    assert before >= 2 and after == 0
+    before, after, bystander_alive = out.stdout.strip().splitlines()[-1].split()
+    assert int(before) >= 3 and int(after) == 1 and bystander_alive == "True"  # only Ray's own went

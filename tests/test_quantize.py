@@ -17,9 +17,11 @@ from imageretrieval.quantize import (
     QuantizationError,
     acceptance,
     accepted_int8,
+    candidate_path,
     file_digest,
     install_twin,
     int8_path,
+    load_record,
     record_path,
     rejected_path,
 )
@@ -52,14 +54,15 @@ def test_quantize_writes_an_accepted_twin_that_runs_everywhere(workdir, syntheti
     record = load_json(record_path(fp32_path))
     assert record["accepted"] and record["keep_fp32_convs"] == 2
     assert record["calibration"]["products"] == 48 and record["calibration"]["photos"] == 16
-    assert record["digest"] == file_digest(int8_path(fp32_path))
+    twin = int8_path(fp32_path, record["digest"])
+    assert record["digest"] == file_digest(twin)
     assert set(record["val"]["int8"]) == {"catalog P@15", "catalog mAP", "photos P@15", "photos mAP"}
     assert record["val"]["photos"]["queries"] > 0
 
     # the twin computes nearly the same embeddings, and is a different graph (quantized ops)
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(int8_path(fp32_path))).graph.node}
+    ops = {n.op_type for n in onnx.load(str(twin)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     images = np.random.default_rng(0).integers(0, 256, (8, *shape), dtype=np.uint8)
     fp32 = create_encoder(model, shape, "onnxruntime", precision="fp32", workdir=workdir)(images)
@@ -81,7 +84,7 @@ def test_quantize_writes_an_accepted_twin_that_runs_everywhere(workdir, syntheti
     assert manifest["encoder"]["precision"] == "int8"
     assert manifest["encoder_precision"] == f"int8:{record['digest']}"
     art = ModelArtifacts.of(workdir, TINY)
-    assert art.encoder.read_bytes() == int8_path(fp32_path).read_bytes()
+    assert art.encoder.read_bytes() == twin.read_bytes() and manifest["encoder"]["digest"] == record["digest"]
     catalog = load_catalog(synthetic_catalog)
     pid = int(catalog.ids[7])
     engine = RetrievalEngine(settings, TINY)
@@ -105,26 +108,62 @@ def test_int8_without_an_accepted_twin_is_a_one_line_error(workdir, synthetic_ca
     assert "imageretrieval quantize --model tiny2" in err and "Traceback" not in err
 
 
+def _twin_files(fp32_path, content: bytes) -> tuple:
+    candidate = candidate_path(fp32_path)
+    candidate.write_bytes(content)
+    return candidate, {"accepted": True, "digest": file_digest(candidate)}
+
+
 def test_a_rejected_candidate_never_replaces_the_twin_and_an_altered_twin_is_refused(workdir):
     model = create_model(TINY, workdir=workdir)
     fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY))
-    twin, candidate = int8_path(fp32_path), fp32_path.with_name("candidate.onnx")
     with pytest.raises(QuantizationError, match="quantize --model tiny"):
         accepted_int8(fp32_path, TINY)
-    candidate.write_bytes(b"a rejected int8 model")
-    install_twin(fp32_path, candidate, {"accepted": False, "reason": "largest drop: mAP 0.0100"})
-    assert not candidate.exists() and not twin.exists()
+    candidate, _ = _twin_files(fp32_path, b"a rejected int8 model")
+    install_twin(fp32_path, candidate, {"accepted": False, "digest": "0", "reason": "largest drop: mAP 0.0100"})
+    assert not candidate.exists() and load_record(fp32_path) is None
     with pytest.raises(QuantizationError, match="lost too much quality"):
         accepted_int8(fp32_path, TINY)
-    candidate.write_bytes(b"an accepted int8 model")
-    install_twin(fp32_path, candidate, {"accepted": True, "digest": file_digest(candidate)})
+    candidate, record = _twin_files(fp32_path, b"an accepted int8 model")
+    twin = install_twin(fp32_path, candidate, record)
     assert accepted_int8(fp32_path, TINY) == twin and not rejected_path(fp32_path).exists()
-    candidate.write_bytes(b"a later, rejected int8 model")
-    install_twin(fp32_path, candidate, {"accepted": False, "reason": "largest drop: mAP 0.0100"})
+    candidate, _ = _twin_files(fp32_path, b"a later, rejected int8 model")
+    install_twin(fp32_path, candidate, {"accepted": False, "digest": "1", "reason": "largest drop: mAP 0.0100"})
     assert accepted_int8(fp32_path, TINY) == twin and twin.read_bytes() == b"an accepted int8 model"
+    with pytest.raises(QuantizationError, match="changed during this run"):
+        accepted_int8(fp32_path, TINY, digest="another")
     twin.write_bytes(b"another model")
     with pytest.raises(QuantizationError, match="does not match its record"):
         accepted_int8(fp32_path, TINY)
+
+
+def test_a_new_twin_commits_with_its_record(workdir):
+    """The record is the one commit point: a new twin's file written before its record (a crash between
+    the two) leaves the old twin serving; once recorded, the old file goes."""
+    model = create_model(TINY, workdir=workdir)
+    fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY))
+    candidate, record = _twin_files(fp32_path, b"first twin")
+    first = install_twin(fp32_path, candidate, record)
+    candidate, record = _twin_files(fp32_path, b"second twin")
+    second = int8_path(fp32_path, record["digest"])
+    candidate.rename(second)  # the crash: the file is in place, the record is not
+    assert accepted_int8(fp32_path, TINY) == first
+    second.rename(candidate)
+    assert install_twin(fp32_path, candidate, record) == second
+    assert accepted_int8(fp32_path, TINY) == second and not first.exists()
+
+
+def test_records_of_an_earlier_version_and_several_records(workdir):
+    from imageretrieval.quantize import twin_digest
+
+    model = create_model(TINY, workdir=workdir)
+    fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY))
+    save_json(record_path(fp32_path), {"accepted": False, "reason": "largest drop: mAP 0.0066"})  # as 8e09913 wrote
+    with pytest.raises(QuantizationError, match="lost too much quality on val .largest drop: mAP 0.0066"):
+        accepted_int8(fp32_path, TINY)
+    save_json(fp32_path.with_name("model-0000000000000000-int8.json"), {"accepted": True, "digest": "0"})
+    with pytest.raises(QuantizationError, match="2 int8 records"):
+        twin_digest(fp32_path.parent, TINY)
 
 
 def test_a_new_export_removes_the_stale_twin(workdir):
@@ -133,8 +172,9 @@ def test_a_new_export_removes_the_stale_twin(workdir):
     model = create_model(TINY, workdir=workdir)
     shape = preprocess_for(model.config).shape
     fp32_path = export_onnx(model, shape, export_dir(workdir, TINY))
-    int8_path(fp32_path).write_bytes(b"x")
-    save_json(record_path(fp32_path), {"accepted": True})
+    int8_path(fp32_path, "0123456789abcdef").write_bytes(b"x")
+    save_json(record_path(fp32_path), {"accepted": True, "digest": "0123456789abcdef"})
+    candidate_path(fp32_path).write_bytes(b"an interrupted candidate")
     with torch.no_grad():
         next(model.parameters()).add_(0.01)
     fresh = export_onnx(model, shape, export_dir(workdir, TINY))
@@ -218,7 +258,8 @@ def test_a_failed_int8_rebuild_keeps_the_index_that_serves(workdir, synthetic_ca
     art = ModelArtifacts.of(workdir, TINY)
     manifest = art.read_manifest()
     model = create_model(TINY, workdir=workdir)
-    twin = int8_path(export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY)))
+    fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY))
+    twin = int8_path(fp32_path, load_json(record_path(fp32_path))["digest"])
     twin.write_bytes(twin.read_bytes() + b"\0")  # altered after it was accepted
     capsys.readouterr()
     assert main([*flags, "index", "--model", TINY, "--force"]) == 2
@@ -238,6 +279,12 @@ def test_the_engine_encodes_queries_as_its_index_was_encoded(workdir, synthetic_
     assert RetrievalEngine(fp32, TINY).describe()["precision"] == "int8"  # an int8 index: its own encoder
     with pytest.raises(IndexNotBuiltError, match="built with PRECISION=int8"):
         RetrievalEngine(fp32.model_copy(update={"runtime": "torch"}), TINY)
+    from imageretrieval.artifacts import ModelArtifacts
+
+    encoder = ModelArtifacts.of(workdir, TINY).encoder
+    encoder.write_bytes(encoder.read_bytes() + b"\0")
+    with pytest.raises(IndexNotBuiltError, match="not the encoder that built it"):
+        RetrievalEngine(int8, TINY)
 
 
 def test_the_first_convolutions_stay_in_fp32(workdir, synthetic_catalog):
@@ -245,8 +292,8 @@ def test_the_first_convolutions_stay_in_fp32(workdir, synthetic_catalog):
 
     record = _quantize(workdir, synthetic_catalog, "--keep-fp32-convs", "2")
     model = create_model(TINY, workdir=workdir)
-    twin = int8_path(export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY)))
-    graph = onnx.load(str(twin)).graph
+    fp32_path = export_onnx(model, preprocess_for(model.config).shape, export_dir(workdir, TINY))
+    graph = onnx.load(str(int8_path(fp32_path, record["digest"]))).graph
     dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert record["keep_fp32_convs"] == 2
@@ -254,5 +301,9 @@ def test_the_first_convolutions_stay_in_fp32(workdir, synthetic_catalog):
 
 
 def test_training_commands_refuse_int8(workdir, synthetic_catalog, capsys):
+    from imageretrieval.cli import FP32_ONLY, build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert FP32_ONLY <= set(commands)  # the names are the subcommands'
     assert main([*_flags(workdir, synthetic_catalog), "--precision", "int8", "finetune-pca", "--model", TINY]) == 2
     assert "PRECISION=int8 is for extraction" in capsys.readouterr().err

@@ -69,7 +69,10 @@ def ensure_int8_twin(settings: Settings, name: str, tolerance: float = DEFAULT_T
         return  # made before, accepted or not: building the index says which
     print(f"{name}: PRECISION=int8 and no int8 twin yet: making one (imageretrieval quantize --model {name})")
     seed_types = len(fashion_table(settings, "seed", "train")) > 0  # a shop's own catalog may have none
-    record, _ = quantize_model(settings, name, selection="seed" if seed_types else "all", tolerance=tolerance)
+    try:
+        record, _ = quantize_model(settings, name, selection="seed" if seed_types else "all", tolerance=tolerance)
+    except ValueError as exc:  # an empty val split: named by the protocols
+        raise CLIError(f"{name}: no int8 twin could be made: {exc}") from exc
     if not record["accepted"]:
         raise CLIError(f"{name}: int8 not accepted ({record['reason']}): use PRECISION=fp32")
     print(f"{name}: int8 twin accepted ({record['reason']})")

@@ -62,8 +62,8 @@ def run(args, settings) -> int:
     for key in fp32:
         print(f"val {key}: fp32 {fp32[key]:.4f}  int8 {int8[key]:.4f}  ({int8[key] - fp32[key]:+.4f})")
     if not record["accepted"]:
-        kept = " (the twin accepted before stays in place)" if path.is_file() else ""
-        raise CLIError(f"{name}: int8 not accepted ({record['reason']}){kept}")
+        raise CLIError(f"{name}: int8 not accepted ({record['reason']}); a twin accepted before, if any, "
+                       "stays in place")
     print(f"{name}: int8 export accepted ({record['reason']}): {path}")
     return 0
 
@@ -79,7 +79,14 @@ def quantize_model(settings: Settings, name: str, calibration: int = 256, photos
     from ..inference import export_dir, export_onnx, load_exported, runtime_installed
     from ..models import create_model
     from ..preprocess import preprocess_for
-    from ..quantize import CALIBRATION_BATCH, acceptance, file_digest, install_twin, int8_path, quantize_static_int8
+    from ..quantize import (
+        CALIBRATION_BATCH,
+        acceptance,
+        candidate_path,
+        file_digest,
+        install_twin,
+        quantize_static_int8,
+    )
     from .evaluate import query_resolution_of
 
     if not runtime_installed("onnxruntime"):
@@ -100,8 +107,7 @@ def quantize_model(settings: Settings, name: str, calibration: int = 256, photos
     batches = itertools.chain(  # photos of people go through the search's query path, as in the API
         (images for images, _ in image_batches(products, preprocess, batch_size=CALIBRATION_BATCH)),
         (images for images, _ in image_batches(photo_paths, photo_preprocess, batch_size=CALIBRATION_BATCH)))
-    out = int8_path(fp32_path)
-    candidate = out.with_name(f".{out.stem}.candidate.onnx")  # the twin in place serves until this one is accepted
+    candidate = candidate_path(fp32_path)  # the twin in place serves until this one is accepted
     try:
         quantize_static_int8(fp32_path, candidate, batches, keep_fp32_convs)
         log.info("quantized %s in %.0f s", name, time.perf_counter() - t0)
@@ -118,10 +124,10 @@ def quantize_model(settings: Settings, name: str, calibration: int = 256, photos
             "cpu": _cpu_features(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        install_twin(fp32_path, candidate, record)
+        path = install_twin(fp32_path, candidate, record)
     finally:  # an interrupted or failed check leaves no candidate behind
         candidate.unlink(missing_ok=True)
-    return record, out
+    return record, path
 
 
 def _score_on_val(settings: Settings, name: str, selection: str, encoder: Encoder, preprocess: Preprocess,
