@@ -3,9 +3,10 @@
 ONNX Runtime's static quantization (QDQ, per-channel int8 weights, uint8 activations) is calibrated on
 catalog images run through the model's own preprocessing. The first convolutions stay in fp32: the
 stem sees raw pixels, and quantizing it costs most of the retrieval quality that int8 loses
-(docs/experiments.md). The twin is written beside the fp32 export as `<export>-int8.onnx`, with a
-record `<export>-int8.json` of how it was made and of the validation figures that accepted it;
-`PRECISION=int8` runs a twin only when its record says accepted. int8 pays on CPUs with VNNI or AMX;
+(docs/experiments.md). The twin is written beside the fp32 export as `<export>-int8-<digest>.onnx`,
+with a record `<export>-int8.json` of how it was made and of the validation figures that accepted it
+(a rejected attempt is recorded in `<export>-int8-rejected.json`); `PRECISION=int8` runs the twin
+its record names, and work keyed by a twin (features, indexes) is never served by another. int8 pays on CPUs with VNNI or AMX;
 on AVX2 alone it may be slower than fp32 (docs/benchmarks.md): measure before choosing it.
 """
 
