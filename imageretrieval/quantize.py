@@ -6,8 +6,9 @@ stem sees raw pixels, and quantizing it costs most of the retrieval quality that
 (docs/experiments.md). The twin is written beside the fp32 export as `<export>-int8-<digest>.onnx`,
 with a record `<export>-int8.json` of how it was made and of the validation figures that accepted it
 (a rejected attempt is recorded in `<export>-int8-rejected.json`); `PRECISION=int8` runs the twin
-its record names, and work keyed by a twin (features, indexes) is never served by another. int8 pays on CPUs with VNNI or AMX;
-on AVX2 alone it may be slower than fp32 (docs/benchmarks.md): measure before choosing it.
+its record names, and work keyed by a twin (features, indexes) is never served by another. int8
+pays on CPUs with VNNI or AMX; on AVX2 alone it may be slower than fp32 (docs/benchmarks.md):
+measure before choosing it.
 """
 
 from __future__ import annotations
