@@ -24,12 +24,14 @@ from imageretrieval.inference import create_encoder, resolve_runtime, runtime_in
 from imageretrieval.models import create_model, get_model_config
 from imageretrieval.models.registry import sized_name
 from imageretrieval.preprocess import preprocess_for
+from imageretrieval.quantize import QuantizationError
 
 from .report import machine_line, write_section
 
 log = logging.getLogger(__name__)
 
 RUNTIME_CHOICES = ("torch", "torch-compiled", "onnxruntime", "openvino")
+INT8 = "onnxruntime-int8"  # the model's accepted int8 twin (`imageretrieval quantize`); opt-in
 
 
 def register(sub) -> None:
@@ -39,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--sizes", default="", help="comma-separated WxH input sizes, e.g. 224x224,120x160,96x128 "
                                                "(default: the model's own)")
     p.add_argument("--runtimes", default=",".join(RUNTIME_CHOICES), help="comma-separated, of " +
-                   ", ".join(RUNTIME_CHOICES))
+                   ", ".join((*RUNTIME_CHOICES, INT8)) + f" ({INT8}: the model's int8 twin, made by "
+                   "`imageretrieval quantize` in WORKDIR)")
     p.add_argument("--batch", type=int, default=32, help="the throughput batch size")
     p.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds (median reported)")
     p.add_argument("--images", type=int, default=2048, help="catalog images for the extraction figure (0 = skip)")
@@ -86,10 +89,10 @@ def run(args, settings) -> int:
     except (ValueError, KeyError) as exc:
         raise CLIError(str(exc)) from exc
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
-    unknown = [r for r in runtimes if r not in RUNTIME_CHOICES]
+    unknown = [r for r in runtimes if r not in (*RUNTIME_CHOICES, INT8)]
     if unknown:
-        raise CLIError(f"--runtimes: unknown {unknown}; choose from {', '.join(RUNTIME_CHOICES)}")
-    runtimes = [r for r in runtimes if runtime_installed(r.removesuffix("-compiled"))]
+        raise CLIError(f"--runtimes: unknown {unknown}; choose from {', '.join((*RUNTIME_CHOICES, INT8))}")
+    runtimes = [r for r in runtimes if runtime_installed(r.removesuffix("-compiled").removesuffix("-int8"))]
     cpu = torch.device("cpu")
     rng = np.random.default_rng(0)
     encoders, inputs = {}, {}
@@ -99,9 +102,16 @@ def run(args, settings) -> int:
             model = create_model(config.name, workdir=settings.workdir)
             inputs[config.name] = rng.integers(0, 256, (args.batch, *shape), dtype=np.uint8)
             for rt in runtimes:
-                encoders[config.name, rt] = create_encoder(
-                    model, shape, rt.removesuffix("-compiled"), cpu, "fp32", Path(export_root),
-                    compile=rt.endswith("-compiled"))
+                if rt == INT8:  # the twin lives beside the model's export in the workdir
+                    try:
+                        encoders[config.name, rt] = create_encoder(model, shape, "onnxruntime", cpu, "int8",
+                                                                   settings.workdir)
+                    except QuantizationError as exc:
+                        raise CLIError(str(exc)) from exc
+                else:
+                    encoders[config.name, rt] = create_encoder(
+                        model, shape, rt.removesuffix("-compiled"), cpu, "fp32", Path(export_root),
+                        compile=rt.endswith("-compiled"))
                 encoders[config.name, rt](inputs[config.name][:1])  # warm-up: kernel choice, allocations
         results: dict[tuple[str, str], dict[str, list[float]]] = {k: {"b1": [], "bn": []} for k in encoders}
         for r in range(args.rounds):  # alternate: every configuration once per round
@@ -140,7 +150,8 @@ def run(args, settings) -> int:
 
     cmd = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     body = [f"## Encoder: {args.model}, runtime x input size", "", f"Machine: {machine_line()}.", "",
-            f"Command: `DATASET_ROOT=... {cmd}` ({args.rounds} alternating rounds, medians; fp32)", "",
+            f"Command: `DATASET_ROOT=... {cmd}` ({args.rounds} alternating rounds, medians; fp32 but "
+            f"{INT8})", "",
             f"| runtime | input (WxH) | batch 1 latency | batch {args.batch} throughput |", "|---|---|---|---|", *rows]
     if extraction:
         body += ["", f"Extraction of catalog JPEGs (decode + letterbox + forward, batch {args.batch}, "

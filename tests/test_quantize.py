@@ -307,3 +307,18 @@ def test_training_commands_refuse_int8(workdir, synthetic_catalog, capsys):
     assert FP32_ONLY <= set(commands)  # the names are the subcommands'
     assert main([*_flags(workdir, synthetic_catalog), "--precision", "int8", "finetune-pca", "--model", TINY]) == 2
     assert "PRECISION=int8 is for extraction" in capsys.readouterr().err
+
+
+def test_bench_encoder_times_the_twin_beside_fp32(workdir, synthetic_catalog, capsys, monkeypatch):
+    from benchmarks.__main__ import main as bench
+
+    for key, value in {"DATASET_ROOT": str(synthetic_catalog), "WORKDIR": str(workdir), "DEVICE": "cpu"}.items():
+        monkeypatch.setenv(key, value)
+    args = ["encoder", "--model", TINY, "--runtimes", "onnxruntime,onnxruntime-int8", "--rounds", "1", "--batch", "4",
+            "--images", "0", "--no-write"]
+    assert bench(args) == 2  # no twin yet
+    assert "imageretrieval quantize --model tiny" in capsys.readouterr().err
+    _quantize(workdir, synthetic_catalog)
+    assert bench(args) == 0
+    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines() if " ms | " in line]
+    assert rows == ["| onnxruntime", "| onnxruntime-int8"]
