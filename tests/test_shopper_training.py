@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from imageretrieval.models import get_model_config
 from imageretrieval.synthetic import make_synthetic_catalog
 from imageretrieval.training.data import training_table
 from imageretrieval.training.labels import GENDERS, colour_encoding, gender_encoding
-from imageretrieval.training.losses import view_contrastive_loss
+from imageretrieval.training.losses import similarity_distillation_loss, view_contrastive_loss
 from imageretrieval.training.recipes import train
 from imageretrieval.training.validation import SHOPPER_TERMS, top_k_rows, val_scores
 
@@ -24,6 +25,64 @@ def test_view_loss_on_a_hand_computed_case():
     assert view_contrastive_loss(a, a, temperature=1.0).item() == pytest.approx(math.log1p(math.exp(-1)), abs=1e-6)
     swapped = view_contrastive_loss(a, a.flip(0), temperature=1.0).item()
     assert swapped == pytest.approx(math.log1p(math.exp(1)), abs=1e-6)  # each view nearer another product
+
+
+def test_similarity_distillation_on_a_hand_computed_case():
+    e1, e2 = [1.0, 0.0], [0.0, 1.0]
+    teacher, student = torch.tensor([e1, e2, e1]), torch.tensor([e1, e2, e2])
+    e = math.e
+    # each row's neighbours (the other two rows) as a softmax of cosines, temperature 1, KL(teacher || student)
+    row0 = 1 / (1 + e) * math.log(2 / (1 + e)) + e / (1 + e) * math.log(2 * e / (1 + e))  # [1, e] vs [1, 1]
+    row1 = 0.5 * math.log(0.5 * (1 + e)) + 0.5 * math.log(0.5 * (1 + e) / e)  # [1, 1] vs [1, e]
+    row2 = (e - 1) / (e + 1) * 1.0  # [e, 1] vs [1, e]: (a - b) log(a / b), log(a / b) = 1
+    got = similarity_distillation_loss(student, teacher, temperature=1.0).item()
+    assert got == pytest.approx((row0 + row1 + row2) / 3, abs=1e-6)
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(1)))
+    assert similarity_distillation_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert similarity_distillation_loss(x @ rotation, 3 * x).item() == pytest.approx(0.0, abs=1e-5)  # relations
+    assert similarity_distillation_loss(x[:1], x[:1]).item() == 0.0
+
+
+def test_the_distillation_loss_alone_teaches_the_teachers_neighbours():
+    """A linear student fitted by the loss alone comes to share the nearest neighbours of a teacher that
+    sees the data differently (another random projection)."""
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(96, 12, generator=gen)
+    teacher = data @ torch.randn(12, 6, generator=gen)
+    student = nn.Linear(12, 6)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(student.parameters(), lr=0.05)
+
+    def shared() -> float:
+        with torch.no_grad():
+            mine = top_k_rows(student(data).numpy(), student(data).numpy(), 6)[:, 1:]
+        theirs = top_k_rows(teacher.numpy(), teacher.numpy(), 6)[:, 1:]
+        return float(np.mean([len(set(a) & set(b)) for a, b in zip(mine, theirs, strict=True)]))
+
+    before, first = shared(), similarity_distillation_loss(student(data), teacher).item()
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = similarity_distillation_loss(student(data), teacher)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.2 * first and shared() > before + 1.5  # of the five nearest, more in common
+
+
+def test_distillation_from_a_head_on_the_same_trunk(train_settings):  # noqa: F811
+    s = train_settings
+    kw = dict(dataset="fashion", trainable=[], dims=16, epochs=2, lr=1e-2, batch_size=32)
+    train(s, tiny_request("teacher-t", colour_weight=3.0, **kw), progress=False)
+    train(s, tiny_request("student-plain", **kw), progress=False)
+    info = train(s, tiny_request("student-kd", distill_from="teacher-t", distill_weight=50.0, **kw), progress=False)
+    assert info["objectives"] == {"articleType": 1.0, "distill": 50.0}
+    assert get_model_config("student-kd", s.workdir).extra["training_objectives"]["teacher"] == "teacher-t"
+    # same seed and batches: the teacher's term is added to the loss
+    assert float(_log(s, "student-kd")[0]["train_loss"]) > float(_log(s, "student-plain")[0]["train_loss"])
+    with pytest.raises(ValueError, match="--distill-from"):
+        train(s, tiny_request("kd-bad", distill_weight=1.0, **kw), progress=False)
+    with pytest.raises(ValueError, match="its head must run on the trunk"):
+        train(s, tiny_request("kd-bad", distill_from=TINY, distill_weight=1.0, **kw), progress=False)
 
 
 def test_gender_and_colour_labels_are_shared_across_datasets(train_settings):  # noqa: F811

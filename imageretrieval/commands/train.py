@@ -57,6 +57,12 @@ def register(sub) -> None:
     p.add_argument("--view-weight", type=float, default=0.0,
                    help="metric on cached features: weight of a paired-view loss that finds each product's "
                         "rendering at a --view-scale among the batch (the very product); 0 = off")
+    p.add_argument("--distill-from", metavar="MODEL",
+                   help="metric on cached features: a teacher whose head runs on the same trunk (e.g. "
+                        "efficientnet_lite0_fashion over efficientnet_lite0); with --distill-weight")
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="weight of keeping the teacher's neighbourhoods (KL between the batch's similarity "
+                        "distributions, teacher vs. student); 0 = off")
     p.add_argument("--val-score", choices=VAL_SCORES, default="type",
                    help="what selects the best epoch: type (catalog and photo P@15) or shopper (those plus "
                         "colour, gender, exact-product and In-shop figures; docs/training.md)")
@@ -120,6 +126,7 @@ def request_from_args(args) -> TrainRequest:
         batch_size=args.train_batch_size or (256 if cached_default else 64),
         instance_weight=args.instance_weight, colour_weight=args.colour_weight, gender_weight=args.gender_weight,
         view_scales=args.view_scales, view_weight=args.view_weight, val_score=args.val_score,
+        distill_from=args.distill_from, distill_weight=args.distill_weight,
         max_images=args.max_images, samples=parse_samples(args.sample),
         pack=args.pack, init_from=args.init_from, freeze_bn_stats=args.freeze_bn_stats, resume=args.resume,
         flip=args.flip, trunk_lr_mult=args.trunk_lr_mult or (1 / 3 if suffix else 0.1),

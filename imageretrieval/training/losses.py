@@ -46,6 +46,26 @@ def view_contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float =
 LOSSES = {"proxy-anchor": proxy_anchor_loss, "normalized-softmax": normalized_softmax_loss}
 
 
+def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
+                                 temperature: float = 0.1) -> torch.Tensor:
+    """Mean over the batch of KL(teacher || student) between each row's softmax over its cosine
+    similarities to the other rows: the student learns who is near whom in the teacher's space, not
+    the teacher's coordinates, so its own dimensions stay free for other objectives."""
+    n = len(student)
+    if n < 2:
+        return student.sum() * 0.0
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=student.device)
+
+    def log_neighbours(x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x.float(), dim=1)
+        sims = (x @ x.T / temperature).masked_fill(~off_diagonal, -1e9)  # a row is not its own neighbour
+        return F.log_softmax(sims, dim=1)
+
+    log_t, log_s = log_neighbours(teacher.detach()), log_neighbours(student)
+    kl = (log_t.exp() * (log_t - log_s)) * off_diagonal
+    return kl.sum(dim=1).mean()
+
+
 class ProxyLoss(nn.Module):
     """Holds the learnable class proxies; `predict` = nearest proxy (used for val accuracy)."""
 

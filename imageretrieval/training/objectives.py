@@ -5,8 +5,10 @@ cached maps): each objective with a weight > 0 adds its term. `item`: a proxy pe
 (photos of one garment nearer each other than other garments of their type); `colour` and `gender`:
 proxies over the catalog's baseColour and gender (a photo's gender from its folder; rows without a
 value are left out); `views`: a paired-view loss between a catalog product and its rendering at
-another scale (the very product found again). The articleType loss alone makes every product of a
-type alike, and colour, gender and the product itself are lost.
+another scale (the very product found again); `distill`: the neighbourhoods of a teacher model's
+embedding (e.g. the articleType-trained shipped model), kept while the others are learned. The
+articleType loss alone makes every product of a type alike, and colour, gender and the product
+itself are lost.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from .labels import colour_encoding, gender_encoding
-from .losses import ProxyLoss, view_contrastive_loss
+from .losses import ProxyLoss, similarity_distillation_loss, view_contrastive_loss
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ObjectiveWeights:
     gender: float = 0.0
     views: float = 0.0
     view_scales: list[float] = field(default_factory=list)
+    distill: float = 0.0
 
     def check(self) -> None:
         if self.views > 0 and not self.view_scales:
@@ -42,7 +45,7 @@ class Objectives(nn.Module):
                  weights: ObjectiveWeights):
         super().__init__()
         weights.check()
-        self.view_weight = weights.views
+        self.view_weight, self.distill_weight = weights.views, weights.distill
         self.type_loss = ProxyLoss(kind, n_classes, dims)
         items = table["item"].to_numpy().astype(str)
         item_codes = np.full(len(table), -1, np.int64)
@@ -71,6 +74,8 @@ class Objectives(nn.Module):
         out = {"articleType": 1.0, **self.weights}
         if self.view_weight > 0:
             out["views"] = self.view_weight
+        if self.distill_weight > 0:
+            out["distill"] = self.distill_weight
         return out
 
     def param_groups(self, lr: float) -> list[dict]:
@@ -79,11 +84,13 @@ class Objectives(nn.Module):
                 for m in (self.type_loss, *self.extra.values())]
 
     def forward(self, emb: torch.Tensor, rows: torch.Tensor | np.ndarray, labels: torch.Tensor,
-                view_emb: torch.Tensor | None = None, view_rows: torch.Tensor | None = None) -> torch.Tensor:
+                view_emb: torch.Tensor | None = None, view_rows: torch.Tensor | None = None,
+                teacher_emb: torch.Tensor | None = None) -> torch.Tensor:
         """The weighted sum for the batch `rows` (table rows) embedded as `emb`.
 
         `view_emb`: embeddings of the other rendering of the rows where `view_rows` (a boolean mask
-        over the batch) is set; each is paired with its product's `emb`.
+        over the batch) is set; each is paired with its product's `emb`. `teacher_emb`: the teacher
+        model's embeddings of the same rows (distillation of its neighbourhoods).
         """
         loss = self.type_loss(emb, labels)
         rows = torch.as_tensor(rows)
@@ -94,6 +101,8 @@ class Objectives(nn.Module):
                 loss = loss + self.weights[name] * extra_loss(emb[own], codes[own])
         if self.view_weight > 0 and view_emb is not None and view_rows is not None and int(view_rows.sum()) > 1:
             loss = loss + self.view_weight * view_contrastive_loss(emb[view_rows], view_emb)
+        if self.distill_weight > 0 and teacher_emb is not None:
+            loss = loss + self.distill_weight * similarity_distillation_loss(emb, teacher_emb)
         return loss
 
     def predict(self, emb: torch.Tensor) -> torch.Tensor:

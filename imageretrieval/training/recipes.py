@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from ..artifacts import catalog_resolution
 from ..catalog import load_catalog
 from ..device import autocast, resolve_device, resolve_precision, to_batch
-from ..featurestore import get_features, trunk_digest
+from ..extract import FeatureSet
+from ..featurestore import apply_head, get_features, head_only_base, trunk_digest
 from ..io_utils import save_json
 from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
 from ..models.composite import composite_members
@@ -62,6 +63,8 @@ class TrainRequest:
     gender_weight: float = 0.0  # cached metric: weight of a proxy loss over genders (catalog and photos)
     view_scales: list[float] = field(default_factory=list)  # catalog products re-rendered at these scales
     view_weight: float = 0.0  # cached metric: weight of the paired-view (instance) loss over those renderings
+    distill_from: str | None = None  # cached metric: a teacher model whose head runs on the same trunk
+    distill_weight: float = 0.0  # cached metric: weight of the teacher's neighbourhoods (losses.py)
     val_score: str = "type"  # type | shopper (validation.py)
     max_images: int | None = None  # bn-adapt: cap on target images
     samples: dict[str, int] = field(default_factory=dict)  # {"deepfashion:train": n}: seeded samples (CPU budget)
@@ -150,7 +153,22 @@ def cached_view_features(settings: Settings, base: str, table: pd.DataFrame, sel
 
 def objective_weights(req: TrainRequest) -> ObjectiveWeights:
     return ObjectiveWeights(instance=req.instance_weight, colour=req.colour_weight, gender=req.gender_weight,
-                            views=req.view_weight, view_scales=list(req.view_scales))
+                            views=req.view_weight, view_scales=list(req.view_scales), distill=req.distill_weight)
+
+
+def teacher_embeddings(settings: Settings, req: TrainRequest, pooled: torch.Tensor) -> torch.Tensor | None:
+    """The `--distill-from` model's embeddings of the cached pooled trunk features: its head must run on
+    the very trunk of `--base` (a head-only model), so the teacher costs one head pass."""
+    if req.distill_weight <= 0:
+        return None
+    if not req.distill_from:
+        raise ValueError("--distill-weight needs --distill-from MODEL (e.g. efficientnet_lite0_fashion)")
+    teacher_cfg = get_model_config(req.distill_from, settings.workdir)
+    if head_only_base(settings, teacher_cfg) != req.base:
+        raise ValueError(f"--distill-from {req.distill_from}: its head must run on the trunk of --base {req.base} "
+                         "(a head-only model of that base, e.g. efficientnet_lite0_fashion over efficientnet_lite0)")
+    teacher = create_model(req.distill_from, workdir=settings.workdir)
+    return torch.from_numpy(apply_head(teacher, FeatureSet(pooled.numpy(), np.arange(len(pooled)))).features)
 
 
 def objective_state(objectives: Objectives) -> dict[str, nn.Module]:
@@ -185,10 +203,12 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
     val = np.flatnonzero(table["split"].to_numpy() == "val")
     domains = table["domain"].to_numpy()
     objectives = Objectives(req.loss, len(encoding), req.dims, table, train, weights)
+    teacher = teacher_embeddings(settings, req, x)
     state = nn.ModuleDict({"head": model.head, **objective_state(objectives)})
     if req.instance_weight > 0:
         cfg.extra["instance_weight"] = req.instance_weight
-    cfg.extra["training_objectives"] = {**objectives.summary, **({"view_scales": req.view_scales} if views else {})}
+    cfg.extra["training_objectives"] = {**objectives.summary, **({"view_scales": req.view_scales} if views else {}),
+                                        **({"teacher": req.distill_from} if teacher is not None else {})}
     cfg.extra["training"]["val_score"] = req.val_score
     sampler = ClassBalancedSampler(labels[train].numpy(), req.m_per_class, req.batch_size, req.options.seed,
                                    domains=pd.factorize(domains[train])[0])
@@ -206,7 +226,7 @@ def train_metric_cached(settings: Settings, req: TrainRequest, progress: bool = 
             other = views[int(view_rng.integers(len(views)))][idx]  # one rendering per batch
             has = ~torch.isnan(other).any(1)
             view_emb = model.embed_pooled(other[has])
-        loss = objectives(emb, idx, y, view_emb, has)
+        loss = objectives(emb, idx, y, view_emb, has, None if teacher is None else teacher[idx])
         return loss, int((objectives.predict(emb) == y).sum()), len(idx)
 
     @torch.no_grad()
@@ -486,6 +506,7 @@ def train(settings: Settings, req: TrainRequest, progress: bool = True) -> dict:
             return train_metric_cached(settings, req, progress)
     cached_only = {"--instance-weight": req.instance_weight, "--colour-weight": req.colour_weight,
                    "--gender-weight": req.gender_weight, "--view-weight": req.view_weight,
+                   "--distill-weight": req.distill_weight,
                    "--val-score shopper": req.val_score != "type"}
     if any(cached_only.values()):
         raise ValueError(f"{', '.join(k for k, v in cached_only.items() if v)} applies to the metric recipe on "

@@ -189,6 +189,8 @@ def train_suffix(settings: Settings, req, progress: bool = True) -> dict:
                          f"(it reuses {source_cfg.reuses_trunk_of!r})")
     weights = objective_weights(req)
     weights.check()
+    if weights.distill > 0:  # the teacher's head would need the trunk's maps re-embedded at every step
+        raise ValueError("--distill-weight applies to the metric recipe on cached features, not to --recipe suffix")
     encoding, table = training_table(settings, req.dataset, req.selection)
     if tuple(source_cfg.classes or ()) != tuple(encoding.classes):
         raise ValueError(f"--init-from {req.init_from}: it was trained on other classes than "
