@@ -20,20 +20,16 @@ import numpy as np
 from benchmarks.encoder import latency_ms, throughput
 from imageretrieval.evaluation.protocols import catalog_task
 from imageretrieval.evaluation.runner import evaluate_task
-from imageretrieval.extract import image_batches
+from imageretrieval.extract import encode_paths
 from imageretrieval.featurestore import fashion_table
 from imageretrieval.images import open_image
 from imageretrieval.inference import OnnxRuntimeEncoder, default_threads, export_dir, export_onnx
 from imageretrieval.models import create_model, get_model_config
 from imageretrieval.preprocess import preprocess_for
-from imageretrieval.quantize import DEFAULT_KEEP_FP32_CONVS, quantize_static_int8
+from imageretrieval.quantize import CALIBRATION_BATCH, DEFAULT_KEEP_FP32_CONVS, quantize_static_int8
 from imageretrieval.settings import Settings
 
 log = logging.getLogger("int8_probe")
-
-
-def encode_all(encoder, paths, preprocess) -> np.ndarray:
-    return np.concatenate([np.asarray(encoder(images)) for images, _ in image_batches(paths, preprocess)])
 
 
 def speed(encoders: dict, x: np.ndarray, rounds: int = 3) -> dict[str, tuple[float, float]]:
@@ -64,7 +60,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         int8_path = Path(tmp) / "int8.onnx"
-        batches = (calibration[i:i + 16] for i in range(0, len(calibration), 16))
+        batches = (calibration[i:i + CALIBRATION_BATCH] for i in range(0, len(calibration), CALIBRATION_BATCH))
         quantize_static_int8(fp32_path, int8_path, batches, args.keep_fp32_convs)
         threads = default_threads()
         encoders = {"fp32": OnnxRuntimeEncoder(fp32_path, threads), "int8": OnnxRuntimeEncoder(int8_path, threads)}
@@ -76,7 +72,7 @@ def main() -> None:
         paths = [Path(table["path"].iloc[r]) for r in rows]
         results = {}
         for name, enc in encoders.items():
-            feats = encode_all(enc, paths, preprocess)
+            feats = encode_paths(enc, paths, preprocess)
             task.database = feats
             task.queries = feats[task.exclude_rows]
             results[name] = evaluate_task(task, "raw").metrics

@@ -141,6 +141,13 @@ def encode_batches(encoder: Encoder, batches: Iterable[tuple[np.ndarray, np.ndar
         yield feats
 
 
+def encode_paths(encoder: Encoder, paths: Sequence[Path | str], preprocess: Preprocess,
+                 batch_size: int = 32) -> np.ndarray:
+    """Features of `paths` in order, in memory (NaN rows for images that failed to decode)."""
+    batches = encode_batches(encoder, image_batches(list(paths), preprocess, batch_size))
+    return np.concatenate(list(batches)) if paths else np.zeros((0, 0), np.float32)
+
+
 def _counted(batches: Iterable[np.ndarray], progress) -> Iterator[np.ndarray]:
     for feats in batches:
         progress.update(len(feats))
@@ -182,6 +189,7 @@ def extract_features(
     runtime: str = "torch",
     workdir: Path | None = None,
     encode: Callable[[Sequence[Path]], Iterator[np.ndarray]] | None = None,
+    int8_digest: str | None = None,
 ) -> FeatureSet:
     """Extract features for `paths` into `out_dir`, resuming from finished chunks.
 
@@ -190,7 +198,8 @@ def extract_features(
     re-encoded (e.g. the whole catalog after its test split was extracted for evaluation).
     `runtime` (inference.py) runs the forward passes; ONNX exports are cached under `workdir`.
     `encode` (paths -> feature batches in path order) replaces the local encoder, e.g. Ray actors
-    (distributed.py); the chunks, resuming and the result stay the same.
+    (distributed.py); the chunks, resuming and the result stay the same. `int8_digest`: PRECISION=int8
+    only, the twin `fingerprint` was keyed by (another twin is refused).
     """
     out_dir = Path(out_dir)
     ids = np.asarray(ids)
@@ -243,8 +252,7 @@ def extract_features(
         bar.update(len(known))
         plan.append((c, feats, [i for i in range(hi - lo) if i not in known]))
     n_copied = n_todo - sum(len(missing) for _, _, missing in plan)
-    keyed_by = fingerprint.rsplit(":int8:", 1)[1] if prec == "int8" and ":int8:" in fingerprint else None
-    encoder = (create_encoder(model, preprocess.shape, runtime, dev, prec, workdir, spin=False, int8_digest=keyed_by)
+    encoder = (create_encoder(model, preprocess.shape, runtime, dev, prec, workdir, spin=False, int8_digest=int8_digest)
                if n_copied < n_todo and encode is None else None)
     # One stream over every image still to encode, decoded ahead while the encoder runs.
     to_encode = [paths[c * chunk_size + i] for c, _, missing in plan for i in missing]

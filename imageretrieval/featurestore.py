@@ -187,8 +187,9 @@ def get_features(
         sample = None
     ids = table["id"].to_numpy() if dataset == "fashion" else table["image_id"].to_numpy().astype(str)
     fp = _fingerprint(settings, model_name)
-    if int8:  # a twin made anew encodes differently: what the old one encoded is stale
-        fp += f":int8:{int8_digest(settings, model_name)}"
+    twin = int8_digest(settings, model_name) if int8 else None
+    if twin:  # a twin made anew encodes differently: what the old one encoded is stale
+        fp += f":int8:{twin}"
     suffix = "" if query_resolution is None else f"-q{query_resolution[0]}x{query_resolution[1]}"
     if query_scale is not None:
         suffix += f"-x{query_scale:g}"
@@ -225,7 +226,7 @@ def get_features(
         precision=settings.precision, fingerprint=fp, progress=progress,
         reuse_root=feature_dir(settings.workdir, model_name, name).parent,  # rows other sets already hold
         runtime=settings.runtime, workdir=settings.workdir,
-        encode=ray_encode(settings, model_name, preprocess) if settings.ray_address else None,
+        encode=ray_encode(settings, model_name, preprocess) if settings.ray_address else None, int8_digest=twin,
     )
     return fs, table
 

@@ -9,8 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..quantize import DEFAULT_KEEP_FP32_CONVS, DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
@@ -135,13 +133,14 @@ def _score_on_val(settings: Settings, name: str, selection: str, encoder: Encode
     """(fp32 figures, `encoder`'s figures, what was scored): catalog val products against the catalog's val
     split, then DeepFashion val photos against it where there are photos. fp32 is the feature store's."""
     from ..evaluation.protocols import catalog_task, deepfashion_task
+    from ..extract import encode_paths
     from ..featurestore import fashion_table
 
     task = catalog_task(settings, name, selection, split="val", database="val", with_fit=False)
     fp32 = _figures("catalog", task)
     val_table = fashion_table(settings, selection, "val")
     path_of = {int(i): Path(p) for i, p in zip(val_table["id"], val_table["path"], strict=True)}
-    database = _encode(encoder, [path_of[int(i)] for i in task.database_ids], preprocess)
+    database = encode_paths(encoder, [path_of[int(i)] for i in task.database_ids], preprocess)
     task.database, task.queries = database, database[task.exclude_rows]
     int8 = _figures("catalog", task)
     checked = {"catalog": {"queries": len(task.exclude_rows), "database": len(task.database_ids)}}
@@ -149,7 +148,7 @@ def _score_on_val(settings: Settings, name: str, selection: str, encoder: Encode
         task = deepfashion_task(settings, name, database="val", selection=selection, with_fit=False,
                                 query_resolution=photo_preprocess.query_resolution, split="val")
         fp32 |= _figures("photos", task)
-        task.queries = _encode(encoder, list(task.info["query_table"]["path"]), photo_preprocess)
+        task.queries = encode_paths(encoder, list(task.info["query_table"]["path"]), photo_preprocess)
         task.database = database
         int8 |= _figures("photos", task)
         checked["photos"] = {"queries": len(task.query_ids), "database": len(task.database_ids)}
@@ -177,12 +176,6 @@ def _photos(settings: Settings, split: str, count: int) -> list[str]:
     except DeepFashionError:
         return []
     return list(table.sample(min(count, len(table)), random_state=settings.seed)["path"]) if len(table) else []
-
-
-def _encode(encoder: Encoder, paths: list[str] | list[Path], preprocess: Preprocess) -> np.ndarray:
-    from ..extract import image_batches
-
-    return np.concatenate([encoder(images) for images, _ in image_batches(paths, preprocess, threads=1)])
 
 
 def _figures(prefix: str, task: RetrievalTask) -> dict[str, float]:
