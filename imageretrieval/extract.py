@@ -33,11 +33,19 @@ CHUNK_SIZE = 2048
 
 def load_image(path: Path, preprocess: Preprocess) -> tuple[np.ndarray, bool]:
     """One image -> (uint8 model input, ok). A bad file never crashes extraction: it gets a blank input."""
+    out = np.empty(preprocess.shape, dtype=np.uint8)
+    return out, load_image_into(path, preprocess, out)
+
+
+def load_image_into(path: Path, preprocess: Preprocess, out: np.ndarray) -> bool:
+    """Write one image's model input into `out` (a batch row); False (and a blank input) if unreadable."""
     try:
-        return preprocess(open_image(path)), True
+        preprocess.write_into(open_image(path), out)
+        return True
     except ImageDecodeError as exc:
         log.warning("skipping unreadable image: %s", exc)
-        return np.zeros(preprocess.shape, dtype=np.uint8), False
+        out.fill(0)
+        return False
 
 
 def image_batches(paths: Sequence[Path], preprocess: Preprocess, batch_size: int = 32, threads: int = 1,
@@ -46,12 +54,14 @@ def image_batches(paths: Sequence[Path], preprocess: Preprocess, batch_size: int
 
     Threads, not processes: Pillow and the inference runtimes release the GIL, so decoding overlaps
     the forward without copying batches between processes. `threads=0` decodes in the caller.
+    Each image is written straight into its row of the batch.
     """
     chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
 
     def load(chunk: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-        loaded = [load_image(Path(p), preprocess) for p in chunk]
-        return np.stack([x for x, _ in loaded]), np.array([ok for _, ok in loaded], dtype=bool)
+        images = np.empty((len(chunk), *preprocess.shape), dtype=np.uint8)
+        ok = [load_image_into(Path(p), preprocess, row) for p, row in zip(chunk, images, strict=True)]
+        return images, np.array(ok, dtype=bool)
 
     if threads <= 0:
         yield from map(load, chunks)

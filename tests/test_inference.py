@@ -19,7 +19,7 @@ from imageretrieval.inference import (
 from imageretrieval.models import create_model, get_model_config
 from imageretrieval.models.config import ModelConfig, WeightSource
 from imageretrieval.models.extractor import FeatureExtractor
-from imageretrieval.preprocess import letterbox, preprocess_for
+from imageretrieval.preprocess import Preprocess, letterbox, preprocess_for, to_uint8_array
 
 from .conftest import TINY
 
@@ -112,6 +112,25 @@ def test_portrait_letterbox_fills_the_box_for_catalog_shaped_images():
     assert wide.size == (96, 128) and wide.getpixel((48, 2)) == (255, 255, 255) and wide.getpixel((48, 64)) == (0, 0, 0)
     square = letterbox(product, 64)
     assert square.size == (64, 64) and square.getpixel((2, 32)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("box", [(224, None), (224, 168), (160, 120)])
+def test_preprocessing_writes_the_letterboxed_image_straight_into_the_batch(box):
+    """The direct path (no canvas) must give letterbox + to_uint8_array's bytes: features cached by
+    one path are compared with queries encoded by the other."""
+    size, width = box
+    rng = np.random.default_rng(0)
+    pre = Preprocess(size, input_width=width)
+    batch = np.zeros((2, *pre.shape), dtype=np.uint8)
+    for w, h in [(60, 80), (80, 60), (1, 1), (1, 300), (300, 1), (500, 333), (size, size), (width or size, size)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        expected = to_uint8_array(letterbox(img, size, width=width))
+        pre.write_into(img, batch[1])
+        assert np.array_equal(batch[1], expected), (w, h)
+        assert np.array_equal(pre(img), expected)
+    grey = Image.fromarray(rng.integers(0, 256, (80, 60), dtype=np.uint8))
+    assert np.array_equal(pre(grey), to_uint8_array(letterbox(grey.convert("RGB"), size, width=width)))
+    assert not batch[0].any()  # the neighbouring row is untouched
 
 
 def test_sized_variant_of_a_pretrained_model(tmp_path):
