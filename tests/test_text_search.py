@@ -25,7 +25,9 @@ def test_queries_are_checked_and_normalized():
     assert check_query("  navy   striped\tpolo ") == "navy striped polo"
     assert check_query("red dress 👗".encode()) == "red dress 👗"
     for bad, message in (("", "empty"), ("   ", "empty"), ("x" * (MAX_QUERY_CHARS + 1), "at most"),
-                         (b"\xff\xfe red", "not UTF-8"), ("red\x00dress", "control")):
+                         (b"\xff\xfe red", "not UTF-8"), ("red\x00dress", "control"),
+                         ("\ufffd\ufffd red", "not UTF-8"),  # bytes a form parser replaced
+                         ("red\udcff", "not UTF-8")):  # an undecodable byte on a command line
         with pytest.raises(QueryTextError, match=message):
             check_query(bad)
 
@@ -33,6 +35,9 @@ def test_queries_are_checked_and_normalized():
 def test_tokens_fold_plurals_and_t_shirts():
     assert tokens("Men's T-Shirts, Tshirt & SHOES") == ["men", "tshirt", "tshirt", "shoe"]
     assert tokens("Dress") == ["dress"]  # "ss" kept
+    assert tokens("dresses watches boxes accessories hoodies hoodie ties") == \
+        ["dress", "watch", "box", "accessory", "hoody", "hoody", "tie"]
+    assert tokens("Estée Crème Straße") == ["estee", "creme", "strasse"]  # accents folded, not split
     assert attribute_phrase({"gender": "Women", "baseColour": "Blue", "usage": "Casual",
                              "articleType": "Dresses"}) == "women's blue casual dresses"
 
@@ -52,6 +57,18 @@ def test_bm25_by_hand():
     _, rows = index.search("puma", 3, n, allowed=np.array([False, True, True]))
     assert rows.tolist() == [2]
     assert len(index.search("zzz", 3, n)[1]) == 0
+
+
+def test_best_matches_asks_for_every_word_it_can():
+    index = LexicalIndex()
+    index.extend(["red shirt", "red dress", "blue dresses", "green hat"])
+    assert index.best_matches("red dress", 4).tolist() == [False, True, False, False]  # both words
+    assert index.best_matches("red", 4).tolist() == [True, True, False, False]
+    assert index.best_matches("yellow dress", 4).tolist() == [False, True, True, False]  # the one word there is
+    assert not index.best_matches("zzz", 4).any()
+    assert index.best_matches("red dress", 4, allowed=np.array([True, False, True, True])).tolist() == \
+        [True, False, True, False]  # the best among the allowed rows
+    assert index.best_matches("hat", 3).tolist() == [False, False, False]  # rows past n are not seen
 
 
 def test_reciprocal_rank_fusion_by_hand():
@@ -97,9 +114,25 @@ def test_the_projection_learns(text_workdir):
     assert projection.encoder == ENCODER and projection.dims == 256
     assert projection.meta["lexical_share"] in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)  # chosen on validation
     assert projection.meta["val_recall_at_10"] > 0  # validation names ranked the whole catalog each epoch
+    assert projection.meta["named_near"] in (500, 1000, 2000, 4000, 0)
 
 
-def test_engine_text_modes_and_filters(synthetic_catalog, text_workdir):
+def test_a_catalog_smaller_than_a_batch_still_trains():
+    from imageretrieval.text.projection import train_projection
+
+    rng = np.random.default_rng(0)
+    text, image = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(40, 6)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    pairs = np.stack([np.arange(40), np.arange(40)], axis=1)
+    _, history = train_projection(text, image, pairs, hidden=16, epochs=20, batch=512, progress=False)
+    losses = [h["loss"] for h in history]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+    with pytest.raises(ValueError, match="at least 2"):
+        train_projection(text, image, pairs[:1], hidden=16, epochs=1, progress=False)
+
+
+def test_engine_text_modes_and_filters(synthetic_catalog, text_workdir, monkeypatch):
     from imageretrieval.engine import RetrievalEngine
 
     engine = RetrievalEngine(make_settings(synthetic_catalog, text_workdir), "tiny")
@@ -112,6 +145,13 @@ def test_engine_text_modes_and_filters(synthetic_catalog, text_workdir):
     photo = engine.vector_of(1002)[None]
     moved = engine.text.search(["yellow"], 10, image_vectors=photo, text_weight=0.9)[0]
     assert moved[0].id != 1002 or len(moved) == 10
+    from imageretrieval.text.queries import lexical_text
+
+    yellow = engine.text.search(["yellow"], 5, image_vectors=photo, words_weight=4.0, named_near=0)[0]
+    assert all("yellow" in lexical_text(h.product).lower() for h in yellow)  # the words name them
+    monkeypatch.setattr("imageretrieval.text.search.PHOTO_POOL", 20)
+    everything = engine.text.search(["yellow"], 90, image_vectors=photo)[0]
+    assert len(everything) == 90  # a top k beyond the photo's pool is filled like an image search
 
 
 def test_text_to_catalog_protocol_runs(synthetic_catalog, text_workdir):
@@ -157,6 +197,25 @@ def test_api_search_by_words(text_client, synthetic_catalog):
 def test_api_refuses_bad_text_queries(text_client, body, status, message):
     answer = text_client.post("/api/search/text", json=body)
     assert answer.status_code == status and message in answer.json()["detail"], answer.text
+
+
+def test_api_refuses_text_a_form_parser_could_not_decode(text_client):
+    answer = text_client.post("/api/search/text", content=b"q=%ff%fe+red",
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 422 and "not UTF-8" in answer.json()["detail"], answer.text
+
+
+def test_a_projection_of_another_model_is_refused_with_its_fix(synthetic_catalog, text_workdir, tmp_path):
+    from imageretrieval.engine import RetrievalEngine
+    from imageretrieval.text.search import TextSearchUnavailableError
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(text_workdir, workdir)
+    shutil.copy(workdir / "models" / "tiny" / "text_projection.npz", workdir / "models" / "tiny2")
+    engine = RetrievalEngine(make_settings(synthetic_catalog, workdir), "tiny2")
+    with pytest.raises(TextSearchUnavailableError, match="earlier model of that name; run `imageretrieval train "
+                                                         "--recipe text --base tiny2`"):
+        engine.text.search(["red"], 5)
 
 
 def test_api_search_needs_an_image_or_words(text_client):

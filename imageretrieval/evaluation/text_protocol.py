@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 NAME_DEPTH = 100  # ranks looked at for the MRR of names
 CHUNK = 256
+TYPE_TOLERANCE = 0.05  # photo + words: the type share the words may cost at most (on val)
 PHOTO_WORDS_QUERIES = 300
 
 
@@ -71,7 +72,8 @@ def field_task(engine, field: str, values: Sequence[str], mode: str, k: int = 15
 
 
 def photo_words_task(engine, table, colours: Sequence[str], seed: int, text_weight: float | None = None,
-                     words_weight: float | None = None, n: int = PHOTO_WORDS_QUERIES, k: int = 15) -> dict:
+                     words_weight: float | None = None, named_near: int | None = None, n: int = PHOTO_WORDS_QUERIES,
+                     k: int = 15) -> dict:
     """A product's own vector + another colour's name: share of the top k of that colour and type."""
     rng = np.random.default_rng(seed)
     rows = table.iloc[rng.permutation(len(table))[:n]]
@@ -84,7 +86,7 @@ def photo_words_task(engine, table, colours: Sequence[str], seed: int, text_weig
     for start in range(0, len(ids), CHUNK):
         words += engine.text.search([c.lower() for c in wanted[start: start + CHUNK]], k=k + 1,
                                     image_vectors=image[start: start + CHUNK], text_weight=text_weight,
-                                    words_weight=words_weight)
+                                    words_weight=words_weight, named_near=named_near)
     alone = engine.search_vectors(image, k + 1, exclude_ids=list(ids))
     out = {}
     for label, results in (("photo+words", words), ("photo alone", alone)):
@@ -130,17 +132,20 @@ def evaluate_text(settings, model: str, modes: Sequence[str] = ("semantic", "lex
         }
     out["photo_words"] = photo_words_task(engine, table, colours, settings.seed)
     out["weights"] = {"lexical_share": engine.text.lexical_share, "text": engine.text.text_weight,
-                      "words": engine.text.words_weight}
+                      "words": engine.text.words_weight, "named_near": engine.text.named_near}
     return out
 
 
 def choose_weights(settings, engine, lexical_grid=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
-                   text_grid=(0.0, 0.2, 0.4), words_grid=(0.5, 1.0, 2.0, 4.0), queries: int = 1500) -> dict:
+                   text_grid=(0.0, 0.2, 0.4), words_grid=(1.0, 2.0, 4.0), near_grid=(500, 1000, 2000, 4000, 0),
+                   queries: int = 1500) -> dict:
     """The weights of the hybrid and of photo + words, chosen on the validation split.
 
     Hybrid: BM25's share of the fused score by the sum of validation names' R@10 and the category tasks' P@15 (what
     shoppers type is rarely a whole product name), then MRR. Photo + words: the words' share of the
-    vector and their BM25 weight by the share of the top 15 with the wanted colour and the product's type.
+    vector, their RRF weight and the neighbourhood the named products come from, by the share of the
+    top 15 with the wanted colour and the product's type, among the settings that keep the photo's
+    type share within TYPE_TOLERANCE of the photo alone (the words refine the photo, not replace it).
     """
     catalog, table = split_table(settings, "val")
     table = table.iloc[np.random.default_rng(settings.seed).permutation(len(table))[:queries]]
@@ -160,9 +165,17 @@ def choose_weights(settings, engine, lexical_grid=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95
 
     best_lexical = max(lexical_grid, key=lambda w: overall(lexical[w]))
     engine.text.lexical_share = best_lexical
-    photo = {(t, w): photo_words_task(engine, table, colours, settings.seed, text_weight=t,
-                                      words_weight=w)["photo+words"] for t in text_grid for w in words_grid}
-    best_text, best_words = max(photo, key=lambda tw: (photo[tw]["colour_and_type"], photo[tw]["type"]))
+    photo, alone = {}, None
+    for t in text_grid:
+        for w in words_grid:
+            for near in near_grid:
+                run = photo_words_task(engine, table, colours, settings.seed, text_weight=t, words_weight=w,
+                                       named_near=near)
+                photo[t, w, near], alone = run["photo+words"], run["photo alone"]
+    keeps_type = [c for c in photo if photo[c]["type"] >= alone["type"] - TYPE_TOLERANCE] or list(photo)
+    best_text, best_words, best_near = max(keeps_type, key=lambda c: (photo[c]["colour_and_type"], photo[c]["type"]))
     return {"lexical_share": best_lexical, "text_weight": best_text, "words_weight": best_words,
+            "named_near": best_near,
             "val": {"lexical": {str(w): m for w, m in lexical.items()},
-                    "photo_words": {f"{t},{w}": m for (t, w), m in photo.items()}}}
+                    "photo_words": {f"{t},{w},{near}": m for (t, w, near), m in photo.items()},
+                    "photo_alone": alone}}

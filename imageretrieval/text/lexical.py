@@ -67,6 +67,22 @@ class LexicalIndex:
             out[~allowed[:n]] = 0.0
         return out
 
+    def best_matches(self, query: str, n: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Mask of the first `n` rows that hold the most of the query's distinct words (none: all False).
+
+        "red casual" asks for both: rows with both words where there are any, else rows with one.
+        """
+        matched = np.zeros(n, np.int32)
+        for term in set(tokens(query)):
+            arrays = self._arrays(term)
+            if arrays is not None:
+                rows = arrays[0]
+                matched[rows[rows < n]] += 1
+        if allowed is not None:
+            matched[~allowed[:n]] = 0
+        best = matched.max() if n else 0
+        return matched == best if best > 0 else np.zeros(n, bool)
+
     def search(self, query: str, k: int, n: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) with a positive score; ties by row."""
         scores = self.scores(query, n, allowed)

@@ -87,6 +87,9 @@ def train_projection(text: np.ndarray, image: np.ndarray, pairs: np.ndarray, val
     import torch
     from tqdm import tqdm
 
+    if len(pairs) < 2:
+        raise ValueError(f"a text projection needs at least 2 (text, product) training pairs; got {len(pairs)}")
+    batch = min(batch, len(pairs))  # a small catalog: one batch of all, not zero steps
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     d_t, d_i = text.shape[1], image.shape[1]

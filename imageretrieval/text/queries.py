@@ -25,7 +25,10 @@ def check_query(text: str | bytes | None) -> str:
         raise QueryTextError("the text query is empty: type a few words, e.g. 'red dress'")
     if len(text) > MAX_QUERY_CHARS:
         raise QueryTextError(f"the text query is {len(text)} characters long; at most {MAX_QUERY_CHARS}")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
+    if any(unicodedata.category(ch) == "Cs" for ch in text) or "\ufffd" in text:
+        # lone surrogates (undecodable bytes on a command line), U+FFFD (bytes a form parser replaced)
+        raise QueryTextError("the text query is not UTF-8")
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
         raise QueryTextError("the text query contains control characters")
     return text
 
@@ -58,9 +61,24 @@ def lexical_text(fields: Mapping[str, object]) -> str:
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+def _singular(w: str) -> str:
+    """A light plural fold, the same on both sides: dresses = dress, accessories = accessory, hoodie = hoody."""
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 3 and w.endswith("ie"):
+        return w[:-2] + "y"
+    if len(w) > 4 and w.endswith("es") and w[:-2].endswith(("ss", "x", "ch", "sh", "z")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        return w[:-1]
+    return w
+
+
 def tokens(text: str) -> list[str]:
-    """Lower-case words, a plural 's' dropped ("tshirts" = "tshirt"), "t shirt" joined as "tshirt"."""
+    """Lower-case words without accents, plurals folded ("tshirts" = "tshirt", "dresses" = "dress"),
+    "t shirt" joined as "tshirt"."""
     text = unicodedata.normalize("NFKD", text.lower()).replace("'", "").replace("\u2019", "")  # men's = mens
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).replace("\u00df", "ss")  # estée = estee
     words = _WORD.findall(text)
     out: list[str] = []
     i = 0
@@ -68,8 +86,6 @@ def tokens(text: str) -> list[str]:
         w = words[i]
         if w == "t" and i + 1 < len(words) and words[i + 1].startswith("shirt"):
             w, i = "t" + words[i + 1], i + 1
-        if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
-            w = w[:-1]
-        out.append(w)
+        out.append(_singular(w))
         i += 1
     return out

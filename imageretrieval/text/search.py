@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 MODES = ("hybrid", "semantic", "lexical")
 DEFAULT_LEXICAL_SHARE = 0.8  # hybrid: BM25's share of the fused score (train --recipe text chooses it)
 DEFAULT_TEXT_WEIGHT = 0.2  # photo + words: the words' share of the query vector (chosen on val likewise)
-DEFAULT_WORDS_WEIGHT = 2.0  # photo + words: RRF weight of the words' BM25 order within the photo's neighbours
+DEFAULT_WORDS_WEIGHT = 2.0  # photo + words: RRF weight of the products the words name, nearest the photo first
 FUSION_POOL = 100  # candidates of each ranking that the fusion sees
-PHOTO_POOL = 200  # photo + words: the photo's neighbours that the words re-order
+DEFAULT_NAMED_NEAR = 2000  # photo + words: the named products come from the photo's this many nearest
+PHOTO_POOL = 200  # photo + words: the photo's neighbours, and the named products, that are fused
 
 
 class TextSearchUnavailableError(LookupError):
@@ -39,6 +40,7 @@ class TextSearch:
         self.lexical_share = float(projection.meta.get("lexical_share", DEFAULT_LEXICAL_SHARE))
         self.text_weight = float(projection.meta.get("text_weight", DEFAULT_TEXT_WEIGHT))
         self.words_weight = float(projection.meta.get("words_weight", DEFAULT_WORDS_WEIGHT))
+        self.named_near = int(projection.meta.get("named_near", DEFAULT_NAMED_NEAR))
         self._lexical: tuple[object, LexicalIndex] | None = None  # (base the rows belong to, index)
         self._lock = threading.Lock()
 
@@ -54,6 +56,12 @@ class TextSearch:
                 f"model {engine.name!r} has no text projection: run `imageretrieval train --recipe text "
                 f"--base {engine.name}`")
         projection = TextProjection.load(path)
+        raw_dims = engine.manifest.get("raw_dims")
+        if raw_dims is not None and int(raw_dims) != projection.dims:
+            raise TextSearchUnavailableError(
+                f"the text projection of {engine.name!r} ({path}) maps words to {projection.dims} dimensions, "
+                f"the model's features have {raw_dims}: it belongs to an earlier model of that name; run "
+                f"`imageretrieval train --recipe text --base {engine.name}` again")
         settings = engine.settings
         return cls(engine, projection, create_text_encoder(projection.encoder, settings.workdir, settings.runtime))
 
@@ -83,12 +91,15 @@ class TextSearch:
     # ----- search -----------------------------------------------------------------------------------
     def search(self, texts: Sequence[str], k: int, filters: Mapping[str, Sequence[str]] | None = None,
                mode: str = "hybrid", image_vectors: np.ndarray | None = None, lexical_share: float | None = None,
-               text_weight: float | None = None, words_weight: float | None = None) -> list[list[SearchHit]]:
+               text_weight: float | None = None, words_weight: float | None = None,
+               named_near: int | None = None) -> list[list[SearchHit]]:
         """Top-k hits per text.
 
         With `image_vectors` (photo + words, "this but in red"): the words move the photo's vector
-        (`text_weight`), then, among its PHOTO_POOL nearest products, those the words name (BM25)
-        move ahead: reciprocal rank fusion of the visual order and the words' order (`words_weight`).
+        (`text_weight`); among its `named_near` nearest products, those the words name (holding the
+        most of the words), nearest first, are fused with its PHOTO_POOL nearest by reciprocal rank
+        fusion (`words_weight`). The neighbourhood keeps the photo's kind of product: where none of
+        it comes in red, the words do not bring red products of another kind (`named_near` 0: any).
         """
         if mode not in MODES:
             raise ValueError(f"unknown text search mode {mode!r}; modes: {', '.join(MODES)}")
@@ -100,7 +111,7 @@ class TextSearch:
         allowed = state.alive if mask is None else (mask & state.alive)
         if image_vectors is not None:
             return self._refine_photo(texts, k, state, self.lexical_for(state), allowed, mask, image_vectors,
-                                      text_weight, words_weight)
+                                      text_weight, words_weight, named_near)
         vectors = self.text_vectors(texts) if mode != "lexical" else None
         semantic = state.search(vectors, fetch, mask) if vectors is not None else None
         if mode == "semantic":
@@ -124,16 +135,25 @@ class TextSearch:
             out.append(engine.hits_from_candidates(rows[order], fused[order], k, state=state))
         return out
 
-    def _refine_photo(self, texts, k, state, lexical, allowed, mask, image_vectors, text_weight, words_weight):
+    def _refine_photo(self, texts, k, state, lexical, allowed, mask, image_vectors, text_weight, words_weight,
+                      named_near):
         engine = self.engine
         vectors = self.combined(image_vectors, self.text_vectors(texts), text_weight)
-        scores, rows = state.search(vectors, PHOTO_POOL, mask)
+        pool_size = max(k, PHOTO_POOL)
+        _, rows = state.search(vectors, pool_size, mask)
         weight = self.words_weight if words_weight is None else words_weight
+        near = self.named_near if named_near is None else named_near
         out = []
         for i, text in enumerate(texts):
             pool = rows[i][rows[i] >= 0]
-            named = lexical.scores(text, state.n, allowed)[pool]
-            by_words = pool[np.argsort(-named, kind="stable")][: int((named > 0).sum())]  # ties: visual order
+            named = lexical.best_matches(text, state.n, allowed)
+            by_words = np.zeros(0, np.int64)  # the products the words name, nearest to the photo first
+            if near and named.any():
+                neighbours = state.search(vectors[i: i + 1], max(near, pool_size), mask, exact=True)[1][0]
+                neighbours = neighbours[neighbours >= 0]
+                by_words = neighbours[named[neighbours]][:pool_size]
+            elif named.any():
+                by_words = state.search(vectors[i: i + 1], pool_size, named, exact=True)[1][0]
             fused, fused_scores = reciprocal_rank_fusion([pool, by_words], [1.0, weight])
             out.append(engine.hits_from_candidates(fused, fused_scores, k, state=state))
         return out

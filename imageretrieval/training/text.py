@@ -3,7 +3,7 @@
 Texts are each catalog product's name and its templated attribute phrase, embedded once by the frozen
 text encoder (cached in the workdir); images are the model's frozen catalog features. Train-split
 products train it; validation-split names pick the best epoch, and the weights of the hybrid
-(lexical + semantic) ranking and of photo + words (evaluation/text_search.py) are chosen on them too.
+(lexical + semantic) ranking and of photo + words (evaluation/text_protocol.py) are chosen on them too.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def choose_search_weights(settings: Settings, base: str, projection: TextProject
         return None
     engine._text = TextSearch(engine, projection, create_text_encoder(projection.encoder))
     chosen = choose_weights(settings, engine)
-    log.info("chosen on validation: BM25 share %s; photo + words: text weight %s, words weight %s",
-             chosen["lexical_share"], chosen["text_weight"], chosen["words_weight"])
+    log.info("chosen on validation: BM25 share %s; photo + words: text weight %s, words weight %s, "
+             "named products among the photo's %s nearest (0: all)", chosen["lexical_share"],
+             chosen["text_weight"], chosen["words_weight"], chosen["named_near"])
     return chosen
 
 

@@ -69,5 +69,8 @@ describe("words in the URL", () => {
     expect(parseState(`?q=${"x".repeat(500)}`).q).toHaveLength(MAX_QUERY_CHARS);
     expect(stateToSearch(parseState("?q=%20%20"))).toBe("");
     expect(cleanQuery("  red \n dress ")).toBe("red dress");
+    const cut = cleanQuery("x".repeat(MAX_QUERY_CHARS - 1) + "\u{1F457}\u{1F457}"); // emoji: 2 UTF-16 units each
+    expect(Array.from(cut)).toHaveLength(MAX_QUERY_CHARS);
+    expect(cut.endsWith("\u{1F457}")).toBe(true); // whole, not a lone surrogate
   });
 });

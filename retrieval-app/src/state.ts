@@ -25,7 +25,8 @@ export interface ViewState {
 
 /** Words as the API takes them: whitespace collapsed, at most MAX_QUERY_CHARS. */
 export function cleanQuery(text: string): string {
-  return text.split(/\s+/).filter(Boolean).join(" ").slice(0, MAX_QUERY_CHARS);
+  // by code points, as the server counts: a UTF-16 slice could cut an emoji in half
+  return Array.from(text.split(/\s+/).filter(Boolean).join(" ")).slice(0, MAX_QUERY_CHARS).join("");
 }
 
 export function parseState(search: string): ViewState {
