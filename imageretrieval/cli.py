@@ -29,7 +29,7 @@ USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", 
                ("text.queries", ["QueryTextError"]), ("text.search", ["TextSearchUnavailableError"]),
                ("text.encoders", ["TextEncoderUnavailableError"]),
                ("backends.base", ["BackendUnavailableError", "CollectionNotLoadedError"]),
-               ("distributed", ["RayUnavailableError"])]
+               ("distributed", ["RayUnavailableError"]), ("keys", ["KeyStoreCorruptError"])]
 
 log = logging.getLogger("imageretrieval")
 

@@ -30,6 +30,10 @@ class ApiKeyError(ValueError):
     """A bad name, scope or unknown key: the message says which."""
 
 
+class KeyStoreCorruptError(RuntimeError):
+    """keys.json cannot be read: no key is accepted until it is restored (the message names the file)."""
+
+
 @dataclass(frozen=True)
 class ApiKey:
     id: str
@@ -82,8 +86,13 @@ class KeyStore:
         version = (st.st_mtime_ns, st.st_ino, st.st_size)
         keys = self._keys
         if version != self._version:
-            rows = json.loads(self.path.read_text()).get("keys", [])
-            keys = {row["id"]: ApiKey(**row) for row in rows}
+            try:
+                rows = json.loads(self.path.read_text())["keys"]
+                keys = {row["id"]: ApiKey(**row) for row in rows}
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise KeyStoreCorruptError(
+                    f"{self.path} is damaged ({type(exc).__name__}: {str(exc)[:80]}): restore it from a backup, "
+                    "or move it away and create the keys again (`imageretrieval keys create`)") from None
             self._keys, self._version = keys, version
         return keys
 
@@ -121,6 +130,8 @@ class KeyStore:
         name = name.strip()
         if not name or len(name) > 64:
             raise ApiKeyError("a key needs a name of 1 to 64 characters (--name)")
+        if not name.isprintable():
+            raise ApiKeyError("a key's name may not hold line breaks or other control characters (--name)")
         if scope not in SCOPES:
             raise ApiKeyError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
         with self._locked() as keys:

@@ -24,6 +24,7 @@ from .runtime import (
     BadImageError,
     ForbiddenKeyError,
     InvalidKeyError,
+    KeyStoreUnavailableError,
     MissingKeyError,
     NotReadyError,
     UnknownModelError,
@@ -63,7 +64,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 # every domain error a request can meet -> its HTTP status; 503s tell the client when to retry
 DOMAIN_ERRORS: dict[type[Exception], int] = {
     UnknownModelError: 400, UnknownFilterError: 400, BadImageError: 400,
-    UnknownProductError: 404, NotReadyError: 503, OverloadedError: 503,
+    UnknownProductError: 404, NotReadyError: 503, OverloadedError: 503, KeyStoreUnavailableError: 503,
     MissingKeyError: 401, InvalidKeyError: 401, ForbiddenKeyError: 403,
     WriteImageError: 400, UnknownLiveProductError: 404, DuplicateProductError: 409, ProductValidationError: 422,
     StorageFullError: 507, QueryTextError: 422, TextSearchUnavailableError: 400, TextEncoderUnavailableError: 501,

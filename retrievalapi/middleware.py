@@ -16,7 +16,7 @@ from imageretrieval.keys import KeyStore
 from .errors import domain_status
 from .metrics import Metrics
 from .ratelimit import RateLimitedError, RateLimiter
-from .runtime import ForbiddenKeyError, InvalidKeyError, MissingKeyError, check_key
+from .runtime import ForbiddenKeyError, InvalidKeyError, KeyStoreUnavailableError, MissingKeyError, check_key
 
 access_log = logging.getLogger("retrievalapi.access")
 
@@ -84,7 +84,7 @@ class KeyMiddleware:
                 record = check_key(self.keys, authorization, needed)
                 if needed == "write":
                     self.limiter.take(record.id)
-            except (MissingKeyError, InvalidKeyError, ForbiddenKeyError) as exc:
+            except (MissingKeyError, InvalidKeyError, ForbiddenKeyError, KeyStoreUnavailableError) as exc:
                 status, headers = domain_status(exc)
                 await send_json(send, status, {"detail": str(exc)},
                                 [(k.lower().encode(), v.encode()) for k, v in headers.items()])

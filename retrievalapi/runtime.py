@@ -22,7 +22,7 @@ from imageretrieval.device import keep_freed_memory
 from imageretrieval.engine import IndexNotBuiltError, RetrievalEngine, SearchHit, result_fields
 from imageretrieval.images import ImageDecodeError, open_image
 from imageretrieval.inference import RuntimeUnavailableError
-from imageretrieval.keys import ApiKey, KeyStore
+from imageretrieval.keys import ApiKey, KeyStore, KeyStoreCorruptError
 from imageretrieval.live.journal import JournalCorruptError
 from imageretrieval.live.store import LiveCatalog
 from imageretrieval.models import ModelNotFoundError, WeightsUnavailableError
@@ -153,12 +153,20 @@ def check_key(keys: KeyStore, authorization: str | None, scope: str) -> ApiKey:
     kind, _, token = (authorization or "").strip().partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise MissingKeyError("an API key is required: send Authorization: Bearer <key>")
-    record = keys.verify(token.strip())
+    try:
+        record = keys.verify(token.strip())
+    except KeyStoreCorruptError as exc:
+        log.error("%s", exc)  # the operator's fix, in the log; the caller learns only that keys are down
+        raise KeyStoreUnavailableError("API keys cannot be checked right now; retry later") from exc
     if record is None:
         raise InvalidKeyError("invalid or revoked API key")
     if not record.allows(scope):
         raise ForbiddenKeyError(f"this key's scope ({record.scope}) does not allow {scope} access")
     return record
+
+
+class KeyStoreUnavailableError(ServiceError):
+    """The key store cannot be read (damaged keys.json): no key can be checked (503)."""
 
 
 class NotReadyError(ServiceError):

@@ -129,3 +129,21 @@ def test_the_api_refuses_missing_wrong_revoked_and_read_scoped_keys(locked_clien
     assert c.options("/api/search").status_code != 401  # a CORS preflight carries no key
     store.revoke("reader")  # from another process: the running API refuses it on the next request
     assert c.get("/api/facets", headers=ok).status_code == 401
+
+
+def test_a_damaged_key_store_is_named_and_refuses_every_key(locked_client, built_workdir: Path, capsys):
+    store = KeyStore(built_workdir)
+    _, writer = store.create("writer", "write")
+    keys_path(built_workdir).write_text("{")  # a truncated file, e.g. restored badly
+    answer = locked_client.post("/api/test-write", headers={"Authorization": f"Bearer {writer}"})
+    assert answer.status_code == 503 and answer.json() == {"detail": "API keys cannot be checked right now; "
+                                                                     "retry later"}  # no path, no parse error
+    flags = ["--workdir", str(built_workdir)]
+    assert main(["keys", "list", *flags]) == 2
+    err = capsys.readouterr().err
+    assert str(keys_path(built_workdir)) in err and "is damaged" in err and "Traceback" not in err
+    keys_path(built_workdir).write_text(json.dumps({"keys": [{"id": "irk_abcdefgh"}]}))  # a row missing fields
+    assert main(["keys", "create", "--name", "x", "--scope", "read", *flags]) == 2
+    assert "is damaged" in capsys.readouterr().err
+    with pytest.raises(ApiKeyError, match="line breaks"):
+        KeyStore(built_workdir / "other").create("shop\nadmin", "read")

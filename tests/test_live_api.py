@@ -134,6 +134,10 @@ def test_batch_writes_are_all_or_nothing(live):
     malformed = live.post("/api/products/batch", headers=live.write_auth,
                           files=[("styles", ("rows.csv", "id,productDisplayName\n7,a,b\n", "text/csv"))])
     assert malformed.status_code == 422 and "line 2" in malformed.json()["detail"]
+    twice = live.post("/api/products/batch", headers=live.write_auth,
+                      files=[("styles", ("rows.csv", rows, "text/csv")), *images,
+                             ("images", (f"0{NEW_ID}.png", new_image(78), "image/png"))])
+    assert twice.status_code == 400 and "a second image for product" in twice.json()["detail"]
     orphan = live.post("/api/products/batch", headers=live.write_auth,
                        files=[("styles", ("rows.csv", rows, "text/csv")), *images,
                               ("images", ("77.png", new_image(77), "image/png"))])
@@ -160,6 +164,9 @@ def test_bad_images_and_unknown_ids_are_refused(live):
     assert live.patch("/api/products/12345678", headers=live.write_auth, json={"season": "Fall"}).status_code == 404
     assert live.patch("/api/products/1003", headers=live.write_auth, json={"price": 3}).status_code == 422
     assert live.patch("/api/products/1003", headers=live.write_auth, json={}).status_code == 422
+    for loose in ("1_003", "+1003", "1003.0"):  # ids that int() would take: refused, nothing changed
+        assert live.delete(f"/api/products/{loose}", headers=live.write_auth).status_code == 422
+    assert live.get("/api/products/1003").status_code == 200
     too_big = b"\xff\xd8" + b"0" * int(0.3 * 1024 * 1024)
     assert add(live, NEW_ID, too_big).status_code == 413
 

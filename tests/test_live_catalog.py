@@ -136,6 +136,10 @@ def test_styles_rows_are_parsed_strictly():
         parse_styles_rows("id,productDisplayName\n-7,a\n")
     with pytest.raises(ProductValidationError, match="unknown or repeated"):
         parse_styles_rows("id,price\n7,3\n")
+    assert parse_styles_rows("id,productDisplayName\r7,a\r8,b\r") == \
+        [(7, {"productDisplayName": "a"}), (8, {"productDisplayName": "b"})]  # old Mac line endings
+    with pytest.raises(ProductValidationError, match="line 2: not readable as CSV"):
+        parse_styles_rows("id,productDisplayName\n7," + "x" * 200_000 + "\n")  # over csv's field limit
 
 
 # ----- the catalog store ------------------------------------------------------------------------
@@ -357,6 +361,16 @@ def test_catalog_cli_adds_updates_deletes_lists_and_compacts(synthetic_catalog, 
     missing.write_text("id,productDisplayName,articleType\n900301,Tee,Tshirts\n")
     assert main(["catalog", "add", "--styles", str(missing), "--images", str(images), *flags]) == 2
     assert "no image" in capsys.readouterr().err
+    # a load whose last row clashes with an existing product writes nothing at all (checked up front)
+    (images / "900310.png").write_bytes(new_image(7100, "Shirts", "Blue", size=(120, 160)))
+    clash = tmp_path / "clash.csv"
+    clash.write_text("id,productDisplayName,articleType,baseColour,year\n900310,New shirt,Shirts,Blue,2025\n"
+                     '900202,"Shirt, blue 900202",Shirts,Red,2025\n')
+    assert main(["catalog", "add", "--styles", str(clash), "--images", str(images), *flags]) == 2
+    assert "900202 already exists with other data" in capsys.readouterr().err
+    assert LiveCatalog(synthetic_catalog, workdir).current(900310) is None
+    assert main(["catalog", "update", "--styles", str(rows), "--set", "baseColour=Red", *flags]) == 2
+    assert "--set changes the products named by --id" in capsys.readouterr().err  # not silently ignored
 
     assert main(["catalog", "list", "--since", "0", "--json", *flags]) == 0
     listed = __import__("json").loads(capsys.readouterr().out)

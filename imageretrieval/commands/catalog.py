@@ -79,6 +79,11 @@ def run_update(args, settings) -> int:
     from ..cli import CLIError
     from ..live.offline import ProductWrite, find_image, write_products
 
+    if args.set and not args.id:
+        raise CLIError("--set changes the products named by --id: add --id ID (for a --styles file, put the "
+                       "column in the file)")
+    if args.images is not None and not args.images.is_dir():
+        raise CLIError(f"--images {args.images}: not a folder")
     updates: dict[int, dict] = {}
     if args.styles is not None:
         updates.update(dict(_rows(args.styles)))
@@ -147,9 +152,12 @@ def run_list(args, settings) -> int:
 
 
 def run_compact(args, settings) -> int:
-    from ..live.store import LiveCatalog
+    from ..live.store import LiveCatalog, storage_error
 
     catalog = LiveCatalog(settings.dataset_root, settings.workdir)
-    seq = catalog.compact()
+    try:
+        seq = catalog.compact()
+    except OSError as exc:  # the journal stays as it was: nothing is lost
+        raise storage_error(exc) from exc
     print(f"catalog snapshot at seq {seq}: {len(catalog.changed_ids())} products differ from the original catalog")
     return 0

@@ -38,8 +38,12 @@ def run(args, settings) -> int:
     for name in args.model or [settings.default_model]:
         if args.compact:
             from ..live.compaction import compact_index
+            from ..live.store import storage_error
 
-            manifest = compact_index(settings, name)
+            try:
+                manifest = compact_index(settings, name)
+            except OSError as exc:  # the serving index stays as it was
+                raise storage_error(exc) from exc
             print(f"{name}: compacted at catalog seq {manifest['catalog_seq']}: {manifest['size']} products, "
                   f"{manifest['index_factory']} index in {ModelArtifacts.of(settings.workdir, name).root}")
             continue

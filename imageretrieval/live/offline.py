@@ -18,7 +18,7 @@ import numpy as np
 from ..settings import Settings
 from .blobs import normalized_jpeg
 from .products import check_fields, check_id
-from .store import Change, LiveCatalog, UnknownLiveProductError, Write, storage_error
+from .store import Change, DuplicateProductError, LiveCatalog, UnknownLiveProductError, Write, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,21 @@ def write_products(settings: Settings, writes: Sequence[ProductWrite], models: S
 
     catalog = LiveCatalog(settings.dataset_root, settings.workdir)
     checked: list[Write] = []
+    seen: set[int] = set()
     for w in writes:
         pid = check_id(w.id)
         where = f"product {pid}: "
+        if pid in seen:
+            raise DuplicateProductError(f"product {pid} appears twice in one load: keep one row")
+        seen.add(pid)
         fields = None if w.kind == "delete" else check_fields(w.fields or {}, partial=w.kind == "update", where=where)
         if w.kind == "add" and w.image is None:
             raise ImageDecodeError(f"{where}no image: put {pid}.jpg (or .png, .webp) in the images folder")
-        if w.kind != "add" and catalog.current(pid) is None:
+        before = catalog.current(pid)
+        if w.kind != "add" and before is None:
             raise UnknownLiveProductError(f"unknown product id {pid}: nothing to {w.kind}")
+        if w.kind == "add" and before is not None and not _same_product(catalog, pid, before, fields, w.image):
+            raise DuplicateProductError(f"product {pid} already exists with other data: update it instead")
         checked.append(Write(w.kind, pid, fields))
     names = list(models) if models is not None else built_indexes(settings.workdir)
     engines = [RetrievalEngine(settings, name, catalog) for name in names]
@@ -108,6 +115,23 @@ def write_products(settings: Settings, writes: Sequence[ProductWrite], models: S
         bar.update(len(chunk))
     bar.close()
     return changes, names
+
+
+def _same_product(catalog: LiveCatalog, pid: int, before, fields: dict, image: Path) -> bool:
+    """Whether re-adding `pid` would change nothing (checked before the first chunk is written)."""
+    from ..images import ImageDecodeError
+
+    if before.fields != fields:
+        return False
+    try:
+        jpeg = normalized_jpeg(Path(image))
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"product {pid}: {exc}") from None
+    stored = catalog.blobs.path(before.image) if before.image else catalog.images_dir / f"{pid}.jpg"
+    try:
+        return jpeg == (stored.read_bytes() if before.image else normalized_jpeg(stored))
+    except (OSError, ImageDecodeError):
+        return False
 
 
 def _encode(engine, images: dict[str, bytes]) -> dict[str, np.ndarray]:

@@ -89,7 +89,15 @@ def parse_styles_rows(text: str, where: str = "styles", max_rows: int | None = M
     The header names the columns (`id` and any of FIELDS, in any order); every row has exactly that
     many fields (quote names with commas). Ids must be unique within the file. `max_rows`: a batch's cap.
     """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # Windows and old Mac line endings alike
     reader = csv.reader(io.StringIO(text))
+    try:
+        return _parse_rows(reader, where, max_rows)
+    except csv.Error as exc:  # a field over csv's size limit, a stray quote, ...
+        raise ProductValidationError(f"{where} line {reader.line_num}: not readable as CSV ({exc})") from None
+
+
+def _parse_rows(reader, where: str, max_rows: int | None) -> list[tuple[int, dict[str, Any]]]:
     header = next(reader, None)
     if not header:
         raise ProductValidationError(f"{where}: empty file; expected a header line such as {','.join(COLUMNS)}")

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response
 from fastapi.responses import FileResponse
+from pydantic import BeforeValidator
 
 from ..errors import ERROR_RESPONSES
 from ..runtime import read_evaluation
@@ -16,7 +17,17 @@ from .deps import RuntimeDep
 # 304 when unchanged); the versioned URL the API hands out (?v=<image hash>) never changes content.
 IMAGE_CACHE_CONTROL = "no-cache"
 VERSIONED_IMAGE_CACHE_CONTROL = "public, max-age=2592000, immutable"
-ProductId = Annotated[int, Path(ge=0, le=2**63 - 1, description="Catalog product id", examples=[15970])]
+
+
+def _digits_only(value: Any) -> Any:
+    """"1_003", "+1005" or "1003.0" would parse as ints: a path names a product in digits alone."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("a product id is written in digits only, e.g. 15970")
+    return value
+
+
+ProductId = Annotated[int, BeforeValidator(_digits_only),
+                      Path(ge=0, le=2**63 - 1, description="Catalog product id", examples=[15970])]
 
 router = APIRouter(prefix="/api", tags=["catalog"])
 

@@ -28,11 +28,10 @@ FieldParam = Annotated[str | None, Form(description="A styles.csv column")]
 FieldsForm = Annotated[dict[str, str], Depends(form_fields(FIELDS, FieldParam, drop_missing=True))]
 
 
-async def _refuse_unknown_form_fields(request: Request, allowed: set[str]) -> None:
-    unknown = sorted(set((await request.form()).keys()) - allowed)
+async def _refuse_unknown_form_fields(request: Request, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set((await request.form()).keys()) - set(allowed))
     if unknown:
-        raise ProductValidationError(f"unknown field(s) {', '.join(map(repr, unknown))}; fields: id, image, "
-                                     f"{', '.join(FIELDS)}")
+        raise ProductValidationError(f"unknown field(s) {', '.join(map(repr, unknown))}; fields: {', '.join(allowed)}")
 
 
 def _created_or_ok(response: Response, answer: dict) -> dict:
@@ -47,7 +46,7 @@ async def add_product(request: Request, response: Response, rt: RuntimeDep, key:
                       image: Annotated[UploadFile, File(description="The product photo (JPEG, PNG, WebP, ...)")],
                       id: Annotated[str, Form(description="New product id, 1..2^53-1", examples=["90001"])]
                       ) -> dict[str, Any]:
-    await _refuse_unknown_form_fields(request, {"id", "image", *FIELDS})
+    await _refuse_unknown_form_fields(request, ("id", "image", *FIELDS))
     data = await read_image_upload(image, rt.settings.max_upload_bytes)
     answer = await rt.writer.write([WriteRequest("add", check_id(id), fields, data)], key)
     return _created_or_ok(response, answer)
@@ -57,7 +56,7 @@ async def add_product(request: Request, response: Response, rt: RuntimeDep, key:
             summary="Replace a product's metadata (fields left out become empty), and its image if one is sent")
 async def replace_product(request: Request, rt: RuntimeDep, key: WriteKey, product_id: ProductId,
                           fields: FieldsForm, image: Annotated[UploadFile | None, File()] = None) -> dict[str, Any]:
-    await _refuse_unknown_form_fields(request, {"image", *FIELDS})
+    await _refuse_unknown_form_fields(request, ("image", *FIELDS))
     data = await read_image_upload(image, rt.settings.max_upload_bytes) if image is not None else None
     return await rt.writer.write([WriteRequest("update", product_id, fields, data, replace=True)], key)
 
@@ -89,7 +88,7 @@ async def batch(
     mode: Annotated[str, Form(description="add: new ids only (re-adding identical data is a no-op); "
                                           "upsert: existing ids are replaced")] = "add",
 ) -> dict[str, Any]:
-    await _refuse_unknown_form_fields(request, {"styles", "images", "delete", "mode"})
+    await _refuse_unknown_form_fields(request, ("styles", "images", "delete", "mode"))
     if mode not in ("add", "upsert"):
         raise RequestValidationError([{"loc": ("form", "mode"), "msg": "mode must be add or upsert"}])
     by_id: dict[int, bytes] = {}
@@ -97,7 +96,10 @@ async def batch(
         stem = PurePath(upload.filename or "").stem
         if not stem.isdigit():
             raise WriteImageError(f"image file {upload.filename!r}: name it <product id>.<extension>")
-        by_id[check_id(stem)] = await read_image_upload(upload, rt.settings.max_upload_bytes)
+        pid = check_id(stem)
+        if pid in by_id:
+            raise WriteImageError(f"image file {upload.filename!r}: a second image for product {pid}; send one")
+        by_id[pid] = await read_image_upload(upload, rt.settings.max_upload_bytes)
     rows = []
     if styles is not None:
         raw = await styles.read()
