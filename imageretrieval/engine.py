@@ -77,6 +77,23 @@ def result_fields(fields: Mapping) -> dict:
     return {name: fields.get(name) for name in RESULT_FIELDS}
 
 
+def image_version(image: str | None) -> str:
+    """Names a stored image: its content hash's start, or "0" for the original catalog file."""
+    return image[:16] if image else "0"
+
+
+def image_url(product_id: int, image: str | None) -> str:
+    """The API's URL of a product's image: `v` names its content, so a new image gets a new URL and a
+    URL's content never changes."""
+    return f"/api/images/{int(product_id)}?v={image_version(image)}"
+
+
+def row_fields(product_id: int, fields: Mapping, image: str | None) -> dict:
+    """What an index row shows in a hit: the result fields and the image URL, from one catalog state, so
+    a search never pairs a product's old fields (and vector) with its new image."""
+    return {**result_fields(fields), "image_url": image_url(product_id, image)}
+
+
 class RetrievalEngine:
     """Search one model's index. Thread-safe for concurrent `search` calls (one forward at a time)."""
 
@@ -165,7 +182,7 @@ class RetrievalEngine:
                     removes.append(pid)
                 else:
                     indexed[pid] = image
-                products.append(result_fields(current.fields if current is not None else {}))
+                products.append(row_fields(pid, current.fields if current is not None else {}, image))
             live = LiveIndex(None if flat else self.index, base_vectors, self.index_ids, products,
                              FILTER_FIELDS, factory, seed=self.settings.seed)
             self.backend = FaissBackend(live, {pid: image for pid, image in indexed.items() if image})
@@ -206,7 +223,8 @@ class RetrievalEngine:
             if current is None:
                 if row is not None:
                     ops.append(Op(pid, None, None))
-            elif row is None or row.image != current.image or row.product != result_fields(current.fields):
+            elif row is None or row.image != current.image or row.product != row_fields(pid, current.fields,
+                                                                                        current.image):
                 same_image = row is not None and row.image == current.image
                 ops.append(Op(pid, current, current if same_image else None))
         if ops:
@@ -279,7 +297,7 @@ class RetrievalEngine:
                      else self.catalog.images_dir / f"{pid}.jpg" for pid in missing]
             vectors.update(zip(missing, self.encode([open_image(path, min_size=size) for path in paths]),
                                strict=True))
-        upserts = [Row(pid, vectors[pid], result_fields(op.product.fields), op.product.image)
+        upserts = [Row(pid, vectors[pid], row_fields(pid, op.product.fields, op.product.image), op.product.image)
                    for pid, (op, _) in puts]
         self.backend.apply(list(final), upserts)
         return len(missing)

@@ -19,7 +19,14 @@ from imageretrieval.artifacts import ModelArtifacts
 from imageretrieval.backends import BackendUnavailableError
 from imageretrieval.catalog import CatalogError
 from imageretrieval.device import keep_freed_memory
-from imageretrieval.engine import IndexNotBuiltError, RetrievalEngine, SearchHit, result_fields
+from imageretrieval.engine import (
+    IndexNotBuiltError,
+    RetrievalEngine,
+    SearchHit,
+    image_url,
+    image_version,
+    result_fields,
+)
 from imageretrieval.images import ImageDecodeError, open_image
 from imageretrieval.inference import RuntimeUnavailableError
 from imageretrieval.keys import ApiKey, KeyStore, KeyStoreCorruptError
@@ -344,12 +351,16 @@ class Runtime:
     def image_version(self, product_id: int) -> str:
         """Names the product's current image: its hash's start, or "0" for the original catalog file."""
         product = self.catalog.current(int(product_id))
-        return product.image[:16] if product is not None and product.image else "0"
+        return image_version(product.image if product is not None else None)
 
     def image_url(self, product_id: int) -> str:
         """A URL whose content never changes (cached for long): a new image gets a new URL."""
-        return f"/api/images/{product_id}?v={self.image_version(product_id)}"
+        product = self.catalog.current(int(product_id))
+        return image_url(product_id, product.image if product is not None else None)
 
     def as_results(self, hits: list[SearchHit]) -> list[dict]:
-        return [{**hit.to_dict(), "image_url": self.image_url(hit.id)} for hit in hits]
+        """Hits carry the image URL of the index state they come from; rows stored before they did (a
+        Milvus collection loaded by an earlier version) get the catalog's."""
+        return [hit.to_dict() if "image_url" in hit.product else {**hit.to_dict(), "image_url": self.image_url(hit.id)}
+                for hit in hits]
 

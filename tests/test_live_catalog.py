@@ -304,6 +304,35 @@ def test_engine_finds_an_added_product_forgets_a_deleted_one_and_survives_a_rest
     assert again.search([image], k=1)[0][0].id == 900010
 
 
+def test_a_hit_shows_the_image_of_the_index_state_it_comes_from(synthetic_catalog, tmp_path, built_workdir):
+    """Between a catalog commit and its index update, a search sees the product before the write:
+    its old fields, vector and image URL, never the old fields with the new image."""
+    import shutil
+
+    from imageretrieval.engine import RetrievalEngine
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    engine = RetrievalEngine(make_settings(synthetic_catalog, workdir), "tiny")
+    pid = int(engine.ids[0])
+    own = engine.vector_of(pid)[None]
+    before = engine.search_vectors(own, 1)[0][0]
+    assert before.id == pid
+    assert before.product["image_url"] == f"/api/images/{pid}?v=0"
+    image = new_image(4242, "Dresses", "Yellow", size=(120, 160))
+    sha = engine.catalog.blobs.put(normalized_jpeg(image))
+    vec = engine.encode([Image.open(io.BytesIO(normalized_jpeg(image)))])[0]
+    result = engine.catalog.commit([Write("update", pid, {"productDisplayName": "New dress"}, sha)],
+                                   vectors={engine.vector_key: {sha: vec}})
+    mid = engine.search_vectors(own, 1)[0][0]  # the catalog has the write, the index not yet
+    assert (mid.product["productDisplayName"], mid.product["image_url"]) == \
+        (before.product["productDisplayName"], f"/api/images/{pid}?v=0")
+    engine.apply_ops(result.ops)
+    after = engine.search([image], k=1)[0][0]
+    assert (after.id, after.product["productDisplayName"], after.product["image_url"]) == \
+        (pid, "New dress", f"/api/images/{pid}?v={sha[:16]}")
+
+
 def test_an_index_without_cached_vectors_encodes_the_stored_image(synthetic_catalog, tmp_path, built_workdir):
     import shutil
 

@@ -44,7 +44,7 @@ def load_into_milvus(settings: Settings, model_name: str, force: bool = False, p
     """
     from tqdm import tqdm
 
-    from ..engine import FILTER_FIELDS, IndexNotBuiltError, result_fields
+    from ..engine import FILTER_FIELDS, IndexNotBuiltError, row_fields
     from ..live.store import LiveCatalog
     from .milvus_backend import MilvusBackend, collection_name, connect, parse_index_spec, stored_meta
 
@@ -72,7 +72,7 @@ def load_into_milvus(settings: Settings, model_name: str, force: bool = False, p
         for row, (pid, image) in enumerate(zip(ids.tolist(), images, strict=True)):
             original = catalog.current_base(int(pid))
             fields = original.fields if original is not None else {}
-            rows.append(Row(int(pid), np.asarray(vectors[row], np.float32), result_fields(fields), image))
+            rows.append(Row(int(pid), np.asarray(vectors[row], np.float32), row_fields(pid, fields, image), image))
         bar = tqdm(total=len(rows), unit="row", desc=f"milvus {model_name}", disable=not progress)
         MilvusBackend.create(client, name, rows, int(vectors.shape[1]), FILTER_FIELDS, spec, progress=bar,
                              source=stamp)
