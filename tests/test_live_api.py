@@ -164,6 +164,11 @@ def test_bad_images_and_unknown_ids_are_refused(live):
     assert live.patch("/api/products/12345678", headers=live.write_auth, json={"season": "Fall"}).status_code == 404
     assert live.patch("/api/products/1003", headers=live.write_auth, json={"price": 3}).status_code == 422
     assert live.patch("/api/products/1003", headers=live.write_auth, json={}).status_code == 422
+    as_json = live.put("/api/products/1003", headers=live.write_auth, json={"productDisplayName": "x"})
+    assert as_json.status_code == 415 and "multipart/form-data" in as_json.json()["detail"]
+    twice = live.post("/api/products", headers=live.write_auth, files={"image": ("p.png", new_image(9), "image/png")},
+                      data={**FIELDS, "id": ["90009", "90010"]})
+    assert twice.status_code == 422 and "'id' given more than once" in twice.json()["detail"]
     for loose in ("1_003", "+1003", "1003.0"):  # ids that int() would take: refused, nothing changed
         assert live.delete(f"/api/products/{loose}", headers=live.write_auth).status_code == 422
     assert live.get("/api/products/1003").status_code == 200

@@ -94,10 +94,11 @@ def test_a_plain_jpeg_is_stored_as_it_is_without_its_metadata():
     exif = Image.Exif()
     exif[0x010F] = "PhoneMaker"
     buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG", exif=exif.tobytes())
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG", exif=exif.tobytes(), comment=b"Anna's flat")
     raw = buf.getvalue()
     stored, decoded = stored_form(raw)
     assert b"PhoneMaker" in raw and b"PhoneMaker" not in stored and decoded.size == (64, 48)
+    assert b"Anna's flat" in raw and b"Anna's flat" not in stored
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), np.asarray(Image.open(io.BytesIO(raw))))
     assert raw.endswith(stored[-200:])  # the compressed image data is the upload's, untouched
 
@@ -118,6 +119,8 @@ def test_ids_out_of_range_or_not_plain_digits_are_refused(value):
     ({**FIELDS, "year": "soon"}, "year must be a number"),
     ({**FIELDS, "year": "1e999"}, "year must be a number"),
     ({**FIELDS, "gender": "Men\x00"}, "control"),
+    ({**FIELDS, "year": "2024.7"}, "whole number"),
+    ({**FIELDS, "productDisplayName": "Tee\u2028line two"}, "control"),  # a line separator
 ])
 def test_bad_metadata_is_refused_with_the_field_named(fields, message):
     with pytest.raises(ProductValidationError, match=message):

@@ -55,7 +55,8 @@ def normalized_jpeg(data: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return stored
 
 
-METADATA_MARKERS = frozenset({0xE1, 0xED})  # APP1 (EXIF, XMP), APP13 (IPTC); APP0 (JFIF), APP2 (ICC) stay
+# APP1 (EXIF, XMP), APP13 (IPTC), COM (free text comments); APP0 (JFIF), APP2 (ICC) stay
+METADATA_MARKERS = frozenset({0xE1, 0xED, 0xFE})
 
 
 def _without_metadata(raw: bytes) -> bytes:

@@ -37,7 +37,7 @@ def _check_text(name: str, value: Any, where: str) -> str:
     limit = MAX_LENGTH.get(name, DEFAULT_MAX_LENGTH)
     if len(value) > limit:
         raise ProductValidationError(f"{where}{name} is {len(value)} characters long; at most {limit}")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value):
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in value):
         raise ProductValidationError(f"{where}{name} contains control or invisible characters")
     return value
 
@@ -65,9 +65,12 @@ def check_fields(fields: Mapping[str, Any], partial: bool, where: str = "") -> d
                 out[name] = None
                 continue
             try:
-                year = int(float(text))
+                number = float(text)  # the original styles.csv writes some years as 2012.0
+                year = int(number)
             except (ValueError, OverflowError):
                 raise ProductValidationError(f"{where}year must be a number, got {text[:20]!r}") from None
+            if number != year:
+                raise ProductValidationError(f"{where}year must be a whole number, got {text[:20]!r}")
             if not YEAR_RANGE[0] <= year <= YEAR_RANGE[1]:
                 raise ProductValidationError(f"{where}year must be within {YEAR_RANGE[0]}-{YEAR_RANGE[1]}")
             out[name] = year

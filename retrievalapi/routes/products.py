@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 
 from imageretrieval.keys import ApiKey
@@ -28,10 +28,19 @@ FieldParam = Annotated[str | None, Form(description="A styles.csv column")]
 FieldsForm = Annotated[dict[str, str], Depends(form_fields(FIELDS, FieldParam, drop_missing=True))]
 
 
-async def _refuse_unknown_form_fields(request: Request, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set((await request.form()).keys()) - set(allowed))
+async def _refuse_unknown_form_fields(request: Request, allowed: tuple[str, ...], repeatable: tuple[str, ...] = ()
+                                      ) -> None:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise HTTPException(415, f"send this write as a form (multipart/form-data), not {ctype or 'no body type'}; "
+                                 "JSON is for PATCH")
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - set(allowed))
     if unknown:
         raise ProductValidationError(f"unknown field(s) {', '.join(map(repr, unknown))}; fields: {', '.join(allowed)}")
+    repeated = sorted(k for k in set(form.keys()) - set(repeatable) if len(form.getlist(k)) > 1)
+    if repeated:  # which one would count? refuse rather than guess
+        raise ProductValidationError(f"field(s) {', '.join(map(repr, repeated))} given more than once; send each once")
 
 
 def _created_or_ok(response: Response, answer: dict) -> dict:
@@ -88,7 +97,7 @@ async def batch(
     mode: Annotated[str, Form(description="add: new ids only (re-adding identical data is a no-op); "
                                           "upsert: existing ids are replaced")] = "add",
 ) -> dict[str, Any]:
-    await _refuse_unknown_form_fields(request, ("styles", "images", "delete", "mode"))
+    await _refuse_unknown_form_fields(request, ("styles", "images", "delete", "mode"), repeatable=("images", "delete"))
     if mode not in ("add", "upsert"):
         raise RequestValidationError([{"loc": ("form", "mode"), "msg": "mode must be add or upsert"}])
     by_id: dict[int, bytes] = {}
