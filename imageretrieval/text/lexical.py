@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Sequence
 
@@ -14,35 +15,41 @@ BM25_B = 0.75
 
 
 class LexicalIndex:
-    """Inverted index over document rows 0..n-1; `extend` appends rows (the live catalog's new rows)."""
+    """Inverted index over document rows 0..n-1; `extend` appends rows (the live catalog's new rows).
+
+    Thread-safe: a search reads a term's postings whole, before or after a concurrent `extend`.
+    """
 
     def __init__(self) -> None:
         self._postings: dict[str, tuple[list[int], list[int]]] = {}  # term -> (rows, term counts)
         self._frozen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.lengths: list[int] = []
+        self._lock = threading.Lock()
 
     @property
     def n(self) -> int:
         return len(self.lengths)
 
     def extend(self, texts: Sequence[str]) -> None:
-        for text in texts:
-            row = len(self.lengths)
-            words = tokens(text)
-            self.lengths.append(len(words))
-            for term, count in Counter(words).items():
-                rows, counts = self._postings.setdefault(term, ([], []))
-                rows.append(row)
-                counts.append(count)
-                self._frozen.pop(term, None)
+        documents = [Counter(tokens(text)) for text in texts]  # tokenized outside the lock
+        with self._lock:
+            for words in documents:
+                row = len(self.lengths)
+                for term, count in words.items():
+                    rows, counts = self._postings.setdefault(term, ([], []))
+                    rows.append(row)
+                    counts.append(count)
+                    self._frozen.pop(term, None)
+                self.lengths.append(sum(words.values()))  # last: a row is counted once its postings are in
 
     def _arrays(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
-        if term not in self._postings:
-            return None
-        if term not in self._frozen:
-            rows, counts = self._postings[term]
-            self._frozen[term] = (np.array(rows, np.int64), np.array(counts, np.float32))
-        return self._frozen[term]
+        with self._lock:
+            if term not in self._postings:
+                return None
+            if term not in self._frozen:
+                rows, counts = self._postings[term]
+                self._frozen[term] = (np.array(rows, np.int64), np.array(counts, np.float32))
+            return self._frozen[term]
 
     def scores(self, query: str, n: int, allowed: np.ndarray | None = None) -> np.ndarray:
         """BM25 score of each of the first `n` rows (0 where no query word occurs); `allowed` masks rows."""
