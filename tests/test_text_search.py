@@ -289,3 +289,19 @@ def test_index_exports_the_text_encoder_for_installs_without_pytorch(synthetic_c
     engine = RetrievalEngine(make_settings(synthetic_catalog, workdir, runtime="onnxruntime"), "tiny")
     assert isinstance(engine.text.encoder, OnnxTextEncoder)
     assert engine.text.search(["pink tshirts"], 3)[0]
+
+
+def test_the_shipped_default_carries_its_text_projection():
+    """In the package (a fresh clone, a wheel, the API image): the default model searches by words."""
+    from pathlib import Path
+
+    import imageretrieval
+    from imageretrieval.models import get_model_config
+    from imageretrieval.text.projection import TextProjection, projection_path
+
+    shipped = Path(imageretrieval.__file__).parent / "weights" / "efficientnet_lite0_fashion" / "text_projection.npz"
+    assert projection_path("efficientnet_lite0_fashion", Path("/nonexistent-workdir")) == shipped.resolve()
+    projection = TextProjection.load(shipped)
+    assert projection.dims == get_model_config("efficientnet_lite0_fashion").dims
+    assert projection.encoder == "all-minilm-l6-v2" and shipped.stat().st_size <= 10 * 1024 * 1024
+    assert {"lexical_share", "text_weight", "words_weight", "named_near"} <= set(projection.meta)
