@@ -50,8 +50,23 @@ def dockerignore_patterns() -> list[str]:
 
 
 def ignored(rel: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(rel, p.lstrip("/").replace("**/", "*")) or rel.startswith(p.rstrip("/") + "/")
-               for p in patterns)
+    """Docker's rule: the last pattern that matches decides; `!pattern` takes a path back in."""
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        p = pattern[1:] if negated else pattern
+        if fnmatch.fnmatch(rel, p.lstrip("/").replace("**/", "*")) or rel.startswith(p.rstrip("/") + "/"):
+            excluded = not negated
+    return excluded
+
+
+def tracked_files(folder: str) -> list[str]:
+    """Files git tracks under `folder` (empty without git): what a COPY of it must carry."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--", folder], cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return out.stdout.split()
 
 
 def check_dockerfile(problems: list[str]) -> dict[str, str]:
@@ -67,6 +82,11 @@ def check_dockerfile(problems: list[str]) -> dict[str, str]:
                     problems.append(f"Dockerfile stage {name}: COPY source {src} does not exist")
                 elif ignored(rel, patterns):
                     problems.append(f"Dockerfile stage {name}: COPY source {src} is excluded by .dockerignore")
+                elif (REPO / rel).is_dir():
+                    for path in tracked_files(rel):
+                        if ignored(path, patterns) and not path.endswith((".pyc", "__pycache__")):
+                            problems.append(f"Dockerfile stage {name}: {path} (tracked, under COPY {src}) is "
+                                            "excluded by .dockerignore")
         for m in re.finditer(r"COPY\s+--from=(\S+)", body):
             if m.group(1) not in stages:
                 problems.append(f"Dockerfile stage {name}: COPY --from={m.group(1)}: no such stage")
