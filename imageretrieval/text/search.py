@@ -24,7 +24,7 @@ DEFAULT_LEXICAL_SHARE = 0.8  # hybrid: BM25's share of the fused score (train --
 DEFAULT_TEXT_WEIGHT = 0.2  # photo + words: the words' share of the query vector (chosen on val likewise)
 DEFAULT_WORDS_WEIGHT = 2.0  # photo + words: RRF weight of the products the words name, nearest the photo first
 FUSION_POOL = 100  # candidates of each ranking that the fusion sees
-DEFAULT_NAMED_NEAR = 2000  # photo + words: the named products come from the photo's this many nearest
+DEFAULT_NAMED_NEAR = 1000  # photo + words: the named products come from the photo's this many nearest
 PHOTO_POOL = 200  # photo + words: the photo's neighbours, and the named products, that are fused
 
 
@@ -149,7 +149,7 @@ class TextSearch:
             named = lexical.best_matches(text, state.n, allowed)
             by_words = np.zeros(0, np.int64)  # the products the words name, nearest to the photo first
             if near and named.any():
-                neighbours = state.search(vectors[i: i + 1], max(near, pool_size), mask, exact=True)[1][0]
+                neighbours = state.search(vectors[i: i + 1], max(near, pool_size), mask)[1][0]
                 neighbours = neighbours[neighbours >= 0]
                 by_words = neighbours[named[neighbours]][:pool_size]
             elif named.any():
