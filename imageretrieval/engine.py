@@ -414,6 +414,11 @@ class RetrievalEngine:
                 for rank, i in enumerate(order[:k], start=1)]
 
     @property
+    def text_loaded(self) -> bool:
+        """Whether search by words was used (its encoder and BM25 are loaded) in this process."""
+        return self._text is not None
+
+    @property
     def text(self):
         """Search by words (text/search.py); TextSearchUnavailableError when the model has no projection.
         The first call loads the text encoder: a server makes it on its inference thread."""

@@ -310,4 +310,12 @@ class CatalogWriter:
             if engine.backend.needs_rebuild():
                 log.info("rebuilding the %s index in the background (%d growing rows, %d removed)", engine.name,
                          engine.live.state.n_growing, engine.live.state.n_dead)
-                self.maintenance.submit(engine.backend.rebuild)
+                self.maintenance.submit(self._rebuild, engine)
+
+    @staticmethod
+    def _rebuild(engine) -> None:
+        """Maintenance thread: rebuild, then renumber the words' index too (rows moved) before a search
+        has to."""
+        engine.backend.rebuild()
+        if engine.text_loaded:
+            engine.text.warm()

@@ -149,6 +149,12 @@ def test_engine_text_modes_and_filters(synthetic_catalog, text_workdir, monkeypa
 
     yellow = engine.text.search(["yellow"], 5, image_vectors=photo, words_weight=4.0, named_near=0)[0]
     assert all("yellow" in lexical_text(h.product).lower() for h in yellow)  # the words name them
+    before = [h.id for h in engine.text.search(["dresses"], 8, mode="lexical")[0]]
+    engine.backend.rebuild()  # rows renumbered: BM25 follows, built ahead by warm (the API's rebuild calls it)
+    engine.text.warm()
+    assert engine.text.lexical_for(engine.live.state) is engine.text._lexical[1]
+    assert engine.text._lexical[0] is engine.live.state.base_vectors
+    assert [h.id for h in engine.text.search(["dresses"], 8, mode="lexical")[0]] == before
     monkeypatch.setattr("imageretrieval.text.search.PHOTO_POOL", 20)
     everything = engine.text.search(["yellow"], 90, image_vectors=photo)[0]
     assert len(everything) == 90  # a top k beyond the photo's pool is filled like an image search

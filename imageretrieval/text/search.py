@@ -78,15 +78,27 @@ class TextSearch:
 
     # ----- lexical ----------------------------------------------------------------------------------
     def lexical_for(self, state: IndexState) -> LexicalIndex:
-        """BM25 over the state's rows: extended with rows added since, rebuilt after an index rebuild."""
+        """BM25 over the state's rows: extended with rows added since, rebuilt after an index rebuild
+        (`warm` builds it ahead, off the search thread)."""
         with self._lock:
-            if self._lexical is None or self._lexical[0] is not state.base_vectors:
-                index = LexicalIndex()
-                self._lexical = (state.base_vectors, index)
-            index = self._lexical[1]
-            if index.n < state.n:
-                index.extend([lexical_text(p) for p in state.products[index.n: state.n]])
-            return index
+            current = self._lexical
+        if current is None or current[0] is not state.base_vectors:  # rows renumbered: a new index
+            fresh = LexicalIndex()
+            fresh.extend([lexical_text(p) for p in state.products[: state.n]])
+            with self._lock:
+                if self._lexical is None or self._lexical[0] is not state.base_vectors:
+                    self._lexical = (state.base_vectors, fresh)
+                current = self._lexical
+        index = current[1]
+        if index.n < state.n:
+            with self._lock:  # one extender at a time; searches read the index meanwhile
+                if index.n < state.n:
+                    index.extend([lexical_text(p) for p in state.products[index.n: state.n]])
+        return index
+
+    def warm(self) -> None:
+        """Bring BM25 up to the current index state (after a rebuild): the next search need not."""
+        self.lexical_for(self.engine.live.state)
 
     # ----- search -----------------------------------------------------------------------------------
     def search(self, texts: Sequence[str], k: int, filters: Mapping[str, Sequence[str]] | None = None,
