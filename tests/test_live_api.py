@@ -138,6 +138,9 @@ def test_batch_writes_are_all_or_nothing(live):
                       files=[("styles", ("rows.csv", rows, "text/csv")), *images,
                              ("images", (f"0{NEW_ID}.png", new_image(78), "image/png"))])
     assert twice.status_code == 400 and "a second image for product" in twice.json()["detail"]
+    imageless = live.post("/api/products/batch", headers=live.write_auth,
+                          files=[("styles", ("rows.csv", f"id,productDisplayName\n{NEW_ID},Tee again\n", "text/csv"))])
+    assert imageless.status_code == 409 and "mode=upsert" in imageless.json()["detail"]
     orphan = live.post("/api/products/batch", headers=live.write_auth,
                        files=[("styles", ("rows.csv", rows, "text/csv")), *images,
                               ("images", ("77.png", new_image(77), "image/png"))])

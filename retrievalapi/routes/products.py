@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 
 from imageretrieval.keys import ApiKey
 from imageretrieval.live.products import FIELDS, MAX_BATCH, ProductValidationError, check_id, parse_styles_rows
+from imageretrieval.live.store import DuplicateProductError
 
 from ..errors import WRITE_RESPONSES
 from ..schemas import ProductPatch, WriteResponse
@@ -122,6 +123,8 @@ async def batch(
         exists = rt.catalog.current(pid) is not None
         if exists and mode == "upsert":
             requests.append(WriteRequest("update", pid, fields, by_id.pop(pid, None), replace=True))
+        elif exists and pid not in by_id:
+            raise DuplicateProductError(f"product {pid} already exists: send mode=upsert to replace it")
         else:
             requests.append(WriteRequest("add", pid, fields, by_id.pop(pid, None)))
     if by_id:
