@@ -166,7 +166,10 @@ def test_text_to_catalog_protocol_runs(synthetic_catalog, text_workdir):
     result = evaluate_text(make_settings(synthetic_catalog, text_workdir), "tiny", modes=("lexical", "hybrid"))
     names = result["modes"]["lexical"]["names"]
     assert names["R@1"] > 0.5 and 0 <= names["MRR"] <= 1  # synthetic names carry the id: lexically exact
+    types = result["modes"]["lexical"]["articleType"]
     assert 0 <= result["modes"]["hybrid"]["articleType"]["P@15"] <= 1
+    assert types["oracle_P@15"] == pytest.approx(12 / 15)  # 12 products per type: a top 15 holds 12 at most
+    assert types["attainable_P@15"] == pytest.approx(types["P@15"] / types["oracle_P@15"])  # same count each
     assert set(result["photo_words"]) == {"photo+words", "photo alone", "queries"}
 
 

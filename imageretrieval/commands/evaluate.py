@@ -275,8 +275,10 @@ def run_text(args, settings, model: str) -> int:
         names = tasks["names"]
         print(f"  {mode:<8} names R@1 {names['R@1']:.4f} R@10 {names['R@10']:.4f} MRR {names['MRR']:.4f} | "
               f"articleType P@1 {tasks['articleType']['P@1']:.4f} P@15 {tasks['articleType']['P@15']:.4f} "
-              f"(oracle {tasks['articleType']['oracle_P@15']:.4f}) | subCategory P@1 {tasks['subCategory']['P@1']:.4f} "
-              f"P@15 {tasks['subCategory']['P@15']:.4f} (oracle {tasks['subCategory']['oracle_P@15']:.4f}) | "
+              f"(oracle {tasks['articleType']['oracle_P@15']:.4f}, of the attainable "
+              f"{tasks['articleType']['attainable_P@15']:.4f}) | subCategory P@1 {tasks['subCategory']['P@1']:.4f} "
+              f"P@15 {tasks['subCategory']['P@15']:.4f} (oracle {tasks['subCategory']['oracle_P@15']:.4f}, of the "
+              f"attainable {tasks['subCategory']['attainable_P@15']:.4f}) | "
               f"colour P@15 {tasks['colour']['P@15']:.4f}")
     for label in ("photo alone", "photo+words"):
         m = result["photo_words"][label]

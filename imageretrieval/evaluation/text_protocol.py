@@ -54,7 +54,8 @@ def names_task(engine, table, mode: str) -> dict:
 
 def field_task(engine, field: str, values: Sequence[str], mode: str, k: int = 15) -> dict:
     """Each value alone as the query; relevant = products whose `field` is that value. `oracle`: the P@k a
-    perfect ranking reaches (a value with fewer than k products cannot fill the top k)."""
+    perfect ranking reaches (a value with fewer than k products cannot fill the top k); `attainable`:
+    each query's hits over what it could have (min(k, its products)), averaged: 1.0 for a perfect ranking."""
     hits = _batched(engine.text.search, [v for v in values], k=k, mode=mode)
     state = engine.live.state
     counts = {v: 0 for v in values}
@@ -62,13 +63,15 @@ def field_task(engine, field: str, values: Sequence[str], mode: str, k: int = 15
         value = state.products[row].get(field)
         if value in counts:
             counts[value] += 1
-    p1, pk = [], []
+    p1, pk, attainable = [], [], []
     for value, found in zip(values, hits, strict=True):
         same = [h.product.get(field) == value for h in found]
         p1.append(float(same[0]) if same else 0.0)
         pk.append(sum(same) / k)
+        attainable.append(sum(same) / min(k, counts[value]) if counts[value] else 1.0)
     return {"P@1": float(np.mean(p1)), f"P@{k}": float(np.mean(pk)), "queries": len(values),
-            f"oracle_P@{k}": float(np.mean([min(k, counts[v]) / k for v in values]))}
+            f"oracle_P@{k}": float(np.mean([min(k, counts[v]) / k for v in values])),
+            f"attainable_P@{k}": float(np.mean(attainable))}
 
 
 def photo_words_task(engine, table, colours: Sequence[str], seed: int, text_weight: float | None = None,
