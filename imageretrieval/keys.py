@@ -91,7 +91,8 @@ class KeyStore:
                 keys = {row["id"]: ApiKey(**row) for row in rows}
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise KeyStoreCorruptError(
-                    f"{self.path} is damaged ({type(exc).__name__}: {str(exc)[:80]}): restore it from a backup, "
+                    f"{self.path} cannot be read or is damaged ({type(exc).__name__}: {str(exc)[:80]}): fix its "
+                    "permissions or restore it from a backup, "
                     "or move it away and create the keys again (`imageretrieval keys create`)") from None
             self._keys, self._version = keys, version
         return keys

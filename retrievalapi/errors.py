@@ -55,6 +55,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "An image that cannot be used (the product is named)"},
     404: {"model": ErrorResponse, "description": "Unknown product id (update, delete)"},
     409: {"model": ErrorResponse, "description": "The id exists with other data (add): update it instead"},
+    415: {"model": ErrorResponse, "description": "The body is not a form (POST, PUT and batch writes are forms)"},
     422: {"model": ErrorResponse, "description": "Invalid metadata or CSV rows: the field and line are named"},
     429: {"model": ErrorResponse, "description": "Too many writes for this key: retry after Retry-After seconds"},
     507: {"model": ErrorResponse, "description": "The server's disk is full: nothing was written"},

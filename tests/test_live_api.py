@@ -97,14 +97,20 @@ def test_a_deleted_product_is_never_returned_again(live, synthetic_catalog):
     assert (synthetic_catalog / "images" / f"{victim}.jpg").is_file()
 
 
-def test_a_new_image_brings_the_new_images_neighbours(live):
+def test_a_new_image_brings_the_new_images_neighbours(live, synthetic_catalog):
     pid = 1010
+    old_url = live.get(f"/api/products/{pid}").json()["image_url"]
     image = new_image(999, "Handbags", "Pink", size=(120, 160))
     replaced = live.put(f"/api/products/{pid}", headers=live.write_auth, files={"image": ("n.png", image, "image/png")},
                         data={**FIELDS, "articleType": "Handbags", "baseColour": "Pink"})
     assert replaced.status_code == 200 and replaced.json()["changes"] == [{"id": pid, "action": "updated"}]
     assert top_ids(live, image, k=1) == [pid]
     stored = live.get(f"/api/images/{pid}").content  # the image as stored (a normalized JPEG) is what was encoded
+    new_url = live.get(f"/api/products/{pid}").json()["image_url"]
+    assert new_url != old_url and live.get(new_url).content == stored
+    before = live.get(old_url)  # a URL handed out before the change still shows the image it named
+    assert before.content == (synthetic_catalog / "images" / f"{pid}.jpg").read_bytes()
+    assert "immutable" in before.headers["cache-control"]
     by_image = top_ids(live, stored, k=6)
     assert by_image[0] == pid
     like = live.post("/api/search/by-id", json={"product_id": pid, "top_k": 5}).json()["results"]
@@ -169,6 +175,8 @@ def test_bad_images_and_unknown_ids_are_refused(live):
     assert live.patch("/api/products/1003", headers=live.write_auth, json={}).status_code == 422
     as_json = live.put("/api/products/1003", headers=live.write_auth, json={"productDisplayName": "x"})
     assert as_json.status_code == 415 and "multipart/form-data" in as_json.json()["detail"]
+    added_as_json = live.post("/api/products", headers=live.write_auth, json={"id": 90011, **FIELDS})
+    assert added_as_json.status_code == 415, added_as_json.text  # not 'image: field required'
     twice = live.post("/api/products", headers=live.write_auth, files={"image": ("p.png", new_image(9), "image/png")},
                       data={**FIELDS, "id": ["90009", "90010"]})
     assert twice.status_code == 422 and "'id' given more than once" in twice.json()["detail"]

@@ -37,7 +37,7 @@ def test_tokens_fold_plurals_and_t_shirts():
     assert tokens("Dress") == ["dress"]  # "ss" kept
     assert tokens("dresses watches boxes accessories hoodies hoodie ties") == \
         ["dress", "watch", "box", "accessory", "hoody", "hoody", "tie"]
-    assert tokens("Estée Crème Straße") == ["estee", "creme", "strasse"]  # accents folded, not split
+    assert tokens("Estée Crème Straße Bjørn sizes") == ["estee", "creme", "strasse", "bjorn", "size"]  # not split
     assert attribute_phrase({"gender": "Women", "baseColour": "Blue", "usage": "Casual",
                              "articleType": "Dresses"}) == "women's blue casual dresses"
 
@@ -149,13 +149,20 @@ def test_engine_text_modes_and_filters(synthetic_catalog, text_workdir, monkeypa
 
     yellow = engine.text.search(["yellow"], 5, image_vectors=photo, words_weight=4.0, named_near=0)[0]
     assert all("yellow" in lexical_text(h.product).lower() for h in yellow)  # the words name them
+    # a far product that holds more of the words must not stop the nearby ones from moving up
+    monkeypatch.setattr("imageretrieval.text.search.PHOTO_POOL", 20)  # the neighbourhood: 30, not all 96
+    far = engine.search_vectors(photo, 96, {"baseColour": ["Yellow"]})[0][-1].id  # names carry their id
+    kw = {"image_vectors": photo, "words_weight": 4.0, "named_near": 30, "text_weight": 0.0}
+    near = engine.text.search(["yellow"], 5, **kw)[0]
+    assert far not in {h.id for h in engine.search_vectors(photo, 30)[0]}
+    assert [h.id for h in engine.text.search([f"yellow {far}"], 5, **kw)[0]] == [h.id for h in near]
+    assert all("yellow" in lexical_text(h.product).lower() for h in near)
     before = [h.id for h in engine.text.search(["dresses"], 8, mode="lexical")[0]]
     engine.backend.rebuild()  # rows renumbered: BM25 follows, built ahead by warm (the API's rebuild calls it)
     engine.text.warm()
     assert engine.text.lexical_for(engine.live.state) is engine.text._lexical[1]
     assert engine.text._lexical[0] is engine.live.state.base_vectors
     assert [h.id for h in engine.text.search(["dresses"], 8, mode="lexical")[0]] == before
-    monkeypatch.setattr("imageretrieval.text.search.PHOTO_POOL", 20)
     everything = engine.text.search(["yellow"], 90, image_vectors=photo)[0]
     assert len(everything) == 90  # a top k beyond the photo's pool is filled like an image search
 

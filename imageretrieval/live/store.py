@@ -178,6 +178,19 @@ class LiveCatalog:
         path = self.images_dir / f"{product_id}.jpg" if product.image is None else self.blobs.path(product.image)
         return path if path.is_file() else None
 
+    def image_version_path(self, product_id: int, version: str) -> Path | None:
+        """The stored image that `version` (an image URL's `v`) names, for a product that still exists:
+        a URL handed out just before an image changed keeps showing the image it was handed out with."""
+        if self.current(product_id) is None:
+            return None
+        if version == "0":
+            path = self.images_dir / f"{product_id}.jpg" if product_id in self.base else None
+        elif len(version) == 16 and all(c in "0123456789abcdef" for c in version):
+            path = next(iter(sorted((self.blobs.root / version[:2]).glob(f"{version}*.jpg"))), None)
+        else:
+            path = None
+        return path if path is not None and path.is_file() else None
+
     def product_ids(self) -> list[int]:
         ids = {i for i in self.base if self.overlay.get(i, True) is not None}
         ids |= {i for i, p in self.overlay.items() if p is not None}

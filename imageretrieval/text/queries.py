@@ -59,6 +59,9 @@ def lexical_text(fields: Mapping[str, object]) -> str:
 
 
 _WORD = re.compile(r"[a-z0-9]+")
+# letters NFKD does not split into a base letter and an accent
+_UNDECOMPOSED = str.maketrans({"\u00df": "ss", "\u00f8": "o", "\u0153": "oe", "\u00e6": "ae", "\u0111": "d",
+                               "\u0142": "l", "\u00f0": "d", "\u00fe": "th", "\u0131": "i"})
 
 
 def _singular(w: str) -> str:
@@ -67,7 +70,7 @@ def _singular(w: str) -> str:
         return w[:-3] + "y"
     if len(w) > 3 and w.endswith("ie"):
         return w[:-2] + "y"
-    if len(w) > 4 and w.endswith("es") and w[:-2].endswith(("ss", "x", "ch", "sh", "z")):
+    if len(w) > 4 and w.endswith("es") and w[:-2].endswith(("ss", "x", "ch", "sh", "zz")):
         return w[:-2]
     if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
         return w[:-1]
@@ -78,7 +81,7 @@ def tokens(text: str) -> list[str]:
     """Lower-case words without accents, plurals folded ("tshirts" = "tshirt", "dresses" = "dress"),
     "t shirt" joined as "tshirt"."""
     text = unicodedata.normalize("NFKD", text.lower()).replace("'", "").replace("\u2019", "")  # men's = mens
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)).replace("\u00df", "ss")  # estée = estee
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).translate(_UNDECOMPOSED)  # estée = estee
     words = _WORD.findall(text)
     out: list[str] = []
     i = 0

@@ -158,14 +158,18 @@ class TextSearch:
         out = []
         for i, text in enumerate(texts):
             pool = rows[i][rows[i] >= 0]
-            named = lexical.best_matches(text, state.n, allowed)
             by_words = np.zeros(0, np.int64)  # the products the words name, nearest to the photo first
-            if near and named.any():
+            if near:
                 neighbours = state.search(vectors[i: i + 1], max(near, pool_size), mask)[1][0]
                 neighbours = neighbours[neighbours >= 0]
+                nearby = np.zeros(state.n, bool)
+                nearby[neighbours] = True
+                named = lexical.best_matches(text, state.n, allowed & nearby)  # the most words found nearby
                 by_words = neighbours[named[neighbours]][:pool_size]
-            elif named.any():
-                by_words = state.search(vectors[i: i + 1], pool_size, named, exact=True)[1][0]
+            else:
+                named = lexical.best_matches(text, state.n, allowed)
+                if named.any():
+                    by_words = state.search(vectors[i: i + 1], pool_size, named, exact=True)[1][0]
             fused, fused_scores = reciprocal_rank_fusion([pool, by_words], [1.0, weight])
             out.append(engine.hits_from_candidates(fused, fused_scores, k, state=state))
         return out

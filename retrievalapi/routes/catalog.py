@@ -72,9 +72,13 @@ def image(request: Request, rt: RuntimeDep, product_id: ProductId) -> Response:
     path = rt.catalog.image_path(product_id)
     if path is None:
         raise HTTPException(404, f"no image for product id {product_id}")
+    asked = request.query_params.get("v")
+    versioned = asked == rt.image_version(product_id)
+    if asked is not None and not versioned:  # a URL of the image before the last change: that image
+        named = rt.catalog.image_version_path(product_id, asked)
+        path, versioned = (named, True) if named is not None else (path, False)
     st = path.stat()
     etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
-    versioned = request.query_params.get("v") == rt.image_version(product_id)
     headers = {"ETag": etag, "Cache-Control": VERSIONED_IMAGE_CACHE_CONTROL if versioned else IMAGE_CACHE_CONTROL}
     if _etag_matches(request.headers.get("if-none-match", ""), etag):
         return Response(status_code=304, headers=headers)

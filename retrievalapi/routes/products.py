@@ -23,6 +23,18 @@ from .deps import RuntimeDep, form_fields, read_image_upload, require_scope
 
 router = APIRouter(prefix="/api", tags=["catalog writes"])
 WriteKey = Annotated[ApiKey, Depends(require_scope("write"))]
+
+
+def require_form_body(request: Request) -> None:
+    """A write with an image is a form: refuse another body type before its fields are validated (a JSON
+    body would otherwise read as 'image: field required')."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise HTTPException(415, f"send this write as a form (multipart/form-data), not {ctype or 'no body type'}; "
+                                 "JSON is for PATCH")
+
+
+FormBody = Annotated[None, Depends(require_form_body)]
 FieldParam = Annotated[str | None, Form(description="A styles.csv column")]
 
 
@@ -31,10 +43,6 @@ FieldsForm = Annotated[dict[str, str], Depends(form_fields(FIELDS, FieldParam, d
 
 async def _refuse_unknown_form_fields(request: Request, allowed: tuple[str, ...], repeatable: tuple[str, ...] = ()
                                       ) -> None:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise HTTPException(415, f"send this write as a form (multipart/form-data), not {ctype or 'no body type'}; "
-                                 "JSON is for PATCH")
     form = await request.form()
     unknown = sorted(set(form.keys()) - set(allowed))
     if unknown:
@@ -52,7 +60,8 @@ def _created_or_ok(response: Response, answer: dict) -> dict:
 
 @router.post("/products", response_model=WriteResponse, status_code=201, responses=WRITE_RESPONSES,
              summary="Add a product (multipart: image + id + styles.csv fields)")
-async def add_product(request: Request, response: Response, rt: RuntimeDep, key: WriteKey, fields: FieldsForm,
+async def add_product(request: Request, response: Response, rt: RuntimeDep, key: WriteKey, _: FormBody,
+                      fields: FieldsForm,
                       image: Annotated[UploadFile, File(description="The product photo (JPEG, PNG, WebP, ...)")],
                       id: Annotated[str, Form(description="New product id, 1..2^53-1", examples=["90001"])]
                       ) -> dict[str, Any]:
@@ -64,7 +73,7 @@ async def add_product(request: Request, response: Response, rt: RuntimeDep, key:
 
 @router.put("/products/{product_id}", response_model=WriteResponse, responses=WRITE_RESPONSES,
             summary="Replace a product's metadata (fields left out become empty), and its image if one is sent")
-async def replace_product(request: Request, rt: RuntimeDep, key: WriteKey, product_id: ProductId,
+async def replace_product(request: Request, rt: RuntimeDep, key: WriteKey, _: FormBody, product_id: ProductId,
                           fields: FieldsForm, image: Annotated[UploadFile | None, File()] = None) -> dict[str, Any]:
     await _refuse_unknown_form_fields(request, ("image", *FIELDS))
     data = await read_image_upload(image, rt.settings.max_upload_bytes) if image is not None else None
@@ -89,7 +98,7 @@ async def delete_product(rt: RuntimeDep, key: WriteKey, product_id: ProductId) -
 @router.post("/products/batch", response_model=WriteResponse, responses=WRITE_RESPONSES,
              summary=f"Add, replace or delete up to {MAX_BATCH} products in one all-or-nothing write")
 async def batch(
-    request: Request, rt: RuntimeDep, key: WriteKey,
+    request: Request, rt: RuntimeDep, key: WriteKey, _: FormBody,
     styles: Annotated[UploadFile | None, File(description="styles.csv rows: a header (id + columns) and one row "
                                                           "per product")] = None,
     images: Annotated[list[UploadFile] | None, File(description="One image per new product, named <id>.jpg "
