@@ -152,8 +152,9 @@ def install_serving_encoder(settings: Settings, art: ModelArtifacts, path: Path 
         art.encoder.unlink(missing_ok=True)
         return None
     atomic_write(art.encoder, lambda p: shutil.copyfile(path, p))
-    entry = {"file": art.encoder.name, "export": path.name, "precision": "int8" if uses_int8(settings) else "fp32"}
-    if uses_int8(settings):  # the engine checks the copy against it
+    int8 = uses_int8(settings)
+    entry = {"file": art.encoder.name, "export": path.name, "precision": "int8" if int8 else "fp32"}
+    if int8:  # the engine checks the copy against it
         from .quantize import file_digest
 
         entry["digest"] = file_digest(art.encoder)

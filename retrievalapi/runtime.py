@@ -348,15 +348,17 @@ class Runtime:
             self._facets = (generation, self.engines[self.default].facets())
         return self._facets[1]
 
+    def _current_image(self, product_id: int) -> str | None:
+        product = self.catalog.current(int(product_id))
+        return product.image if product is not None else None
+
     def image_version(self, product_id: int) -> str:
         """Names the product's current image: its hash's start, or "0" for the original catalog file."""
-        product = self.catalog.current(int(product_id))
-        return image_version(product.image if product is not None else None)
+        return image_version(self._current_image(product_id))
 
     def image_url(self, product_id: int) -> str:
         """A URL whose content never changes (cached for long): a new image gets a new URL."""
-        product = self.catalog.current(int(product_id))
-        return image_url(product_id, product.image if product is not None else None)
+        return image_url(product_id, self._current_image(product_id))
 
     def as_results(self, hits: list[SearchHit]) -> list[dict]:
         """Hits carry the image URL of the index state they come from; rows stored before they did (a

@@ -91,7 +91,7 @@ class TextSearch:
                 current = self._lexical
         index = current[1]
         if index.n < state.n:
-            with self._lock:  # one extender at a time; searches read the index meanwhile
+            with self._lock:  # one extender at a time, so no row is added twice
                 if index.n < state.n:
                     index.extend([lexical_text(p) for p in state.products[index.n: state.n]])
         return index
