@@ -17,6 +17,7 @@ from .catalog import ATTRIBUTE_COLUMNS
 from .images import open_image
 from .index import load_index
 from .inference import (
+    Encoder,
     RuntimeUnavailableError,
     create_encoder,
     device_type,
@@ -88,6 +89,12 @@ def image_url(product_id: int, image: str | None) -> str:
     return f"/api/images/{int(product_id)}?v={image_version(image)}"
 
 
+def url_version(url: str) -> str | None:
+    """The `v` of an `image_url`."""
+    _, _, version = url.partition("?v=")
+    return version or None
+
+
 def row_fields(product_id: int, fields: Mapping, image: str | None) -> dict:
     """What an index row shows in a hit: the result fields and the image URL, from one catalog state, so
     a search never pairs a product's old fields (and vector) with its new image."""
@@ -148,6 +155,8 @@ class RetrievalEngine:
             self.info = {"description": config.description, "backbone": config.architecture, "kind": config.kind}
         self.vote_k, self.vote_alpha = chosen_vote(settings.workdir, model_name)  # `finetune-rerank`
         self._lock = threading.Lock()
+        self._background_encoder: Encoder | None = None
+        self._background_lock = threading.Lock()
         self._text = None
         self._text_lock = threading.Lock()
         self.vector_key = vector_key(self.manifest)
@@ -240,11 +249,25 @@ class RetrievalEngine:
             return np.zeros((0, self.dims), np.float32)
         return self.encode_tensors(np.stack([self.preprocess(img) for img in images]))
 
-    def encode_tensors(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed uint8 (n, 3, H, W) -> query vectors; lets a server preprocess while a forward runs."""
+    def encode_tensors(self, batch: np.ndarray, background: bool = False) -> np.ndarray:
+        """Preprocessed uint8 (n, 3, H, W) -> query vectors; lets a server preprocess while a forward runs.
+
+        `background`: catalog writes, whose images other threads decode meanwhile (see
+        `Encoder.for_background`); the same vectors.
+        """
+        encoder = self.background_encoder() if background else self.encoder
         with self._lock:
-            raw = self.encoder(batch)
+            raw = encoder(batch)
         return self.postprocess(np.asarray(raw, dtype=np.float32))
+
+    def background_encoder(self) -> Encoder:
+        """The encoder of `encode_tensors(background=True)`, made on first use. A writer asks for it first on a
+        thread of normal priority: the inference thread never waits for it to load, and its worker threads
+        (which inherit the creating thread's priority) compete with searches on equal terms."""
+        with self._background_lock:
+            if self._background_encoder is None:
+                self._background_encoder = self.encoder.for_background()
+            return self._background_encoder
 
     @property
     def dims(self) -> int:

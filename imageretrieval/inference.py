@@ -226,6 +226,11 @@ class Encoder:
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 
+    def for_background(self) -> Encoder:
+        """The encoder to run background work with (catalog writes) beside work of its own on the same
+        cores: the same embeddings, without waiting actively for the next call (this one by default)."""
+        return self
+
 
 class TorchEncoder(Encoder):
     """PyTorch eager, or traced + frozen for fp32 CPU inference (`compile`), with bf16 autocast if asked."""
@@ -266,6 +271,12 @@ class OnnxRuntimeEncoder(Encoder):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path, self.threads, self.spin = path, threads, spin
+
+    def for_background(self) -> Encoder:
+        """A second session on the same model whose idle threads sleep: a spinning one keeps both cores
+        busy between forwards, starving the threads that decode the next images."""
+        return OnnxRuntimeEncoder(self.path, self.threads, spin=False) if self.spin else self
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         batch = images if isinstance(images, np.ndarray) else images.numpy()

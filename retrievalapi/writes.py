@@ -2,11 +2,12 @@
 apply to every index, then acknowledge. Other processes' writes (the CLI) are picked up by a tailer.
 
 Order of a write: cheap checks first (fields, ids against the current catalog: a bad request costs
-nothing), then each image is decoded, normalized and stored durably by hash (one thread of its own),
-then encoded by every loaded model in small chunks on the inference thread as background work
-(searches queued meanwhile run first, between chunks), then one thread journals the transaction
-(fsync), applies it to the catalog and to every model's index (one state swap each) and only then
-answers. Writes are serialized by that thread; searches never wait for it.
+nothing), then each image is decoded and normalized (one thread of its own) and stored durably by
+hash (threads that mostly wait for the disk, so the flushes overlap the decoding and encoding), then
+encoded by every loaded model in small chunks on the inference thread as background work (searches
+queued meanwhile run first, between chunks), then, once every image is durable, one thread journals
+the transaction (fsync), applies it to the catalog and to every model's index (one state swap each)
+and only then answers. Writes are serialized by that thread; searches never wait for it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from imageretrieval.backends import BackendUnavailableError
 from imageretrieval.engine import RetrievalEngine
 from imageretrieval.images import ImageDecodeError
 from imageretrieval.keys import ApiKey
-from imageretrieval.live.blobs import stored_form
+from imageretrieval.live.blobs import blob_sha, stored_form
 from imageretrieval.live.products import check_fields, check_id
 from imageretrieval.live.store import CommitResult, LiveCatalog, UnknownLiveProductError, Write, storage_error
 
@@ -38,6 +39,8 @@ ENCODE_CHUNK = 4  # images per forward of a write: a search queued behind it wai
 QUIET_CHUNK = 1  # ... while searches are about: a shorter wait for the next one
 RECENT_SEARCH_S = 0.1  # a search this recent means more may follow
 MAX_YIELD_S = 0.25  # a write waits at most this long per step for in-flight searches to finish
+STORE_THREADS = 4  # images flushed to disk at once: each mostly waits for the disk, and the filesystem
+# can fold flushes that overlap into one journal commit
 WRITE_NICE = 19  # the writes' own threads (image preparation, journal) run at the lowest CPU priority
 PLACEHOLDER_IMAGE = "0" * 64  # planning before the images are stored: only errors matter then
 TAIL_INTERVAL_S = 0.5
@@ -98,10 +101,12 @@ class CatalogWriter:
         self.engines = engines
         self.metrics = metrics
         self.inference_pool = inference_pool
-        # one thread decodes, normalizes and stores the writes' images: a bulk load takes at most one core
-        # from the searches' own decoding, and their forwards go first on the inference thread
+        # one thread decodes and normalizes the writes' images: a bulk load takes at most one core from the
+        # searches' own decoding, and their forwards go first on the inference thread
         self.decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-decode",
                                               initializer=lower_thread_priority)
+        self.store_pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="write-store",
+                                             initializer=lower_thread_priority)
         self.max_image_pixels = max_image_pixels
         self.compact_every = compact_every
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-writer",
@@ -120,6 +125,7 @@ class CatalogWriter:
             self._tailer.cancel()
         self.thread.shutdown(wait=True)
         self.decode_pool.shutdown(wait=True)
+        self.store_pool.shutdown(wait=True)
         self.maintenance.shutdown(wait=True, cancel_futures=True)
 
     async def _tail(self) -> None:
@@ -212,21 +218,27 @@ class CatalogWriter:
                     raise UnknownLiveProductError(f"unknown product id {w.id}: "
                                                   f"{'nothing to delete' if w.kind == 'delete' else 'add it first'}")
 
-    def _prepare(self, request: WriteRequest, engines: list[RetrievalEngine]) -> tuple[str, list[np.ndarray]]:
-        """Write-decode thread: the image stored durably by hash, and each model's input, decoded once from
-        the stored bytes as a search decodes an upload."""
+    def _prepare(self, request: WriteRequest, engines: list[RetrievalEngine]
+                 ) -> tuple[str, Future, list[np.ndarray]]:
+        """Write-decode thread: the image's hash, its durable storage under that hash (started on the
+        store threads), and each model's input, decoded once from the stored bytes as a search decodes an
+        upload."""
         try:
             stored, image = stored_form(request.image, self.max_image_pixels, min_size=decode_size(engines))
         except ImageDecodeError as exc:
             raise WriteImageError(f"product {request.id}: {str(exc).removeprefix('upload: ')}") from None
         try:
-            try:
-                sha = self.catalog.blobs.put(stored)
-            except OSError as exc:
-                raise storage_error(exc) from exc
-            return sha, [engine.preprocess(image) for engine in engines]
+            return blob_sha(stored), self.store_pool.submit(self._store, stored), [
+                engine.preprocess(image) for engine in engines]
         finally:
             image.close()
+
+    def _store(self, stored: bytes) -> str:
+        """Store thread: the image written and flushed under its hash."""
+        try:
+            return self.catalog.blobs.put(stored)
+        except OSError as exc:
+            raise storage_error(exc) from exc
 
     async def _prepare_images(self, requests: list[WriteRequest]
                               ) -> tuple[list[str | None], dict[str, dict[str, np.ndarray]]]:
@@ -234,30 +246,43 @@ class CatalogWriter:
 
         A pipeline: the write-decode thread prepares a chunk while the inference thread encodes the
         previous one (as background work: searches go first). While shoppers search, each step first
-        waits for the searches in progress (at most MAX_YIELD_S) and chunks shrink to one image.
+        waits for the searches in progress (at most MAX_YIELD_S) and chunks shrink to one image. Returns
+        once every image is durable (the journal may then name them).
         """
         loop = asyncio.get_running_loop()
         engines = list(self.engines.values())
         with_image = [r for r in requests if r.image is not None]
+        if with_image:  # made off the inference thread, by a thread of normal priority (its workers inherit it)
+            await loop.run_in_executor(None, lambda: [engine.background_encoder() for engine in engines])
         shas: list[str] = []
         encodes: list[tuple[list[str], list[asyncio.Future]]] = []
+        stores: list[Future] = []
         start = 0
         while start < len(with_image):
+            for store in stores:  # a full disk fails the write now, not after every image is encoded
+                if store.done() and store.exception() is not None:
+                    raise store.exception()
             await self._yield_to_searches()
-            size = QUIET_CHUNK if self.searches.recent() else ENCODE_CHUNK
+            # while shoppers search: one image per forward, on the searches' own session; alone: chunks on the
+            # background session, whose idle threads leave the cores to the decoding of the next chunk
+            searching = self.searches.recent()
+            size = QUIET_CHUNK if searching else ENCODE_CHUNK
             chunk = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._prepare, r, engines)
                                            for r in with_image[start: start + size]))
             start += size
             await self._yield_to_searches()
             futures = [asyncio.wrap_future(self.inference_pool.submit_background(
-                engine.encode_tensors, np.stack([tensors[m] for _, tensors in chunk])))
+                engine.encode_tensors, np.stack([tensors[m] for _, _, tensors in chunk]), background=not searching))
                 for m, engine in enumerate(engines)]
-            encodes.append(([sha for sha, _ in chunk], futures))
-            shas += [sha for sha, _ in chunk]
+            encodes.append(([sha for sha, _, _ in chunk], futures))
+            shas += [sha for sha, _, _ in chunk]
+            stores += [store for _, store, _ in chunk]
         out: dict[str, dict[str, np.ndarray]] = {engine.vector_key: {} for engine in engines}
         for chunk_shas, futures in encodes:
             for engine, future in zip(engines, futures, strict=True):
                 out[engine.vector_key].update(zip(chunk_shas, await future, strict=True))
+        for store in stores:
+            await asyncio.wrap_future(store)
         by_request = iter(shas)
         return [next(by_request) if r.image is not None else None for r in requests], (out if with_image else {})
 

@@ -101,6 +101,12 @@ def test_engine_ranks_the_same_on_every_runtime(settings, runtime):
     assert _cosines(a, b).min() >= 0.9999
     assert [[h.id for h in r] for r in engine.search(images, k=5)] == \
         [[h.id for h in r] for r in torch_engine.search(images, k=5)]
+    batch = np.stack([engine.preprocess(img) for img in images])
+    background = engine.background_encoder()
+    assert background is engine.background_encoder()  # made once
+    if runtime == "onnxruntime":  # a second session whose threads sleep between forwards
+        assert background is not engine.encoder and engine.encoder.spin and not background.spin
+    np.testing.assert_array_equal(engine.encode_tensors(batch, background=True), engine.encode_tensors(batch))
 
 
 def test_portrait_letterbox_fills_the_box_for_catalog_shaped_images():

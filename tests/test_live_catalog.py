@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imageretrieval.live.blobs import ImageBlobs, normalized_jpeg
+from imageretrieval.live.blobs import ImageBlobs, blob_sha, normalized_jpeg
 from imageretrieval.live.journal import Journal, JournalCorruptError
 from imageretrieval.live.liveindex import LiveIndex, RowUpsert
 from imageretrieval.live.products import ProductValidationError, check_fields, parse_styles_rows
@@ -86,6 +87,25 @@ def test_images_are_stored_once_by_content_hash(tmp_path):
     assert blobs.path(sha).read_bytes() == jpeg and blobs.path(sha).parent.parent == tmp_path / "images"
     with pytest.raises(ValueError):
         blobs.path("../../etc/passwd")
+
+
+def test_a_folder_made_by_another_put_is_flushed_before_a_file_in_it_is_trusted(tmp_path, monkeypatch):
+    """Puts run on several threads: a folder that exists may be one another put has just made and not yet
+    flushed; the first put into it in this process flushes the root itself."""
+    import imageretrieval.live.blobs as blobs_module
+
+    flushed: list[Path] = []
+    real = blobs_module.fsync_dir
+    monkeypatch.setattr(blobs_module, "fsync_dir", lambda path: (flushed.append(Path(path)), real(path)))
+    root = tmp_path / "images"
+    blobs = ImageBlobs(root)
+    jpeg = normalized_jpeg(new_image(1))
+    (root / blob_sha(jpeg)[:2]).mkdir(parents=True)  # made by a put on another thread, root not flushed yet
+    blobs.put(jpeg)
+    assert root in flushed
+    flushed.clear()
+    blobs.put(jpeg)  # the same folder again: known to be flushed
+    assert root not in flushed and blobs.path(blob_sha(jpeg)).parent in flushed
 
 
 def test_a_plain_jpeg_is_stored_as_it_is_without_its_metadata():
@@ -405,7 +425,7 @@ def test_catalog_cli_adds_updates_deletes_lists_and_compacts(synthetic_catalog, 
     assert "--set changes the products named by --id" in capsys.readouterr().err  # not silently ignored
 
     assert main(["catalog", "list", "--since", "0", "--json", *flags]) == 0
-    listed = __import__("json").loads(capsys.readouterr().out)
+    listed = json.loads(capsys.readouterr().out)
     assert [(r["action"], r["id"]) for r in listed][-2:] == [("put", 900200), ("deleted", 900201)]
 
     settings = make_settings(synthetic_catalog, workdir)
@@ -418,6 +438,10 @@ def test_catalog_cli_adds_updates_deletes_lists_and_compacts(synthetic_catalog, 
     assert compacted.live.state.n_growing == 0 and compacted.live.state.size == engine.live.state.size
     assert compacted.search([pictures[900202]], k=1)[0][0].id == 900202
     assert 900201 not in compacted.live.state.row_of
+    (tmp_path / "q.png").write_bytes(pictures[900202])
+    assert main(["search", "--model", "tiny", "--image", str(tmp_path / "q.png"), "--top-k", "1", "--json", *flags]) == 0
+    hit = json.loads(capsys.readouterr().out)["results"][0]
+    assert hit["id"] == 900202 and Path(hit["image_path"]) == LiveCatalog(synthetic_catalog, workdir).image_path(900202)
     assert (synthetic_catalog / "styles.csv").read_bytes() == styles_before
     assert main(["catalog", "list", "--since", "0", *flags]) == 0
     assert "(compacted)" in capsys.readouterr().out

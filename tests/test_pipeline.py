@@ -199,6 +199,7 @@ def test_cli_search_json_shape(settings, capsys):
     for key in ["score", "articleType", "productDisplayName", "gender", "masterCategory", "subCategory",
                 "baseColour"]:
         assert key in hit
+    assert hit["image_path"] == str(cat.image_path(cat.ids[3])) and "image_url" not in hit  # a file to open
     rc = main(["--workdir", str(settings.workdir), "--dataset-root", str(settings.dataset_root), "--device", "cpu",
                "search", "--model", TINY, "--image", img, "--top-k", "8", "--rerank", "category", "--json"])
     reranked = json.loads(capsys.readouterr().out.strip().splitlines()[0])["results"]

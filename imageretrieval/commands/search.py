@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..engine import FILTER_FIELDS, RetrievalEngine
+from ..engine import FILTER_FIELDS, RetrievalEngine, url_version
 from ..images import ImageDecodeError, open_image
 from ..rerank import RERANKS
 
@@ -75,7 +75,7 @@ def run(args, settings) -> int:
         results = engine.search(images, args.top_k, filters, rerank=args.rerank) if images else []
     for path, hits in zip(paths, results, strict=True):
         if args.json:
-            print(json.dumps({"query": path, "model": name, "results": [h.to_dict() for h in hits]}))
+            print(json.dumps({"query": path, "model": name, "results": [_with_path(engine, h) for h in hits]}))
         else:
             print(f"{path}  ({name})")
             for h in hits:
@@ -83,3 +83,13 @@ def run(args, settings) -> int:
                 print(f"  {h.rank:>3}. {h.id:>6}  {h.score:.4f}  {p['articleType']:<14} "
                       f"{p['baseColour'] or '':<10} {p['productDisplayName']}")
     return status
+
+
+def _with_path(engine: RetrievalEngine, hit) -> dict:
+    """A hit as JSON, its image named by the file that holds it (the API's image URL means nothing here)."""
+    out = hit.to_dict()
+    version = url_version(out.pop("image_url", "") or "")
+    path = (engine.catalog.image_version_path(hit.id, version) if version  # the image of the row's state
+            else engine.catalog.image_path(hit.id))  # rows that name none (an older Milvus collection)
+    out["image_path"] = str(path) if path is not None else None
+    return out

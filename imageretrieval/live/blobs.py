@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 from pathlib import Path
 
 from PIL import Image
@@ -46,6 +47,11 @@ def stored_form(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int 
         image.close()
     stored = out.getvalue()
     return stored, open_image(stored, max_pixels=max_pixels, min_size=min_size)
+
+
+def blob_sha(jpeg: bytes) -> str:
+    """The name a stored image gets (`ImageBlobs.put` returns the same)."""
+    return hashlib.sha256(jpeg).hexdigest()
 
 
 def normalized_jpeg(data: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
@@ -91,6 +97,8 @@ class ImageBlobs:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._durable_folders: set[str] = set()  # folders whose entry in the root this process has flushed
+        self._folders_lock = threading.Lock()
 
     def path(self, sha: str) -> Path:
         if not SHA256_HEX.match(sha):
@@ -99,16 +107,25 @@ class ImageBlobs:
 
     def put(self, jpeg: bytes) -> str:
         """Store normalized JPEG bytes durably; returns their hash (a no-op when already stored)."""
-        sha = hashlib.sha256(jpeg).hexdigest()
+        sha = blob_sha(jpeg)
         path = self.path(sha)
+        self._durable_folder(path.parent)
         if path.is_file() and path.stat().st_size == len(jpeg):
             fsync_dir(path.parent)  # a copy written by a write that failed later may not be durable yet
             return sha
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fsync_dir(self.root)  # the new folder's entry is durable before a journal entry names a file in it
         atomic_write(path, lambda p: p.write_bytes(jpeg), durable=True)
         return sha
+
+    def _durable_folder(self, folder: Path) -> None:
+        """The folder exists and its entry in the root is on disk before a journal entry names a file in it,
+        also when another thread made it a moment ago and has not flushed the root yet (puts run in parallel)."""
+        with self._folders_lock:
+            if folder.name in self._durable_folders:
+                return
+        folder.mkdir(parents=True, exist_ok=True)
+        fsync_dir(self.root)
+        with self._folders_lock:
+            self._durable_folders.add(folder.name)
 
     def exists(self, sha: str) -> bool:
         return self.path(sha).is_file()
