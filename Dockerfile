@@ -84,6 +84,8 @@ ENV API_UPSTREAM=api:8000 \
     LISTEN=80 \
     APP_ROOT=/usr/share/nginx/html \
     MAX_UPLOAD_MB=10 \
-    CLIENT_MAX_BODY_SIZE=11m
+    CLIENT_MAX_BODY_SIZE=11m \
+    MAX_BATCH_UPLOAD_MB=200 \
+    BATCH_CLIENT_MAX_BODY_SIZE=201m
 EXPOSE 80
 HEALTHCHECK --interval=15s --timeout=5s --retries=3 CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]

@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -383,7 +383,7 @@ def render(model: str, settings: Settings, source: str, n_queries: int, bare: Ba
     top = max(levels, key=lambda r: r.concurrency)
     lines = [
         SECTION_TITLE, "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on {platform.processor() or platform.machine()}, "
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M UTC} on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"device `{device}`, runtime `{runtime}`, precision `{precision}`.",
         f"Model `{model}`, `{index_type}` index of {index_size} products (catalog `{settings.dataset_root}`); "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +264,7 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
         "encoder": encoder,
         "catalog_resolution": list(catalog_resolution(catalog)),
         "synthetic_catalog": (Path(settings.dataset_root) / "SYNTHETIC").exists(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": {"extract": round(t_extract, 2), "fit_and_index": round(t_index, 2)},
     }
     save_json(art.manifest, manifest)  # written last: its presence means the folder is complete

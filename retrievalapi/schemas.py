@@ -19,7 +19,7 @@ FILTER_DESCRIPTION = "Repeat for several values (OR); fields are AND-ed"
 PRODUCT_EXAMPLE = {
     "id": 15970, "productDisplayName": "Turtle Check Men Navy Blue Shirt", "articleType": "Shirts",
     "baseColour": "Navy Blue", "gender": "Men", "masterCategory": "Apparel", "subCategory": "Topwear",
-    "season": "Fall", "usage": "Casual", "year": 2011, "image_url": "/api/images/15970",
+    "season": "Fall", "usage": "Casual", "year": 2011, "image_url": "/api/images/15970?v=0",
 }
 
 

@@ -5,11 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../retrieval-app"
 [ -f package.json ] || exit 0
 if ! command -v npm >/dev/null 2>&1; then
-  echo "error: npm (Node.js 20.19 or newer) is needed to build the web app; e.g. sudo apt-get install nodejs npm" >&2
+  echo "error: npm (Node.js 20.19+ or 22.12+) is needed to build the web app; e.g. sudo apt-get install nodejs npm" >&2
   exit 1
 fi
-if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
-  echo "error: the web app's build (Vite) needs Node.js 20.19 or newer; this is $(node --version)" >&2
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 22 || (a === 22 && b >= 12) || (a === 20 && b >= 19) ? 0 : 1)'; then
+  echo "error: the web app's build (Vite) needs Node.js 20.19+ or 22.12+; this is $(node --version)" >&2
   exit 1
 fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

@@ -56,8 +56,10 @@ def upstream_servers(text: str, apis: list[str]) -> str:
     return text[: line.start()] + lines + text[line.end():]
 
 
-def write_config(prefix: Path, listen: str, api: str | list[str], app_root: Path, max_upload_mb: float) -> Path:
-    """`api`: host:port of the API, or several (replicas, comma-separated or a list) that nginx balances."""
+def write_config(prefix: Path, listen: str, api: str | list[str], app_root: Path, max_upload_mb: float,
+                 max_batch_upload_mb: float = 200.0) -> Path:
+    """`api`: host:port of the API, or several (replicas, comma-separated or a list) that nginx balances.
+    The limits are the API's (MAX_UPLOAD_MB, MAX_BATCH_UPLOAD_MB)."""
     apis = [a.strip() for a in (api.split(",") if isinstance(api, str) else api) if a.strip()]
     prefix = prefix.resolve()
     prefix.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,8 @@ def write_config(prefix: Path, listen: str, api: str | list[str], app_root: Path
         "APP_ROOT": str(app_root.resolve()),
         "MAX_UPLOAD_MB": f"{max_upload_mb:g}",
         "CLIENT_MAX_BODY_SIZE": f"{math.ceil(max_upload_mb) + 1}m",
+        "MAX_BATCH_UPLOAD_MB": f"{max_batch_upload_mb:g}",
+        "BATCH_CLIENT_MAX_BODY_SIZE": f"{math.ceil(max_batch_upload_mb) + 1}m",
     })
     (prefix / "app.conf").write_text(upstream_servers(app, apis))
     temp = prefix / "temp"
@@ -119,9 +123,13 @@ def main() -> int:
     ap.add_argument("--app-root", type=Path, default=REPO / "retrieval-app" / "dist", help="the built app")
     ap.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("MAX_UPLOAD_MB", "10")),
                     help="the API's upload limit (env MAX_UPLOAD_MB, default 10)")
+    ap.add_argument("--max-batch-upload-mb", type=float,
+                    default=float(os.environ.get("MAX_BATCH_UPLOAD_MB", "200")),
+                    help="the API's limit for a bulk load (env MAX_BATCH_UPLOAD_MB, default 200)")
     ap.add_argument("--check", action="store_true", help="also run `nginx -t` on the result")
     args = ap.parse_args()
-    path = write_config(args.prefix, args.listen, args.api, args.app_root, args.max_upload_mb)
+    path = write_config(args.prefix, args.listen, args.api, args.app_root, args.max_upload_mb,
+                        args.max_batch_upload_mb)
     if args.check:
         nginx = find_nginx()
         if nginx is None:

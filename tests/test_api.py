@@ -164,6 +164,37 @@ def test_access_log_is_structured(client, synthetic_catalog, caplog):
     assert payload["k"] == 4 and payload["route"] == "/api/search" and payload["latency_ms"] > 0
 
 
+def test_serve_command_logs_json_lines_when_asked(settings, synthetic_catalog, tmp_path):
+    """`imageretrieval serve` (the API image's command) configures logging before the API can: LOG_FORMAT=json
+    must still give JSON lines, its own and uvicorn's, one access line per request."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from benchmarks.serve import free_port, stop_server, wait_ready
+
+    port, log_path = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "LOG_FORMAT": "json", "APP_DIST": str(tmp_path / "no-app")}
+    with open(log_path, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "imageretrieval.cli", "--workdir", str(settings.workdir),
+                                 "--dataset-root", str(synthetic_catalog), "--device", "cpu", "serve",
+                                 "--port", str(port), "--models", "tiny"], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, proc, 120, log_path)
+        httpx.post(f"{base}/api/search", files={"image": ("q.jpg", image_bytes(synthetic_catalog, 1003))},
+                   headers={"X-Request-ID": "req-json"}).raise_for_status()
+    finally:
+        stop_server(proc)
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    assert any(r.get("logger", "").startswith("uvicorn") for r in records)
+    access = [r for r in records if r.get("message") == "request" and r.get("request_id") == "req-json"]
+    assert len(access) == 1 and access[0]["status"] == 200
+
+
 def test_metrics_exposes_requests_and_batches(client, synthetic_catalog):
     search(client, image_bytes(synthetic_catalog, 1002))
     text = client.get("/api/metrics").text

@@ -206,6 +206,12 @@ def test_nginx_serves_app_with_headers_gzip_and_spa_fallback(app_url, synthetic_
         urllib.request.urlopen(req)
     assert err.value.code == 413
     assert "too large" in err.value.read().decode()
+    # a bulk load of the live catalog has the API's larger limit: this one reaches the API, which wants a key
+    req = urllib.request.Request(f"{app_url}/api/products/batch", data=body, method="POST",
+                                 headers={"Content-Type": "multipart/form-data; boundary=x"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 401 and "key" in err.value.read().decode().lower()
 
 
 def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -122,7 +122,7 @@ def _since(since: str) -> tuple[int, datetime | None]:
         when = datetime.fromisoformat(since)
     except ValueError as exc:
         raise CLIError(f"--since {since!r}: a sequence number or an ISO time such as 2026-12-06T10:00") from exc
-    return 0, when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    return 0, when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def run_list(args, settings) -> int:

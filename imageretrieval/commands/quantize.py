@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,7 +120,7 @@ def quantize_model(settings: Settings, name: str, calibration: int = 256, photos
             "keep_fp32_convs": keep_fp32_convs, "tolerance": tolerance,
             "val": {**checked, "fp32": fp32, "int8": int8},
             "cpu": _cpu_features(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         path = install_twin(fp32_path, candidate, record)
     finally:  # an interrupted or failed check leaves no candidate behind

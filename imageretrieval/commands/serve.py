@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 
@@ -15,6 +16,7 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     # The API reads its own settings from the environment: pass the CLI's resolved values on.
     os.environ["WORKDIR"] = str(settings.workdir)
@@ -22,6 +24,13 @@ def run(args, settings) -> int:
     os.environ["DEVICE"] = settings.device
     if args.models:
         os.environ["MODELS"] = args.models
+    json_logs = os.environ.get("LOG_FORMAT", "text").strip().lower() == "json"
+    if json_logs:  # the CLI configured the log before the API could: give its lines, and uvicorn's, JSON
+        from retrievalapi.logs import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
+    # the API logs every request itself (with its id, model and timings): uvicorn's access log would repeat it
     uvicorn.run("retrievalapi.main:app", host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, access_log=False, log_config=None if json_logs else LOGGING_CONFIG)
     return 0

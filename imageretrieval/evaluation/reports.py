@@ -7,7 +7,7 @@ import csv
 import fcntl
 import math
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..io_utils import load_json, save_json
@@ -28,7 +28,7 @@ def model_results_dir(workdir: Path, model: str) -> Path:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _fmt(value) -> str:

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def compact_index(settings: Settings, model_name: str, catalog: LiveCatalog | No
     save_json(folder / "row_images.json", images)
     previous = manifest.get("live_snapshot")
     manifest.update(live_snapshot=folder.name, catalog_seq=seq, size=len(ids),
-                    compacted=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                    compacted=datetime.now(UTC).isoformat(timespec="seconds"))
     for path in folder.iterdir():  # every file on disk before the manifest names the folder
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +282,7 @@ class LiveCatalog:
                        if op.image_changed and op.product.image in by_sha}) for op in ops]
             if not ops:
                 return CommitResult(self.seq, changes, [], self._deliver())
-            stamp = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **(meta or {})}
+            stamp = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **(meta or {})}
             seq = self.journal.append([self._op_json(op) for op in ops], stamp, expected_seq=self.seq)
             self._apply(seq, ops)
             tail = self.journal.appended_to
@@ -423,7 +423,7 @@ class LiveCatalog:
                 dims = next(iter(cached.values())).shape[0] if cached else 0
                 matrix = np.stack([cached[s] for s in kept]) if kept else np.zeros((0, dims), np.float32)
                 _save_vectors(self.vectors_dir / f"{key}.npz", kept, matrix)
-            payload = {"seq": self.seq, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            payload = {"seq": self.seq, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                        "products": {str(k): (None if v is None else v.to_json()) for k, v in self.overlay.items()}}
             atomic_write(self.snapshot_path, lambda p: p.write_text(json.dumps(payload)), durable=True)
             self.snapshot_seq = self.seq
