@@ -296,6 +296,16 @@ def test_search_box_words_alone_then_refining_a_photo(page, synthetic_catalog):
     assert parse_qs(urlparse(page.url).query)["q"] == ["in red"]
     page.go_back()  # the previous words come back with the URL
     assert page.input_value("#words-input") == ""
+    page.fill("#words-input", "women pink tshirts")
+    page.press("#words-input", "Enter")
+    with page.expect_response(lambda r: r.url.endswith("/api/search/text")) as words_alone:
+        page.click("#remove-photo")  # the photo goes: the words search alone
+    assert words_alone.value.status == 200
+    assert page.locator("#preview").is_hidden() and page.locator("#pick-button").is_visible()
+    wait_results(page, 15)
+    page.reload()  # a removed photo does not come back
+    wait_results(page, 15)
+    assert page.locator("#preview").is_hidden()
     page.fill("#words-input", "x" * 300)  # the box caps what can be typed
     assert len(page.input_value("#words-input")) == 200
 
@@ -315,6 +325,9 @@ def test_more_like_this_and_back(page, synthetic_catalog):
     assert pg.locator("#like-name").inner_text() == name
     assert pg.locator("#results-title").inner_text() == "More like this"
     assert_images_loaded(pg)
+    pg.reload()  # the photo survives a reload of the "more like this" view
+    wait_results(pg, 15)
+    assert pg.locator("#back-to-photo").inner_text() == "Back to your photo"
 
     # a shared "more like this" link works in a fresh page
     shared = pg.url
@@ -332,15 +345,18 @@ def test_more_like_this_and_back(page, synthetic_catalog):
     assert pg.locator("#like-panel").is_hidden()
 
 
-def test_errors_are_shown_plainly(page, tmp_path):
+def test_errors_are_shown_plainly(page, tmp_path, synthetic_catalog):
     pg = page
+    pg.set_input_files("#file-input", str(synthetic_catalog / "images" / "1002.jpg"))
+    wait_results(pg, 15)
     text = tmp_path / "notes.txt"
     text.write_text("this is not an image\n" * 20)
     pg.set_input_files("#file-input", str(text))
     alert = pg.get_by_role("alert")
     alert.wait_for(state="visible")
     assert "not a supported image" in alert.inner_text()
-    assert cards(pg).count() == 0
+    assert cards(pg).count() == 0  # the last photo's results do not stay as if they answered this one
+    assert pg.locator("#error-retry").is_hidden()  # trying the same file again would not help
 
     big = tmp_path / "huge.jpg"  # over the API's limit, under nginx's: the API's own message
     big.write_bytes(b"\xff\xd8\xff" + os.urandom(int(1.5 * 1024 * 1024)))

@@ -7,7 +7,7 @@ export type Filters = Record<FilterField, string[] | undefined>;
 export interface ModelInfo {
   name: string;
   description: string;
-  backbone: string;
+  backbone: string | null;
   kind: string;
   dims: number;
   index_type: string;
@@ -182,7 +182,12 @@ export function searchById(productId: number, opts: SearchOptions, signal?: Abor
   return searchJson("/search/by-id", body, opts, signal);
 }
 
-/** The URL of a catalog product's image (served by the API, cached by nginx and the browser). */
+/** The URL of a catalog product's current image (served by the API, revalidated on each use). */
 export function imageUrl(id: number): string {
   return `${BASE}/images/${encodeURIComponent(String(id))}`;
+}
+
+/** An `image_url` of the API (`/api/images/<id>?v=<version>`: cached for good) under this app's API base. */
+export function resolveImageUrl(url: string, base: string = BASE): string {
+  return url.startsWith("/api/") ? base + url.slice("/api".length) : url;
 }

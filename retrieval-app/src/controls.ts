@@ -6,6 +6,7 @@ export interface Actions {
   choosePhoto(file: File, fallbackName: string): void;
   refuseDrop(): void;
   clearCrop(): void;
+  removePhoto(): void;
   backToPhoto(): void;
   setModel(name: string): void;
   setTopK(k: number): void;
@@ -37,6 +38,7 @@ export function bindControls(actions: Actions): void {
   bindDragAndPaste(actions);
 
   ui.clearCrop.addEventListener("click", () => actions.clearCrop());
+  ui.removePhoto.addEventListener("click", () => actions.removePhoto());
   ui.backToPhoto.addEventListener("click", () => actions.backToPhoto());
   ui.model.addEventListener("change", () => actions.setModel(ui.model.value));
   ui.topK.addEventListener("change", () => actions.setTopK(Number.parseInt(ui.topK.value, 10)));
@@ -52,7 +54,7 @@ export function bindControls(actions: Actions): void {
   ui.wordsForm.addEventListener("submit", (e) => {
     e.preventDefault();
     actions.searchWords(ui.wordsInput.value);
-    ui.wordsInput.blur(); // a phone's keyboard closes to show the results
+    if (matchMedia("(pointer: coarse)").matches) ui.wordsInput.blur(); // a phone's keyboard closes to show the results
   });
   ui.errorDismiss.addEventListener("click", () => actions.dismissError());
   ui.errorRetry.addEventListener("click", () => actions.retry());

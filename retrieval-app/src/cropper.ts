@@ -114,13 +114,15 @@ export class Cropper {
   }
 }
 
-/** The cropped region of a decoded image as a JPEG blob, at the image's own resolution. */
-export async function cropImage(img: HTMLImageElement, box: CropBox): Promise<Blob> {
+/** The cropped region of a decoded image as a JPEG blob, its longer side at most `maxSide` pixels (a
+ * camera's full resolution would exceed phones' canvas limits and the upload limit, for no gain). */
+export async function cropImage(img: HTMLImageElement, box: CropBox, maxSide: number): Promise<Blob> {
   const sx = Math.round(box.x * img.naturalWidth);
   const sy = Math.round(box.y * img.naturalHeight);
   const sw = Math.max(1, Math.round(box.w * img.naturalWidth));
   const sh = Math.max(1, Math.round(box.h * img.naturalHeight));
-  return drawToJpeg(img, sx, sy, sw, sh, sw, sh);
+  const scale = Math.min(1, maxSide / Math.max(sw, sh));
+  return drawToJpeg(img, sx, sy, sw, sh, Math.max(1, Math.round(sw * scale)), Math.max(1, Math.round(sh * scale)));
 }
 
 /** The whole image scaled so that its longer side is at most `maxSide` pixels. */

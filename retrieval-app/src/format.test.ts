@@ -1,8 +1,18 @@
 import { describe, expect, it } from "vitest";
 
 import type { ModelInfo, SearchResponse, SearchResult } from "./api";
-import { ApiError } from "./api";
-import { errorMessage, evaluationText, facetChoices, formatCount, modelLabel, optionsSummary, resultsStatus } from "./format";
+import { ApiError, resolveImageUrl } from "./api";
+import {
+  errorMessage,
+  evaluationText,
+  facetChoices,
+  formatCount,
+  isTransient,
+  modelInfoText,
+  modelLabel,
+  optionsSummary,
+  resultsStatus,
+} from "./format";
 import { parseState } from "./state";
 
 const model: ModelInfo = {
@@ -50,5 +60,30 @@ describe("text shown to the user", () => {
       "unknown value 'Pink' for filter 'gender'",
     );
     expect(errorMessage("boom")).toBe("Something went wrong. Please try again.");
+    expect(errorMessage(new ApiError(501, "cannot load the text encoder: pip install ..."))).toBe(
+      "Search by words is not available on this service.", // not the operator's message
+    );
+  });
+
+  it("offers to try again only where that may help", () => {
+    for (const status of [0, 429, 502, 503, 504]) expect(isTransient(new ApiError(status, "x"))).toBe(true);
+    for (const status of [400, 413, 415, 422, 500, 501]) expect(isTransient(new ApiError(status, "x"))).toBe(false);
+    expect(isTransient(new Error("Could not encode the cropped image."))).toBe(false);
+  });
+
+  it("describes a model whose backbone is unknown", () => {
+    expect(modelInfoText({ ...model, backbone: null })).toBe(
+      `a test model. 32 dims, ${formatCount(1200)} products. Evaluation: mAP 0.772, PrecisionHits 0.813.`,
+    );
+  });
+});
+
+describe("image URLs of the API", () => {
+  it("keep their version under the app's API base", () => {
+    expect(resolveImageUrl("/api/images/15970?v=0", "/api")).toBe("/api/images/15970?v=0");
+    expect(resolveImageUrl("/api/images/15970?v=ab12", "https://shop.example/search-api")).toBe(
+      "https://shop.example/search-api/images/15970?v=ab12",
+    );
+    expect(resolveImageUrl("https://cdn.example/x.jpg", "/api")).toBe("https://cdn.example/x.jpg");
   });
 });

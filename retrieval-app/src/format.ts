@@ -14,7 +14,13 @@ export function describe(p: Product): string {
   return [p.articleType, p.baseColour, p.gender].filter(Boolean).join(" · ");
 }
 
+/** Whether trying the same request again may help: the service unreachable, starting or overloaded. */
+export function isTransient(err: unknown): boolean {
+  return err instanceof ApiError && [0, 429, 502, 503, 504].includes(err.status);
+}
+
 export function errorMessage(err: unknown): string {
+  if (err instanceof ApiError && err.status === 501) return "Search by words is not available on this service.";
   if (err instanceof ApiError || err instanceof Error) return err.message;
   return "Something went wrong. Please try again.";
 }
@@ -36,7 +42,7 @@ export function modelLabel(m: ModelInfo): string {
 }
 
 export function modelInfoText(m: ModelInfo): string {
-  return `${m.description ? `${m.description}. ` : ""}${m.backbone}, ${m.dims} dims, ${formatCount(m.index_size)} products. ` +
+  return `${m.description ? `${m.description}. ` : ""}${m.backbone ? `${m.backbone}, ` : ""}${m.dims} dims, ${formatCount(m.index_size)} products. ` +
     `Evaluation: ${evaluationText(m)}.`;
 }
 

@@ -3,7 +3,6 @@
 import "./style.css";
 
 import {
-  ApiError,
   getFacets,
   getModels,
   getProduct,
@@ -15,7 +14,7 @@ import {
 } from "./api";
 import { bindControls } from "./controls";
 import { cropImage, Cropper, downscaleImage } from "./cropper";
-import { errorMessage } from "./format";
+import { errorMessage, isTransient } from "./format";
 import * as render from "./render";
 import { ui } from "./render";
 import { type ImageQuery, Store } from "./store";
@@ -29,6 +28,7 @@ const SESSION_MAX_BYTES = 1_500_000;
 const store = new Store(location.search);
 let inflight: AbortController | null = null;
 let retryAction: (() => void) | null = null;
+let catalogLoading = false;
 
 const cropper = new Cropper(ui.cropSurface, () => {
   render.renderCropCaption(cropper.value !== null);
@@ -98,7 +98,7 @@ async function restoreImage(): Promise<void> {
     const saved = sessionStorage.getItem(SESSION_KEY);
     if (!saved) return;
     const { name, data } = JSON.parse(saved) as { name: string; data: string };
-    const blob = await (await fetch(data)).blob();
+    const blob = dataUrlToBlob(data);
     if (store.image) return; // the user chose a photo while this was loading
     const image: ImageQuery = { blob, name, url: URL.createObjectURL(blob), decoded: false };
     store.setImage(image);
@@ -109,9 +109,30 @@ async function restoreImage(): Promise<void> {
   }
 }
 
+function dataUrlToBlob(data: string): Blob {
+  const [head, base64 = ""] = data.split(",", 2);
+  const type = /^data:([^;,]+)/.exec(head)?.[1] ?? "application/octet-stream";
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type });
+}
+
+function removeImage(): void {
+  const previous = store.setImage(null);
+  if (previous) URL.revokeObjectURL(previous.url);
+  cropper.set(null);
+  render.hidePreview();
+  try {
+    sessionStorage.removeItem(SESSION_KEY);
+  } catch {
+    // sessionStorage unavailable: nothing was saved
+  }
+  void runSearch(); // the words alone, if any; else the start screen
+  ui.pick.focus();
+}
+
 async function uploadBlob(q: ImageQuery): Promise<{ blob: Blob; name: string }> {
   const box = cropper.value;
-  if (q.decoded && box) return { blob: await cropImage(ui.previewImg, box), name: "crop.jpg" };
+  if (q.decoded && box) return { blob: await cropImage(ui.previewImg, box, DOWNSCALE_MAX_SIDE), name: "crop.jpg" };
   if (q.decoded && q.blob.size > DOWNSCALE_OVER_BYTES) {
     return { blob: await downscaleImage(ui.previewImg, DOWNSCALE_MAX_SIDE), name: "photo.jpg" };
   }
@@ -121,7 +142,12 @@ async function uploadBlob(q: ImageQuery): Promise<{ blob: Blob; name: string }> 
 // ----- searching ------------------------------------------------------------------------------------
 async function runSearch(): Promise<void> {
   inflight?.abort();
-  if (!store.models || !store.view.model) return; // the search starts when the models have loaded
+  if (!store.models) {
+    // the search starts when the models have loaded; if loading them failed, this tries again
+    if (!catalogLoading) void loadCatalogInfo();
+    return;
+  }
+  if (!store.view.model) return; // the service has no model: loadCatalogInfo said so
   showLikePanel();
   if (store.view.likeId === null && !store.image && !store.view.q) {
     render.renderStart();
@@ -147,7 +173,7 @@ async function runSearch(): Promise<void> {
   } catch (err) {
     if (controller.signal.aborted || (err instanceof DOMException && err.name === "AbortError")) return;
     render.renderSearchFailed();
-    showError(errorMessage(err), err instanceof ApiError && err.status >= 400 && err.status < 500 ? null : runSearch);
+    showError(errorMessage(err), isTransient(err) ? runSearch : null);
   } finally {
     if (inflight === controller) {
       inflight = null;
@@ -189,6 +215,7 @@ bindControls({
   choosePhoto: (file, fallbackName) => void setImage(file, file.name || fallbackName),
   refuseDrop: () => showError("Drop an image file (a picture from another web page must be saved to your device first)."),
   clearCrop: () => cropper.set(null, true),
+  removePhoto: removeImage,
   backToPhoto: () => {
     store.setLike(null);
     updateUrl(true);
@@ -233,6 +260,7 @@ bindControls({
     retry?.();
   },
   navigated: () => {
+    if (location.search === store.search) return; // only the hash moved (the "skip to results" link)
     store.restore(location.search);
     render.syncControls(store);
     void runSearch();
@@ -240,6 +268,7 @@ bindControls({
 });
 
 async function loadCatalogInfo(): Promise<void> {
+  catalogLoading = true;
   clearError();
   ui.status.textContent = "Loading models…";
   try {
@@ -258,8 +287,10 @@ async function loadCatalogInfo(): Promise<void> {
     ui.status.textContent = "";
     showError(`Could not load the catalog: ${errorMessage(err)}`, () => void loadCatalogInfo());
     return;
+  } finally {
+    catalogLoading = false;
   }
-  if (store.view.likeId === null) await restoreImage();
+  await restoreImage(); // also under "more like this": "Back to your photo" needs it after a reload
   await runSearch();
 }
 

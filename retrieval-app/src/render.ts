@@ -1,7 +1,15 @@
 // Everything the app draws: the page's elements (`ui`) and one function per part of the page.
 // Rendering reads the store and writes the DOM; it never searches or changes the state.
 
-import { type Facets, imageUrl, type ModelsResponse, type Product, type SearchResponse, type SearchResult } from "./api";
+import {
+  type Facets,
+  imageUrl,
+  type ModelsResponse,
+  type Product,
+  resolveImageUrl,
+  type SearchResponse,
+  type SearchResult,
+} from "./api";
 import {
   describe,
   facetChoices,
@@ -36,6 +44,7 @@ export const ui = {
   previewCaption: $("preview-caption"),
   clearCrop: $<HTMLButtonElement>("clear-crop"),
   changePhoto: $<HTMLButtonElement>("change-photo"),
+  removePhoto: $<HTMLButtonElement>("remove-photo"),
   likePanel: $("like-panel"),
   likeImg: $<HTMLImageElement>("like-img"),
   likeName: $("like-name"),
@@ -167,6 +176,13 @@ export function showPreview(url: string): Promise<boolean> {
   );
 }
 
+/** Back to the empty drop zone (the photo was removed). */
+export function hidePreview(): void {
+  ui.preview.hidden = true;
+  ui.previewImg.removeAttribute("src");
+  ui.dropEmpty.hidden = false;
+}
+
 export function renderPreviewDecoded(decoded: boolean): void {
   ui.cropSurface.hidden = !decoded;
   ui.noPreview.hidden = decoded;
@@ -194,8 +210,10 @@ export function renderLoading(store: Store, on: boolean): void {
   }
 }
 
+/** The search failed: results of an earlier search do not stay on screen as if they answered this one. */
 export function renderSearchFailed(): void {
-  if (ui.grid.dataset.skeleton) ui.grid.replaceChildren();
+  ui.grid.replaceChildren();
+  delete ui.grid.dataset.skeleton;
   ui.status.textContent = "";
 }
 
@@ -229,7 +247,7 @@ function renderNoResults(store: Store, onClearFilters: () => void): void {
 function card(r: SearchResult, onMoreLikeThis: (p: Product) => void): HTMLLIElement {
   const name = r.productDisplayName || `Product ${r.id}`;
   const img = el("img", {
-    src: r.image_url || imageUrl(r.id),
+    src: r.image_url ? resolveImageUrl(r.image_url) : imageUrl(r.id),
     alt: `${name}${describe(r) ? ` (${describe(r)})` : ""}`,
     loading: "lazy",
     decoding: "async",
@@ -281,7 +299,7 @@ export function renderLikePanel(store: Store): void {
   if (id === null) return;
   ui.backToPhoto.textContent = store.image ? "Back to your photo" : "Search with a photo instead";
   const p = store.known.get(id);
-  ui.likeImg.src = imageUrl(id);
+  ui.likeImg.src = p?.image_url ? resolveImageUrl(p.image_url) : imageUrl(id);
   ui.likeImg.alt = p?.productDisplayName ?? `Product ${id}`;
   ui.likeName.textContent = p?.productDisplayName ?? `Product ${id}`;
   ui.likeMeta.textContent = p ? describe(p) : "";

@@ -77,8 +77,9 @@ export class Store {
     if (this.filterFields) this.view.filters = knownFilters(this.view.filters, this.filterFields);
   }
 
-  /** A new photo replaces the previous one; returns the one it replaced (its URL is to be revoked). */
-  setImage(image: ImageQuery): ImageQuery | null {
+  /** A new photo replaces the previous one (null: no photo); returns the one it replaced (its URL is to be
+   * revoked). */
+  setImage(image: ImageQuery | null): ImageQuery | null {
     const previous = this.image;
     this.image = image;
     return previous;
