@@ -153,6 +153,35 @@ def test_batch_writes_are_all_or_nothing(live):
     assert orphan.status_code == 400 and "without a styles row" in orphan.json()["detail"]
 
 
+def test_a_full_disk_fails_a_batch_before_every_image_is_encoded(live, monkeypatch):
+    import errno
+
+    from imageretrieval.engine import RetrievalEngine
+    from imageretrieval.live.blobs import ImageBlobs
+
+    def full_disk(self, jpeg):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    encoded = []
+    encode = RetrievalEngine.encode_tensors
+
+    def counting(self, batch, background=False):
+        encoded.append(len(batch))
+        return encode(self, batch, background)
+
+    monkeypatch.setattr(ImageBlobs, "put", full_disk)
+    monkeypatch.setattr(RetrievalEngine, "encode_tensors", counting)
+    n = 40
+    rows = "id,productDisplayName,articleType,baseColour\n" + "".join(
+        f"{NEW_ID + i},Tee {i},Tshirts,Green\n" for i in range(n))
+    images = [("images", (f"{NEW_ID + i}.png", new_image(4000 + i), "image/png")) for i in range(n)]
+    refused = live.post("/api/products/batch", headers=live.write_auth,
+                        files=[("styles", ("rows.csv", rows, "text/csv")), *images])
+    assert refused.status_code == 507 and "disk" in refused.json()["detail"]
+    assert sum(encoded) < n  # stopped at the first failed store, not after encoding the whole batch
+    assert live.get(f"/api/products/{NEW_ID}").status_code == 404
+
+
 @pytest.mark.parametrize(("form", "status", "message"), [
     ({"id": "0"}, 422, "id must be an integer"),
     ({"id": str(2**60)}, 422, "id must be an integer"),
