@@ -29,13 +29,37 @@ USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", 
                ("text.queries", ["QueryTextError"]), ("text.search", ["TextSearchUnavailableError"]),
                ("text.encoders", ["TextEncoderUnavailableError"]),
                ("backends.base", ["BackendUnavailableError", "CollectionNotLoadedError"]),
-               ("distributed", ["RayUnavailableError"]), ("keys", ["KeyStoreCorruptError"])]
+               ("distributed", ["RayUnavailableError"]), ("keys", ["KeyStoreCorruptError"]),
+               ("device", ["DeviceUnavailableError"])]
 
 log = logging.getLogger("imageretrieval")
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2, no traceback."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse names the option and exits 2 otherwise)."""
+    value = int(text) if text.strip().lstrip("+").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    if not text.strip().lstrip("+").isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    value = int(text) if text.strip().isdigit() else 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port between 1 and 65535, got {text!r}")
+    return value
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, default=None) -> None:
@@ -110,12 +134,22 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings (environment, then flags); a bad value is a CLIError naming the setting."""
+    from pydantic import ValidationError
+
     overrides = {
         key: getattr(args, key)
         for key in ("dataset_root", "deepfashion_root", "workdir", "device", "precision", "batch_size", "num_workers")
         if getattr(args, key, None) is not None
     }
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        def named(loc: tuple) -> str:
+            field = str(loc[0]).lower() if loc else "settings"
+            return f"--{field.replace('_', '-')} (or {field.upper()})"
+
+        raise CLIError("; ".join(f"{named(e['loc'])}: {e['msg']}" for e in exc.errors())) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,11 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         print(f"imageretrieval {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that is missing, a file where a folder should be, no permission, a full disk
+        log.debug("%s failed", args.command, exc_info=True)  # -v shows where
+        print(f"imageretrieval {args.command}: error: {exc} (check the path and its permissions; -v shows where "
+              "it happened)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"imageretrieval {args.command}: interrupted (finished work is kept; rerun to resume)",
               file=sys.stderr)
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m imageretrieval.cli`: the package's own module, so its error classes
+    from imageretrieval.cli import main as package_main
+
+    sys.exit(package_main())

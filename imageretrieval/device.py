@@ -17,13 +17,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The device asked for is not there (a one-line CLI error, not a traceback)."""
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DEVICE=cuda but no CUDA device is visible: use DEVICE=cpu or auto")
+        raise DeviceUnavailableError("DEVICE=cuda but no CUDA device is visible: use DEVICE=cpu or auto")
     return torch.device(device)
 
 

@@ -216,6 +216,48 @@ def test_cli_errors_name_the_problem(settings, capsys, tmp_path):
     assert "not a supported image" in capsys.readouterr().out
 
 
+def test_cli_mistakes_are_one_line_errors_that_change_nothing(settings, capsys, tmp_path):
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(settings.workdir, workdir)
+    base = ["--workdir", str(workdir), "--dataset-root", str(settings.dataset_root)]
+    tiny_config = (workdir / "models" / TINY / "config.json").read_bytes()
+
+    def refused(args: list[str], message: str) -> None:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+    refused(base + ["--batch-size", "0", "models"], "--batch-size (or BATCH_SIZE)")
+    refused(["--workdir", str(settings.dataset_root / "styles.csv"), "keys", "list"], "Not a directory")
+    refused(base + ["compose", "--name", TINY, "efficientnet_lite0", "efficientnet_lite1"], "already a model")
+    refused(base + ["compose", "--name", "../../evil", "efficientnet_lite0", "efficientnet_lite1"], "plain name")
+    refused(base + ["fuse", "--name", "", TINY, "tiny2"], "plain name")
+    refused(base + ["compose", "--name", "vgg16", "efficientnet_lite0", "efficientnet_lite1"], "already a model")
+    assert (workdir / "models" / TINY / "config.json").read_bytes() == tiny_config
+    assert not (tmp_path / "evil").exists() and not (workdir / "models" / "config.json").exists()
+    refused(base + ["make-synthetic", "--out", str(settings.dataset_root)], "not an empty folder")
+    refused(base + ["evaluate", "--model", TINY, "--dump-rankings", str(tmp_path)], "--dump-rankings")
+    if not torch.cuda.is_available():
+        refused(base + ["--device", "cuda", "search", "--model", TINY, "--image", "x.jpg"], "no CUDA device")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        refused(base + ["serve", "--port", str(taken.getsockname()[1])], "choose another --port")
+    for args in (["train", "--base", TINY, "--name", "x", "--epochs", "0"], ["index", "--pca", "-3"],
+                 ["serve", "--port", "70000"], ["evaluate", "--queries", "0"]):
+        with pytest.raises(SystemExit) as stop:  # argparse names the option
+            main(base + args)
+        assert stop.value.code == 2 and "argument --" in capsys.readouterr().err
+    run = subprocess.run([sys.executable, "-m", "imageretrieval", *base, "search", "--model", TINY, "--image", "x.jpg",
+                          "--top-k", "0"], capture_output=True, text=True)  # the module's own entry point too
+    assert run.returncode == 2 and "--top-k must be between" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_cli_models_json(settings, capsys):
     assert main(["--workdir", str(settings.workdir), "models", "--json"]) == 0
     rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..artifacts import chosen_vote
 from ..catalog import SELECTIONS
+from ..cli import non_negative_int, positive_int
 from ..evaluation.protocols import PROTOCOLS, RELEVANCE_ALIASES, RELEVANCES
 from ..evaluation.variants import VARIANTS
 from ..rerank import DEFAULT_VOTE_ALPHA, DEFAULT_VOTE_K, RERANKS
@@ -25,15 +26,15 @@ def register(sub) -> None:
                    help="text-to-catalog: words against the catalog (names, categories, colours, photo + words)")
     p.add_argument("--features", choices=VARIANTS, default="normalized",
                    help="raw (cosine), normalized (L2-PCAw-L2), aqe, alpha-qe (default: normalized)")
-    p.add_argument("--pca", type=int, default=None,
+    p.add_argument("--pca", type=non_negative_int, default=None,
                    help="whitening dims for normalized/QE (0 = L2 only); default: the model's tuned value, else 256")
-    p.add_argument("--queries", type=int, default=None,
+    p.add_argument("--queries", type=positive_int, default=None,
                    help="number of seeded queries (default: 600 for catalog, all for the DeepFashion protocols)")
     p.add_argument("--selection", choices=SELECTIONS, default="seed", help="catalog selection (default: seed)")
     p.add_argument("--database", choices=["test", "all"], default=None,
                    help="the selection's test split or the whole catalog (default: test for catalog, "
                         "all for deepfashion-to-catalog)")
-    p.add_argument("--database-sample", type=int, default=None,
+    p.add_argument("--database-sample", type=positive_int, default=None,
                    help="a seeded sample of the database split (slow models; not with --database all "
                         "for catalog)")
     p.add_argument("--relevance", choices=[*RELEVANCES, *RELEVANCE_ALIASES], default="articleType",
@@ -51,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--query-model", default=None,
                    help="deepfashion-to-catalog: encode the photos with this model instead (same embedding "
                         "space, e.g. a bn-adapt model with the photos' batch-norm statistics)")
-    p.add_argument("--qe-k", type=int, default=15, help="neighbours for aqe/alpha-qe (the seed's TOP_K_AQE=15)")
+    p.add_argument("--qe-k", type=positive_int, default=15,
+                   help="neighbours for aqe/alpha-qe (the seed's TOP_K_AQE=15)")
     p.add_argument("--qe-alpha", type=float, default=3.0, help="alpha of alpha-qe")
     p.add_argument("--dba", action="store_true", help="also expand database vectors (as the seed's AQE did)")
     p.add_argument("--rerank", choices=RERANKS, default="none",
@@ -173,6 +175,8 @@ def run(args, settings) -> int:
 
     t0 = time.perf_counter()
     model = args.model or settings.default_model
+    if args.dump_rankings and (args.dump_rankings.is_dir() or not args.dump_rankings.parent.is_dir()):
+        raise CLIError(f"--dump-rankings {args.dump_rankings}: give a file path in an existing folder")
     if args.protocol == "text-to-catalog":
         return run_text(args, settings, model)
     config = get_model_config(model, settings.workdir)

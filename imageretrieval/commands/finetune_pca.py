@@ -10,6 +10,7 @@ import json
 import logging
 
 from ..catalog import SELECTIONS
+from ..cli import positive_int
 from ..evaluation.pca_finetune import METRICS
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,12 @@ def register(sub) -> None:
     p.add_argument("--metric", choices=list(METRICS), default="p@15",
                    help="what to maximize (default: p@15, what a shopper sees in the top results)")
     p.add_argument("--selection", choices=SELECTIONS, default="seed")
-    p.add_argument("--queries", type=int, default=600, help="seeded validation queries (default 600)")
+    p.add_argument("--queries", type=positive_int, default=600, help="seeded validation queries (default 600)")
     p.add_argument("--fit-sample", type=int, default=None,
                    help="fit the whitening on a seeded sample of the train split (slow models)")
     p.add_argument("--val-sample", type=int, default=None,
                    help="use a seeded sample of the val split as the database (slow models)")
-    p.add_argument("--min-step", type=int, default=1, help="finest step of the search (default 1)")
+    p.add_argument("--min-step", type=positive_int, default=1, help="finest step of the search (default 1)")
     p.add_argument("--no-save", action="store_true", help="report only; do not change the model's artifacts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -43,6 +44,11 @@ def run(args, settings) -> int:
     task = catalog_task(settings, model, selection=args.selection, split="val", database="split",
                         n_queries=args.queries, fit_sample=args.fit_sample, database_sample=args.val_sample)
     search = finetune_pca(task, args.metric, min_step=args.min_step)
+    if not search.scores or all(s != s for s in search.scores.values()):  # NaN: no val query has a relevant product
+        from ..cli import CLIError
+
+        raise CLIError(f"{model}: no {args.selection} val query has a relevant product in the val database, so no "
+                       f"dimension can be chosen (nothing saved): use another --selection or a larger catalog")
     result = {
         "n_components": search.n_components, "metric": args.metric, "score": search.score, "split": "val",
         "model": model, "selection": args.selection, "queries": len(task.queries), "database": len(task.database),

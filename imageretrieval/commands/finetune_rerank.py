@@ -10,6 +10,7 @@ import json
 import logging
 
 from ..catalog import SELECTIONS
+from ..cli import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,8 @@ def register(sub) -> None:
                                    "it once on the test split beside no re-ranking.")
     p.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
     p.add_argument("--selection", choices=SELECTIONS, default="seed")
-    p.add_argument("--queries", type=int, default=600, help="seeded validation (and test) queries (default 600)")
+    p.add_argument("--queries", type=positive_int, default=600,
+                   help="seeded validation (and test) queries (default 600)")
     p.add_argument("--confusions", type=int, default=10, help="list the test's N most frequent wrong votes")
     p.add_argument("--no-save", action="store_true", help="report only; do not change the model's vote")
     p.add_argument("--json", action="store_true")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..artifacts import ModelArtifacts, build_model_index
+from ..cli import non_negative_int
 from ..quantize import DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ def register(sub) -> None:
     p = sub.add_parser("index", help="build (or verify) a model's catalog index")
     p.add_argument("--model", action="append", help="model name; repeat for several (default: DEFAULT_MODEL)")
     p.add_argument("--index-factory", help='FAISS factory string, e.g. "Flat", "HNSW32", "IVF256,PQ32"')
-    p.add_argument("--pca", type=int,
+    p.add_argument("--pca", type=non_negative_int,
                    help="PCA-whitening dims (0 = L2 only); default: the value `finetune-pca` chose, else L2 only")
     p.add_argument("--force", action="store_true", help="rebuild even when artifacts are current")
     p.add_argument("--backend", choices=["faiss", "milvus"], default=None,

@@ -5,19 +5,42 @@ from __future__ import annotations
 import logging
 import os
 
+from ..cli import port_number
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the FastAPI search service")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--models", help="comma-separated models to load (default: every model with an index)")
     p.set_defaults(func=run)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the models load (uvicorn binds only after its start-up) when the port is taken."""
+    import socket
+
+    from ..cli import CLIError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CLIError(f"--host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CLIError(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port, or stop "
+                           "what is using it") from None
 
 
 def run(args, settings) -> int:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
+    check_port_free(args.host, args.port)
     # The API reads its own settings from the environment: pass the CLI's resolved values on.
     os.environ["WORKDIR"] = str(settings.workdir)
     os.environ["DATASET_ROOT"] = str(settings.dataset_root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..cli import positive_int
 from ..training.data import DATASETS
 from ..training.losses import LOSSES
 from ..training.recipes import RECIPES, TrainRequest, train
@@ -30,16 +31,16 @@ def register(sub) -> None:
                         "backbone's last stage(s) for classifier; for metric, frozen on CPU, last stages on CUDA")
     p.add_argument("--input-size", type=int, help="training/inference resolution (default: the base's)")
     p.add_argument("--pooling", choices=["avg", "gem", "max"], help="default: avg (frozen trunk) or gem")
-    p.add_argument("--dims", type=int, default=512, help="embedding dims (metric)")
+    p.add_argument("--dims", type=positive_int, default=512, help="embedding dims (metric)")
     p.add_argument("--head-hidden", type=int, default=0, help="hidden width of an MLP head (0 = linear)")
     p.add_argument("--loss", choices=sorted(LOSSES), default="proxy-anchor")
-    p.add_argument("--epochs", type=int, default=None, help="default: 30 (cached metric) or 10")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: 30 (cached metric) or 10")
     p.add_argument("--lr", type=float, default=None, help="default: 1e-3 (adamw) or 1e-2 (sgd)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val improvement")
-    p.add_argument("--train-batch-size", type=int, default=None, help="default: 256 (cached) or 64")
+    p.add_argument("--train-batch-size", type=positive_int, default=None, help="default: 256 (cached) or 64")
     p.add_argument("--m-per-class", type=int, default=None,
                    help="class-balanced batches of m per class (0 = plain shuffling); default 4 (metric), 0")
     p.add_argument("--instance-weight", type=float, default=0.0,
@@ -147,6 +148,12 @@ def run(args, settings) -> int:
         return 0
     if not args.name:
         raise CLIError(f"--recipe {args.recipe} trains a new model: give it a --name")
+    from ..models.registry import check_new_model_name
+
+    try:
+        check_new_model_name(args.name)
+    except ValueError as exc:
+        raise CLIError(f"--name: {exc}") from None
     try:
         info = train(settings, request_from_args(args))
     except ValueError as exc:  # bad option combinations name themselves

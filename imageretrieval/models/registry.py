@@ -28,8 +28,23 @@ def register_model(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
     return fn
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
+
+
+def check_new_model_name(name: str) -> str:
+    """A name a new model of the workdir may take: a plain folder name (never a path out of the workdir),
+    not one of the pretrained constructors' (which are looked up first and would hide it). ValueError."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"model name {name!r}: use letters, digits and . _ - @ + (a plain name, at most 100 "
+                         "characters, starting with a letter or digit)")
+    if name in _REGISTRY:
+        raise ValueError(f"{name!r} is a pretrained model of the zoo: choose another name")
+    return name
+
+
 def trained_model_dir(workdir: Path, name: str) -> Path:
-    return Path(workdir) / "models" / name
+    """Where a model of the workdir is saved (its name checked by `check_new_model_name`)."""
+    return Path(workdir) / "models" / check_new_model_name(name)
 
 
 def _trained_dirs(workdir: Path | None) -> dict[str, Path]:

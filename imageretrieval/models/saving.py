@@ -40,6 +40,9 @@ def save_composite(workdir: Path, name: str, members: list[str]) -> Path:
     if name in members:
         raise ValueError(f"the composite's name {name!r} must differ from its members'")
     config = composite_config(name, [get_model_config(m, workdir) for m in members])
+    existing = get_model_config(name, workdir) if name in list_model_names(workdir) else None
+    if existing is not None and not (existing.composite_of and existing.member_weights is None):
+        raise ValueError(f"{name!r} is already a model of the zoo (not a composite): choose another --name")
     directory = trained_model_dir(workdir, name)
     save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
     return directory
