@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, load_catalog
-from .io_utils import atomic_write, load_json, save_json, save_npy
+from .io_utils import atomic_write, damaged, load_json, save_json, save_npy
 from .preprocess import preprocess_for
 from .settings import Settings
 from .whitening import PostProcessor
@@ -80,7 +80,11 @@ def chosen_pca_components(settings: Settings, model_name: str, dims: int) -> int
     if settings.pca_components is not None:
         n = settings.pca_components
     elif tuned_pca_path(settings.workdir, model_name).is_file():
-        n = int(load_json(tuned_pca_path(settings.workdir, model_name))["n_components"])
+        path = tuned_pca_path(settings.workdir, model_name)
+        try:
+            n = int(load_json(path)["n_components"])
+        except (KeyError, TypeError) as exc:
+            raise damaged(path, f"no whole n_components: {exc}") from None
     else:
         n = DEFAULT_PCA_COMPONENTS
     return None if n == 0 else min(n, dims)
@@ -98,7 +102,10 @@ def chosen_vote(workdir: Path, model_name: str) -> tuple[int, float]:
     path = tuned_rerank_path(workdir, model_name)
     if path.is_file():
         tuned = load_json(path)
-        return int(tuned["vote_k"]), float(tuned["vote_alpha"])
+        try:
+            return int(tuned["vote_k"]), float(tuned["vote_alpha"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise damaged(path, f"no vote_k and vote_alpha: {exc}") from None
     return DEFAULT_VOTE_K, DEFAULT_VOTE_ALPHA
 
 

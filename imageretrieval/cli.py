@@ -30,7 +30,7 @@ USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", 
                ("text.encoders", ["TextEncoderUnavailableError"]),
                ("backends.base", ["BackendUnavailableError", "CollectionNotLoadedError"]),
                ("distributed", ["RayUnavailableError"]), ("keys", ["KeyStoreCorruptError"]),
-               ("device", ["DeviceUnavailableError"])]
+               ("device", ["DeviceUnavailableError"]), ("io_utils", ["DamagedFileError"])]
 
 log = logging.getLogger("imageretrieval")
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .device import resolve_device
 from .images import ImageDecodeError, open_image
 from .inference import Encoder, create_encoder, resolve_inference
-from .io_utils import load_json, save_json, save_npy
+from .io_utils import DamagedFileError, load_json, save_json, save_npy
 from .models import FeatureExtractor
 from .preprocess import Preprocess, preprocess_for
 
@@ -99,9 +99,17 @@ def feature_dir(workdir: Path, model_name: str, dataset: str) -> Path:
 
 
 def load_features(directory: Path, mmap: bool = False) -> FeatureSet | None:
+    """The cached features of a folder; None when absent or unreadable (cut short: extracted again)."""
     f, i = directory / "features.npy", directory / "ids.npy"
     if f.is_file() and i.is_file():
-        return FeatureSet(np.load(f, mmap_mode="r" if mmap else None), np.load(i, allow_pickle=False))
+        try:
+            features, ids = np.load(f, mmap_mode="r" if mmap else None), np.load(i, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            log.warning("ignoring unreadable cached features in %s (%s): they are extracted again", directory, exc)
+            return None
+        if len(features) == len(ids):
+            return FeatureSet(features, ids)
+        log.warning("ignoring cached features in %s: %d rows for %d ids", directory, len(features), len(ids))
     return None
 
 
@@ -230,7 +238,10 @@ def extract_features(
     if preprocess.query_scale is not None:
         meta["query_scale"] = preprocess.query_scale
     meta_path = out_dir / "meta.json"
-    old = load_json(meta_path) if meta_path.is_file() else None
+    try:
+        old = load_json(meta_path) if meta_path.is_file() else None
+    except DamagedFileError:
+        old = None  # extracted again
     done = load_features(out_dir)
     if done is not None and old is not None and _same_features(old, meta):
         log.info("features up to date in %s", out_dir)

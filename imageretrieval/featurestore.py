@@ -17,7 +17,7 @@ import torch
 
 from .catalog import load_catalog, prepare_split
 from .extract import FeatureSet, extract_features, feature_dir, load_features
-from .io_utils import load_json
+from .io_utils import DamagedFileError, load_json
 from .models import FeatureExtractor, ModelConfig, create_model, get_model_config
 from .models.composite import composite_members, is_composite_base, member_weights
 from .models.extractor import trunk_digest
@@ -114,7 +114,10 @@ def _cached(workdir: Path, model_name: str, name: str, fingerprint: str) -> Feat
     directory = feature_dir(workdir, model_name, name)
     meta_path = directory / "meta.json"
     fs = load_features(directory)
-    if fs is None or not meta_path.is_file() or load_json(meta_path).get("fingerprint") != fingerprint:
+    try:
+        if fs is None or not meta_path.is_file() or load_json(meta_path).get("fingerprint") != fingerprint:
+            return None
+    except DamagedFileError:  # a damaged cache is a stale one: extracted again
         return None
     return fs
 

@@ -50,8 +50,20 @@ def save_json(path: Path, obj: Any, durable: bool = False) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"), durable=durable)
 
 
+class DamagedFileError(ValueError):
+    """An artifact that cannot be read back (cut short, overwritten by hand): named, with the fix."""
+
+
+def damaged(path: Path, problem: object) -> DamagedFileError:
+    return DamagedFileError(f"{path} is damaged ({problem}): delete it and rerun the command that wrote it")
+
+
 def load_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise damaged(path, exc) from None
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -253,9 +253,33 @@ def test_cli_mistakes_are_one_line_errors_that_change_nothing(settings, capsys, 
         with pytest.raises(SystemExit) as stop:  # argparse names the option
             main(base + args)
         assert stop.value.code == 2 and "argument --" in capsys.readouterr().err
+    image = str(settings.dataset_root / "images" / "1001.jpg")
+    (workdir / "tuning" / TINY).mkdir(parents=True, exist_ok=True)
+    (workdir / "tuning" / TINY / "rerank.json").write_text('{"vote_k": 1')  # cut short
+    refused(base + ["search", "--model", TINY, "--image", image], "rerank.json is damaged")
+    (workdir / "models" / "tiny2" / "config.json").write_text("[]")
+    refused(base + ["models"], "config.json is damaged")
     run = subprocess.run([sys.executable, "-m", "imageretrieval", *base, "search", "--model", TINY, "--image", "x.jpg",
                           "--top-k", "0"], capture_output=True, text=True)  # the module's own entry point too
     assert run.returncode == 2 and "--top-k must be between" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_damaged_feature_cache_is_extracted_again(settings, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(settings.workdir, workdir)
+    from imageretrieval.featurestore import get_features
+
+    local = make_settings(settings.dataset_root, workdir)
+    first, _ = get_features(local, TINY, "fashion", progress=False)
+    caches = list((workdir / "features" / TINY).glob("*/features.npy"))
+    assert caches
+    for cached in caches:
+        cached.write_bytes(cached.read_bytes()[:200])  # cut short
+        (cached.parent / "meta.json").write_text("{")
+    again, _ = get_features(local, TINY, "fashion", progress=False)
+    np.testing.assert_allclose(again.features, first.features, atol=1e-6)
 
 
 def test_cli_models_json(settings, capsys):

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from ..io_utils import damaged
 from .composite import composite_members
 from .config import ModelConfig, ModelNotFoundError
 from .weights import find_local_checkpoint, pypi_weights_path, timm_hub_cached
@@ -97,7 +98,10 @@ def get_model_config(name: str, workdir: Path | None = None) -> ModelConfig:
         return _REGISTRY[name]()
     directory = model_dir(name, workdir)
     if directory is not None:
-        return ModelConfig.model_validate_json((directory / CONFIG_FILE).read_text())
+        try:
+            return ModelConfig.model_validate_json((directory / CONFIG_FILE).read_text())
+        except ValueError as exc:  # pydantic's ValidationError too: cut short, or not a model config
+            raise damaged(directory / CONFIG_FILE, str(exc).splitlines()[0]) from None
     sized = _sized_config(name)
     if sized is not None:
         return sized
