@@ -163,9 +163,17 @@ def prepare_split(catalog: Catalog, selection: str, workdir: Path, seed: int = 4
     """Compute (or load, when current) the split of a selection; saved as CSV in the workdir."""
     path = split_path(workdir, selection)
     sel = select(catalog.df, selection)
+    if sel.empty:
+        raise CatalogError(f"the catalog has no product of the {selection!r} selection: choose another "
+                           "(--selection all takes every product)")
     if path.is_file():
-        saved = pd.read_csv(path)
-        if set(saved["id"]) == set(sel["id"]) and int(saved["seed"].iloc[0]) == seed:
+        try:
+            saved = pd.read_csv(path)
+            current = set(saved["id"]) == set(sel["id"]) and int(saved["seed"].iloc[0]) == seed
+        except (ValueError, KeyError, IndexError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            log.warning("recomputing the damaged split %s (%s)", path, exc)
+            current = False
+        if current:
             return sel.merge(saved[["id", "split"]], on="id", how="left")
     out = sel.copy()
     out["split"] = stratified_split(out["articleType"], seed).to_numpy()

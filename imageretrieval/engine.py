@@ -136,7 +136,13 @@ class RetrievalEngine:
                                                              rebuild)
         if self.runtime != "torch" and exported:  # the index's own model, exported: no PyTorch needed
             self.preprocess = Preprocess.from_dict(self.manifest["preprocess"], query_resolution)
-            self.encoder = load_exported(art.encoder, self.runtime)
+            try:
+                self.encoder = load_exported(art.encoder, self.runtime)
+            except RuntimeUnavailableError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the runtimes' own errors for a file they cannot read
+                raise IndexNotBuiltError(f"{art.encoder} cannot be loaded ({str(exc).splitlines()[0][:200]}): "
+                                         f"run `{rebuild} --force`") from exc
             self.info = {k: self.manifest.get(k) for k in ("description", "backbone", "kind")}
         elif self.runtime != "torch" and not runtime_installed("torch"):
             raise IndexNotBuiltError(f"the index of {model_name!r} in {art.root} holds no exported model "

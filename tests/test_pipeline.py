@@ -257,6 +257,13 @@ def test_cli_mistakes_are_one_line_errors_that_change_nothing(settings, capsys, 
     (workdir / "tuning" / TINY).mkdir(parents=True, exist_ok=True)
     (workdir / "tuning" / TINY / "rerank.json").write_text('{"vote_k": 1')  # cut short
     refused(base + ["search", "--model", TINY, "--image", image], "rerank.json is damaged")
+    (workdir / "tuning" / TINY / "rerank.json").unlink()
+    encoder = workdir / "indexes" / TINY / "encoder.onnx"
+    encoder.write_bytes(encoder.read_bytes()[:1000])  # cut short
+    refused(base + ["search", "--model", TINY, "--image", image], "encoder.onnx cannot be loaded")
+    weights = workdir / "models" / TINY / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+    refused(base + ["index", "--model", TINY, "--force"], "weights.pt cannot be read")
     (workdir / "models" / "tiny2" / "config.json").write_text("[]")
     refused(base + ["models"], "config.json is damaged")
     run = subprocess.run([sys.executable, "-m", "imageretrieval", *base, "search", "--model", TINY, "--image", "x.jpg",

@@ -41,9 +41,14 @@ def run(args, settings) -> int:
     from ..io_utils import save_json
 
     model = args.model or settings.default_model
-    task = catalog_task(settings, model, selection=args.selection, split="val", database="split",
-                        n_queries=args.queries, fit_sample=args.fit_sample, database_sample=args.val_sample)
-    search = finetune_pca(task, args.metric, min_step=args.min_step)
+    from ..cli import CLIError
+
+    try:
+        task = catalog_task(settings, model, selection=args.selection, split="val", database="split",
+                            n_queries=args.queries, fit_sample=args.fit_sample, database_sample=args.val_sample)
+        search = finetune_pca(task, args.metric, min_step=args.min_step)
+    except ValueError as exc:  # e.g. an empty val split: the protocol names it
+        raise CLIError(str(exc)) from exc
     if not search.scores or all(s != s for s in search.scores.values()):  # NaN: no val query has a relevant product
         from ..cli import CLIError
 

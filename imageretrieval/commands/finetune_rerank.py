@@ -38,9 +38,14 @@ def run(args, settings) -> int:
     from ..io_utils import save_json
 
     model = args.model or settings.default_model
-    val, test = (catalog_task(settings, model, selection=args.selection, split=split, database="split",
-                              n_queries=args.queries, with_fit=False) for split in ("val", "test"))
-    search = tune_vote(val)
+    from ..cli import CLIError
+
+    try:
+        val, test = (catalog_task(settings, model, selection=args.selection, split=split, database="split",
+                                  n_queries=args.queries, with_fit=False) for split in ("val", "test"))
+        search = tune_vote(val)
+    except ValueError as exc:  # e.g. an empty val split: the protocol names it
+        raise CLIError(str(exc)) from exc
     chosen = (search.vote_k, search.vote_alpha)
     test_scores = {"none": vote_scores(test, "none"), "chosen": vote_scores(test, "category", *chosen)}
     wrong = vote_confusions(test, *chosen)

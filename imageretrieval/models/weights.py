@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import WeightsUnavailableError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -74,7 +76,11 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # cut short, or not a checkpoint
+        raise WeightsUnavailableError(f"{path} cannot be read ({str(exc).splitlines()[0]}): it is damaged; "
+                                      "delete it and retrain or download it again") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state
