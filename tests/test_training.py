@@ -404,6 +404,15 @@ def test_pack_round_trip_and_training_without_the_dataset_roots(train_settings, 
     Path(product["path"]).unlink()
     with pytest.raises(PackError, match="missing"):
         load_pack(tmp_path / "pack")
+    import shutil
+
+    for name, damage, message in (("pack.json", b'{"version": ', "pack.json is damaged"),
+                                  ("table.csv", b"a,b\n1,2\n", "table.csv is damaged")):
+        damaged = tmp_path / f"damaged-{name}"
+        shutil.copytree(tmp_path / "pack", damaged)
+        (damaged / name).write_bytes(damage)
+        with pytest.raises(PackError, match=message):
+            load_pack(damaged)
 
 
 def test_time_budget_plans_only_the_epochs_that_fit(train_settings):

@@ -101,7 +101,9 @@ def run_update(args, settings) -> int:
     for pid, fields in updates.items():
         image = find_image(args.images, pid) if args.images is not None else None
         if not fields and image is None:
-            raise CLIError(f"product {pid}: no field to set and no image {pid}.jpg in {args.images}")
+            raise CLIError(f"product {pid}: no field to set (--set FIELD=VALUE) and no new image"
+                           + (f" ({pid}.jpg or another image format) in {args.images}" if args.images is not None
+                              else " (--images DIR)"))
         writes.append(ProductWrite("update", pid, fields, image))
     return _report(*write_products(settings, writes, args.model))
 

@@ -105,11 +105,19 @@ def load_pack(directory: Path) -> tuple[LabelEncoding, pd.DataFrame, dict]:
     if not (directory / PACK_FILE).is_file() or not (directory / TABLE_FILE).is_file():
         raise PackError(f"{directory} is not a training pack (no {PACK_FILE} / {TABLE_FILE}): make one with "
                         "`imageretrieval pack --out DIR`")
-    info = load_json(directory / PACK_FILE)
-    if info.get("version") != PACK_VERSION:
-        raise PackError(f"{directory}: pack version {info.get('version')}, this build reads {PACK_VERSION}: "
+    try:
+        info = load_json(directory / PACK_FILE)
+    except ValueError as exc:  # cut short: DamagedFileError names the file
+        raise PackError(str(exc)) from None
+    version = info.get("version") if isinstance(info, dict) else None
+    if version != PACK_VERSION:
+        raise PackError(f"{directory}: pack version {version}, this build reads {PACK_VERSION}: "
                         "export it again with this version")
-    table = pd.read_csv(directory / TABLE_FILE, dtype={"key": str, "item": str}, keep_default_na=False)
+    try:
+        table = pd.read_csv(directory / TABLE_FILE, dtype={"key": str, "item": str}, keep_default_na=False)
+        table["path"], table["label"]  # noqa: B018 - the columns every pack has
+    except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise PackError(f"{directory / TABLE_FILE} is damaged ({exc}): export the pack again") from None
     missing = [p for p in table["path"] if not (directory / p).is_file()]
     if missing:
         raise PackError(f"{directory}: {len(missing)} of {len(table)} images are missing (first: {missing[0]}); "
