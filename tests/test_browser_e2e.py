@@ -441,6 +441,13 @@ def test_paste_drop_crop_keyboard_and_phone_layout(browser, app_url, synthetic_c
         pg.keyboard.press("ArrowRight")
     assert last_upload(pg) == "crop.jpg"
     wait_results(pg, 10)
+    searches: list[str] = []
+    pg.on("request", lambda r: searches.append(r.url) if r.url.endswith("/api/search") else None)
+    with pg.expect_request(lambda r: r.url.endswith("/api/search")):
+        for _ in range(4):  # steps in a row: one search, once they stop
+            pg.keyboard.press("ArrowDown")
+    wait_results(pg, 10)
+    assert len(searches) == 1
     pg.locator("#change-photo").focus()
     pg.keyboard.press("Enter")
     assert pg.evaluate("window.__pickers") == ["file-input"]

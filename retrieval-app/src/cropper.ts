@@ -9,11 +9,16 @@ export interface CropBox {
 }
 
 const MIN_SIZE = 0.04; // a smaller drag is a click, not a crop
+const KEY_SETTLE_MS = 300; // arrow-key steps in a row search once, when they stop
 const clamp = (v: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, v));
+const sameBox = (a: CropBox | null, b: CropBox | null) =>
+  a === b || (a !== null && b !== null && a.x === b.x && a.y === b.y && a.w === b.w && a.h === b.h);
 
 export class Cropper {
   private box: CropBox | null = null;
+  private before: CropBox | null = null; // the box when a drag began
   private start: { x: number; y: number } | null = null;
+  private settle: ReturnType<typeof setTimeout> | null = null;
   private readonly rect: HTMLDivElement;
 
   constructor(
@@ -36,6 +41,8 @@ export class Cropper {
   }
 
   set(box: CropBox | null, notify = false): void {
+    if (this.settle !== null) clearTimeout(this.settle);
+    this.settle = null;
     this.box = box;
     this.render();
     if (notify) this.onChange(box);
@@ -52,6 +59,7 @@ export class Cropper {
     this.surface.setPointerCapture(e.pointerId);
     // focusVisible: no focus ring for a pointer (Chromium, Firefox); the keyboard still gets one
     this.surface.focus({ preventScroll: true, focusVisible: false } as FocusOptions);
+    this.before = this.box;
     this.start = this.point(e);
   };
 
@@ -73,7 +81,7 @@ export class Cropper {
     this.start = null;
     if (this.box && (this.box.w < MIN_SIZE || this.box.h < MIN_SIZE)) this.box = null;
     this.render();
-    this.onChange(this.box);
+    if (!sameBox(this.before, this.box)) this.onChange(this.box); // a plain click on an uncropped photo: nothing
   };
 
   private readonly cancel = () => {
@@ -99,7 +107,12 @@ export class Cropper {
     const next = e.shiftKey
       ? { ...b, w: clamp(b.w + dx * step, MIN_SIZE, 1 - b.x), h: clamp(b.h + dy * step, MIN_SIZE, 1 - b.y) }
       : { ...b, x: clamp(b.x + dx * step, 0, 1 - b.w), y: clamp(b.y + dy * step, 0, 1 - b.h) };
-    this.set(next, true);
+    if (sameBox(next, b)) return; // at the edge already
+    this.set(next);
+    this.settle = setTimeout(() => {
+      this.settle = null;
+      this.onChange(this.box);
+    }, KEY_SETTLE_MS);
   };
 
   private render(): void {
