@@ -243,6 +243,17 @@ def test_an_id_changed_twice_in_one_catch_up_ends_in_its_last_state(synthetic_ca
     assert engine.search([new_image(41)], k=1)[0][0].id == 900041
 
 
+@pytest.mark.parametrize("damage", ["[]", '{"seq": 3, "products": ', '{"seq": 3}'])
+def test_a_damaged_snapshot_is_named_not_a_traceback(synthetic_catalog, tmp_path, damage):
+    from imageretrieval.live.journal import JournalCorruptError
+
+    catalog = LiveCatalog(synthetic_catalog, tmp_path / "wd")
+    catalog.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+    catalog.snapshot_path.write_text(damage)
+    with pytest.raises(JournalCorruptError, match="snapshot.*is damaged.*backup"):
+        LiveCatalog(synthetic_catalog, tmp_path / "wd")
+
+
 def test_original_styles_csv_is_never_modified(synthetic_catalog, tmp_path):
     before = (synthetic_catalog / "styles.csv").read_bytes()
     catalog = LiveCatalog(synthetic_catalog, tmp_path)

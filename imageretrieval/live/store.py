@@ -31,7 +31,7 @@ import pandas as pd
 from ..catalog import load_catalog
 from ..io_utils import atomic_write, fsync_dir, load_json
 from .blobs import ImageBlobs
-from .journal import Entry, Journal
+from .journal import Entry, Journal, JournalCorruptError
 from .products import FIELDS, check_fields, check_id
 
 log = logging.getLogger(__name__)
@@ -320,9 +320,13 @@ class LiveCatalog:
     def _load_snapshot(self) -> None:
         if not self.snapshot_path.is_file():
             return
-        data = load_json(self.snapshot_path)
-        self.overlay = {int(k): _product_from(v) for k, v in data["products"].items()}
-        self.seq = self.snapshot_seq = int(data["seq"])
+        try:
+            data = load_json(self.snapshot_path)
+            self.overlay = {int(k): _product_from(v) for k, v in data["products"].items()}
+            self.seq = self.snapshot_seq = int(data["seq"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise JournalCorruptError(f"{self.snapshot_path} is damaged ({exc}): the live catalog's changes "
+                                      "folded into it cannot be read; restore the file from a backup") from None
 
     def _entry_ops(self, entry: Entry) -> list[Op]:
         ops = []
