@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, load_catalog
-from .io_utils import atomic_write, damaged, load_json, save_json, save_npy
+from .io_utils import DamagedFileError, atomic_write, damaged, load_json, save_json, save_npy
 from .preprocess import preprocess_for
 from .settings import Settings
 from .whitening import PostProcessor
@@ -226,7 +226,10 @@ def build_model_index(settings: Settings, model_name: str, force: bool = False, 
     if digest:  # absent for fp32, so that indexes built before int8 existed stay current
         wanted["encoder_precision"] = f"int8:{digest}"
     art = ModelArtifacts.of(workdir, model_name)
-    current = art.read_manifest()
+    try:
+        current = art.read_manifest()
+    except DamagedFileError:
+        current = None  # rebuilt
     same = all(current.get(k) == v for k, v in wanted.items()) if current is not None else False
     if not force and same and art.exists() and current.get("encoder_precision") == wanted.get("encoder_precision"):
         log.info("index for %s is up to date (%s)", model_name, art.root)

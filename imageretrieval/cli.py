@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .settings import Settings
@@ -166,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         print(f"imageretrieval {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output went to a pipe that closed (`... | head`): not an error of ours
+        sys.stderr.close()  # nor a message about the pipe at exit
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed pipe until exit
+        except OSError:
+            pass
+        return 141
     except OSError as exc:  # a path that is missing, a file where a folder should be, no permission, a full disk
         log.debug("%s failed", args.command, exc_info=True)  # -v shows where
         print(f"imageretrieval {args.command}: error: {exc} (check the path and its permissions; -v shows where "

@@ -136,7 +136,10 @@ def _reusable_rows(reuse_root: Path, out_dir: Path, meta: dict, ids: np.ndarray)
             continue
         if directory.resolve() == Path(out_dir).resolve() or not (directory / "meta.json").is_file():
             continue
-        other = load_json(directory / "meta.json")
+        try:
+            other = load_json(directory / "meta.json")
+        except DamagedFileError:
+            continue
         if not _same(other, meta, ENCODING_KEYS):
             continue
         fs = load_features(directory, mmap=True)
@@ -241,7 +244,7 @@ def extract_features(
     try:
         old = load_json(meta_path) if meta_path.is_file() else None
     except DamagedFileError:
-        old = None  # extracted again
+        old = {}  # unknown settings: nothing of it is reused (chunks of an interrupted run included)
     done = load_features(out_dir)
     if done is not None and old is not None and _same_features(old, meta):
         log.info("features up to date in %s", out_dir)

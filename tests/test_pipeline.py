@@ -287,6 +287,8 @@ def test_a_damaged_feature_cache_is_extracted_again(settings, tmp_path):
         (cached.parent / "meta.json").write_text("{")
     again, _ = get_features(local, TINY, "fashion", progress=False)
     np.testing.assert_allclose(again.features, first.features, atol=1e-6)
+    (workdir / "indexes" / TINY / "manifest.json").write_text("{")  # the engine says: index --force
+    assert build_model_index(local, TINY, force=True, progress=False)["size"] == len(again.ids)
 
 
 def test_cli_models_json(settings, capsys):

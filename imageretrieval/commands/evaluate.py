@@ -175,8 +175,8 @@ def run(args, settings) -> int:
 
     t0 = time.perf_counter()
     model = args.model or settings.default_model
-    if args.dump_rankings and (args.dump_rankings.is_dir() or not args.dump_rankings.parent.is_dir()):
-        raise CLIError(f"--dump-rankings {args.dump_rankings}: give a file path in an existing folder")
+    if args.dump_rankings and args.dump_rankings.is_dir():
+        raise CLIError(f"--dump-rankings {args.dump_rankings} is a folder: give a file path")
     if args.protocol == "text-to-catalog":
         return run_text(args, settings, model)
     config = get_model_config(model, settings.workdir)

@@ -61,8 +61,8 @@ def run(args, settings) -> int:
 
 def ensure_int8_twin(settings: Settings, name: str, tolerance: float = DEFAULT_TOLERANCE) -> None:
     """PRECISION=int8 on a model without a twin: make one with `quantize`'s defaults (accepted or refused)."""
+    from ..catalog import load_catalog, select
     from ..cli import CLIError
-    from ..featurestore import fashion_table
     from ..inference import export_dir, export_onnx
     from ..models import create_model
     from ..preprocess import preprocess_for
@@ -74,7 +74,7 @@ def ensure_int8_twin(settings: Settings, name: str, tolerance: float = DEFAULT_T
     if load_record(fp32_path) is not None or rejected_path(fp32_path).is_file():
         return  # made before, accepted or not: building the index says which
     print(f"{name}: PRECISION=int8 and no int8 twin yet: making one (imageretrieval quantize --model {name})")
-    seed_types = len(fashion_table(settings, "seed", "train")) > 0  # a shop's own catalog may have none
+    seed_types = not select(load_catalog(settings.dataset_root).df, "seed").empty  # a shop's own catalog: none
     try:
         record, _ = quantize_model(settings, name, selection="seed" if seed_types else "all", tolerance=tolerance)
     except ValueError as exc:  # an empty val split: named by the protocols

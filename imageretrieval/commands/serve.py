@@ -22,6 +22,8 @@ def check_port_free(host: str, port: int) -> None:
 
     from ..cli import CLIError
 
+    if not host:
+        return  # every interface: uvicorn's own error says it if a port is taken
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -29,6 +31,8 @@ def check_port_free(host: str, port: int) -> None:
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds IPv6
         try:
             probe.bind(address)
         except OSError as exc:
@@ -47,7 +51,16 @@ def run(args, settings) -> int:
     os.environ["DEVICE"] = settings.device
     if args.models:
         os.environ["MODELS"] = args.models
-    json_logs = os.environ.get("LOG_FORMAT", "text").strip().lower() == "json"
+    from pydantic import ValidationError
+
+    from retrievalapi.settings import ApiSettings
+
+    from ..cli import CLIError
+
+    try:
+        json_logs = ApiSettings().log_format == "json"  # the environment or .env, as the API reads it
+    except ValidationError as exc:  # the API would refuse to start with it
+        raise CLIError("; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())) from None
     if json_logs:  # the CLI configured the log before the API could: give its lines, and uvicorn's, JSON
         from retrievalapi.logs import JsonFormatter
 

@@ -11,12 +11,12 @@ export interface CropBox {
 const MIN_SIZE = 0.04; // a smaller drag is a click, not a crop
 const KEY_SETTLE_MS = 300; // arrow-key steps in a row search once, when they stop
 const clamp = (v: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, v));
-const sameBox = (a: CropBox | null, b: CropBox | null) =>
-  a === b || (a !== null && b !== null && a.x === b.x && a.y === b.y && a.w === b.w && a.h === b.h);
+const sameBox = (a: CropBox | null | undefined, b: CropBox | null) =>
+  a === b || (a != null && b !== null && a.x === b.x && a.y === b.y && a.w === b.w && a.h === b.h);
 
 export class Cropper {
   private box: CropBox | null = null;
-  private before: CropBox | null = null; // the box when a drag began
+  private before: CropBox | null | undefined = null; // the box searched with when a drag began (undefined: none yet)
   private start: { x: number; y: number } | null = null;
   private settle: ReturnType<typeof setTimeout> | null = null;
   private readonly rect: HTMLDivElement;
@@ -59,7 +59,10 @@ export class Cropper {
     this.surface.setPointerCapture(e.pointerId);
     // focusVisible: no focus ring for a pointer (Chromium, Firefox); the keyboard still gets one
     this.surface.focus({ preventScroll: true, focusVisible: false } as FocusOptions);
-    this.before = this.box;
+    const keyStepsPending = this.settle !== null; // arrow-key steps not searched yet: the drag's end searches
+    if (this.settle !== null) clearTimeout(this.settle);
+    this.settle = null;
+    this.before = keyStepsPending ? undefined : this.box;
     this.start = this.point(e);
   };
 
