@@ -241,6 +241,7 @@ def test_cli_mistakes_are_one_line_errors_that_change_nothing(settings, capsys, 
     assert (workdir / "models" / TINY / "config.json").read_bytes() == tiny_config
     assert not (tmp_path / "evil").exists() and not (workdir / "models" / "config.json").exists()
     refused(base + ["make-synthetic", "--out", str(settings.dataset_root)], "not an empty folder")
+    refused(base + ["index", "--compact", "--pca", "8"], "are for a build")
     refused(base + ["evaluate", "--model", TINY, "--dump-rankings", str(tmp_path)], "--dump-rankings")
     if not torch.cuda.is_available():
         refused(base + ["--device", "cuda", "search", "--model", TINY, "--image", "x.jpg"], "no CUDA device")

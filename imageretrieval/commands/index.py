@@ -37,6 +37,11 @@ def run(args, settings) -> int:
         settings.pca_components = args.pca
     if args.ray:
         settings.ray_address = args.ray
+    if args.compact and (args.force or args.pca is not None or args.index_factory):
+        from ..cli import CLIError
+
+        raise CLIError("--compact folds the live catalog's changes into the index as it was built: --force, --pca "
+                       "and --index-factory are for a build (run it without --compact)")
     for name in args.model or [settings.default_model]:
         if args.compact:
             from ..live.compaction import compact_index
