@@ -349,3 +349,21 @@ def test_rescale_renders_other_resolutions():
     assert rescale(img, 0.5).size == (30, 40) and rescale(img, 4).size == (240, 320)
     through_query_path = Preprocess(32, query_resolution=(60, 80), query_scale=4.0)(img)
     assert through_query_path.shape == (3, 32, 32)
+
+
+def test_results_csv_of_other_columns_is_set_aside_not_appended_to(tmp_path):
+    import csv
+
+    from imageretrieval.evaluation.reports import COLUMNS, append_results
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "results.csv").write_text("model,P@15\ntiny,0.5\n")  # an older version's columns
+    csv_path, _ = append_results(tmp_path, {"model": "tiny"})
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == COLUMNS and len(rows) == 2
+    kept = [p for p in out.glob("results-*.csv")]
+    assert len(kept) == 1 and kept[0].read_text() == "model,P@15\ntiny,0.5\n"  # nothing lost
+    append_results(tmp_path, {"model": "tiny"})  # the same columns: appended
+    assert len(list(out.glob("results-*.csv"))) == 1 and len(csv_path.read_text().splitlines()) == 3

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import logging
 import math
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..io_utils import load_json, save_json
+
+log = logging.getLogger(__name__)
 
 SEED_COLUMNS = ["Model", "DataSetSize", "UsedFeatures", "FeaturesSize", "ProcessTime", "mAPqueries", "mAP",
                 "PrecisionHits"]
@@ -81,6 +84,7 @@ def append_results(workdir: Path, row: dict) -> tuple[Path, Path]:
     out = results_dir(workdir)
     csv_path, md_path = out / "results.csv", out / "results.md"
     with _locked(csv_path):
+        _set_aside_if_other_columns(csv_path)
         new = not csv_path.is_file()
         with open(csv_path, "a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -93,6 +97,23 @@ def append_results(workdir: Path, row: dict) -> tuple[Path, Path]:
                 fh.write("# Evaluation runs (appended by `imageretrieval evaluate`)\n\n" + markdown_header() + "\n")
             fh.write(markdown_row(row) + "\n")
     return csv_path, md_path
+
+
+def _set_aside_if_other_columns(csv_path: Path) -> None:
+    """A results.csv with other columns (an older version's, or damaged) is kept under a dated name and a new
+    one started: rows appended under another header would land in the wrong columns."""
+    if not csv_path.is_file():
+        return
+    try:
+        with open(csv_path, newline="") as fh:
+            header = next(csv.reader(fh), None)
+    except (UnicodeDecodeError, csv.Error):
+        header = None
+    if header == COLUMNS:
+        return
+    kept = csv_path.with_name(f"{csv_path.stem}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.csv")
+    csv_path.rename(kept)
+    log.warning("%s had other columns: kept as %s, a new one is started", csv_path, kept.name)
 
 
 def shopper_metrics(metrics: dict) -> dict:
