@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..cli import port_number
+from ..cli import CLIError, port_number
 
 
 def register(sub) -> None:
@@ -19,8 +19,6 @@ def register(sub) -> None:
 def check_port_free(host: str, port: int) -> None:
     """Fail before the models load (uvicorn binds only after its start-up) when the port is taken."""
     import socket
-
-    from ..cli import CLIError
 
     if not host:
         return  # every interface: uvicorn's own error says it if a port is taken
@@ -42,7 +40,10 @@ def check_port_free(host: str, port: int) -> None:
 
 def run(args, settings) -> int:
     import uvicorn
+    from pydantic import ValidationError
     from uvicorn.config import LOGGING_CONFIG
+
+    from retrievalapi.settings import ApiSettings
 
     check_port_free(args.host, args.port)
     # The API reads its own settings from the environment: pass the CLI's resolved values on.
@@ -51,12 +52,6 @@ def run(args, settings) -> int:
     os.environ["DEVICE"] = settings.device
     if args.models:
         os.environ["MODELS"] = args.models
-    from pydantic import ValidationError
-
-    from retrievalapi.settings import ApiSettings
-
-    from ..cli import CLIError
-
     try:
         json_logs = ApiSettings().log_format == "json"  # the environment or .env, as the API reads it
     except ValidationError as exc:  # the API would refuse to start with it
