@@ -281,9 +281,9 @@ class RetrievalEngine:
 
     @property
     def decode_size(self) -> int:
-        """The smallest side an upload is decoded down to (JPEG draft mode): twice the model input is plenty,
-        the preprocessing downsamples further. Searches, writes and re-encodes all decode this way."""
-        return 2 * max(self.preprocess.shape[1:])
+        """The smallest side an upload is decoded down to (JPEG draft mode; `Preprocess.decode_size`).
+        Searches, writes, re-encodes and the evaluation's queries all decode this way."""
+        return self.preprocess.decode_size
 
     # ----- live catalog -------------------------------------------------------------------------
     def apply_ops(self, ops: Sequence[Op], cached: Mapping[str, np.ndarray] | None = None) -> int:
@@ -466,8 +466,9 @@ class RetrievalEngine:
         filters: Mapping[str, Sequence[str]] | None = None,
         rerank: str | None = None,
     ) -> list[list[SearchHit]]:
-        """Encode the images (paths/bytes are decoded) and return the top-k hits for each."""
-        decoded = [img if isinstance(img, Image.Image) else open_image(img) for img in images]
+        """Encode the images (paths/bytes are decoded as uploads are) and return the top-k hits for each."""
+        decoded = [img if isinstance(img, Image.Image) else open_image(img, min_size=self.decode_size)
+                   for img in images]
         return self.search_vectors(self.encode(decoded), k, filters, rerank=rerank)
 
     def vector_of(self, product_id: int) -> np.ndarray:

@@ -40,12 +40,20 @@ def load_image(path: Path, preprocess: Preprocess) -> tuple[np.ndarray, bool]:
 def load_image_into(path: Path, preprocess: Preprocess, out: np.ndarray) -> bool:
     """Write one image's model input into `out` (a batch row); False (and a blank input) if unreadable."""
     try:
-        preprocess.write_into(open_image(path), out)
+        preprocess.write_into(open_image(path, min_size=query_decode_size(preprocess)), out)
         return True
     except ImageDecodeError as exc:
         log.warning("skipping unreadable image: %s", exc)
         out.fill(0)
         return False
+
+
+def query_decode_size(preprocess: Preprocess) -> int | None:
+    """JPEG draft decoding for queries brought to the catalog's resolution, exactly as the engine decodes an
+    upload; None (a full decode) for everything else: the catalog itself, queries re-rendered at a scale."""
+    if preprocess.query_resolution is None or preprocess.query_scale is not None:
+        return None
+    return preprocess.decode_size
 
 
 def image_batches(paths: Sequence[Path], preprocess: Preprocess, batch_size: int = 32, threads: int = 1,
@@ -115,7 +123,8 @@ def load_features(directory: Path, mmap: bool = False) -> FeatureSet | None:
 
 # What makes two feature sets equal; other meta keys (added over time) never invalidate features.
 # How a row is encoded:
-ENCODING_KEYS = ("fingerprint", "precision", "input_size", "input_width", "query_resolution", "query_scale")
+ENCODING_KEYS = ("fingerprint", "precision", "input_size", "input_width", "query_resolution", "query_scale",
+                 "query_decode")
 IDENTITY_KEYS = ENCODING_KEYS + ("n", "ids_hash")  # ... and which rows
 
 
@@ -240,6 +249,8 @@ def extract_features(
     }
     if preprocess.query_scale is not None:
         meta["query_scale"] = preprocess.query_scale
+    if query_decode_size(preprocess) is not None:
+        meta["query_decode"] = query_decode_size(preprocess)
     meta_path = out_dir / "meta.json"
     try:
         old = load_json(meta_path) if meta_path.is_file() else None

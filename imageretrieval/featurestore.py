@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .catalog import load_catalog, prepare_split
-from .extract import FeatureSet, extract_features, feature_dir, load_features
+from .extract import FeatureSet, extract_features, feature_dir, load_features, query_decode_size
 from .io_utils import DamagedFileError, load_json
 from .models import FeatureExtractor, ModelConfig, create_model, get_model_config
 from .models.composite import composite_members, is_composite_base, member_weights
@@ -109,13 +109,16 @@ def _base_digest(settings: Settings, base_name: str) -> str:
     return _DIGESTS[key]
 
 
-def _cached(workdir: Path, model_name: str, name: str, fingerprint: str) -> FeatureSet | None:
-    """A complete cached feature set of this model (same weights and config), or None."""
+def _cached(workdir: Path, model_name: str, name: str, fingerprint: str,
+            query_decode: int | None = None) -> FeatureSet | None:
+    """A complete cached feature set of this model (same weights and config, queries decoded the same
+    way), or None."""
     directory = feature_dir(workdir, model_name, name)
     meta_path = directory / "meta.json"
     fs = load_features(directory)
     try:
-        if fs is None or not meta_path.is_file() or load_json(meta_path).get("fingerprint") != fingerprint:
+        meta = load_json(meta_path) if fs is not None and meta_path.is_file() else None
+        if meta is None or meta.get("fingerprint") != fingerprint or meta.get("query_decode") != query_decode:
             return None
     except DamagedFileError:  # a damaged cache is a stale one: extracted again
         return None
@@ -206,13 +209,14 @@ def get_features(
         name += f"-s{sample}"
     name += suffix
     candidates.append(name)
+    decode = query_decode_size(preprocess_for(config, query_resolution, query_scale))
     for cand in candidates:
-        fs = _cached(settings.workdir, model_name, cand, fp)
+        fs = _cached(settings.workdir, model_name, cand, fp, decode)
         sliced = _slice(fs, ids) if fs is not None else None
         if sliced is not None:
             return sliced, table
     if dataset == "fashion" and split == "all" and sample is None:  # the selection's splits, extracted apart
-        splits = [_cached(settings.workdir, model_name, f"fashion-{selection}-{s}{suffix}", fp)
+        splits = [_cached(settings.workdir, model_name, f"fashion-{selection}-{s}{suffix}", fp, decode)
                   for s in ("train", "val", "test")]
         if all(s is not None for s in splits):
             sliced = _slice(FeatureSet(np.concatenate([s.features for s in splits]),

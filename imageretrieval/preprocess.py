@@ -6,12 +6,14 @@ crop would cut off collars and hems.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 WHITE = (255, 255, 255)
+QUERY_DECODE_MARGIN = 1.5  # a query brought to the catalog's resolution is decoded at >= this x that first
 
 
 def letterbox(img: Image.Image, size: int, fill: tuple[int, int, int] = WHITE, width: int | None = None) -> Image.Image:
@@ -116,6 +118,15 @@ class Preprocess:
     query_scale: float | None = None  # evaluation only: re-render the image at this scale first
     packed_sizes: tuple[int, ...] = ()
     input_width: int | None = None  # None = square
+
+    @property
+    def decode_size(self) -> int:
+        """The smallest side a JPEG query may be decoded down to (draft mode, in the DCT: several times
+        faster than a full decode). A query brought to the catalog's resolution needs little more than that
+        resolution, as the antialiased downscale follows; any other needs twice the model's input."""
+        if self.query_resolution is not None and self.query_scale is None:
+            return math.ceil(QUERY_DECODE_MARGIN * max(self.query_resolution))
+        return 2 * max(self.shape[1:])
 
     @property
     def shape(self) -> tuple[int, int, int]:

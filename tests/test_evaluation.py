@@ -340,6 +340,48 @@ def test_cli_catalog_queries_at_another_resolution(eval_env, capsys):
     assert main([*flags, "evaluate", "--model", TINY, "--rerank", "category", "--vote-k", "0"]) == 2
 
 
+def test_photo_queries_are_decoded_as_the_api_decodes_an_upload(tmp_path):
+    """A query brought to the catalog's resolution is JPEG-draft-decoded to a little over that resolution, in
+    the evaluation as in the API (the figures measure what a shopper gets); other inputs decode in full."""
+    from PIL import Image
+
+    from imageretrieval.extract import load_image, query_decode_size
+    from imageretrieval.images import open_image
+    from imageretrieval.preprocess import Preprocess
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (800, 600, 3), dtype=np.uint8)).save(path, quality=90)
+    query = Preprocess(32, query_resolution=(30, 40))
+    assert query.decode_size == 60 and query_decode_size(query) == 60
+    assert open_image(path, min_size=query.decode_size).size == (75, 100)  # 1/8 in the DCT: both sides >= 60
+    as_uploaded = query(open_image(path.read_bytes(), min_size=query.decode_size))
+    assert np.array_equal(load_image(path, query)[0], as_uploaded)
+    assert not np.array_equal(as_uploaded, query(open_image(path)))  # a full decode gives other pixels
+    native, rescaled = Preprocess(32), Preprocess(32, query_resolution=(30, 40), query_scale=2.0)
+    assert native.decode_size == rescaled.decode_size == 64  # twice the input: no query resolution to go by
+    assert query_decode_size(native) is None and query_decode_size(rescaled) is None  # extraction: in full
+
+
+def test_query_features_decoded_otherwise_are_extracted_again(eval_env):
+    from imageretrieval.featurestore import get_features
+    from imageretrieval.io_utils import load_json, save_json
+    from imageretrieval.settings import Settings
+
+    workdir, flags = eval_env
+    settings = Settings(dataset_root=flags[1], workdir=workdir, deepfashion_root=flags[5], device="cpu",
+                        precision="fp32", num_workers=0)
+    first, _ = get_features(settings, TINY, "deepfashion", "test", query_resolution=(30, 40), progress=False)
+    meta_path = workdir / "features" / TINY / "deepfashion-test-q30x40" / "meta.json"
+    meta = load_json(meta_path)
+    assert meta["query_decode"] == 60
+    del meta["query_decode"]  # as written before queries were draft-decoded
+    save_json(meta_path, meta)
+    again, _ = get_features(settings, TINY, "deepfashion", "test", query_resolution=(30, 40), progress=False)
+    assert load_json(meta_path)["query_decode"] == 60  # extracted again, not served from the stale cache
+    assert np.array_equal(first.ids, again.ids) and np.allclose(first.features, again.features, equal_nan=True)
+
+
 def test_rescale_renders_other_resolutions():
     from PIL import Image
 

@@ -53,7 +53,7 @@ def run(args, settings) -> int:
     images, paths, status = [], [], 0
     for path in args.image:
         try:
-            images.append(open_image(path))
+            images.append(open_image(path, min_size=engine.decode_size))  # as the API decodes an upload
             paths.append(path)
         except ImageDecodeError as exc:
             print(json.dumps({"query": path, "model": name, "error": str(exc)}) if args.json
