@@ -282,7 +282,8 @@ class RetrievalEngine:
     @property
     def decode_size(self) -> int:
         """The smallest side an upload is decoded down to (JPEG draft mode; `Preprocess.decode_size`).
-        Searches, writes, re-encodes and the evaluation's queries all decode this way."""
+        Searches, writes and re-encodes decode this way, and so do the evaluation's photo queries when
+        they are brought to the catalog's resolution (the default)."""
         return self.preprocess.decode_size
 
     # ----- live catalog -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 
 from imageretrieval.backends import BackendUnavailableError
 from imageretrieval.engine import RetrievalEngine
-from imageretrieval.images import ImageDecodeError
+from imageretrieval.images import ImageDecodeError, open_image
 from imageretrieval.keys import ApiKey
 from imageretrieval.live.blobs import blob_sha, stored_form
 from imageretrieval.live.products import check_fields, check_id
@@ -35,7 +35,7 @@ from .priority import PriorityExecutor
 
 log = logging.getLogger(__name__)
 
-ENCODE_CHUNK = 4  # images per forward of a write: a search queued behind it waits for one chunk at most
+ENCODE_CHUNK = 8  # images per forward of a write alone: a search queued behind it waits for one chunk at most
 QUIET_CHUNK = 1  # ... while searches are about: a shorter wait for the next one
 RECENT_SEARCH_S = 0.1  # a search this recent means more may follow
 MAX_YIELD_S = 0.25  # a write waits at most this long per step for in-flight searches to finish
@@ -85,11 +85,6 @@ class WriteRequest:
     fields: dict | None = None
     image: bytes | None = None  # as uploaded
     replace: bool = False  # update: the fields given replace all of them (PUT), else they are merged
-
-
-def decode_size(engines: list[RetrievalEngine]) -> int:
-    """The smallest side a JPEG may be decoded down to for every model (twice its input, as for searches)."""
-    return max(engine.decode_size for engine in engines)
 
 
 class CatalogWriter:
@@ -221,17 +216,22 @@ class CatalogWriter:
     def _prepare(self, request: WriteRequest, engines: list[RetrievalEngine]
                  ) -> tuple[str, Future, list[np.ndarray]]:
         """Write-decode thread: the image's hash, its durable storage under that hash (started on the
-        store threads), and each model's input, decoded once from the stored bytes as a search decodes an
-        upload."""
+        store threads), and each model's input, decoded from the stored bytes as a search with that model
+        decodes an upload (once per distinct `decode_size`: usually once)."""
+        sizes = sorted({engine.decode_size for engine in engines})
+        decoded = {}
         try:
-            stored, image = stored_form(request.image, self.max_image_pixels, min_size=decode_size(engines))
-        except ImageDecodeError as exc:
-            raise WriteImageError(f"product {request.id}: {str(exc).removeprefix('upload: ')}") from None
-        try:
+            try:
+                stored, decoded[sizes[0]] = stored_form(request.image, self.max_image_pixels, min_size=sizes[0])
+                for size in sizes[1:]:
+                    decoded[size] = open_image(stored, max_pixels=self.max_image_pixels, min_size=size)
+            except ImageDecodeError as exc:
+                raise WriteImageError(f"product {request.id}: {str(exc).removeprefix('upload: ')}") from None
             return blob_sha(stored), self.store_pool.submit(self._store, stored), [
-                engine.preprocess(image) for engine in engines]
+                engine.preprocess(decoded[engine.decode_size]) for engine in engines]
         finally:
-            image.close()
+            for img in decoded.values():
+                img.close()
 
     def _store(self, stored: bytes) -> str:
         """Store thread: the image written and flushed under its hash."""

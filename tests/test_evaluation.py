@@ -375,10 +375,12 @@ def test_query_features_decoded_otherwise_are_extracted_again(eval_env):
     meta_path = workdir / "features" / TINY / "deepfashion-test-q30x40" / "meta.json"
     meta = load_json(meta_path)
     assert meta["query_decode"] == 60
-    del meta["query_decode"]  # as written before queries were draft-decoded
+    del meta["query_decode"]  # as written before queries were draft-decoded ...
     save_json(meta_path, meta)
+    np.save(meta_path.parent / "features.npy", np.full_like(first.features, 7.0))  # ... with other numbers
     again, _ = get_features(settings, TINY, "deepfashion", "test", query_resolution=(30, 40), progress=False)
-    assert load_json(meta_path)["query_decode"] == 60  # extracted again, not served from the stale cache
+    assert load_json(meta_path)["query_decode"] == 60
+    assert not (again.features == 7.0).any()  # extracted again, not served from the stale cache
     assert np.array_equal(first.ids, again.ids) and np.allclose(first.features, again.features, equal_nan=True)
 
 

@@ -70,6 +70,36 @@ def test_an_added_product_is_found_first_by_its_own_photo_in_every_model(live):
     assert conflict.status_code == 409 and "update it instead" in conflict.json()["detail"]
 
 
+def test_each_model_stores_the_vector_its_own_searches_compute_for_the_upload(live):
+    """Models that decode uploads at different sizes (here one served at a photo's own resolution, the other
+    bringing photos to the catalog's) each store what a search of theirs computes for the same file."""
+    import dataclasses
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from imageretrieval.images import open_image
+
+    engines = live.app.state.runtime.engines
+    engines["tiny2"].preprocess = dataclasses.replace(engines["tiny2"].preprocess, query_resolution=None)
+    assert engines["tiny"].decode_size != engines["tiny2"].decode_size
+    sizes = sorted(engine.decode_size for engine in engines.values())
+    side = 2 * sizes[0] + 2  # JPEG draft mode: half size for the one model, full size for the other
+    assert side // 2 < sizes[1]
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(out, "JPEG")
+    photo = out.getvalue()
+    native = engines["tiny2"]
+    assert not np.allclose(*(native.encode([open_image(photo, min_size=size)])[0] for size in sizes), atol=1e-5)
+    answer = live.post("/api/products", headers=live.write_auth, files={"image": ("p.jpg", photo, "image/jpeg")},
+                       data={"id": str(NEW_ID), **FIELDS})
+    assert answer.status_code == 201, answer.text
+    for name, engine in engines.items():
+        searched = engine.encode([open_image(photo, min_size=engine.decode_size)])[0]
+        assert np.allclose(engine.vector_of(NEW_ID), searched, atol=1e-5), name
+
+
 def test_new_values_reach_the_facets_and_filters(live):
     assert add(live, NEW_ID, new_image(5), baseColour="Teal").status_code == 201
     facets = live.get("/api/facets").json()

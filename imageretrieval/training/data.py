@@ -106,7 +106,8 @@ def train_transform(size: int, scale: tuple[float, float] = (0.6, 1.0)) -> T.Com
 
 
 class ImageTable(Dataset):
-    """(uint8 image tensor, label). Photos (`downscale`) go through the engine's query path first.
+    """(uint8 image tensor, label). Photos (`downscale`) go through the engine's query path first (decoded
+    as an upload is, then brought to `query_resolution`).
 
     `augment` None = the evaluation preprocessing; unreadable images become white with label -1.
     """
@@ -120,13 +121,14 @@ class ImageTable(Dataset):
         self.downscale = np.zeros(len(self.paths), bool) if downscale is None else np.asarray(downscale, bool)
         self.query_resolution = query_resolution
         self.plain = Preprocess(size)
+        self.photo_decode_size = Preprocess(size, query_resolution=query_resolution).decode_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         try:
-            img = open_image(self.paths[i])
+            img = open_image(self.paths[i], min_size=self.photo_decode_size if self.downscale[i] else None)
         except ImageDecodeError as exc:
             log.warning("skipping unreadable image: %s", exc)
             return torch.full((3, self.size, self.size), 255, dtype=torch.uint8), -1

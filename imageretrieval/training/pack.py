@@ -24,7 +24,7 @@ from ..artifacts import catalog_resolution
 from ..catalog import load_catalog
 from ..images import ImageDecodeError, open_image
 from ..io_utils import load_json, save_json
-from ..preprocess import match_resolution
+from ..preprocess import Preprocess, match_resolution
 from ..settings import Settings
 from .data import sample_table, training_table
 from .labels import LabelEncoding
@@ -59,6 +59,7 @@ def export_pack(settings: Settings, dataset: str, selection: str, out: Path,
     encoding, table = training_table(settings, dataset, selection)
     table = sample_table(table, samples or {}, settings.seed)
     resolution = catalog_resolution(load_catalog(settings.dataset_root))
+    photo_decode_size = Preprocess(max(resolution), query_resolution=resolution).decode_size  # as uploads are
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for domain in table["domain"].unique():
@@ -70,7 +71,7 @@ def export_pack(settings: Settings, dataset: str, selection: str, out: Path,
             name = _image_name(row.domain, row.key)
             try:
                 if row.domain == "deepfashion":
-                    img = match_resolution(open_image(row.path), resolution)
+                    img = match_resolution(open_image(row.path, min_size=photo_decode_size), resolution)
                     img.save(tmp / name, "JPEG", quality=PHOTO_JPEG_QUALITY)
                 else:
                     open_image(row.path)  # checks it decodes; the bytes are copied as they are

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..artifacts import catalog_resolution
 from ..catalog import load_catalog
-from ..extract import feature_dir, image_batches
+from ..extract import feature_dir, image_batches, query_decode_size
 from ..io_utils import save_json
 from ..models import FeatureExtractor, create_model, get_model_config
 from ..models.extractor import trunk_digest
@@ -84,6 +84,8 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, base: str, name: st
     made_of = {"paths": paths, "trunk": trunk_digest(model), "preprocess": preprocess.to_dict(),
                "query_resolution": list(query_resolution or ()), "query_scale": query_scale,
                "mean": list(model.config.mean), "std": list(model.config.std)}
+    if query_decode_size(preprocess) is not None:  # photos decoded as uploads are (absent: decoded in full)
+        made_of["query_decode"] = query_decode_size(preprocess)
     if path.is_file() and keys_path.is_file():
         if json.loads(keys_path.read_text()) == made_of:
             return np.load(path, mmap_mode="r")
