@@ -28,6 +28,18 @@ def test_render_reports_goals_from_the_numbers():
     assert "decode 4.0, forward 40.0; handler total 45.0; the remaining 5.0 ms" in good
 
 
+def test_searches_at_a_shoppers_pace_get_their_own_row():
+    bare = BareForward(batch=32, singles=[0.040] * 8, batches=[1.3] * 6)
+    c1 = LevelResult(1, sent=3, ok=3, wall_s=0.15, latencies_ms=[50.0] * 3)
+    paced = LevelResult(1, sent=4, ok=4, wall_s=0.4, latencies_ms=[70.0, 80.0, 90.0, 100.0],
+                        stages={"forward": [60.0, 61.0, 62.0, 63.0]})
+    section = render("m", Settings(device="cpu", precision="fp32"), "q", 8, bare, [c1], "cmd", 32, 10, (0.2, 0.2),
+                     rounds=1, paced=paced, pace_s=2.0)
+    assert "| API `POST /api/search`, one every 2 s (a shopper's pace) | 1 | 4 | 0 | 85.0 |" in section
+    assert "quiet for 2 s before each search) the same search takes p50 85.0 ms" in section
+    assert "forward 61.5" in section and "errors: 0 of 7 requests" in section
+
+
 def test_server_timing_header_is_parsed():
     value = 'decode;dur=3.10, queue;dur=0.05, forward;dur=25.00;desc="batch of 4", search;dur=1.2, total;dur=30'
     assert parse_server_timing(value) == {"decode": 3.1, "queue": 0.05, "forward": 25.0, "search": 1.2,
