@@ -30,6 +30,8 @@ class Metrics:
         self.rejected = Counter("api_rejected_total", "Requests refused to protect the service",
                                 ["model", "reason"], registry=r)
         self.catalog_writes = Counter("api_catalog_writes_total", "Products added, updated or deleted", registry=r)
+        self.keep_warm_runs = Counter("api_keep_warm_runs_total",
+                                      "Searches re-run between shoppers' searches (KEEP_WARM_MS)", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -208,6 +208,8 @@ class Runtime:
     ready: bool = False
     _facets: tuple[object, dict] | None = None
     searches: SearchActivity = field(default_factory=SearchActivity)  # catalog writes step aside for them
+    last_query: tuple[str, np.ndarray] | None = None  # (model, input) of the last image search: KEEP_WARM_MS
+    _keep_warm: asyncio.Task | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -249,11 +251,38 @@ class Runtime:
             batcher.start()
             log.debug("warmed up %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
         self.writer.start()
+        if s.keep_warm_ms > 0:
+            self._keep_warm = asyncio.get_running_loop().create_task(self._keep_warm_loop(), name="keep-warm")
         self.ready = True
+
+    async def _keep_warm_loop(self) -> None:
+        """KEEP_WARM_MS: while no search ran for one interval (but one ran within KEEP_WARM_S), run the last
+        image search's forward and index search again, after any real work on the inference thread. Between
+        a shopper's searches the model, the index and the CPU's caches cool; a search then takes several
+        times as long as back-to-back ones (docs/benchmarks.md, "a shopper's pace")."""
+        interval = self.settings.keep_warm_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            quiet = time.monotonic() - self.searches.last
+            last = self.last_query
+            if last is None or self.searches.inflight or not interval <= quiet <= self.settings.keep_warm_s:
+                continue
+            engine = self.engines.get(last[0])
+            if engine is None or self.inference_pool is None:
+                continue
+            try:
+                await asyncio.wrap_future(self.inference_pool.submit_background(
+                    lambda engine=engine, tensor=last[1]: engine.search_vectors(engine.encode_tensors(tensor[None]),
+                                                                                15)))
+                self.metrics.keep_warm_runs.inc()
+            except Exception:  # noqa: BLE001 - a warm-up never takes the service down; the log says why
+                log.exception("keeping %s warm failed", engine.name)
 
     async def close(self) -> None:
         """Graceful shutdown: refuse new searches, let queued ones finish, stop the workers."""
         self.ready = False
+        if self._keep_warm is not None:
+            self._keep_warm.cancel()
         await asyncio.gather(*(b.close(self.settings.shutdown_grace_s) for b in self.batchers.values()))
         if self.writer is not None:
             await self.writer.close()  # a write in progress finishes: it was not acknowledged yet
@@ -282,6 +311,7 @@ class Runtime:
         self.searches.begin()
         try:
             tensor = await self._decode(engine, data, timing)
+            self.last_query = engine.name, tensor
             return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
         finally:
             self.searches.end()

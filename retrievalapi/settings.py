@@ -49,6 +49,12 @@ class ApiSettings(Settings):
     decode_workers: int = Field(2, ge=1, le=64, validation_alias=_env("decode_workers"),
                                 description="Threads decoding and preprocessing uploads.")
     shutdown_grace_s: float = Field(10.0, ge=0, validation_alias=_env("shutdown_grace_s"))
+    keep_warm_ms: float = Field(
+        0.0, ge=0, le=60_000, validation_alias=_env("keep_warm_ms"),
+        description="Between searches, run the last one's forward and index search again every this many ms, "
+                    "so that a shopper's next search finds the caches warm (0 = off; costs CPU while on).")
+    keep_warm_s: float = Field(600.0, gt=0, validation_alias=_env("keep_warm_s"),
+                               description="Keep warm for at most this long after the last search.")
     app_dist: Path | None = Field(None, validation_alias=_env("app_dist"),
                                   description="Built web app to serve at /; default retrieval-app/dist when built.")
     require_read_key: bool = Field(

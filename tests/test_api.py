@@ -635,3 +635,33 @@ def test_validation_messages_are_readable():
               {"loc": ("body", "image"), "msg": "Field required"}]
     assert format_validation_errors(errors) == ("top_k: Input should be less than or equal to 100; "
                                                 "image: Field required")
+
+
+def test_keep_warm_reruns_the_last_search_between_searches_then_stops(synthetic_catalog, built_workdir):
+    """KEEP_WARM_MS: nothing runs before a first search; after one, its forward and index search run again
+    while nobody searches, and only for KEEP_WARM_S after the last search."""
+    import time
+
+    app = create_app(api_settings(synthetic_catalog, built_workdir, keep_warm_ms=20, keep_warm_s=1.0))
+
+    def runs() -> float:
+        return app.state.metrics.registry.get_sample_value("api_keep_warm_runs_total") or 0.0
+
+    with TestClient(app) as client:
+        time.sleep(0.2)
+        assert runs() == 0  # no search yet: nothing to keep warm
+        assert search(client, image_bytes(synthetic_catalog, 1003)).status_code == 200
+        deadline = time.monotonic() + 5
+        while runs() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runs() > 0
+        time.sleep(1.5)  # past KEEP_WARM_S: it stops
+        settled = runs()
+        time.sleep(0.3)
+        assert runs() == settled
+        assert search(client, image_bytes(synthetic_catalog, 1004)).status_code == 200  # and starts again
+        deadline = time.monotonic() + 5
+        while runs() == settled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runs() > settled
+    assert create_app(api_settings(synthetic_catalog, built_workdir)).state.settings.keep_warm_ms == 0  # off: default
