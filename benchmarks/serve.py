@@ -269,10 +269,13 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    async def connect(self) -> None:
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
+
+    async def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        await self.connect()
+        assert self.reader is not None and self.writer is not None
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -320,8 +323,10 @@ async def run_level(host: str, port: int, requests: list[bytes], concurrency: in
         for i in tickets:
             if time.perf_counter() > stop_at:
                 return
-            if pause_s:
+            if pause_s:  # a new connection after the pause, untimed (the server closes idle ones after 5 s)
                 await asyncio.sleep(pause_s)
+                await conn.close()
+                await conn.connect()
             t0 = time.perf_counter()
             try:
                 status, headers, body = await conn.request(requests[i % len(requests)])

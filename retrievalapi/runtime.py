@@ -5,6 +5,7 @@ them to HTTP in one place)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -253,6 +254,9 @@ class Runtime:
         self.writer.start()
         if s.keep_warm_ms > 0:
             self._keep_warm = asyncio.get_running_loop().create_task(self._keep_warm_loop(), name="keep-warm")
+            self._keep_warm.add_done_callback(
+                lambda task: task.cancelled() or task.exception() is None
+                or log.error("keeping models warm stopped: %r", task.exception()))
         self.ready = True
 
     async def _keep_warm_loop(self) -> None:
@@ -261,11 +265,14 @@ class Runtime:
         a shopper's searches the model, the index and the CPU's caches cool; a search then takes several
         times as long as back-to-back ones (docs/benchmarks.md, "a shopper's pace")."""
         interval = self.settings.keep_warm_ms / 1000
+        failures = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval * min(2 ** failures, 1000))  # backs off while it fails (an index down)
             quiet = time.monotonic() - self.searches.last
             last = self.last_query
             if last is None or self.searches.inflight or not interval <= quiet <= self.settings.keep_warm_s:
+                continue
+            if self.writer is not None and self.writer.active:  # a write keeps the model busy (and warm) already
                 continue
             engine = self.engines.get(last[0])
             if engine is None or self.inference_pool is None:
@@ -274,15 +281,23 @@ class Runtime:
                 await asyncio.wrap_future(self.inference_pool.submit_background(
                     lambda engine=engine, tensor=last[1]: engine.search_vectors(engine.encode_tensors(tensor[None]),
                                                                                 15)))
-                self.metrics.keep_warm_runs.inc()
-            except Exception:  # noqa: BLE001 - a warm-up never takes the service down; the log says why
-                log.exception("keeping %s warm failed", engine.name)
+            except Exception:  # noqa: BLE001 - a warm-up never takes the service down; the log says why, once
+                if not failures:
+                    log.exception("keeping %s warm failed; retrying less and less often", engine.name)
+                failures += 1
+                continue
+            if failures:
+                log.info("keeping %s warm works again", engine.name)
+            failures = 0
+            self.metrics.keep_warm_runs.inc()
 
     async def close(self) -> None:
         """Graceful shutdown: refuse new searches, let queued ones finish, stop the workers."""
         self.ready = False
         if self._keep_warm is not None:
             self._keep_warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keep_warm
         await asyncio.gather(*(b.close(self.settings.shutdown_grace_s) for b in self.batchers.values()))
         if self.writer is not None:
             await self.writer.close()  # a write in progress finishes: it was not acknowledged yet
@@ -311,7 +326,8 @@ class Runtime:
         self.searches.begin()
         try:
             tensor = await self._decode(engine, data, timing)
-            self.last_query = engine.name, tensor
+            if self.settings.keep_warm_ms:  # the only use of a shopper's photo after the search
+                self.last_query = engine.name, tensor
             return await self.batchers[engine.name].submit(tensor, k, normalize_filters(filters), timing, rerank)
         finally:
             self.searches.end()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 
 from imageretrieval.images import DEFAULT_MAX_PIXELS
 from imageretrieval.settings import Settings
@@ -51,8 +51,9 @@ class ApiSettings(Settings):
     shutdown_grace_s: float = Field(10.0, ge=0, validation_alias=_env("shutdown_grace_s"))
     keep_warm_ms: float = Field(
         0.0, ge=0, le=60_000, validation_alias=_env("keep_warm_ms"),
-        description="Between searches, run the last one's forward and index search again every this many ms, "
-                    "so that a shopper's next search finds the caches warm (0 = off; costs CPU while on).")
+        description="Between searches, run the last image search's forward and index search again every this "
+                    "many ms (at least 10), so that a shopper's next search finds the caches warm (0 = off; "
+                    "costs CPU while on).")
     keep_warm_s: float = Field(600.0, gt=0, validation_alias=_env("keep_warm_s"),
                                description="Keep warm for at most this long after the last search.")
     app_dist: Path | None = Field(None, validation_alias=_env("app_dist"),
@@ -72,6 +73,15 @@ class ApiSettings(Settings):
         description="Journaled catalog writes after which the journal is folded into a snapshot.")
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format"))
     log_level: str = Field("INFO", validation_alias=_env("log_level"))
+
+    @model_validator(mode="after")
+    def _keep_warm_makes_sense(self) -> ApiSettings:
+        if 0 < self.keep_warm_ms < 10:
+            raise ValueError(f"KEEP_WARM_MS={self.keep_warm_ms:g}: use 0 (off) or at least 10 (ms)")
+        if self.keep_warm_ms and self.keep_warm_s * 1000 < self.keep_warm_ms:
+            raise ValueError(f"KEEP_WARM_S={self.keep_warm_s:g} is shorter than KEEP_WARM_MS={self.keep_warm_ms:g} "
+                             "ms: nothing would ever be kept warm")
+        return self
 
     @property
     def model_list(self) -> list[str]:

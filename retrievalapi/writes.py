@@ -110,6 +110,7 @@ class CatalogWriter:
         self._tailer: asyncio.Task | None = None
         self._unsynced: set[int] = set()  # ids journaled but maybe not applied to a shared index
         self._unsynced_lock = threading.Lock()  # request threads add, the writer thread takes
+        self.active = 0  # writes in progress (KEEP_WARM_MS stays out of their way)
 
     # ----- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -167,6 +168,13 @@ class CatalogWriter:
     # ----- the write ----------------------------------------------------------------------------
     async def write(self, requests: list[WriteRequest], key: ApiKey | None) -> dict:
         """All requests as one transaction: every one applied, or (with the error) none."""
+        self.active += 1
+        try:
+            return await self._write(requests, key)
+        finally:
+            self.active -= 1
+
+    async def _write(self, requests: list[WriteRequest], key: ApiKey | None) -> dict:
         started = time.perf_counter()
         writes = self._validated(requests)
         loop = asyncio.get_running_loop()

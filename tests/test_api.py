@@ -664,4 +664,21 @@ def test_keep_warm_reruns_the_last_search_between_searches_then_stops(synthetic_
         while runs() == settled and time.monotonic() < deadline:
             time.sleep(0.02)
         assert runs() > settled
+        runtime = app.state.runtime
+        for busy in (runtime.searches, runtime.writer):  # a search or a write in progress: it stays out of the way
+            if busy is runtime.searches:
+                busy.begin()
+            else:
+                busy.active += 1
+            time.sleep(0.1)
+            before = runs()
+            time.sleep(0.3)
+            assert runs() == before
+            if busy is runtime.searches:
+                busy.end()
+            else:
+                busy.active -= 1
     assert create_app(api_settings(synthetic_catalog, built_workdir)).state.settings.keep_warm_ms == 0  # off: default
+    for bad in ({"keep_warm_ms": 5}, {"keep_warm_ms": 2000, "keep_warm_s": 1}):
+        with pytest.raises(ValueError, match="KEEP_WARM"):
+            api_settings(synthetic_catalog, built_workdir, **bad)
