@@ -261,7 +261,8 @@ class Runtime:
 
     async def _keep_warm_loop(self) -> None:
         """KEEP_WARM_MS: while no search ran for one interval (but one ran within KEEP_WARM_S), run the last
-        image search's forward and index search again, after any real work on the inference thread. Between
+        image search's forward and index search again, as background work on the inference thread (searches
+        queued there go first; none runs while a search or a catalog write is in progress). Between
         a shopper's searches the model, the index and the CPU's caches cool; a search then takes several
         times as long as back-to-back ones (docs/benchmarks.md, "a shopper's pace")."""
         interval = self.settings.keep_warm_ms / 1000
