@@ -146,11 +146,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        def named(loc: tuple) -> str:
-            field = str(loc[0]).lower() if loc else "settings"
-            return f"--{field.replace('_', '-')} (or {field.upper()})"
+        raise settings_error(exc) from None
 
-        raise CLIError("; ".join(f"{named(e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+
+def settings_error(exc, flags: bool = True) -> CLIError:
+    """A pydantic ValidationError of settings as one line naming each bad setting: its environment variable,
+    and with `flags` its command-line flag too."""
+    def named(loc: tuple) -> str:
+        if not loc:
+            return "settings"
+        field = str(loc[0]).lower()
+        return f"--{field.replace('_', '-')} (or {field.upper()})" if flags else field.upper()
+
+    return CLIError("; ".join(f"{named(e['loc'])}: {e['msg']}" for e in exc.errors()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -249,8 +249,8 @@ def extract_features(
     }
     if preprocess.query_scale is not None:
         meta["query_scale"] = preprocess.query_scale
-    if query_decode_size(preprocess) is not None:
-        meta["query_decode"] = query_decode_size(preprocess)
+    if (decode := query_decode_size(preprocess)) is not None:
+        meta["query_decode"] = decode
     meta_path = out_dir / "meta.json"
     try:
         old = load_json(meta_path) if meta_path.is_file() else None

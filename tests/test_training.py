@@ -305,6 +305,8 @@ def test_ensemble_of_heads_averages_member_cosines_and_stores_only_heads(train_s
         ensemble_heads(s, "solo", ["member1"])
     with pytest.raises(ValueError, match="not a head"):
         ensemble_heads(s, "mixed", ["member1", TINY])
+    with pytest.raises(ValueError, match="not an ensemble"):  # a trained model is never overwritten
+        ensemble_heads(s, TINY, ["member1", "member2"])
 
 
 def test_head_only_weights_refuse_a_different_base_trunk(train_settings):

@@ -50,8 +50,6 @@ def run(args, settings) -> int:
     except ValueError as exc:  # e.g. an empty val split: the protocol names it
         raise CLIError(str(exc)) from exc
     if not search.scores or all(s != s for s in search.scores.values()):  # NaN: no val query has a relevant product
-        from ..cli import CLIError
-
         raise CLIError(f"{model}: no {args.selection} val query has a relevant product in the val database, so no "
                        f"dimension can be chosen (nothing saved): use another --selection or a larger catalog")
     result = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..cli import CLIError, port_number
+from ..cli import CLIError, port_number, settings_error
 
 
 def register(sub) -> None:
@@ -55,7 +55,7 @@ def run(args, settings) -> int:
     try:
         json_logs = ApiSettings().log_format == "json"  # the environment or .env, as the API reads it
     except ValidationError as exc:  # the API would refuse to start with it
-        raise CLIError("; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())) from None
+        raise settings_error(exc, flags=False) from None
     if json_logs:  # the CLI configured the log before the API could: give its lines, and uvicorn's, JSON
         from retrievalapi.logs import JsonFormatter
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,15 +35,20 @@ def save_trained_model(workdir: Path, model: FeatureExtractor, config: ModelConf
     return directory
 
 
+def refuse_other_kind(workdir: Path, name: str, kind: str, same_kind: Callable[[ModelConfig], bool]) -> None:
+    """ValueError when a model of the workdir already has `name` and is not `kind` (e.g. "a fusion"): a model
+    of the same kind may be replaced, any other is never overwritten."""
+    if name in list_model_names(workdir) and not same_kind(get_model_config(name, workdir)):
+        raise ValueError(f"{name!r} is already a model of the zoo (not {kind}): choose another --name")
+
+
 def save_composite(workdir: Path, name: str, members: list[str]) -> Path:
     """Save the composite of `members` (composite.py) as a named model of the workdir: a config only,
     since every member loads its own weights."""
     if name in members:
         raise ValueError(f"the composite's name {name!r} must differ from its members'")
     config = composite_config(name, [get_model_config(m, workdir) for m in members])
-    existing = get_model_config(name, workdir) if name in list_model_names(workdir) else None
-    if existing is not None and not (existing.composite_of and existing.member_weights is None):
-        raise ValueError(f"{name!r} is already a model of the zoo (not a composite): choose another --name")
+    refuse_other_kind(workdir, name, "a composite", lambda c: bool(c.composite_of) and c.member_weights is None)
     directory = trained_model_dir(workdir, name)
     save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
     return directory
@@ -53,8 +59,7 @@ def save_fusion(workdir: Path, name: str, members: list[str], weights: list[floa
     named model of the workdir: a config only, since every member loads its own weights. An existing fusion
     of that name is replaced (new weights or members); any other model of that name is refused."""
     config = fusion_config(name, [get_model_config(m, workdir) for m in members], weights)
-    if name in list_model_names(workdir) and get_model_config(name, workdir).member_weights is None:
-        raise ValueError(f"{name!r} is already a model of the zoo (not a fusion): choose another --name")
+    refuse_other_kind(workdir, name, "a fusion", lambda c: c.member_weights is not None)
     directory = trained_model_dir(workdir, name)
     save_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
     return directory

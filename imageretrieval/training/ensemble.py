@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from ..io_utils import save_json
-from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, list_model_names, save_trained_model
+from ..models import FeatureExtractor, ModelConfig, create_model, get_model_config, save_trained_model
 from ..models.extractor import ConcatHeads
 from ..models.registry import check_new_model_name
+from ..models.saving import refuse_other_kind
 from ..settings import Settings
 from .data import training_table
 from .recipes import _val_attributes, cached_trunk_features, cached_view_features, embed_views, run_dir
@@ -79,8 +80,7 @@ def ensemble_heads(settings: Settings, name: str, members: list[str], head_only:
     if name in members:
         raise ValueError(f"the ensemble's name {name!r} must differ from its members'")
     check_new_model_name(name)
-    if name in list_model_names(settings.workdir) and "heads" not in get_model_config(name, settings.workdir).extra:
-        raise ValueError(f"{name!r} is already a model of the zoo (not an ensemble): choose another --name")
+    refuse_other_kind(settings.workdir, name, "an ensemble", lambda c: "heads" in c.extra)
     configs = [get_model_config(m, settings.workdir) for m in members]
     first = configs[0]
     for cfg in configs:

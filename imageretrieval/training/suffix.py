@@ -84,8 +84,8 @@ def prefix_maps(settings: Settings, model: FeatureExtractor, base: str, name: st
     made_of = {"paths": paths, "trunk": trunk_digest(model), "preprocess": preprocess.to_dict(),
                "query_resolution": list(query_resolution or ()), "query_scale": query_scale,
                "mean": list(model.config.mean), "std": list(model.config.std)}
-    if query_decode_size(preprocess) is not None:  # photos decoded as uploads are (absent: decoded in full)
-        made_of["query_decode"] = query_decode_size(preprocess)
+    if (decode := query_decode_size(preprocess)) is not None:  # photos decoded as uploads are (absent: in full)
+        made_of["query_decode"] = decode
     if path.is_file() and keys_path.is_file():
         if json.loads(keys_path.read_text()) == made_of:
             return np.load(path, mmap_mode="r")
