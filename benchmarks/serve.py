@@ -454,10 +454,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     counts = [int(c) for c in args.requests.split(",") if c.strip()]
     if len(counts) == 1:
         counts *= len(levels)
-    if len(counts) != len(levels) or min(levels + counts) < 1:
-        from imageretrieval.cli import CLIError
+    from imageretrieval.cli import CLIError
 
+    if len(counts) != len(levels) or min(levels + counts) < 1:
         raise CLIError("--requests needs one positive number, or one per --concurrency level")
+    if args.paced < 0 or args.pace_s < 0:
+        raise CLIError("--paced and --pace-s cannot be negative (--paced 0 skips the paced searches)")
     load_start = os.getloadavg()[0]
     paths, source = query_images(settings, args.queries, args.num_queries)
     log.info("loading %s for the bare forward (batch 1 and %d) on %d query images", model, args.batch, len(paths))
