@@ -14,6 +14,7 @@ from PIL import Image
 from .artifacts import ModelArtifacts, chosen_vote, vector_key
 from .backends import Candidates, Row, VectorBackend
 from .catalog import ATTRIBUTE_COLUMNS
+from .gender import GENDERS, NO_GENDER, GenderPredictorError, gender_matches, load_gender_predictor
 from .images import open_image
 from .index import load_index
 from .inference import (
@@ -29,7 +30,16 @@ from .io_utils import load_json
 from .live.liveindex import IndexState, LiveIndex
 from .live.store import LiveCatalog, Op
 from .preprocess import Preprocess, preprocess_for
-from .rerank import DEFAULT_POOL, NO_CATEGORY, category_first, check_rerank, rerank_by_category
+from .rerank import (
+    DEFAULT_POOL,
+    NO_CATEGORY,
+    RERANKS,
+    check_rerank,
+    matches_first,
+    reranks_category,
+    reranks_gender,
+    vote_on_rankings,
+)
 from .settings import Settings
 from .whitening import PostProcessor
 
@@ -55,6 +65,10 @@ class IndexNotBuiltError(RuntimeError):
 
 class UnknownFilterError(ValueError):
     pass
+
+
+class RerankUnavailableError(ValueError):
+    """A re-ranking the model cannot do (no gender predictor); the message gives the command that makes it."""
 
 
 class UnknownProductError(KeyError):
@@ -160,6 +174,11 @@ class RetrievalEngine:
                                           compile=settings.compile_inference)
             self.info = {"description": config.description, "backbone": config.architecture, "kind": config.kind}
         self.vote_k, self.vote_alpha = chosen_vote(settings.workdir, model_name)  # `finetune-rerank`
+        try:  # `finetune-rerank --gender`; a damaged one costs only rerank=gender, which then says so
+            self.gender_predictor = load_gender_predictor(model_name, settings.workdir)
+        except GenderPredictorError as exc:
+            log.warning("%s", exc)
+            self.gender_predictor = None
         self._lock = threading.Lock()
         self._background_encoder: Encoder | None = None
         self._background_lock = threading.Lock()
@@ -396,14 +415,41 @@ class RetrievalEngine:
         exclude_ids: Sequence[int | None] | None = None,
         rerank: str | None = None,
     ) -> list[list[SearchHit]]:
-        """Top-k hits per query vector; `rerank="category"` shows the voted articleType first."""
+        """Top-k hits per query vector; `rerank="category"` shows the voted articleType first, "gender" the
+        predicted gender (a "more like this" query, `exclude_ids`, its own), "category+gender" both."""
         rerank = check_rerank(rerank)
         filters = self.check_filters(filters)
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        genders = self.genders_first(queries, exclude_ids) if reranks_gender(rerank) else [None] * len(queries)
         extra = 1 if exclude_ids is not None else 0
         fetch = self.candidates_needed(k, rerank) + extra
-        found = self.backend.search(np.atleast_2d(np.asarray(queries, np.float32)), fetch, filters or None)
-        return [self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi])
+        found = self.backend.search(queries, fetch, filters or None)
+        return [self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi], genders[qi])
                 for qi, cands in enumerate(found)]
+
+    def genders_first(self, queries: np.ndarray, exclude_ids: Sequence[int | None] | None = None) -> list[str]:
+        """The gender each query's results show first (NO_GENDER: none): predicted from its vector, or for a
+        "more like this" query its product's own gender (none for a Unisex product)."""
+        if self.gender_predictor is None:
+            raise RerankUnavailableError(
+                f"model {self.name} has no gender predictor for rerank=gender: make one with "
+                f"`imageretrieval finetune-rerank --model {self.name} --gender`")
+        if self.postprocess.proj is not None:
+            raise RerankUnavailableError(
+                f"the {self.name} index whitens its vectors (PCA), which its gender predictor was not trained on: "
+                "rebuild the index with --pca 0 to re-rank by gender")
+        if self.gender_predictor.dims != queries.shape[1]:
+            raise RerankUnavailableError(
+                f"the gender predictor of {self.name} expects {self.gender_predictor.dims}-d vectors, the index "
+                f"has {queries.shape[1]}: make it again with `imageretrieval finetune-rerank --model {self.name} "
+                "--gender`")
+        predicted = self.gender_predictor.predict(queries).tolist()
+        for qi, pid in enumerate(exclude_ids or []):
+            own = self.backend.fetch([int(pid)], vectors=False).get(int(pid)) if pid is not None else None
+            if own is not None:
+                gender = str(own.product.get("gender") or "")
+                predicted[qi] = gender if gender in GENDERS else NO_GENDER
+        return predicted
 
     @staticmethod
     def candidates_needed(k: int, rerank: str = "none") -> int:
@@ -417,29 +463,35 @@ class RetrievalEngine:
 
         return self.hits(FaissBackend.candidates(rows, scores, state or self.live.state), k, rerank, skip_id)
 
-    def hits(self, cands: Candidates, k: int, rerank: str = "none", skip_id: int | None = None) -> list[SearchHit]:
+    def hits(self, cands: Candidates, k: int, rerank: str = "none", skip_id: int | None = None,
+             gender: str | None = None) -> list[SearchHit]:
         """Ranked candidates -> the top-k hits, `skip_id` left out.
 
         With rerank="category", the candidates' articleTypes vote (`rerank.vote_category`) and that
         type comes first; a "more like this" query (`skip_id`) needs no vote: its own type is known.
+        With `gender` (rerank="gender" or "category+gender"), products of that gender or Unisex come
+        first (within each type part).
         """
         ids, scores, products = cands.ids, cands.scores, cands.products
         keep = np.ones(len(ids), bool) if skip_id is None else ids != skip_id
         order = np.flatnonzero(keep)
-        if rerank == "category" and len(order):
+        matches = []
+        if reranks_category(rerank) and len(order):
             types: dict[str, int] = {}  # articleType -> code; an empty type never votes
             codes = np.array([types.setdefault(t, len(types)) if (t := products[i].get("articleType")) else NO_CATEGORY
                               for i in order], np.int64)
             own = self.backend.fetch([int(skip_id)], vectors=False).get(int(skip_id)) if skip_id is not None else None
             if own is not None:
                 own_type = own.product.get("articleType")
-                predicted = np.array([types.get(own_type, len(types)) if own_type else NO_CATEGORY])
-                ranked = category_first(np.arange(len(order))[None], codes, predicted, None)[0]
+                predicted = types.get(own_type, len(types)) if own_type else NO_CATEGORY
             else:
-                ranked, _ = rerank_by_category(np.arange(len(order))[None], scores[order][None], codes,
-                                               self.vote_k, self.vote_alpha, pool=None)
-                ranked = ranked[0]
-            order = order[ranked]
+                predicted = int(vote_on_rankings(np.arange(len(order))[None], scores[order][None], codes,
+                                                 self.vote_k, self.vote_alpha)[0])
+            matches.append((codes == predicted) & (predicted != NO_CATEGORY))
+        if reranks_gender(rerank) and gender and len(order):
+            matches.append(gender_matches(np.array([products[i].get("gender") or "" for i in order], object), gender))
+        if matches:
+            order = matches_first(order[None], *(m[None] for m in matches), pool=None)[0]
         return [SearchHit(rank, int(ids[i]), float(scores[i]), products[i])
                 for rank, i in enumerate(order[:k], start=1)]
 
@@ -533,5 +585,13 @@ class RetrievalEngine:
             "runtime": self.encoder.runtime,
             "precision": self.precision,
             "synthetic_catalog": bool(self.manifest.get("synthetic_catalog")),
+            "reranks": self.reranks,
         }
+
+    @property
+    def reranks(self) -> list[str]:
+        """The `rerank` values this model's searches accept (gender needs its predictor and unwhitened vectors)."""
+        gender = (self.gender_predictor is not None and self.postprocess.proj is None
+                  and self.gender_predictor.dims == self.dims)
+        return [r for r in RERANKS if gender or not reranks_gender(r)]
 

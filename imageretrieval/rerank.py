@@ -8,17 +8,30 @@ than the single nearest neighbour, and a *stable* partition of the top `pool` ca
 type first while keeping the visual order within each part. The types come from the catalog's
 metadata (styles.csv), never from the query. Large-scale visual search systems do the same with a
 category predictor in front of the index (Zhang et al., "Visual Search at Alibaba", KDD 2018).
+
+"category+gender" then puts the predicted gender first within each part (`gender.py`: the neighbours'
+genders cannot predict it, a classifier on the query vector can); "gender" alone does only that.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-RERANKS = ("none", "category")
+RERANKS = ("none", "category", "gender", "category+gender")
 DEFAULT_VOTE_K = 15
 DEFAULT_VOTE_ALPHA = 3.0
 DEFAULT_POOL = 100
 NO_CATEGORY = -1
+
+
+def reranks_category(rerank: str) -> bool:
+    """Whether the re-ranking puts the voted articleType first."""
+    return rerank in ("category", "category+gender")
+
+
+def reranks_gender(rerank: str) -> bool:
+    """Whether the re-ranking puts the predicted gender first (after the type: see `matches_first`)."""
+    return rerank in ("gender", "category+gender")
 
 
 def check_rerank(rerank: str | None) -> str:
@@ -55,6 +68,31 @@ def vote_category(neighbour_codes: np.ndarray, neighbour_scores: np.ndarray, alp
     return out
 
 
+def category_matches(head: np.ndarray, row_codes: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(n_queries, n) whether each ranked row (-1 = empty slot) has its query's predicted category."""
+    codes = np.where(head >= 0, np.asarray(row_codes)[np.maximum(head, 0)], NO_CATEGORY)
+    predicted = np.asarray(predicted, dtype=np.int64)[:, None]
+    return (codes == predicted) & (predicted != NO_CATEGORY)
+
+
+def matches_first(order: np.ndarray, *matches: np.ndarray, pool: int | None = DEFAULT_POOL) -> np.ndarray:
+    """Rankings with the items that match moved ahead within each query's first `pool` items.
+
+    `matches`: (n_queries, min(pool, n)) boolean arrays over those items, the first the most important:
+    with two, items matching both come first, then the first only, then the second only, then the
+    rest. The partition is stable (the visual order is kept within each part); items past the pool
+    keep their place (pool None: the whole ranking).
+    """
+    order = np.atleast_2d(np.asarray(order))
+    n = order.shape[1] if pool is None else min(int(pool), order.shape[1])
+    key = np.zeros((order.shape[0], n), np.int64)
+    for m in matches:
+        key = 2 * key + ~np.asarray(m, dtype=bool)
+    out = order.copy()
+    out[:, :n] = np.take_along_axis(order[:, :n], np.argsort(key, axis=1, kind="stable"), axis=1)
+    return out
+
+
 def category_first(order: np.ndarray, row_codes: np.ndarray, predicted: np.ndarray, pool: int | None = DEFAULT_POOL
                    ) -> np.ndarray:
     """Rankings with the predicted category moved ahead within each query's first `pool` items.
@@ -66,29 +104,28 @@ def category_first(order: np.ndarray, row_codes: np.ndarray, predicted: np.ndarr
     """
     order = np.atleast_2d(np.asarray(order))
     n = order.shape[1] if pool is None else min(int(pool), order.shape[1])
-    head = order[:, :n]
-    codes = np.where(head >= 0, np.asarray(row_codes)[np.maximum(head, 0)], NO_CATEGORY)
-    predicted = np.asarray(predicted, dtype=np.int64)[:, None]
-    match = (codes == predicted) & (predicted != NO_CATEGORY)
-    out = order.copy()
-    out[:, :n] = np.take_along_axis(head, np.argsort(~match, axis=1, kind="stable"), axis=1)
-    return out
+    return matches_first(order, category_matches(order[:, :n], row_codes, predicted), pool=n)
 
 
-def rerank_by_category(order: np.ndarray, scores: np.ndarray, row_codes: np.ndarray,
-                       vote_k: int = DEFAULT_VOTE_K, alpha: float = DEFAULT_VOTE_ALPHA,
-                       pool: int | None = DEFAULT_POOL) -> tuple[np.ndarray, np.ndarray]:
-    """(re-ranked order, predicted code per query) for rankings `order` with their `scores`.
-
-    scores[q, i] is the similarity of order[q, i]; the top `vote_k` vote (see `vote_category`).
-    """
+def vote_on_rankings(order: np.ndarray, scores: np.ndarray, row_codes: np.ndarray, vote_k: int = DEFAULT_VOTE_K,
+                     alpha: float = DEFAULT_VOTE_ALPHA) -> np.ndarray:
+    """The voted category code per query of rankings `order` with their `scores` (scores[q, i] is the
+    similarity of order[q, i]; the top `vote_k` vote, see `vote_category`)."""
     order = np.atleast_2d(np.asarray(order))
     k = max(1, min(int(vote_k), order.shape[1]))
     top = order[:, :k]
     top_scores = np.asarray(np.atleast_2d(scores)[:, :k], dtype=np.float64)
     voters = (top >= 0) & np.isfinite(top_scores)  # an excluded item (score -inf) does not vote
     codes = np.where(voters, np.asarray(row_codes)[np.maximum(top, 0)], NO_CATEGORY)
-    predicted = vote_category(codes, np.where(voters, top_scores, 0.0), alpha)
+    return vote_category(codes, np.where(voters, top_scores, 0.0), alpha)
+
+
+def rerank_by_category(order: np.ndarray, scores: np.ndarray, row_codes: np.ndarray,
+                       vote_k: int = DEFAULT_VOTE_K, alpha: float = DEFAULT_VOTE_ALPHA,
+                       pool: int | None = DEFAULT_POOL) -> tuple[np.ndarray, np.ndarray]:
+    """(re-ranked order, predicted code per query) for rankings `order` with their `scores`
+    (see `vote_on_rankings`)."""
+    predicted = vote_on_rankings(order, scores, row_codes, vote_k, alpha)
     return category_first(order, row_codes, predicted, pool), predicted
 
 

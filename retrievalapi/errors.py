@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imageretrieval.backends import BackendUnavailableError
-from imageretrieval.engine import UnknownFilterError, UnknownProductError
+from imageretrieval.engine import RerankUnavailableError, UnknownFilterError, UnknownProductError
 from imageretrieval.live.products import ProductValidationError
 from imageretrieval.live.store import DuplicateProductError, StorageFullError, UnknownLiveProductError
 from imageretrieval.text.encoders import TextEncoderUnavailableError
@@ -64,7 +64,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 # every domain error a request can meet -> its HTTP status; 503s tell the client when to retry
 DOMAIN_ERRORS: dict[type[Exception], int] = {
-    UnknownModelError: 400, UnknownFilterError: 400, BadImageError: 400,
+    UnknownModelError: 400, UnknownFilterError: 400, BadImageError: 400, RerankUnavailableError: 400,
     UnknownProductError: 404, NotReadyError: 503, OverloadedError: 503, KeyStoreUnavailableError: 503,
     MissingKeyError: 401, InvalidKeyError: 401, ForbiddenKeyError: 403,
     WriteImageError: 400, UnknownLiveProductError: 404, DuplicateProductError: 409, ProductValidationError: 422,

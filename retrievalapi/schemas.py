@@ -10,9 +10,12 @@ from imageretrieval.engine import FILTER_FIELDS
 from imageretrieval.live.products import FIELDS as PRODUCT_FIELDS
 
 DEFAULT_TOP_K = 15
-Rerank = Literal["none", "category"]
+Rerank = Literal["none", "category", "gender", "category+gender"]
 RERANK_DESCRIPTION = ("none: pure visual similarity; category: the articleType voted by the nearest "
-                      "products comes first (for 'more like this', the product's own type)")
+                      "products comes first (for 'more like this', the product's own type); gender: the gender "
+                      "the model predicts for the photo comes first, with Unisex products (for 'more like this', "
+                      "the product's own; needs the model's gender predictor, else 400); category+gender: both, "
+                      "the gender first within each type part")
 
 FILTER_DESCRIPTION = "Repeat for several values (OR); fields are AND-ed"
 
@@ -78,6 +81,8 @@ class ModelInfo(BaseModel):
     runtime: str | None = Field(None, description="inference runtime: onnxruntime, openvino or torch")
     precision: str | None = Field(None, description="the query encoder's precision: fp32, int8 or bf16")
     default: bool
+    reranks: list[str] = Field(["none", "category"], description="the rerank values its searches accept (gender "
+                               "needs the model's gender predictor: `imageretrieval finetune-rerank --gender`)")
     evaluation: dict | None = Field(None, description="<WORKDIR>/results/<model>/summary.json; null until evaluated")
 
 
@@ -88,6 +93,7 @@ class ModelsResponse(BaseModel):
                     "backbone": "efficientnet_lite0", "kind": "pretrained", "dims": 256, "index_type": "Flat",
                     "index_size": 44072, "input_size": 224, "input_width": 224,
                     "runtime": "onnxruntime", "precision": "fp32", "default": True,
+                    "reranks": ["none", "category", "gender", "category+gender"],
                     "evaluation": {"mAP": 0.41, "R@1": 0.62, "protocol": "fashion-seed test"}}],
     }]})
 

@@ -12,7 +12,7 @@ from ..catalog import SELECTIONS
 from ..cli import non_negative_int, positive_int
 from ..evaluation.protocols import PROTOCOLS, RELEVANCE_ALIASES, RELEVANCES
 from ..evaluation.variants import VARIANTS
-from ..rerank import DEFAULT_VOTE_ALPHA, DEFAULT_VOTE_K, RERANKS
+from ..rerank import DEFAULT_VOTE_ALPHA, DEFAULT_VOTE_K, RERANKS, reranks_category, reranks_gender
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def register(sub) -> None:
     p.add_argument("--dba", action="store_true", help="also expand database vectors (as the seed's AQE did)")
     p.add_argument("--rerank", choices=RERANKS, default="none",
                    help="category: show the articleType voted by the top --vote-k neighbours first, as the "
-                        "engine's rerank=category does (not for inshop)")
+                        "engine's rerank=category does; gender: the gender the model's predictor gives the query "
+                        "(`finetune-rerank --gender`); category+gender: both (not for inshop)")
     p.add_argument("--vote-k", type=int, default=None,
                    help="neighbours that vote for --rerank category (default: the model's vote saved by "
                         f"`finetune-rerank`, else {DEFAULT_VOTE_K})")
@@ -78,9 +79,11 @@ def used_features_label(variant: str, dims: int | None, qe_k: int, alpha: float,
              "aqe": f"AQE k={qe_k} ({pca})", "alpha-qe": f"alpha-QE k={qe_k} a={alpha:g} ({pca})"}[variant]
     if dba and variant in ("aqe", "alpha-qe"):
         label += " +DBA"
-    if rerank == "category":
+    if reranks_category(rerank):
         label += f" +category-first (vote k={vote_k}" + (f", alpha {vote_alpha:g})" if vote_alpha != DEFAULT_VOTE_ALPHA
                                                           else ")")
+    if reranks_gender(rerank):
+        label += " +gender-first"
     return f"{label} {tag}".strip()
 
 
@@ -193,17 +196,29 @@ def run(args, settings) -> int:
     if args.query_scale is not None and (args.protocol != "catalog" or not 0 < args.query_scale <= 16):
         raise CLIError("--query-scale applies to the catalog protocol and takes a scale in (0, 16], e.g. 0.5 or 4")
     if args.rerank != "none" and args.protocol == "inshop":
-        raise CLIError("--rerank category needs catalog articleTypes in the database: catalog and "
+        raise CLIError(f"--rerank {args.rerank} needs catalog products in the database: catalog and "
                        "deepfashion-to-catalog only")
     if args.vote_k is not None and args.vote_k < 1:
         raise CLIError("--vote-k must be at least 1")
     tuned_k, args.vote_alpha = chosen_vote(settings.workdir, model)
     if args.vote_k is None:
         args.vote_k = tuned_k
+    predictor = None
+    if reranks_gender(args.rerank):
+        from ..gender import GenderPredictorError, load_gender_predictor
+
+        try:
+            predictor = load_gender_predictor(model, settings.workdir)
+        except GenderPredictorError as exc:
+            raise CLIError(str(exc)) from exc
+        if predictor is None:
+            raise CLIError(f"--rerank {args.rerank}: model {model} has no gender predictor; make one with "
+                           f"`imageretrieval finetune-rerank --model {model} --gender`")
     try:
         task = build_task(args, settings, model)
         result = evaluate_task(task, args.features, dims, qe_k=args.qe_k, alpha=args.qe_alpha, dba=args.dba,
-                               rerank=args.rerank, vote_k=args.vote_k, vote_alpha=args.vote_alpha)
+                               rerank=args.rerank, vote_k=args.vote_k, vote_alpha=args.vote_alpha,
+                               gender_predictor=predictor)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0

@@ -1,7 +1,9 @@
 """`imageretrieval finetune-rerank`: choose the category-first re-ranking's vote on the validation split.
 
 The choice is saved to <WORKDIR>/tuning/<model>/rerank.json, which `search`, the API (rerank=category,
-the app's "Same type first") and `evaluate --rerank category` use from then on.
+the app's "Same type first") and `evaluate --rerank category` use from then on. With `--gender`, it
+trains the model's gender predictor instead (rerank=gender and category+gender; evaluation/gender_tuning.py),
+saved to <WORKDIR>/models/<model>/gender_predictor.npz.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--queries", type=positive_int, default=600,
                    help="seeded validation (and test) queries (default 600)")
     p.add_argument("--confusions", type=int, default=10, help="list the test's N most frequent wrong votes")
+    p.add_argument("--gender", action="store_true",
+                   help="train the gender predictor of rerank=gender instead (photo weight and threshold chosen on "
+                        "val; DEEPFASHION_ROOT's photos train it too)")
     p.add_argument("--no-save", action="store_true", help="report only; do not change the model's vote")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -40,6 +45,8 @@ def run(args, settings) -> int:
     model = args.model or settings.default_model
     from ..cli import CLIError
 
+    if args.gender:
+        return run_gender(args, settings, model)
     try:
         val, test = (catalog_task(settings, model, selection=args.selection, split=split, database="split",
                                   n_queries=args.queries, with_fit=False) for split in ("val", "test"))
@@ -71,4 +78,41 @@ def run(args, settings) -> int:
     if not args.no_save:
         print(f"saved to {tuned_rerank_path(settings.workdir, model)}; search, the API and evaluate --rerank "
               "category use it")
+    return 0
+
+
+def run_gender(args, settings, model: str) -> int:
+    from ..artifacts import chosen_vote
+    from ..cli import CLIError
+    from ..evaluation import reports
+    from ..evaluation.gender_tuning import choose_gender_predictor, test_figures
+    from ..gender import FILE
+    from .evaluate import query_resolution_of
+
+    vote = chosen_vote(settings.workdir, model)
+    resolution = query_resolution_of(settings, model, settings.query_resolution)
+    try:
+        choice = choose_gender_predictor(settings, model, resolution, vote, args.selection, args.queries)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    if choice is None:
+        raise CLIError(f"{model}: every gender predictor tried cost more than 0.005 of P@15 on val; none saved")
+    predictor = choice.predictor
+    test = test_figures(settings, model, predictor, resolution, vote, args.selection, args.queries)
+    predictor.meta.update(test=test, created=reports.now())
+    path = settings.workdir / "models" / model / FILE
+    if not args.no_save:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        predictor.save(path)
+    if args.json:
+        print(json.dumps(predictor.meta | {"threshold": predictor.threshold, "classes": list(predictor.classes)}))
+        return 0
+    print(f"{model}: gender predictor ({', '.join(predictor.classes)}) trained on {choice.trained_on}; "
+          f"photo weight {choice.photo_weight:g}, threshold {predictor.threshold:g} chosen on val")
+    for name, figures in choice.val.items():
+        print(f"  val {name:<26} {figures}")
+    for name, figures in test.items():
+        print(f"  test {name:<25} {figures}")
+    if not args.no_save:
+        print(f"saved to {path}; search, the API (rerank=gender, category+gender) and evaluate --rerank use it")
     return 0

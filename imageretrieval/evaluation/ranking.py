@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import rerank as rr
+from ..gender import gender_matches
 from . import metrics
 
 RECALL_KS = (1, 10, 20)
@@ -75,6 +76,7 @@ def rank_queries(
     vote_k: int = rr.DEFAULT_VOTE_K,
     vote_alpha: float = rr.DEFAULT_VOTE_ALPHA,
     rerank_pool: int | None = rr.DEFAULT_POOL,
+    genders: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Rankings:
     """Rank the whole database for every query; relevance = equal labels.
 
@@ -106,10 +108,17 @@ def rank_queries(
         has_ex = np.flatnonzero(ex >= 0)
         s[has_ex, ex[has_ex]] = -np.inf
         rel_all[has_ex, ex[has_ex]] = False
-        if category_codes is not None:
-            head = order[:, :max(1, min(vote_k, nd))]
-            order, _ = rr.rerank_by_category(order, np.take_along_axis(s, head, axis=1), category_codes,
-                                             vote_k, vote_alpha, rerank_pool)
+        if category_codes is not None or genders is not None:
+            pool = nd if rerank_pool is None else min(int(rerank_pool), nd)
+            matches = []
+            if category_codes is not None:
+                head = order[:, :max(1, min(vote_k, nd))]
+                voted = rr.vote_on_rankings(order, np.take_along_axis(s, head, axis=1), category_codes, vote_k,
+                                            vote_alpha)
+                matches.append(rr.category_matches(order[:, :pool], category_codes, voted))
+            if genders is not None:
+                matches.append(gender_matches(np.asarray(genders[0], object)[order[:, :pool]], genders[1][lo:hi]))
+            order = rr.matches_first(order, *matches, pool=pool)
             order = move_to_end(order, ex)  # the query itself stays last even when its type comes first
         ranked = np.take_along_axis(rel_all, order, axis=1)
         n_rel = ranked.sum(axis=1)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import rerank as rr
+from ..gender import GenderPredictor
 from .agreement import exact_recall_at_1, shopper_agreement
 from .metrics import nanmean
 from .protocols import RetrievalTask
@@ -63,21 +64,31 @@ def evaluate_task(
     rerank: str = "none",
     vote_k: int = rr.DEFAULT_VOTE_K,
     vote_alpha: float = rr.DEFAULT_VOTE_ALPHA,
+    gender_predictor: GenderPredictor | None = None,
 ) -> EvalResult:
     """Post-process features, rank the database for every query, and summarize.
 
     `whitening` (fitted on `task.fit` when not given) is reused across calls by the PCA search.
     Queries without any relevant database item are reported (`skipped_queries`) and left out of
     every mean, since no ranking can score on them. `rerank="category"` re-ranks every ranking
-    category-first as the engine does (`imageretrieval.rerank`), from the database's articleTypes.
+    category-first as the engine does (`imageretrieval.rerank`), from the database's articleTypes;
+    "gender" and "category+gender" put the gender `gender_predictor` predicts for each query first.
     """
     t0 = time.perf_counter()
-    codes = None
-    if rr.check_rerank(rerank) == "category":
+    codes = genders = None
+    rerank = rr.check_rerank(rerank)
+    if rr.reranks_category(rerank):
         if task.database_categories is None:
             raise ValueError(f"category re-ranking needs the catalog's articleTypes; the {task.protocol} "
                              "database has none")
         codes, _ = rr.encode_categories(task.database_categories)
+    if rr.reranks_gender(rerank):
+        if gender_predictor is None:
+            raise ValueError("gender re-ranking needs the model's gender predictor: make one with "
+                             "`imageretrieval finetune-rerank --gender`")
+        if not task.database_attributes or "gender" not in task.database_attributes:
+            raise ValueError(f"gender re-ranking needs the catalog's genders; the {task.protocol} database has none")
+        genders = (np.asarray(task.database_attributes["gender"], object), gender_predictor.predict(task.queries))
     if variant != "raw" and whitening is None:
         if task.fit is None or len(task.fit) < 2:
             raise ValueError("this variant needs whitening features (task.fit)")
@@ -88,7 +99,7 @@ def evaluate_task(
         seed_ap = task.exclude_rows is not None
     rankings = rank_queries(q, d, task.query_labels, task.database_labels, task.exclude_rows,
                             top_k=top_k, seed_ap=seed_ap, category_codes=codes, vote_k=vote_k,
-                            vote_alpha=vote_alpha)
+                            vote_alpha=vote_alpha, genders=genders)
     evaluated = rankings.n_relevant > 0
     if (~evaluated).any():
         log.info("%d of %d queries have no relevant item in the database: left out of the means",

@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, Response, Upl
 from pydantic import BaseModel, ValidationError
 
 from imageretrieval.engine import FILTER_FIELDS, RetrievalEngine
+from imageretrieval.rerank import reranks_category
 
 from ..errors import ERROR_RESPONSES, TEXT_RESPONSES, format_validation_errors
 from ..runtime import Runtime
@@ -46,7 +47,7 @@ def type_first(hits: list, rerank: str, expected: str | None = None) -> str | No
     For an image search the vote's winner is always the first hit's type (its voters are in the
     re-ranked pool); for "more like this" it is the product's own type, unless no result has it.
     """
-    if rerank != "category" or not hits:
+    if not reranks_category(rerank) or not hits:
         return None
     first = hits[0].product.get("articleType")
     return first if expected is None or first == expected else None

@@ -1,0 +1,122 @@
+"""Train a model's gender predictor (`gender.py`) and choose it on the validation splits.
+
+Training data: the model's vectors of catalog products (every selection's train split, the seed
+selection's val and test products left out) and of DeepFashion train photos at the catalog's
+resolution (their MEN/WOMEN folder is their gender). Photos are few beside the catalog and are what
+the embedding confuses, so their weight is a choice; so is the confidence threshold under which a
+query is not re-ranked by gender. Both are chosen on the val splits (catalog products of the seed
+selection; DeepFashion val photos against the whole catalog) with rerank=category+gender: the best
+mean gender@15 of the two whose P@15 stays within `tolerance` of category-first alone on both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..deepfashion import PHOTO_GENDERS
+from ..featurestore import fashion_table, get_features
+from ..gender import GenderPredictor, fit_gender_predictor
+from ..settings import Settings
+from .protocols import catalog_task, deepfashion_task
+from .runner import evaluate_task
+
+log = logging.getLogger(__name__)
+
+PHOTO_WEIGHTS = (1.0, 3.0)
+THRESHOLDS = (0.4, 0.6, 0.8)
+TOLERANCE = 0.005
+
+
+@dataclass
+class GenderChoice:
+    predictor: GenderPredictor
+    photo_weight: float
+    val: dict[str, dict[str, float]]  # "weight=W threshold=T" -> figures; "category" -> category-first alone
+    trained_on: dict[str, int] = field(default_factory=dict)
+
+
+def training_data(settings: Settings, model: str, query_resolution: tuple[int, int] | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, genders, is_photo) to train on: catalog train products (no seed val/test product) and
+    DeepFashion train photos."""
+    fs, table = get_features(settings, model, "fashion", "train", "all")
+    held_out = set()
+    for split in ("val", "test"):
+        held_out |= {int(i) for i in fashion_table(settings, "seed", split)["id"]}
+    keep = ~np.isnan(fs.features).any(axis=1) & ~table["id"].astype(int).isin(held_out).to_numpy()
+    vectors = [fs.features[keep]]
+    genders = [table["gender"].fillna("").astype(str).to_numpy()[keep]]
+    try:
+        pfs, ptable = get_features(settings, model, "deepfashion", "train", query_resolution=query_resolution)
+    except (FileNotFoundError, ValueError) as exc:  # no DeepFashion photos: the catalog alone
+        log.warning("training the gender predictor on catalog products alone (%s)", exc)
+    else:
+        ok = ~np.isnan(pfs.features).any(axis=1)
+        vectors.append(pfs.features[ok])
+        genders.append(ptable["gender"].map(PHOTO_GENDERS).fillna("").astype(str).to_numpy()[ok])
+    is_photo = np.concatenate([np.zeros(len(vectors[0]), bool), np.ones(sum(len(v) for v in vectors[1:]), bool)])
+    return np.concatenate(vectors), np.concatenate(genders).astype(object), is_photo
+
+
+def _figures(result) -> dict[str, float]:
+    m = result.metrics
+    return {"P@15": round(float(m["PrecisionHits"]), 4), "gender@15": round(float(m["gender@15"]), 4)}
+
+
+def score(tasks: dict, predictor: GenderPredictor | None, vote: tuple[int, float]) -> dict[str, dict[str, float]]:
+    """P@15 and gender@15 per task with category+gender re-ranking (category alone without a predictor)."""
+    rerank = "category" if predictor is None else "category+gender"
+    return {name: _figures(evaluate_task(task, "raw", rerank=rerank, vote_k=vote[0], vote_alpha=vote[1],
+                                         gender_predictor=predictor))
+            for name, task in tasks.items()}
+
+
+def choose_gender_predictor(settings: Settings, model: str, query_resolution: tuple[int, int] | None,
+                            vote: tuple[int, float], selection: str = "seed", n_queries: int = 600,
+                            weights=PHOTO_WEIGHTS, thresholds=THRESHOLDS, tolerance: float = TOLERANCE
+                            ) -> GenderChoice | None:
+    """The predictor chosen on val (see the module's docstring); None when no candidate keeps P@15."""
+    vectors, genders, is_photo = training_data(settings, model, query_resolution)
+    tasks = {"catalog": catalog_task(settings, model, selection=selection, split="val", database="split",
+                                     n_queries=n_queries, with_fit=False)}
+    if is_photo.any():
+        tasks["photos"] = deepfashion_task(settings, model, database="all", selection=selection, with_fit=False,
+                                           query_resolution=query_resolution, split="val")
+    plain = score(tasks, None, vote)
+    val: dict[str, dict] = {"category": plain}
+    best: tuple[float, GenderPredictor, float] | None = None
+    for weight in weights if is_photo.any() else (1.0,):
+        predictor = fit_gender_predictor(vectors, genders, np.where(is_photo, weight, 1.0), seed=settings.seed)
+        for threshold in thresholds:
+            predictor.threshold = threshold
+            figures = score(tasks, predictor, vote)
+            val[f"weight={weight:g} threshold={threshold:g}"] = figures
+            kept = all(figures[t]["P@15"] >= plain[t]["P@15"] - tolerance for t in tasks)
+            mean_gender = float(np.mean([figures[t]["gender@15"] for t in tasks]))
+            log.info("photo weight %g, threshold %g: %s%s", weight, threshold, figures, "" if kept else " (P@15 lost)")
+            if kept and (best is None or mean_gender > best[0]):
+                best = (mean_gender, GenderPredictor(predictor.classes, predictor.coef, predictor.intercept,
+                                                     threshold), weight)
+    if best is None:
+        return None
+    _, predictor, weight = best
+    trained = {"catalog_products": int((~is_photo).sum()), "photos": int(is_photo.sum())}
+    predictor.meta = {"model": model, "photo_weight": weight, "trained_on": trained, "val": val,
+                      "vote": list(vote), "tolerance": tolerance}
+    return GenderChoice(predictor, weight, val, trained)
+
+
+def test_figures(settings: Settings, model: str, predictor: GenderPredictor, query_resolution: tuple[int, int] | None,
+                 vote: tuple[int, float], selection: str = "seed", n_queries: int = 600) -> dict[str, dict]:
+    """The chosen predictor scored once on the test splits, beside category-first alone."""
+    tasks = {"catalog": catalog_task(settings, model, selection=selection, split="test", database="split",
+                                     n_queries=n_queries, with_fit=False)}
+    try:
+        tasks["photos"] = deepfashion_task(settings, model, database="all", selection=selection, with_fit=False,
+                                           query_resolution=query_resolution, split="test")
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("no photos test split (%s)", exc)
+    return {"category": score(tasks, None, vote), "category+gender": score(tasks, predictor, vote)}

@@ -1,0 +1,136 @@
+"""Gender prediction for "same gender first" re-ranking.
+
+An embedding trained on product types groups look-alike garments of both genders: a photo of a man's
+shirt has women's shirts among its nearest products. The nearest products' genders cannot tell (they
+are the very mistake), but a linear classifier on the same query vector can, once it has seen photos
+as well as catalog images. `finetune-rerank --gender` trains one per model (multinomial logistic
+regression on L2-normalized vectors, a few thousand numbers) and chooses its confidence threshold on
+the validation splits; it is served with numpy alone. A query whose prediction is less confident than
+the threshold is not re-ranked by gender. Unisex products match either gender.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io_utils import atomic_write
+
+FILE = "gender_predictor.npz"
+GENDERS = ("Boys", "Girls", "Men", "Women")  # what a query is predicted to be
+UNISEX = "Unisex"  # a product of this gender suits any query
+NO_GENDER = ""  # no confident prediction: the query is not re-ranked by gender
+
+
+class GenderPredictorError(ValueError):
+    """A gender predictor file that cannot be used; the message names the file and the fix."""
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class GenderPredictor:
+    """Query vectors -> the gender to show first (NO_GENDER when unsure)."""
+
+    classes: tuple[str, ...]
+    coef: np.ndarray  # (classes, dims)
+    intercept: np.ndarray  # (classes,)
+    threshold: float = 0.5
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def dims(self) -> int:
+        return int(self.coef.shape[1])
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, classes) softmax probabilities of the L2-normalized vectors."""
+        logits = _l2(np.atleast_2d(vectors)) @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, vectors: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """(n,) object array: the most probable gender, or NO_GENDER below the threshold."""
+        p = self.probabilities(vectors)
+        best = p.argmax(axis=1)
+        sure = p[np.arange(len(p)), best] >= (self.threshold if threshold is None else threshold)
+        return np.where(sure, np.asarray(self.classes, dtype=object)[best], NO_GENDER).astype(object)
+
+    def save(self, path: Path) -> None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, coef=self.coef.astype(np.float32), intercept=self.intercept.astype(np.float32),
+                         meta=np.array(json.dumps({**self.meta, "classes": list(self.classes),
+                                                   "threshold": self.threshold})))
+
+        atomic_write(Path(path), write)
+
+    @classmethod
+    def load(cls, path: Path) -> GenderPredictor:
+        try:
+            with np.load(path) as data:
+                meta = json.loads(str(data["meta"]))
+                coef, intercept = data["coef"].astype(np.float32), data["intercept"].astype(np.float32)
+            classes = tuple(str(c) for c in meta.pop("classes"))
+            threshold = float(meta.pop("threshold"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GenderPredictorError(f"{path}: not a gender predictor ({exc}); make it again with "
+                                       "`imageretrieval finetune-rerank --gender`") from None
+        if coef.ndim != 2 or coef.shape[0] != len(classes) or intercept.shape != (len(classes),):
+            raise GenderPredictorError(f"{path}: damaged gender predictor (coef {coef.shape}, {len(classes)} "
+                                       "classes); make it again with `imageretrieval finetune-rerank --gender`")
+        return cls(classes, coef, intercept, threshold, meta)
+
+
+def fit_gender_predictor(vectors: np.ndarray, genders: Sequence[str], sample_weight: np.ndarray | None = None,
+                         c: float = 1.0, threshold: float = 0.5, seed: int = 0) -> GenderPredictor:
+    """Multinomial logistic regression on L2-normalized vectors; only rows of a GENDERS value train it."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray([str(g) for g in genders], dtype=object)
+    keep = np.isin(labels, GENDERS)
+    classes = sorted(set(labels[keep]))
+    if len(classes) < 2:
+        raise ValueError(f"a gender predictor needs products of at least two of {', '.join(GENDERS)}; "
+                         f"got {classes or 'none'}")
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[keep]
+    clf = LogisticRegression(C=c, max_iter=1000, random_state=seed)
+    clf.fit(_l2(vectors)[keep], labels[keep].astype(str), sample_weight=weights)
+    coef, intercept = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:  # binary: sklearn keeps one row (the second class); softmax needs both
+        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    return GenderPredictor(tuple(str(c) for c in clf.classes_), coef.astype(np.float32),
+                           intercept.astype(np.float32), threshold)
+
+
+def gender_matches(row_genders: np.ndarray, predicted) -> np.ndarray:
+    """Whether each row suits its query's predicted gender: the same gender, or Unisex. Either
+    `row_genders` (n_queries, n) with `predicted` (n_queries,), or one query's (n,) rows with its
+    predicted gender (a string). NO_GENDER matches nothing."""
+    rows = np.asarray(row_genders, dtype=object)
+    pred = np.asarray(predicted, dtype=object)
+    if rows.ndim == 2:
+        pred = pred.reshape(-1, 1)
+    return ((rows == pred) | (rows == UNISEX)) & (pred != NO_GENDER)
+
+
+def predictor_path(model_name: str, workdir: Path) -> Path | None:
+    """The model's gender predictor: `<WORKDIR>/models/<model>/` (made here) before the package's own."""
+    local = Path(workdir) / "models" / model_name / FILE
+    if local.is_file():
+        return local
+    shipped = Path(__file__).resolve().parent / "weights" / model_name / FILE
+    return shipped if shipped.is_file() else None
+
+
+def load_gender_predictor(model_name: str, workdir: Path) -> GenderPredictor | None:
+    path = predictor_path(model_name, workdir)
+    return None if path is None else GenderPredictor.load(path)
