@@ -22,7 +22,8 @@ COMMAND_MODULES = [
 FP32_ONLY = {"train", "finetune-pca", "finetune-rerank", "ensemble", "fuse"}
 # (module, exception names) printed as one line instead of a traceback
 USER_ERRORS = [("catalog", ["CatalogError"]), ("engine", ["IndexNotBuiltError", "UnknownFilterError",
-               "UnknownProductError"]), ("images", ["ImageDecodeError"]), ("index", ["IndexFactoryError"]),
+               "UnknownProductError", "RerankUnavailableError"]), ("gender", ["GenderPredictorError"]),
+               ("images", ["ImageDecodeError"]), ("index", ["IndexFactoryError"]),
                ("models", ["ModelNotFoundError", "WeightsUnavailableError"]),
                ("inference", ["RuntimeUnavailableError"]), ("quantize", ["QuantizationError"]),
                ("live.products", ["ProductValidationError"]), ("live.journal", ["JournalCorruptError"]),

@@ -304,6 +304,51 @@ def test_category_rerank_shows_one_type_first(client, synthetic_catalog, catalog
     assert bad.status_code == 422 and "rerank" in bad.json()["detail"]
 
 
+def test_gender_rerank_needs_the_models_gender_predictor(client, synthetic_catalog):
+    """No predictor (or a whitened index): rerank=gender is refused with the command that makes one."""
+    assert {m["name"]: m["reranks"] for m in client.get("/api/models").json()["models"]}["tiny"] == ["none", "category"]
+    for rerank in ("gender", "category+gender"):
+        r = client.post("/api/search", files={"image": ("q.jpg", image_bytes(synthetic_catalog, 1001))},
+                        data={"rerank": rerank})
+        assert r.status_code == 400 and "finetune-rerank --model tiny --gender" in r.json()["detail"]
+    assert client.post("/api/search/by-id", json={"product_id": 1040, "rerank": "gender"}).status_code == 400
+
+
+def test_gender_rerank_puts_the_predicted_gender_first(tmp_path, synthetic_catalog, catalog_df):
+    """A predictor that always answers Women: Women and Unisex products lead, the visual order kept within; "more
+    like this" uses the product's own gender; category+gender keeps the type first."""
+    from imageretrieval.artifacts import build_model_index
+    from imageretrieval.gender import GenderPredictor
+
+    from .conftest import make_settings, make_tiny_model
+
+    make_tiny_model(tmp_path, "tiny", seed=0)
+    build_model_index(make_settings(synthetic_catalog, tmp_path, pca_components=0), "tiny", progress=False)
+    GenderPredictor(("Men", "Women"), np.zeros((2, 256), np.float32), np.array([0.0, 5.0], np.float32),
+                    threshold=0.5).save(tmp_path / "models" / "tiny" / "gender_predictor.npz")
+    suits = {"Women", "Unisex"}
+    with TestClient(create_app(api_settings(synthetic_catalog, tmp_path))) as c:
+        assert c.get("/api/models").json()["models"][0]["reranks"] == ["none", "category", "gender", "category+gender"]
+        query = {"image": ("q.jpg", image_bytes(synthetic_catalog, 1001))}
+        plain = first_ids(c.post("/api/search", files=query, data={"top_k": "100"}))
+        ranked = first_ids(c.post("/api/search", files=query, data={"top_k": "100", "rerank": "gender"}))
+        fits = [catalog_df.loc[i, "gender"] in suits for i in ranked]
+        n = sum(fits)
+        assert sorted(ranked) == sorted(plain) and 0 < n < len(ranked)
+        assert fits == [True] * n + [False] * (len(ranked) - n)
+        assert ranked[:n] == [i for i in plain if catalog_df.loc[i, "gender"] in suits][:n]
+        both = c.post("/api/search", files=query, data={"top_k": "30", "rerank": "category+gender"}).json()
+        types = [h["articleType"] for h in both["results"]]
+        n_type = types.count(both["type_first"])
+        assert types[:n_type] == [both["type_first"]] * n_type
+        fits = [h["gender"] in suits for h in both["results"][:n_type]]
+        assert fits == sorted(fits, reverse=True)  # within the type: the gender first
+        men = next(int(i) for i in catalog_df.index if catalog_df.loc[i, "gender"] == "Men")
+        by_id = c.post("/api/search/by-id", json={"product_id": men, "top_k": 20, "rerank": "gender"}).json()
+        fits = [h["gender"] in ("Men", "Unisex") for h in by_id["results"]]
+        assert fits[0] and fits == sorted(fits, reverse=True)
+
+
 @pytest.mark.parametrize(("body", "status", "words"), [
     ({"product_id": 999999}, 404, "999999"),
     ({"product_id": 1040, "rerank": "shuffle"}, 422, "rerank"),

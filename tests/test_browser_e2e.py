@@ -221,6 +221,9 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     with pg.expect_response(lambda r: r.url.endswith("/api/search")) as first_search:
         pg.set_input_files("#file-input", str(synthetic_catalog / "images" / "1001.jpg"))
     assert first_search.value.json()["rerank"] == "category"  # "same type first" by default
+    # "same gender first" is on by default too, but this model has no gender predictor: off, and says why
+    assert pg.locator("#same-gender").is_disabled() and not pg.locator("#same-gender").is_checked()
+    assert "no gender predictor" in pg.locator("#same-gender-help").inner_text()
     wait_results(pg, 15)
     assert_images_loaded(pg)
     assert result_ids(pg)[0] == 1001  # a catalog image finds itself first

@@ -266,6 +266,40 @@ def test_cli_finetune_rerank_saves_the_vote_that_search_and_evaluate_use(eval_en
     tuned_rerank_path(workdir, TINY).unlink()  # the other tests of this module use the default vote
 
 
+def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluate_use(eval_env, capsys):
+    from imageretrieval.artifacts import build_model_index
+    from imageretrieval.engine import RerankUnavailableError, RetrievalEngine
+    from imageretrieval.evaluation.gender_tuning import THRESHOLDS
+    from imageretrieval.gender import GenderPredictor, predictor_path
+    from imageretrieval.settings import Settings
+
+    workdir, flags = eval_env
+    settings = Settings(dataset_root=flags[1], workdir=workdir, device="cpu", precision="fp32", num_workers=0)
+    build_model_index(settings, TINY, progress=False)
+    with pytest.raises(RerankUnavailableError, match=f"finetune-rerank --model {TINY} --gender"):
+        RetrievalEngine(settings, TINY).search_vectors(np.ones((1, 256), np.float32), 5, rerank="gender")
+    assert main([*flags, "evaluate", "--model", TINY, "--selection", "all", "--features", "raw",
+                 "--rerank", "gender", "--no-plots"]) == 2  # no predictor yet: a message, not a traceback
+    out = run_json(capsys, flags, "finetune-rerank", "--model", TINY, "--selection", "all", "--gender",
+                   "--tolerance", "1")
+    path = predictor_path(TINY, workdir)
+    predictor = GenderPredictor.load(path)
+    assert path == workdir / "models" / TINY / "gender_predictor.npz" and predictor.threshold in THRESHOLDS
+    assert out["trained_on"]["catalog_products"] > 0 and out["trained_on"]["photos"] > 0
+    assert {"category", f"weight={out['photo_weight']:g} threshold={predictor.threshold:g}"} <= set(out["val"])
+    assert set(out["test"]) == {"category", "category+gender"} and set(out["test"]["category"]) == {"catalog", "photos"}
+    engine = RetrievalEngine(settings, TINY)
+    assert engine.reranks == ["none", "category", "gender", "category+gender"]
+    hits = engine.search_vectors(np.ones((1, 256), np.float32), 10, rerank="gender")[0]
+    wanted = engine.genders_first(np.ones((1, 256), np.float32))[0]
+    genders = [h.product["gender"] in (wanted, "Unisex") for h in hits]
+    assert genders == sorted(genders, reverse=True)  # the predicted gender's products (and Unisex) first
+    result = run_json(capsys, flags, "evaluate", "--model", TINY, "--selection", "all", "--features", "raw",
+                      "--rerank", "category+gender", "--no-plots")
+    assert "+category-first" in result["features"] and "+gender-first" in result["features"]
+    path.unlink()  # the other tests of this module see a model without one
+
+
 def test_cli_deepfashion_protocols(eval_env, capsys, tmp_path):
     _, flags = eval_env
     for res in ("native", "catalog"):

@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--gender", action="store_true",
                    help="train the gender predictor of rerank=gender instead (photo weight and threshold chosen on "
                         "val; DEEPFASHION_ROOT's photos train it too)")
+    p.add_argument("--tolerance", type=float, default=0.005,
+                   help="--gender: the P@15 a gender predictor may cost category-first on val (default 0.005)")
     p.add_argument("--no-save", action="store_true", help="report only; do not change the model's vote")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -92,11 +94,13 @@ def run_gender(args, settings, model: str) -> int:
     vote = chosen_vote(settings.workdir, model)
     resolution = query_resolution_of(settings, model, settings.query_resolution)
     try:
-        choice = choose_gender_predictor(settings, model, resolution, vote, args.selection, args.queries)
+        choice = choose_gender_predictor(settings, model, resolution, vote, args.selection, args.queries,
+                                         tolerance=args.tolerance)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     if choice is None:
-        raise CLIError(f"{model}: every gender predictor tried cost more than 0.005 of P@15 on val; none saved")
+        raise CLIError(f"{model}: every gender predictor tried cost more than {args.tolerance:g} of P@15 on val; "
+                       "none saved (a larger --tolerance accepts more)")
     predictor = choice.predictor
     test = test_figures(settings, model, predictor, resolution, vote, args.selection, args.queries)
     predictor.meta.update(test=test, created=reports.now())

@@ -1,7 +1,7 @@
 """Train a model's gender predictor (`gender.py`) and choose it on the validation splits.
 
-Training data: the model's vectors of catalog products (every selection's train split, the seed
-selection's val and test products left out) and of DeepFashion train photos at the catalog's
+Training data: the model's vectors of catalog products (the whole catalog's train split, the val and
+test products of the evaluated selection left out) and of DeepFashion train photos at the catalog's
 resolution (their MEN/WOMEN folder is their gender). Photos are few beside the catalog and are what
 the embedding confuses, so their weight is a choice; so is the confidence threshold under which a
 query is not re-ranked by gender. Both are chosen on the val splits (catalog products of the seed
@@ -38,14 +38,14 @@ class GenderChoice:
     trained_on: dict[str, int] = field(default_factory=dict)
 
 
-def training_data(settings: Settings, model: str, query_resolution: tuple[int, int] | None
+def training_data(settings: Settings, model: str, query_resolution: tuple[int, int] | None, selection: str = "seed"
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors, genders, is_photo) to train on: catalog train products (no seed val/test product) and
-    DeepFashion train photos."""
+    """(vectors, genders, is_photo) to train on: the whole catalog's train split without any val or test
+    product of `selection`, and DeepFashion train photos."""
     fs, table = get_features(settings, model, "fashion", "train", "all")
     held_out = set()
     for split in ("val", "test"):
-        held_out |= {int(i) for i in fashion_table(settings, "seed", split)["id"]}
+        held_out |= {int(i) for i in fashion_table(settings, selection, split)["id"]}
     keep = ~np.isnan(fs.features).any(axis=1) & ~table["id"].astype(int).isin(held_out).to_numpy()
     vectors = [fs.features[keep]]
     genders = [table["gender"].fillna("").astype(str).to_numpy()[keep]]
@@ -79,7 +79,7 @@ def choose_gender_predictor(settings: Settings, model: str, query_resolution: tu
                             weights=PHOTO_WEIGHTS, thresholds=THRESHOLDS, tolerance: float = TOLERANCE
                             ) -> GenderChoice | None:
     """The predictor chosen on val (see the module's docstring); None when no candidate keeps P@15."""
-    vectors, genders, is_photo = training_data(settings, model, query_resolution)
+    vectors, genders, is_photo = training_data(settings, model, query_resolution, selection)
     tasks = {"catalog": catalog_task(settings, model, selection=selection, split="val", database="split",
                                      n_queries=n_queries, with_fit=False)}
     if is_photo.any():

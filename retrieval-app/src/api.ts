@@ -14,6 +14,8 @@ export interface ModelInfo {
   index_size: number;
   input_size: number;
   default: boolean;
+  /** The rerank values its searches accept ("gender" needs the model's gender predictor). */
+  reranks?: Rerank[];
   evaluation: Record<string, number> | null;
 }
 
@@ -49,14 +51,15 @@ export interface SearchResult extends Product {
   image_url: string;
 }
 
-/** none: pure visual similarity; category: the product type voted by the nearest products comes first. */
-export type Rerank = "none" | "category";
+/** none: pure visual similarity; category: the product type voted by the nearest products comes first;
+ * gender: the gender the model predicts for the photo comes first; category+gender: both. */
+export type Rerank = "none" | "category" | "gender" | "category+gender";
 
 export interface SearchResponse {
   model: string;
   took_ms: number;
   rerank: Rerank;
-  /** With rerank "category": the product type shown first; null otherwise. */
+  /** With rerank "category" (or "category+gender"): the product type shown first; null otherwise. */
   type_first: string | null;
   results: SearchResult[];
 }

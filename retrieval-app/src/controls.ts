@@ -11,6 +11,7 @@ export interface Actions {
   setModel(name: string): void;
   setTopK(k: number): void;
   setSameTypeFirst(on: boolean): void;
+  setSameGenderFirst(on: boolean): void;
   setFilter(field: string, value: string): void;
   clearFilters(): void;
   search(): void;
@@ -43,6 +44,7 @@ export function bindControls(actions: Actions): void {
   ui.model.addEventListener("change", () => actions.setModel(ui.model.value));
   ui.topK.addEventListener("change", () => actions.setTopK(Number.parseInt(ui.topK.value, 10)));
   ui.sameType.addEventListener("change", () => actions.setSameTypeFirst(ui.sameType.checked));
+  ui.sameGender.addEventListener("change", () => actions.setSameGenderFirst(ui.sameGender.checked));
   for (const select of ui.filterSelects) {
     select.addEventListener("change", () => actions.setFilter(select.dataset.field as string, select.value));
   }

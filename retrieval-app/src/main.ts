@@ -17,6 +17,7 @@ import { cropImage, Cropper, downscaleImage } from "./cropper";
 import { errorMessage, isTransient } from "./format";
 import * as render from "./render";
 import { ui } from "./render";
+import { genderFirstIn, rerankOf, typeFirstIn } from "./state";
 import { type ImageQuery, Store } from "./store";
 
 // Browsers decode most images; bigger files than this are downscaled before upload.
@@ -234,7 +235,13 @@ bindControls({
     void runSearch();
   },
   setSameTypeFirst: (on) => {
-    store.setRerank(on ? "category" : "none");
+    // the gender part as shown: off where the model has no gender predictor
+    store.setRerank(rerankOf(on, genderFirstIn(store.searchOptions().rerank)));
+    updateUrl();
+    void runSearch();
+  },
+  setSameGenderFirst: (on) => {
+    store.setRerank(rerankOf(typeFirstIn(store.view.rerank), on));
     updateUrl();
     void runSearch();
   },
@@ -295,7 +302,7 @@ async function loadCatalogInfo(): Promise<void> {
 }
 
 render.renderTopK(store);
-ui.sameType.checked = store.view.rerank === "category";
+render.syncOrderControls(store);
 ui.wordsInput.value = store.view.q;
 render.syncFilterControls(store);
 render.renderOptionsState(store);

@@ -19,7 +19,7 @@ import {
   resultsStatus,
   tagline,
 } from "./format";
-import { hasFilters, topKOptions } from "./state";
+import { genderFirstIn, hasFilters, topKOptions, typeFirstIn } from "./state";
 import type { Store } from "./store";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
@@ -59,6 +59,8 @@ export const ui = {
   modelInfo: $("model-info"),
   topK: $<HTMLSelectElement>("topk-select"),
   sameType: $<HTMLInputElement>("same-type"),
+  sameGender: $<HTMLInputElement>("same-gender"),
+  sameGenderHelp: $<HTMLElement>("same-gender-help"),
   clearFilters: $<HTMLButtonElement>("clear-filters"),
   results: $("results"),
   resultsTitle: $("results-title"),
@@ -114,6 +116,7 @@ export function renderModels(store: Store, resp: ModelsResponse): void {
 export function renderModelInfo(store: Store): void {
   const m = store.models?.models.find((x) => x.name === store.view.model);
   ui.modelInfo.textContent = m ? modelInfoText(m) : "";
+  syncOrderControls(store);
 }
 
 export function renderTopK(store: Store): void {
@@ -148,10 +151,24 @@ export function syncControls(store: Store): void {
     renderModelInfo(store);
   }
   renderTopK(store);
-  ui.sameType.checked = store.view.rerank === "category";
+  syncOrderControls(store);
   ui.wordsInput.value = store.view.q;
   syncFilterControls(store);
 }
+
+/** The two ordering checkboxes from the state; "same gender first" is off and disabled for a model without a
+ * gender predictor. */
+export function syncOrderControls(store: Store): void {
+  ui.sameType.checked = typeFirstIn(store.view.rerank);
+  const supported = (store.reranks ?? []).includes("gender");
+  ui.sameGender.checked = supported && genderFirstIn(store.view.rerank);
+  ui.sameGender.disabled = !supported;
+  ui.sameGenderHelp.textContent = supported
+    ? GENDER_HELP
+    : "This model has no gender predictor (imageretrieval finetune-rerank --gender makes one).";
+}
+
+const GENDER_HELP = "Products for the gender the photo looks like (and unisex ones) come first, within each type.";
 
 // ----- the chosen photo -------------------------------------------------------------------------
 const PREVIEW_MAX_HEIGHT = 320;

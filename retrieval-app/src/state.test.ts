@@ -9,7 +9,11 @@ import {
   MAX_QUERY_CHARS,
   parseState,
   stateToSearch,
+  genderFirstIn,
+  rerankOf,
+  supportedRerank,
   topKOptions,
+  typeFirstIn,
   withFilter,
 } from "./state";
 
@@ -30,7 +34,15 @@ describe("URL state", () => {
 
   it("falls back to the defaults for missing or bad values", () => {
     const state = parseState("?k=0&like=-3&gender=");
-    expect(state).toEqual({ model: null, topK: DEFAULT_TOP_K, filters: {}, likeId: null, rerank: "category", q: "" });
+    expect(state).toEqual({
+      model: null,
+      topK: DEFAULT_TOP_K,
+      filters: {},
+      likeId: null,
+      rerank: "category+gender",
+      q: "",
+    });
+    expect(parseState("?order=sideways").rerank).toBe("category+gender");
     expect(parseState("?k=5000").topK).toBe(100);
     expect(stateToSearch(parseState(""))).toBe("");
   });
@@ -72,5 +84,31 @@ describe("words in the URL", () => {
     const cut = cleanQuery("x".repeat(MAX_QUERY_CHARS - 1) + "\u{1F457}\u{1F457}"); // emoji: 2 UTF-16 units each
     expect(Array.from(cut)).toHaveLength(MAX_QUERY_CHARS);
     expect(cut.endsWith("\u{1F457}")).toBe(true); // whole, not a lone surrogate
+  });
+});
+
+describe("result order", () => {
+  it("keeps each combination of the two checkboxes in the URL, the default (both) left out", () => {
+    for (const [type, gender, order] of [
+      [true, true, ""],
+      [true, false, "?order=type"],
+      [false, true, "?order=gender"],
+      [false, false, "?order=visual"],
+    ] as const) {
+      const rerank = rerankOf(type, gender);
+      expect([typeFirstIn(rerank), genderFirstIn(rerank)]).toEqual([type, gender]);
+      const state = { ...parseState(""), rerank };
+      expect(stateToSearch(state)).toBe(order);
+      expect(parseState(order).rerank).toBe(rerank);
+    }
+  });
+
+  it("leaves the gender out for a model without a gender predictor", () => {
+    const all = ["none", "category", "gender", "category+gender"] as const;
+    expect(supportedRerank("category+gender", all)).toBe("category+gender");
+    expect(supportedRerank("category+gender", ["none", "category"])).toBe("category");
+    expect(supportedRerank("gender", ["none", "category"])).toBe("none");
+    expect(supportedRerank("gender", undefined)).toBe("none");
+    expect(supportedRerank("category", undefined)).toBe("category");
   });
 });

@@ -2,7 +2,8 @@
 // "more like this" product live in the URL, so a search can be reloaded or shared:
 // ?model=efficientnet_lite0&k=15&gender=Men&articleType=Tshirts&like=1163 (&q=red+dress: words, alone or
 // refining the photo)
-// (&order=visual turns off "same type first", which is on by default: docs/results.md measures it).
+// (&order=visual turns off "same type first" and "same gender first", both on by default: docs/results.md
+// measures them; &order=type keeps the type only, &order=gender the gender only).
 // Every other parameter is a filter; the fields the catalog has come from /api/facets (knownFilters).
 
 import type { Filters, Rerank } from "./api";
@@ -10,7 +11,8 @@ import type { Filters, Rerank } from "./api";
 export const TOP_K_CHOICES = [5, 10, 15, 30, 50] as const;
 export const DEFAULT_TOP_K = 15;
 export const MAX_TOP_K = 100;
-export const DEFAULT_RERANK: Rerank = "category";
+export const DEFAULT_RERANK: Rerank = "category+gender";
+const ORDER_PARAM: Record<Rerank, string | null> = { "category+gender": null, category: "type", gender: "gender", none: "visual" };
 const RESERVED = new Set(["model", "k", "like", "order", "q"]);
 export const MAX_QUERY_CHARS = 200;
 
@@ -44,7 +46,7 @@ export function parseState(search: string): ViewState {
     topK: Number.isFinite(k) && k >= 1 ? Math.min(k, MAX_TOP_K) : DEFAULT_TOP_K,
     filters,
     likeId: Number.isFinite(like) && like >= 0 ? like : null,
-    rerank: params.get("order") === "visual" ? "none" : DEFAULT_RERANK,
+    rerank: rerankOfOrder(params.get("order")),
     q: cleanQuery(params.get("q") ?? ""),
   };
 }
@@ -56,11 +58,38 @@ export function stateToSearch(state: ViewState): string {
   for (const [field, values] of Object.entries(state.filters)) {
     for (const value of values ?? []) params.append(field, value);
   }
-  if (state.rerank !== DEFAULT_RERANK) params.set("order", "visual");
+  const order = ORDER_PARAM[state.rerank];
+  if (order) params.set("order", order);
   if (state.likeId !== null) params.set("like", String(state.likeId));
   if (state.q) params.set("q", state.q);
   const s = params.toString();
   return s ? `?${s}` : "";
+}
+
+function rerankOfOrder(order: string | null): Rerank {
+  const found = (Object.entries(ORDER_PARAM) as [Rerank, string | null][]).find(([, value]) => value === order);
+  return found && order ? found[0] : DEFAULT_RERANK;
+}
+
+/** The ranking asked for by the two checkboxes "same type first" and "same gender first". */
+export function rerankOf(typeFirst: boolean, genderFirst: boolean): Rerank {
+  if (typeFirst) return genderFirst ? "category+gender" : "category";
+  return genderFirst ? "gender" : "none";
+}
+
+export function typeFirstIn(rerank: Rerank): boolean {
+  return rerank === "category" || rerank === "category+gender";
+}
+
+export function genderFirstIn(rerank: Rerank): boolean {
+  return rerank === "gender" || rerank === "category+gender";
+}
+
+/** What a model can do of `rerank`: without a gender predictor (`reranks` lacks "gender"; an API that does not
+ * list them has none), the gender part is left out. */
+export function supportedRerank(rerank: Rerank, reranks: readonly Rerank[] | undefined): Rerank {
+  const gender = genderFirstIn(rerank) && (reranks ?? []).includes("gender");
+  return rerankOf(typeFirstIn(rerank), gender);
 }
 
 export function hasFilters(filters: Filters): boolean {

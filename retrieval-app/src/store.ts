@@ -2,7 +2,15 @@
 // chosen photo. Its methods are the only way the state changes; they touch no DOM (store.test.ts).
 
 import type { Facets, ModelsResponse, Product, Rerank, SearchOptions } from "./api";
-import { cleanQuery, knownFilters, parseState, stateToSearch, type ViewState, withFilter } from "./state";
+import {
+  cleanQuery,
+  knownFilters,
+  parseState,
+  stateToSearch,
+  supportedRerank,
+  type ViewState,
+  withFilter,
+} from "./state";
 
 export interface ImageQuery {
   blob: Blob;
@@ -87,6 +95,11 @@ export class Store {
 
   searchOptions(): SearchOptions {
     const v = this.view;
-    return { model: v.model ?? "", topK: v.topK, filters: v.filters, rerank: v.rerank };
+    return { model: v.model ?? "", topK: v.topK, filters: v.filters, rerank: supportedRerank(v.rerank, this.reranks) };
+  }
+
+  /** The rerank values the chosen model accepts (undefined until the models are known). */
+  get reranks(): Rerank[] | undefined {
+    return this.models?.models.find((m) => m.name === this.view.model)?.reranks;
   }
 }

@@ -1,0 +1,82 @@
+"""The gender predictor of rerank=gender and the ordering it drives: hand-made vectors and rankings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imageretrieval.gender import (
+    NO_GENDER,
+    GenderPredictor,
+    GenderPredictorError,
+    fit_gender_predictor,
+    gender_matches,
+    load_gender_predictor,
+    predictor_path,
+)
+from imageretrieval.rerank import category_matches, matches_first
+
+
+def clusters(n_per: int = 40, dims: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One tight cluster per gender on its own axis, plus Unisex rows (which never train)."""
+    rng = np.random.default_rng(seed)
+    names = ["Men", "Women", "Boys", "Girls", "Unisex"]
+    vectors = np.concatenate([np.eye(dims)[i] + 0.05 * rng.standard_normal((n_per, dims)) for i in range(5)])
+    return vectors.astype(np.float32), np.repeat(np.array(names, dtype=object), n_per)
+
+
+def test_the_predictor_learns_separable_genders_and_abstains_below_its_threshold():
+    vectors, genders = clusters()
+    predictor = fit_gender_predictor(vectors, genders, c=10.0)
+    assert predictor.classes == ("Boys", "Girls", "Men", "Women")  # Unisex rows are not a class
+    queries = np.eye(8, dtype=np.float32)[:4] * 3.0  # the scale does not matter: vectors are L2-normalized
+    assert predictor.predict(queries).tolist() == ["Men", "Women", "Boys", "Girls"]
+    p = predictor.probabilities(queries)
+    assert np.allclose(p.sum(axis=1), 1.0) and (p.max(axis=1) > 0.5).all()
+    between = (np.eye(8)[0] + np.eye(8)[1])[None]  # half Men, half Women: no confident answer
+    assert predictor.predict(between, threshold=0.9).tolist() == [NO_GENDER]
+
+
+def test_a_two_gender_catalog_gives_a_two_class_softmax():
+    vectors, genders = clusters()
+    two = np.isin(genders, ["Men", "Women"])
+    predictor = fit_gender_predictor(vectors[two], genders[two], c=10.0)
+    assert predictor.classes == ("Men", "Women") and predictor.coef.shape == (2, 8)
+    assert predictor.predict(np.eye(8, dtype=np.float32)[:2]).tolist() == ["Men", "Women"]
+    with pytest.raises(ValueError, match="at least two"):
+        fit_gender_predictor(vectors[genders == "Men"], genders[genders == "Men"])
+
+
+def test_gender_matches_counts_unisex_for_everyone_and_nothing_for_no_prediction():
+    rows = np.array([["Men", "Women", "Unisex", ""], ["Men", "Women", "Unisex", "Boys"]], dtype=object)
+    assert gender_matches(rows, np.array(["Women", NO_GENDER], dtype=object)).tolist() == [
+        [False, True, True, False], [False, False, False, False]]
+    assert gender_matches(rows[1], "Boys").tolist() == [False, False, True, True]
+
+
+def test_matches_first_puts_both_then_the_first_then_the_second_keeping_the_visual_order():
+    order = np.array([[10, 11, 12, 13, 14, 15, 16]])
+    first = np.array([[0, 1, 1, 0, 1, 0, 0]], bool)  # e.g. the voted type (only 6 in the pool)
+    second = np.array([[1, 0, 1, 1, 0, 0, 1]], bool)  # e.g. the predicted gender
+    out = matches_first(order, first[:, :6], second[:, :6], pool=6)
+    assert out.tolist() == [[12, 11, 14, 10, 13, 15, 16]]  # 16 is past the pool: it stays put
+    assert matches_first(order, first, pool=None).tolist() == [[11, 12, 14, 10, 13, 15, 16]]
+    codes = np.array([0, 1, 0, 2])
+    assert category_matches(np.array([[3, -1, 0, 2]]), codes, np.array([0])).tolist() == [[False, False, True, True]]
+
+
+def test_the_predictor_survives_a_round_trip_and_a_damaged_file_names_the_fix(tmp_path):
+    vectors, genders = clusters()
+    predictor = fit_gender_predictor(vectors, genders, threshold=0.6)
+    predictor.meta = {"model": "tiny"}
+    path = tmp_path / "models" / "tiny" / "gender_predictor.npz"
+    path.parent.mkdir(parents=True)
+    predictor.save(path)
+    assert predictor_path("tiny", tmp_path) == path
+    again = load_gender_predictor("tiny", tmp_path)
+    assert again.classes == predictor.classes and again.threshold == 0.6 and again.meta == {"model": "tiny"}
+    assert np.array_equal(again.predict(vectors), predictor.predict(vectors))
+    assert load_gender_predictor("other", tmp_path) is None
+    path.write_bytes(b"not a zip")
+    with pytest.raises(GenderPredictorError, match="finetune-rerank --gender"):
+        GenderPredictor.load(path)
