@@ -420,16 +420,20 @@ class RetrievalEngine:
         rerank = check_rerank(rerank)
         filters = self.check_filters(filters)
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        genders = self.genders_first(queries, exclude_ids) if reranks_gender(rerank) else [None] * len(queries)
+        if reranks_gender(rerank):
+            self.check_gender_rerank(queries.shape[1])
         extra = 1 if exclude_ids is not None else 0
         fetch = self.candidates_needed(k, rerank) + extra
         found = self.backend.search(queries, fetch, filters or None)
+        genders = [None] * len(queries)
+        if reranks_gender(rerank):
+            neighbours = [[p.get("gender") or "" for p in cands.products[:self.vote_k]] for cands in found]
+            genders = self.genders_first(queries, exclude_ids, neighbours)
         return [self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi], genders[qi])
                 for qi, cands in enumerate(found)]
 
-    def genders_first(self, queries: np.ndarray, exclude_ids: Sequence[int | None] | None = None) -> list[str]:
-        """The gender each query's results show first (NO_GENDER: none): predicted from its vector, or for a
-        "more like this" query its product's own gender (none for a Unisex product)."""
+    def check_gender_rerank(self, dims: int) -> None:
+        """RerankUnavailableError unless this model can re-rank by gender (see `reranks`)."""
         if self.gender_predictor is None:
             raise RerankUnavailableError(
                 f"model {self.name} has no gender predictor for rerank=gender: make one with "
@@ -438,12 +442,17 @@ class RetrievalEngine:
             raise RerankUnavailableError(
                 f"the {self.name} index whitens its vectors (PCA), which its gender predictor was not trained on: "
                 "rebuild the index with --pca 0 to re-rank by gender")
-        if self.gender_predictor.dims != queries.shape[1]:
+        if self.gender_predictor.dims != dims:
             raise RerankUnavailableError(
                 f"the gender predictor of {self.name} expects {self.gender_predictor.dims}-d vectors, the index "
-                f"has {queries.shape[1]}: make it again with `imageretrieval finetune-rerank --model {self.name} "
-                "--gender`")
-        predicted = self.gender_predictor.predict(queries).tolist()
+                f"has {dims}: make it again with `imageretrieval finetune-rerank --model {self.name} --gender`")
+
+    def genders_first(self, queries: np.ndarray, exclude_ids: Sequence[int | None] | None = None,
+                      neighbour_genders: Sequence[Sequence[str]] | None = None) -> list[str]:
+        """The gender each query's results show first (NO_GENDER: none): predicted from its vector (and its
+        nearest products' genders), or for a "more like this" query its product's own (none for Unisex)."""
+        self.check_gender_rerank(queries.shape[1])
+        predicted = self.gender_predictor.predict(queries, neighbour_genders).tolist()
         for qi, pid in enumerate(exclude_ids or []):
             own = self.backend.fetch([int(pid)], vectors=False).get(int(pid)) if pid is not None else None
             if own is not None:
@@ -591,7 +600,10 @@ class RetrievalEngine:
     @property
     def reranks(self) -> list[str]:
         """The `rerank` values this model's searches accept (gender needs its predictor and unwhitened vectors)."""
-        gender = (self.gender_predictor is not None and self.postprocess.proj is None
-                  and self.gender_predictor.dims == self.dims)
+        try:
+            self.check_gender_rerank(self.dims)
+            gender = True
+        except RerankUnavailableError:
+            gender = False
         return [r for r in RERANKS if gender or not reranks_gender(r)]
 

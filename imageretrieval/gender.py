@@ -7,6 +7,11 @@ as well as catalog images. `finetune-rerank --gender` trains one per model (mult
 regression on L2-normalized vectors, a few thousand numbers) and chooses its confidence threshold on
 the validation splits; it is served with numpy alone. A query whose prediction is less confident than
 the threshold is not re-ranked by gender. Unisex products match either gender.
+
+The nearest products' genders still carry something for queries like the catalog's own images, where
+the embedding's neighbourhood is mostly right: with `neighbour_weight` b > 0, the classifier's
+probabilities are multiplied by the neighbours' gender shares (Laplace-smoothed counts) to the power b,
+so a confident classifier wins on photos and a unanimous neighbourhood where the classifier hesitates.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class GenderPredictor:
     coef: np.ndarray  # (classes, dims)
     intercept: np.ndarray  # (classes,)
     threshold: float = 0.5
+    neighbour_weight: float = 0.0
     meta: dict = field(default_factory=dict)
 
     @property
@@ -56,9 +62,20 @@ class GenderPredictor:
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
-    def predict(self, vectors: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """(n,) object array: the most probable gender, or NO_GENDER below the threshold."""
+    def predict(self, vectors: np.ndarray, neighbour_genders: Sequence[Sequence[str]] | None = None,
+                threshold: float | None = None) -> np.ndarray:
+        """(n,) object array: the most probable gender, or NO_GENDER below the threshold. `neighbour_genders`:
+        per query, the genders of its nearest products (used with `neighbour_weight` > 0)."""
         p = self.probabilities(vectors)
+        if self.neighbour_weight > 0 and neighbour_genders is not None:
+            counts = np.ones_like(p)  # Laplace: no neighbour of a gender does not rule it out
+            index = {c: i for i, c in enumerate(self.classes)}
+            for q, genders in enumerate(neighbour_genders):
+                for gender in genders:
+                    if gender in index:
+                        counts[q, index[gender]] += 1
+            p = p * (counts / counts.sum(axis=1, keepdims=True)) ** self.neighbour_weight
+            p /= p.sum(axis=1, keepdims=True)
         best = p.argmax(axis=1)
         sure = p[np.arange(len(p)), best] >= (self.threshold if threshold is None else threshold)
         return np.where(sure, np.asarray(self.classes, dtype=object)[best], NO_GENDER).astype(object)
@@ -68,7 +85,8 @@ class GenderPredictor:
             with open(tmp, "wb") as fh:
                 np.savez(fh, coef=self.coef.astype(np.float32), intercept=self.intercept.astype(np.float32),
                          meta=np.array(json.dumps({**self.meta, "classes": list(self.classes),
-                                                   "threshold": self.threshold})))
+                                                   "threshold": self.threshold,
+                                                   "neighbour_weight": self.neighbour_weight})))
 
         atomic_write(Path(path), write)
 
@@ -80,13 +98,14 @@ class GenderPredictor:
                 coef, intercept = data["coef"].astype(np.float32), data["intercept"].astype(np.float32)
             classes = tuple(str(c) for c in meta.pop("classes"))
             threshold = float(meta.pop("threshold"))
+            neighbour_weight = float(meta.pop("neighbour_weight", 0.0))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GenderPredictorError(f"{path}: not a gender predictor ({exc}); make it again with "
                                        "`imageretrieval finetune-rerank --gender`") from None
         if coef.ndim != 2 or coef.shape[0] != len(classes) or intercept.shape != (len(classes),):
             raise GenderPredictorError(f"{path}: damaged gender predictor (coef {coef.shape}, {len(classes)} "
                                        "classes); make it again with `imageretrieval finetune-rerank --gender`")
-        return cls(classes, coef, intercept, threshold, meta)
+        return cls(classes, coef, intercept, threshold, neighbour_weight, meta)
 
 
 def fit_gender_predictor(vectors: np.ndarray, genders: Sequence[str], sample_weight: np.ndarray | None = None,

@@ -269,7 +269,7 @@ def test_cli_finetune_rerank_saves_the_vote_that_search_and_evaluate_use(eval_en
 def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluate_use(eval_env, capsys):
     from imageretrieval.artifacts import build_model_index
     from imageretrieval.engine import RerankUnavailableError, RetrievalEngine
-    from imageretrieval.evaluation.gender_tuning import THRESHOLDS
+    from imageretrieval.evaluation.gender_tuning import NEIGHBOUR_WEIGHTS, THRESHOLDS
     from imageretrieval.gender import GenderPredictor, predictor_path
     from imageretrieval.settings import Settings
 
@@ -286,8 +286,11 @@ def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluat
     predictor = GenderPredictor.load(path)
     assert path == workdir / "models" / TINY / "gender_predictor.npz" and predictor.threshold in THRESHOLDS
     assert out["trained_on"]["catalog_products"] > 0 and out["trained_on"]["photos"] > 0
-    assert {"category", f"weight={out['photo_weight']:g} threshold={predictor.threshold:g}"} <= set(out["val"])
-    assert set(out["test"]) == {"category", "category+gender"} and set(out["test"]["category"]) == {"catalog", "photos"}
+    chosen = (f"weight={out['photo_weight']:g} threshold={predictor.threshold:g} "
+              f"neighbours={predictor.neighbour_weight:g}")
+    assert {"category", chosen} <= set(out["val"]) and predictor.neighbour_weight in NEIGHBOUR_WEIGHTS
+    assert set(out["test"]) == {"category", "category+gender"}
+    assert set(out["test"]["category"]) == {"catalog", "catalog-all", "photos"}
     engine = RetrievalEngine(settings, TINY)
     assert engine.reranks == ["none", "category", "gender", "category+gender"]
     hits = engine.search_vectors(np.ones((1, 256), np.float32), 10, rerank="gender")[0]

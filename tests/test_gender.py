@@ -68,15 +68,31 @@ def test_matches_first_puts_both_then_the_first_then_the_second_keeping_the_visu
 def test_the_predictor_survives_a_round_trip_and_a_damaged_file_names_the_fix(tmp_path):
     vectors, genders = clusters()
     predictor = fit_gender_predictor(vectors, genders, threshold=0.6)
-    predictor.meta = {"model": "tiny"}
+    predictor.meta, predictor.neighbour_weight = {"model": "tiny"}, 0.5
     path = tmp_path / "models" / "tiny" / "gender_predictor.npz"
     path.parent.mkdir(parents=True)
     predictor.save(path)
     assert predictor_path("tiny", tmp_path) == path
     again = load_gender_predictor("tiny", tmp_path)
-    assert again.classes == predictor.classes and again.threshold == 0.6 and again.meta == {"model": "tiny"}
+    assert again.classes == predictor.classes and (again.threshold, again.neighbour_weight) == (0.6, 0.5)
+    assert again.meta == {"model": "tiny"}
     assert np.array_equal(again.predict(vectors), predictor.predict(vectors))
     assert load_gender_predictor("other", tmp_path) is None
     path.write_bytes(b"not a zip")
     with pytest.raises(GenderPredictorError, match="finetune-rerank --gender"):
         GenderPredictor.load(path)
+
+
+def test_the_neighbours_genders_decide_only_where_the_classifier_hesitates():
+    """p = (0.55 Men, 0.45 Women) from the classifier; 14 of 15 neighbours Women: with neighbour weight 1 the
+    product (0.55 * 1/17, 0.45 * 15/17) favours Women; a confident classifier (0.99 Men) keeps Men."""
+    hesitant = GenderPredictor(("Men", "Women"), np.zeros((2, 4), np.float32),
+                               np.log(np.array([0.55, 0.45], np.float32)), threshold=0.5)
+    neighbours = [["Women"] * 14 + ["Unisex"]]  # Unisex counts for neither
+    assert hesitant.predict(np.ones((1, 4))).tolist() == ["Men"]  # neighbour weight 0: the classifier alone
+    hesitant.neighbour_weight = 1.0
+    assert hesitant.predict(np.ones((1, 4)), neighbours).tolist() == ["Women"]
+    assert hesitant.predict(np.ones((1, 4))).tolist() == ["Men"]  # no neighbours given: the classifier alone
+    sure = GenderPredictor(("Men", "Women"), np.zeros((2, 4), np.float32),
+                           np.log(np.array([0.99, 0.01], np.float32)), threshold=0.5, neighbour_weight=1.0)
+    assert sure.predict(np.ones((1, 4)), neighbours).tolist() == ["Men"]  # 0.99/17 > 0.01*15/17

@@ -3,10 +3,11 @@
 Training data: the model's vectors of catalog products (the whole catalog's train split, the val and
 test products of the evaluated selection left out) and of DeepFashion train photos at the catalog's
 resolution (their MEN/WOMEN folder is their gender). Photos are few beside the catalog and are what
-the embedding confuses, so their weight is a choice; so is the confidence threshold under which a
-query is not re-ranked by gender. Both are chosen on the val splits (catalog products of the seed
-selection; DeepFashion val photos against the whole catalog) with rerank=category+gender: the best
-mean gender@15 of the two whose P@15 stays within `tolerance` of category-first alone on both.
+the embedding confuses, so their weight is a choice; so are the confidence threshold under which a
+query is not re-ranked by gender and the weight of the nearest products' genders. All are chosen on
+the val splits (catalog products of the selection against that split and against the whole catalog,
+as the app searches; DeepFashion val photos against the whole catalog) with rerank=category+gender:
+the best mean gender@15 of those whose P@15 stays within `tolerance` of category-first alone on each.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .runner import evaluate_task
 log = logging.getLogger(__name__)
 
 PHOTO_WEIGHTS = (1.0, 3.0)
-THRESHOLDS = (0.4, 0.6, 0.8)
+THRESHOLDS = (0.4, 0.6)
+NEIGHBOUR_WEIGHTS = (0.0, 0.5, 1.0)
 TOLERANCE = 0.005
 
 
@@ -34,7 +36,7 @@ TOLERANCE = 0.005
 class GenderChoice:
     predictor: GenderPredictor
     photo_weight: float
-    val: dict[str, dict[str, float]]  # "weight=W threshold=T" -> figures; "category" -> category-first alone
+    val: dict[str, dict[str, float]]  # "weight=W threshold=T neighbours=B" -> figures; "category" -> category-first
     trained_on: dict[str, int] = field(default_factory=dict)
 
 
@@ -76,12 +78,14 @@ def score(tasks: dict, predictor: GenderPredictor | None, vote: tuple[int, float
 
 def choose_gender_predictor(settings: Settings, model: str, query_resolution: tuple[int, int] | None,
                             vote: tuple[int, float], selection: str = "seed", n_queries: int = 600,
-                            weights=PHOTO_WEIGHTS, thresholds=THRESHOLDS, tolerance: float = TOLERANCE
-                            ) -> GenderChoice | None:
+                            weights=PHOTO_WEIGHTS, thresholds=THRESHOLDS, neighbour_weights=NEIGHBOUR_WEIGHTS,
+                            tolerance: float = TOLERANCE) -> GenderChoice | None:
     """The predictor chosen on val (see the module's docstring); None when no candidate keeps P@15."""
     vectors, genders, is_photo = training_data(settings, model, query_resolution, selection)
     tasks = {"catalog": catalog_task(settings, model, selection=selection, split="val", database="split",
-                                     n_queries=n_queries, with_fit=False)}
+                                     n_queries=n_queries, with_fit=False),
+             "catalog-all": catalog_task(settings, model, selection=selection, split="val", database="all",
+                                         n_queries=n_queries, with_fit=False)}
     if is_photo.any():
         tasks["photos"] = deepfashion_task(settings, model, database="all", selection=selection, with_fit=False,
                                            query_resolution=query_resolution, split="val")
@@ -89,17 +93,18 @@ def choose_gender_predictor(settings: Settings, model: str, query_resolution: tu
     val: dict[str, dict] = {"category": plain}
     best: tuple[float, GenderPredictor, float] | None = None
     for weight in weights if is_photo.any() else (1.0,):
-        predictor = fit_gender_predictor(vectors, genders, np.where(is_photo, weight, 1.0), seed=settings.seed)
+        fitted = fit_gender_predictor(vectors, genders, np.where(is_photo, weight, 1.0), seed=settings.seed)
         for threshold in thresholds:
-            predictor.threshold = threshold
-            figures = score(tasks, predictor, vote)
-            val[f"weight={weight:g} threshold={threshold:g}"] = figures
-            kept = all(figures[t]["P@15"] >= plain[t]["P@15"] - tolerance for t in tasks)
-            mean_gender = float(np.mean([figures[t]["gender@15"] for t in tasks]))
-            log.info("photo weight %g, threshold %g: %s%s", weight, threshold, figures, "" if kept else " (P@15 lost)")
-            if kept and (best is None or mean_gender > best[0]):
-                best = (mean_gender, GenderPredictor(predictor.classes, predictor.coef, predictor.intercept,
-                                                     threshold), weight)
+            for neighbours in neighbour_weights:
+                predictor = GenderPredictor(fitted.classes, fitted.coef, fitted.intercept, threshold, neighbours)
+                figures = score(tasks, predictor, vote)
+                val[f"weight={weight:g} threshold={threshold:g} neighbours={neighbours:g}"] = figures
+                kept = all(figures[t]["P@15"] >= plain[t]["P@15"] - tolerance for t in tasks)
+                mean_gender = float(np.mean([figures[t]["gender@15"] for t in tasks]))
+                log.info("photo weight %g, threshold %g, neighbour weight %g: %s%s", weight, threshold, neighbours,
+                         figures, "" if kept else " (P@15 lost)")
+                if kept and (best is None or mean_gender > best[0]):
+                    best = (mean_gender, predictor, weight)
     if best is None:
         return None
     _, predictor, weight = best
@@ -113,7 +118,9 @@ def test_figures(settings: Settings, model: str, predictor: GenderPredictor, que
                  vote: tuple[int, float], selection: str = "seed", n_queries: int = 600) -> dict[str, dict]:
     """The chosen predictor scored once on the test splits, beside category-first alone."""
     tasks = {"catalog": catalog_task(settings, model, selection=selection, split="test", database="split",
-                                     n_queries=n_queries, with_fit=False)}
+                                     n_queries=n_queries, with_fit=False),
+             "catalog-all": catalog_task(settings, model, selection=selection, split="test", database="all",
+                                         n_queries=n_queries, with_fit=False)}
     try:
         tasks["photos"] = deepfashion_task(settings, model, database="all", selection=selection, with_fit=False,
                                            query_resolution=query_resolution, split="test")

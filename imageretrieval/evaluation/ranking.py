@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import rerank as rr
-from ..gender import gender_matches
+from ..gender import GenderPredictor, gender_matches
 from . import metrics
 
 RECALL_KS = (1, 10, 20)
@@ -76,7 +76,7 @@ def rank_queries(
     vote_k: int = rr.DEFAULT_VOTE_K,
     vote_alpha: float = rr.DEFAULT_VOTE_ALPHA,
     rerank_pool: int | None = rr.DEFAULT_POOL,
-    genders: tuple[np.ndarray, np.ndarray] | None = None,
+    genders: tuple[np.ndarray, GenderPredictor, np.ndarray] | None = None,
 ) -> Rankings:
     """Rank the whole database for every query; relevance = equal labels.
 
@@ -117,7 +117,10 @@ def rank_queries(
                                             vote_alpha)
                 matches.append(rr.category_matches(order[:, :pool], category_codes, voted))
             if genders is not None:
-                matches.append(gender_matches(np.asarray(genders[0], object)[order[:, :pool]], genders[1][lo:hi]))
+                row_genders, predictor, raw = genders
+                row_genders = np.asarray(row_genders, object)
+                predicted = predictor.predict(raw[lo:hi], row_genders[order[:, :max(1, min(vote_k, nd))]])
+                matches.append(gender_matches(row_genders[order[:, :pool]], predicted))
             order = rr.matches_first(order, *matches, pool=pool)
             order = move_to_end(order, ex)  # the query itself stays last even when its type comes first
         ranked = np.take_along_axis(rel_all, order, axis=1)

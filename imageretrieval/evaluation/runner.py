@@ -88,7 +88,7 @@ def evaluate_task(
                              "`imageretrieval finetune-rerank --gender`")
         if not task.database_attributes or "gender" not in task.database_attributes:
             raise ValueError(f"gender re-ranking needs the catalog's genders; the {task.protocol} database has none")
-        genders = (np.asarray(task.database_attributes["gender"], object), gender_predictor.predict(task.queries))
+        genders = (np.asarray(task.database_attributes["gender"], object), gender_predictor, task.queries)
     if variant != "raw" and whitening is None:
         if task.fit is None or len(task.fit) < 2:
             raise ValueError("this variant needs whitening features (task.fit)")
