@@ -179,6 +179,7 @@ class RetrievalEngine:
         except GenderPredictorError as exc:
             log.warning("%s", exc)
             self.gender_predictor = None
+        self._gender_predictor_current: bool | None = None  # checked against the index on first use
         self._lock = threading.Lock()
         self._background_encoder: Encoder | None = None
         self._background_lock = threading.Lock()
@@ -420,7 +421,7 @@ class RetrievalEngine:
         rerank = check_rerank(rerank)
         filters = self.check_filters(filters)
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        if reranks_gender(rerank):
+        if reranks_gender(rerank) and exclude_ids is None:  # refused before any work ("more like this" needs none)
             self.check_gender_rerank(queries.shape[1])
         extra = 1 if exclude_ids is not None else 0
         fetch = self.candidates_needed(k, rerank) + extra
@@ -432,32 +433,52 @@ class RetrievalEngine:
         return [self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi], genders[qi])
                 for qi, cands in enumerate(found)]
 
-    def check_gender_rerank(self, dims: int) -> None:
-        """RerankUnavailableError unless this model can re-rank by gender (see `reranks`)."""
+    def check_gender_rerank(self, dims: int | None = None) -> None:
+        """RerankUnavailableError unless this model's image searches can re-rank by gender (see `reranks`)."""
+        fix = f"`imageretrieval finetune-rerank --model {self.name} --gender`"
         if self.gender_predictor is None:
-            raise RerankUnavailableError(
-                f"model {self.name} has no gender predictor for rerank=gender: make one with "
-                f"`imageretrieval finetune-rerank --model {self.name} --gender`")
+            raise RerankUnavailableError(f"model {self.name} has no gender predictor for rerank=gender: make one "
+                                         f"with {fix}")
         if self.postprocess.proj is not None:
             raise RerankUnavailableError(
                 f"the {self.name} index whitens its vectors (PCA), which its gender predictor was not trained on: "
-                "rebuild the index with --pca 0 to re-rank by gender")
-        if self.gender_predictor.dims != dims:
+                f"rebuild the index with `imageretrieval index --model {self.name} --pca 0 --force` to re-rank by "
+                "gender")
+        if self.gender_predictor.dims != (dims or self.dims):
             raise RerankUnavailableError(
                 f"the gender predictor of {self.name} expects {self.gender_predictor.dims}-d vectors, the index "
-                f"has {dims}: make it again with `imageretrieval finetune-rerank --model {self.name} --gender`")
+                f"has {dims or self.dims}: make it again with {fix}")
+        if self._gender_predictor_current is None:
+            found = self.gender_predictor.agrees_with(
+                lambda ids: {pid: row.vector for pid, row in self.backend.fetch(ids).items()})
+            self._gender_predictor_current = found is not False
+            if not self._gender_predictor_current:
+                log.warning("the gender predictor of %s was trained on another version of the model", self.name)
+        if not self._gender_predictor_current:
+            raise RerankUnavailableError(f"the gender predictor of {self.name} was trained on another version of "
+                                         f"the model: make it again with {fix}")
 
     def genders_first(self, queries: np.ndarray, exclude_ids: Sequence[int | None] | None = None,
                       neighbour_genders: Sequence[Sequence[str]] | None = None) -> list[str]:
-        """The gender each query's results show first (NO_GENDER: none): predicted from its vector (and its
-        nearest products' genders), or for a "more like this" query its product's own (none for Unisex)."""
-        self.check_gender_rerank(queries.shape[1])
-        predicted = self.gender_predictor.predict(queries, neighbour_genders).tolist()
-        for qi, pid in enumerate(exclude_ids or []):
+        """The gender each query's results show first (NO_GENDER: none): for a "more like this" query its
+        product's own (none for a Unisex product), else predicted from its vector and its nearest products'
+        genders (RerankUnavailableError without a usable predictor)."""
+        predicted = [NO_GENDER] * len(queries)
+        need = []
+        for qi in range(len(queries)):
+            pid = exclude_ids[qi] if exclude_ids is not None else None
             own = self.backend.fetch([int(pid)], vectors=False).get(int(pid)) if pid is not None else None
             if own is not None:
                 gender = str(own.product.get("gender") or "")
                 predicted[qi] = gender if gender in GENDERS else NO_GENDER
+            else:
+                need.append(qi)
+        if need:
+            self.check_gender_rerank(queries.shape[1])
+            guessed = self.gender_predictor.predict(
+                queries[need], None if neighbour_genders is None else [neighbour_genders[qi] for qi in need])
+            for qi, gender in zip(need, guessed.tolist(), strict=True):
+                predicted[qi] = gender
         return predicted
 
     @staticmethod
@@ -601,7 +622,7 @@ class RetrievalEngine:
     def reranks(self) -> list[str]:
         """The `rerank` values this model's searches accept (gender needs its predictor and unwhitened vectors)."""
         try:
-            self.check_gender_rerank(self.dims)
+            self.check_gender_rerank()
             gender = True
         except RerankUnavailableError:
             gender = False

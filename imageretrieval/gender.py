@@ -12,6 +12,10 @@ The nearest products' genders still carry something for queries like the catalog
 the embedding's neighbourhood is mostly right: with `neighbour_weight` b > 0, the classifier's
 probabilities are multiplied by the neighbours' gender shares (Laplace-smoothed counts) to the power b,
 so a confident classifier wins on photos and a unanimous neighbourhood where the classifier hesitates.
+
+A predictor belongs to one version of its model: it keeps the vectors of a few catalog products it was
+trained with (`probe_ids`, `probe_vectors`), and a search service compares them with its index's own
+(`agrees_with`), so a model retrained under the same name cannot use a stale predictor unnoticed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import numpy as np
 from .io_utils import atomic_write
 
 FILE = "gender_predictor.npz"
+PROBE_PRODUCTS = 8  # catalog products whose vectors identify the model version a predictor was trained on
+PROBE_MIN_COSINE = 0.95  # the same model agrees far above this (int8 included); another version far below
 GENDERS = ("Boys", "Girls", "Men", "Women")  # what a query is predicted to be
 UNISEX = "Unisex"  # a product of this gender suits any query
 NO_GENDER = ""  # no confident prediction: the query is not re-ranked by gender
@@ -50,6 +56,23 @@ class GenderPredictor:
     threshold: float = 0.5
     neighbour_weight: float = 0.0
     meta: dict = field(default_factory=dict)
+    probe_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    probe_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    def agrees_with(self, vectors_of) -> bool | None:
+        """Whether the model's vectors of the probe products (`vectors_of(ids) -> {id: vector}`, products no
+        longer in the catalog left out) are, for most of them, the ones it was trained with; None when none
+        can be compared."""
+        found = vectors_of([int(i) for i in self.probe_ids])
+        rows = [i for i, pid in enumerate(self.probe_ids.tolist()) if pid in found]
+        if not rows:
+            return None
+        now = _l2(np.stack([found[int(self.probe_ids[i])] for i in rows]))
+        then = _l2(self.probe_vectors[rows])
+        if now.shape[1] != then.shape[1]:
+            return False
+        # the median: a shop that gave a few of them new images (other vectors) still has the same model
+        return float(np.median(np.sum(now * then, axis=1))) >= PROBE_MIN_COSINE
 
     @property
     def dims(self) -> int:
@@ -84,6 +107,7 @@ class GenderPredictor:
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
                 np.savez(fh, coef=self.coef.astype(np.float32), intercept=self.intercept.astype(np.float32),
+                         probe_ids=self.probe_ids.astype(np.int64), probe_vectors=self.probe_vectors.astype(np.float16),
                          meta=np.array(json.dumps({**self.meta, "classes": list(self.classes),
                                                    "threshold": self.threshold,
                                                    "neighbour_weight": self.neighbour_weight})))
@@ -96,6 +120,9 @@ class GenderPredictor:
             with np.load(path) as data:
                 meta = json.loads(str(data["meta"]))
                 coef, intercept = data["coef"].astype(np.float32), data["intercept"].astype(np.float32)
+                probe_ids = data["probe_ids"].astype(np.int64) if "probe_ids" in data else np.zeros(0, np.int64)
+                probe_vectors = (data["probe_vectors"].astype(np.float32) if "probe_vectors" in data
+                                 else np.zeros((0, coef.shape[-1]), np.float32))
             classes = tuple(str(c) for c in meta.pop("classes"))
             threshold = float(meta.pop("threshold"))
             neighbour_weight = float(meta.pop("neighbour_weight", 0.0))
@@ -105,7 +132,7 @@ class GenderPredictor:
         if coef.ndim != 2 or coef.shape[0] != len(classes) or intercept.shape != (len(classes),):
             raise GenderPredictorError(f"{path}: damaged gender predictor (coef {coef.shape}, {len(classes)} "
                                        "classes); make it again with `imageretrieval finetune-rerank --gender`")
-        return cls(classes, coef, intercept, threshold, neighbour_weight, meta)
+        return cls(classes, coef, intercept, threshold, neighbour_weight, meta, probe_ids, probe_vectors)
 
 
 def fit_gender_predictor(vectors: np.ndarray, genders: Sequence[str], sample_weight: np.ndarray | None = None,

@@ -10,7 +10,8 @@ metadata (styles.csv), never from the query. Large-scale visual search systems d
 category predictor in front of the index (Zhang et al., "Visual Search at Alibaba", KDD 2018).
 
 "category+gender" then puts the predicted gender first within each part (`gender.py`: the neighbours'
-genders cannot predict it, a classifier on the query vector can); "gender" alone does only that.
+genders alone cannot predict it on photos, a classifier on the query vector can); "gender" alone does
+only that.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 _LOCATION_PREFIXES = {"body", "query", "path", "header", "cookie", "form"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Bad input: not an image, unknown model or filter value, a model "
-                                                 "without a text projection"},
+                                                 "without a text projection, a rerank the model cannot do (gender "
+                                                 "without its gender predictor)"},
     401: {"model": ErrorResponse, "description": "No API key, or an unknown or revoked one (REQUIRE_READ_KEY, writes)"},
     403: {"model": ErrorResponse, "description": "The API key's scope does not allow this route"},
     404: {"model": ErrorResponse, "description": "Unknown product"},

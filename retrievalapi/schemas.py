@@ -62,9 +62,9 @@ class SearchResponse(BaseModel):
     model: str
     took_ms: float
     rerank: Rerank = "none"
-    type_first: str | None = Field(None, description="with rerank=category: the articleType shown first (the "
-                                                     "vote's winner; for by-id the product's own type when any "
-                                                     "result has it); null otherwise")
+    type_first: str | None = Field(None, description="with rerank=category or category+gender: the articleType "
+                                                     "shown first (the vote's winner; for by-id the product's own "
+                                                     "type when any result has it); null otherwise")
     results: list[Hit]
 
 
@@ -81,8 +81,9 @@ class ModelInfo(BaseModel):
     runtime: str | None = Field(None, description="inference runtime: onnxruntime, openvino or torch")
     precision: str | None = Field(None, description="the query encoder's precision: fp32, int8 or bf16")
     default: bool
-    reranks: list[str] = Field(["none", "category"], description="the rerank values its searches accept (gender "
-                               "needs the model's gender predictor: `imageretrieval finetune-rerank --gender`)")
+    reranks: list[Rerank] = Field(["none", "category"], description="the rerank values its image searches accept "
+                                  "(gender needs the model's gender predictor, `imageretrieval finetune-rerank "
+                                  "--gender`, and an index without PCA-whitening)")
     evaluation: dict | None = Field(None, description="<WORKDIR>/results/<model>/summary.json; null until evaluated")
 
 

@@ -304,14 +304,18 @@ def test_category_rerank_shows_one_type_first(client, synthetic_catalog, catalog
     assert bad.status_code == 422 and "rerank" in bad.json()["detail"]
 
 
-def test_gender_rerank_needs_the_models_gender_predictor(client, synthetic_catalog):
-    """No predictor (or a whitened index): rerank=gender is refused with the command that makes one."""
+def test_gender_rerank_needs_the_models_gender_predictor(client, synthetic_catalog, catalog_df):
+    """No predictor: an image search with rerank=gender is refused with the command that makes one."""
     assert {m["name"]: m["reranks"] for m in client.get("/api/models").json()["models"]}["tiny"] == ["none", "category"]
     for rerank in ("gender", "category+gender"):
         r = client.post("/api/search", files={"image": ("q.jpg", image_bytes(synthetic_catalog, 1001))},
                         data={"rerank": rerank})
         assert r.status_code == 400 and "finetune-rerank --model tiny --gender" in r.json()["detail"]
-    assert client.post("/api/search/by-id", json={"product_id": 1040, "rerank": "gender"}).status_code == 400
+    by_id = client.post("/api/search/by-id", json={"product_id": 1040, "rerank": "gender", "top_k": 30})
+    assert by_id.status_code == 200  # "more like this" takes the product's own gender: no predictor needed
+    own = catalog_df.loc[1040, "gender"]
+    fits = [h["gender"] in (own, "Unisex") for h in by_id.json()["results"]]
+    assert fits == sorted(fits, reverse=True) and fits[0]
 
 
 def test_gender_rerank_puts_the_predicted_gender_first(tmp_path, synthetic_catalog, catalog_df):
@@ -347,6 +351,54 @@ def test_gender_rerank_puts_the_predicted_gender_first(tmp_path, synthetic_catal
         by_id = c.post("/api/search/by-id", json={"product_id": men, "top_k": 20, "rerank": "gender"}).json()
         fits = [h["gender"] in ("Men", "Unisex") for h in by_id["results"]]
         assert fits[0] and fits == sorted(fits, reverse=True)
+
+
+def test_the_engine_and_the_evaluation_rerank_by_gender_alike(tmp_path, synthetic_catalog, catalog_df):
+    """The same fitted predictor (neighbours weighed in), the same vectors: the same top 30, for both orders; and
+    each reason a model cannot re-rank by gender is refused with its own message."""
+    from imageretrieval.artifacts import build_model_index
+    from imageretrieval.engine import RerankUnavailableError, RetrievalEngine
+    from imageretrieval.evaluation.ranking import rank_queries
+    from imageretrieval.gender import GenderPredictor, fit_gender_predictor
+    from imageretrieval.rerank import encode_categories
+
+    from .conftest import make_settings, make_tiny_model
+
+    make_tiny_model(tmp_path, "tiny", seed=0)
+    settings = make_settings(synthetic_catalog, tmp_path, pca_components=0)
+    build_model_index(settings, "tiny", progress=False)
+    engine = RetrievalEngine(settings, "tiny")
+    vectors, ids = np.asarray(engine.vectors_file, np.float32), np.asarray(engine.index_ids)
+    genders = catalog_df.loc[ids, "gender"].astype(str).to_numpy().astype(object)
+    types = catalog_df.loc[ids, "articleType"].astype(str).to_numpy()
+    predictor = fit_gender_predictor(vectors, genders, threshold=0.4)
+    predictor.neighbour_weight = 0.5
+    engine.gender_predictor = predictor
+    queries = vectors[:10] + 0.3 * np.random.default_rng(0).standard_normal((10, vectors.shape[1])).astype(np.float32)
+    codes, _ = encode_categories(types)
+    for rerank in ("gender", "category+gender"):
+        by_engine = [[h.id for h in hits] for hits in engine.search_vectors(queries, 30, rerank=rerank)]
+        ranked = rank_queries(queries, vectors, types[:10], types, top_k=100, vote_k=engine.vote_k,
+                              vote_alpha=engine.vote_alpha, genders=(genders, predictor, queries),
+                              category_codes=codes if rerank == "category+gender" else None)
+        assert by_engine == ids[ranked.top_rows[:, :30]].tolist(), rerank
+    engine.gender_predictor = GenderPredictor(("Men", "Women"), np.zeros((2, 8), np.float32), np.zeros(2, np.float32))
+    with pytest.raises(RerankUnavailableError, match="expects 8-d"):
+        engine.search_vectors(queries, 5, rerank="gender")
+    engine.gender_predictor, engine._gender_predictor_current = predictor, None
+    predictor.probe_ids, predictor.probe_vectors = ids[:3], -vectors[:3]  # trained on "another version"
+    with pytest.raises(RerankUnavailableError, match="another version of the model"):
+        engine.search_vectors(queries, 5, rerank="gender")
+    assert engine.reranks == ["none", "category"]
+    assert engine.search_by_id(int(ids[0]), 5, rerank="gender")  # "more like this" needs no predictor
+    whitened = make_settings(synthetic_catalog, tmp_path, pca_components=16)
+    build_model_index(whitened, "tiny", progress=False, force=True)
+    predictor.probe_ids = np.zeros(0, np.int64)
+    predictor.save(tmp_path / "models" / "tiny" / "gender_predictor.npz")
+    engine = RetrievalEngine(whitened, "tiny")
+    assert engine.reranks == ["none", "category"]
+    with pytest.raises(RerankUnavailableError, match="whitens"):
+        engine.search_vectors(queries[:, :16] if engine.dims == 16 else queries, 5, rerank="gender")
 
 
 @pytest.mark.parametrize(("body", "status", "words"), [

@@ -224,6 +224,7 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     # "same gender first" is on by default too, but this model has no gender predictor: off, and says why
     assert pg.locator("#same-gender").is_disabled() and not pg.locator("#same-gender").is_checked()
     assert "no gender predictor" in pg.locator("#same-gender-help").inner_text()
+    assert "by look only" not in pg.locator("#options-state").text_content()
     wait_results(pg, 15)
     assert_images_loaded(pg)
     assert result_ids(pg)[0] == 1001  # a catalog image finds itself first
@@ -241,7 +242,8 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     assert visual.value.json()["rerank"] == "none"
     pg.wait_for_function("() => !document.querySelector('#status').textContent.includes(' first')")
     wait_results(pg, 15)
-    assert query(pg)["order"] == ["visual"]
+    assert query(pg)["order"] == ["gender"]  # the gender order stays asked for, for a model that can give it
+    assert "by look only" in pg.locator("#options-state").text_content()  # ... but this one searched by look
 
     pg.select_option("#topk-select", "5")
     wait_results(pg, 5)
@@ -262,7 +264,7 @@ def test_upload_then_change_k_model_and_filter(page, synthetic_catalog):
     wait_results(pg, 5)
     assert all("Watches" in m and "Women" in m for m in cards(pg).locator(".meta").all_inner_texts())
     assert query(pg) == {"model": ["tiny2"], "k": ["5"], "gender": ["Women"], "articleType": ["Watches"],
-                         "order": ["visual"]}
+                         "order": ["gender"]}
 
     # a reload keeps model, K and filters (and the photo, from the session) and searches again
     before = result_ids(pg)
@@ -401,7 +403,7 @@ def test_paste_drop_crop_keyboard_and_phone_layout(browser, app_url, synthetic_c
     assert words is not None and words["x"] >= 0 and words["x"] + words["width"] <= 390 and words["height"] >= 44
     # the search options fold under a summary of their state on a phone
     assert pg.locator("#topk-select").is_hidden()
-    assert pg.locator("#options-state").inner_text() == "tiny · 10 results"
+    assert pg.locator("#options-state").text_content() == "tiny · 10 results"
     pg.click("#options summary")
     assert pg.locator("#topk-select").is_visible() and pg.locator("#topk-select").input_value() == "10"
     data = list((synthetic_catalog / "images" / "1050.jpg").read_bytes())

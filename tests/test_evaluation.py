@@ -270,7 +270,7 @@ def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluat
     from imageretrieval.artifacts import build_model_index
     from imageretrieval.engine import RerankUnavailableError, RetrievalEngine
     from imageretrieval.evaluation.gender_tuning import NEIGHBOUR_WEIGHTS, THRESHOLDS
-    from imageretrieval.gender import GenderPredictor, predictor_path
+    from imageretrieval.gender import GENDERS, GenderPredictor, predictor_path
     from imageretrieval.settings import Settings
 
     workdir, flags = eval_env
@@ -285,6 +285,7 @@ def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluat
     path = predictor_path(TINY, workdir)
     predictor = GenderPredictor.load(path)
     assert path == workdir / "models" / TINY / "gender_predictor.npz" and predictor.threshold in THRESHOLDS
+    assert len(predictor.probe_ids) == 8 and predictor.probe_vectors.shape == (8, 256)
     assert out["trained_on"]["catalog_products"] > 0 and out["trained_on"]["photos"] > 0
     chosen = (f"weight={out['photo_weight']:g} threshold={predictor.threshold:g} "
               f"neighbours={predictor.neighbour_weight:g}")
@@ -293,10 +294,16 @@ def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluat
     assert set(out["test"]["category"]) == {"catalog", "catalog-all", "photos"}
     engine = RetrievalEngine(settings, TINY)
     assert engine.reranks == ["none", "category", "gender", "category+gender"]
-    hits = engine.search_vectors(np.ones((1, 256), np.float32), 10, rerank="gender")[0]
-    wanted = engine.genders_first(np.ones((1, 256), np.float32))[0]
-    genders = [h.product["gender"] in (wanted, "Unisex") for h in hits]
-    assert genders == sorted(genders, reverse=True)  # the predicted gender's products (and Unisex) first
+    engine.gender_predictor.threshold = 0.0  # never unsure: the order must show
+    query = np.ones((1, 256), np.float32)
+    hits = engine.search_vectors(query, 10, rerank="gender")[0]
+    cands = engine.backend.search(query, engine.candidates_needed(10, "gender"), None)[0]
+    wanted = engine.genders_first(query, None, [[p.get("gender") or "" for p in cands.products[:engine.vote_k]]])[0]
+    assert wanted in GENDERS
+    fits = [h.product["gender"] in (wanted, "Unisex") for h in hits]
+    assert fits == sorted(fits, reverse=True)  # the predicted gender's products (and Unisex) first
+    assert main([*flags, "evaluate", "--model", TINY, "--selection", "all", "--features", "normalized",
+                 "--rerank", "gender", "--no-plots"]) == 2  # whitened vectors: not what the predictor reads
     result = run_json(capsys, flags, "evaluate", "--model", TINY, "--selection", "all", "--features", "raw",
                       "--rerank", "category+gender", "--no-plots")
     assert "+category-first" in result["features"] and "+gender-first" in result["features"]

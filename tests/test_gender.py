@@ -84,8 +84,9 @@ def test_the_predictor_survives_a_round_trip_and_a_damaged_file_names_the_fix(tm
 
 
 def test_the_neighbours_genders_decide_only_where_the_classifier_hesitates():
-    """p = (0.55 Men, 0.45 Women) from the classifier; 14 of 15 neighbours Women: with neighbour weight 1 the
-    product (0.55 * 1/17, 0.45 * 15/17) favours Women; a confident classifier (0.99 Men) keeps Men."""
+    """p = (0.55 Men, 0.45 Women) from the classifier; 14 of 15 neighbours Women (one Unisex): the smoothed
+    shares are (1/16, 15/16), and with neighbour weight 1 the product (0.55/16, 0.45*15/16) favours Women;
+    a confident classifier (0.99 Men: 0.99/16 > 0.01*15/16) keeps Men."""
     hesitant = GenderPredictor(("Men", "Women"), np.zeros((2, 4), np.float32),
                                np.log(np.array([0.55, 0.45], np.float32)), threshold=0.5)
     neighbours = [["Women"] * 14 + ["Unisex"]]  # Unisex counts for neither
@@ -95,4 +96,17 @@ def test_the_neighbours_genders_decide_only_where_the_classifier_hesitates():
     assert hesitant.predict(np.ones((1, 4))).tolist() == ["Men"]  # no neighbours given: the classifier alone
     sure = GenderPredictor(("Men", "Women"), np.zeros((2, 4), np.float32),
                            np.log(np.array([0.99, 0.01], np.float32)), threshold=0.5, neighbour_weight=1.0)
-    assert sure.predict(np.ones((1, 4)), neighbours).tolist() == ["Men"]  # 0.99/17 > 0.01*15/17
+    assert sure.predict(np.ones((1, 4)), neighbours).tolist() == ["Men"]
+
+
+def test_a_predictor_knows_the_model_version_it_was_trained_on():
+    vectors, genders = clusters()
+    predictor = fit_gender_predictor(vectors, genders)
+    predictor.probe_ids, predictor.probe_vectors = np.array([7, 8, 9]), vectors[:3]
+    same = {7: vectors[0] * 2, 8: vectors[1], 9: vectors[2] + 0.01}  # scale and int8-like noise do not matter
+    assert predictor.agrees_with(lambda ids: {i: same[i] for i in ids if i in same}) is True
+    assert predictor.agrees_with(lambda ids: {8: vectors[1]}) is True  # deleted products are left out
+    assert predictor.agrees_with(lambda ids: {**same, 9: vectors[140]}) is True  # one product's image replaced
+    other = {7: vectors[100], 8: vectors[120], 9: vectors[140]}  # another version: other vectors
+    assert predictor.agrees_with(lambda ids: other) is False
+    assert predictor.agrees_with(lambda ids: {}) is None  # nothing to compare: not refused

@@ -204,6 +204,9 @@ def run(args, settings) -> int:
     if args.vote_k is None:
         args.vote_k = tuned_k
     predictor = None
+    if reranks_gender(args.rerank) and args.features != "raw":
+        raise CLIError(f"--rerank {args.rerank}: the gender predictor reads the model's raw vectors, as an index "
+                       "without whitening serves them: use --features raw")
     if reranks_gender(args.rerank):
         from ..gender import GenderPredictorError, load_gender_predictor
 

@@ -121,4 +121,10 @@ def run_gender(args, settings, model: str) -> int:
         print(f"  test {name:<37} {figures}")
     if not args.no_save:
         print(f"saved to {path}; search, the API (rerank=gender, category+gender) and evaluate --rerank use it")
+    from ..artifacts import ModelArtifacts
+
+    art = ModelArtifacts.of(settings.workdir, model)
+    if art.exists() and (art.read_manifest() or {}).get("pca_components"):
+        print(f"note: the {model} index whitens its vectors (PCA): searches re-rank by gender once it is rebuilt "
+              f"without (imageretrieval index --model {model} --pca 0 --force)")
     return 0

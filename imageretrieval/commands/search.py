@@ -21,7 +21,8 @@ def register(sub) -> None:
                    help=f"restrict results, e.g. gender=Men (fields: {', '.join(FILTER_FIELDS)})")
     p.add_argument("--query-resolution", choices=["catalog", "native"], help="see QUERY_RESOLUTION")
     p.add_argument("--rerank", choices=RERANKS, default="none",
-                   help="category: the articleType voted by the nearest products first (docs/results.md)")
+                   help="category: the articleType voted by the nearest products first; gender: the gender the "
+                        "model's predictor gives the photo first; category+gender: both (docs/results.md)")
     p.add_argument("--json", action="store_true", help="JSON lines output")
     p.set_defaults(func=run)
 

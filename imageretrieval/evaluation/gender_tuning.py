@@ -19,7 +19,7 @@ import numpy as np
 
 from ..deepfashion import PHOTO_GENDERS
 from ..featurestore import fashion_table, get_features
-from ..gender import GenderPredictor, fit_gender_predictor
+from ..gender import PROBE_PRODUCTS, GenderPredictor, fit_gender_predictor
 from ..settings import Settings
 from .protocols import catalog_task, deepfashion_task
 from .runner import evaluate_task
@@ -41,9 +41,9 @@ class GenderChoice:
 
 
 def training_data(settings: Settings, model: str, query_resolution: tuple[int, int] | None, selection: str = "seed"
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors, genders, is_photo) to train on: the whole catalog's train split without any val or test
-    product of `selection`, and DeepFashion train photos."""
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, genders, is_photo, catalog ids) to train on: the whole catalog's train split without any val
+    or test product of `selection`, then DeepFashion train photos (the ids are the catalog rows')."""
     fs, table = get_features(settings, model, "fashion", "train", "all")
     held_out = set()
     for split in ("val", "test"):
@@ -60,7 +60,8 @@ def training_data(settings: Settings, model: str, query_resolution: tuple[int, i
         vectors.append(pfs.features[ok])
         genders.append(ptable["gender"].map(PHOTO_GENDERS).fillna("").astype(str).to_numpy()[ok])
     is_photo = np.concatenate([np.zeros(len(vectors[0]), bool), np.ones(sum(len(v) for v in vectors[1:]), bool)])
-    return np.concatenate(vectors), np.concatenate(genders).astype(object), is_photo
+    ids = table["id"].astype(np.int64).to_numpy()[keep]
+    return np.concatenate(vectors), np.concatenate(genders).astype(object), is_photo, ids
 
 
 def _figures(result) -> dict[str, float]:
@@ -81,7 +82,7 @@ def choose_gender_predictor(settings: Settings, model: str, query_resolution: tu
                             weights=PHOTO_WEIGHTS, thresholds=THRESHOLDS, neighbour_weights=NEIGHBOUR_WEIGHTS,
                             tolerance: float = TOLERANCE) -> GenderChoice | None:
     """The predictor chosen on val (see the module's docstring); None when no candidate keeps P@15."""
-    vectors, genders, is_photo = training_data(settings, model, query_resolution, selection)
+    vectors, genders, is_photo, catalog_ids = training_data(settings, model, query_resolution, selection)
     tasks = {"catalog": catalog_task(settings, model, selection=selection, split="val", database="split",
                                      n_queries=n_queries, with_fit=False),
              "catalog-all": catalog_task(settings, model, selection=selection, split="val", database="all",
@@ -108,6 +109,8 @@ def choose_gender_predictor(settings: Settings, model: str, query_resolution: tu
     if best is None:
         return None
     _, predictor, weight = best
+    probe = np.argsort(catalog_ids, kind="stable")[:PROBE_PRODUCTS]  # the model version it belongs to
+    predictor.probe_ids, predictor.probe_vectors = catalog_ids[probe], vectors[probe]
     trained = {"catalog_products": int((~is_photo).sum()), "photos": int(is_photo.sum())}
     predictor.meta = {"model": model, "photo_weight": weight, "trained_on": trained, "val": val,
                       "vote": list(vote), "tolerance": tolerance}

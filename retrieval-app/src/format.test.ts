@@ -37,6 +37,11 @@ describe("text shown to the user", () => {
       "tiny · 15 results · 2 filters · by look only",
     );
     expect(optionsSummary(parseState("?k=5&usage=Casual"))).toBe("5 results · 1 filter");
+    // the gender alone, on a model that cannot order by gender: the search is by look only
+    expect(optionsSummary(parseState("?order=gender"), ["none", "category"])).toBe("15 results · by look only");
+    expect(optionsSummary(parseState("?order=gender"), ["none", "category", "gender", "category+gender"])).toBe(
+      "15 results",
+    );
   });
 
   it("says how many results, how fast and which type came first", () => {

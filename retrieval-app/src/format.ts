@@ -1,7 +1,7 @@
 // Text shown to the user, as pure functions of the data (tested in Node: format.test.ts).
 
-import { ApiError, type FacetValue, type ModelInfo, type Product, type SearchResponse } from "./api";
-import { filterCount, hasFilters, type ViewState } from "./state";
+import { ApiError, type FacetValue, type ModelInfo, type Product, type Rerank, type SearchResponse } from "./api";
+import { filterCount, hasFilters, supportedRerank, type ViewState } from "./state";
 
 const numbers = new Intl.NumberFormat(); // the reader's locale
 
@@ -47,11 +47,12 @@ export function modelInfoText(m: ModelInfo): string {
 }
 
 /** The folded options' summary on a phone: "tiny · 15 results · 1 filter · by look only". */
-export function optionsSummary(state: ViewState): string {
+export function optionsSummary(state: ViewState, reranks?: readonly Rerank[]): string {
   const n = filterCount(state.filters);
   const parts = [state.model ?? "", `${state.topK} results`];
   if (n) parts.push(`${n} ${n === 1 ? "filter" : "filters"}`);
-  if (state.rerank === "none") parts.push("by look only");
+  // what the search does: a gender order the model cannot give leaves the look alone
+  if (reranks ? supportedRerank(state.rerank, reranks) === "none" : state.rerank === "none") parts.push("by look only");
   return parts.filter(Boolean).join(" · ");
 }
 

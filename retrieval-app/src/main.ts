@@ -235,8 +235,7 @@ bindControls({
     void runSearch();
   },
   setSameTypeFirst: (on) => {
-    // the gender part as shown: off where the model has no gender predictor
-    store.setRerank(rerankOf(on, genderFirstIn(store.searchOptions().rerank)));
+    store.setRerank(rerankOf(on, genderFirstIn(store.view.rerank))); // kept for models that can order by gender
     updateUrl();
     void runSearch();
   },

@@ -99,7 +99,7 @@ export function hideError(): void {
 
 // ----- options ----------------------------------------------------------------------------------
 export function renderOptionsState(store: Store): void {
-  ui.optionsState.textContent = optionsSummary(store.view);
+  ui.optionsState.textContent = optionsSummary(store.view, store.reranks);
 }
 
 export function renderModels(store: Store, resp: ModelsResponse): void {
@@ -160,12 +160,13 @@ export function syncControls(store: Store): void {
  * gender predictor. */
 export function syncOrderControls(store: Store): void {
   ui.sameType.checked = typeFirstIn(store.view.rerank);
-  const supported = (store.reranks ?? []).includes("gender");
+  const supported = !store.models || (store.reranks ?? []).includes("gender"); // unknown until the models load
   ui.sameGender.checked = supported && genderFirstIn(store.view.rerank);
   ui.sameGender.disabled = !supported;
   ui.sameGenderHelp.textContent = supported
     ? GENDER_HELP
-    : "This model has no gender predictor (imageretrieval finetune-rerank --gender makes one).";
+    : "Not with this model: it has no gender predictor (imageretrieval finetune-rerank --gender makes one) " +
+      "or its index is PCA-whitened.";
 }
 
 const GENDER_HELP = "Products for the gender the photo looks like (and unisex ones) come first, within each type.";

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, Response, Upl
 from pydantic import BaseModel, ValidationError
 
 from imageretrieval.engine import FILTER_FIELDS, RetrievalEngine
-from imageretrieval.rerank import reranks_category
+from imageretrieval.rerank import reranks_category, reranks_gender
 
 from ..errors import ERROR_RESPONSES, TEXT_RESPONSES, format_validation_errors
 from ..runtime import Runtime
@@ -88,6 +88,8 @@ def build_router(top_k_max: int) -> APIRouter:
         filters = engine.check_filters(filter_values)
         if image is None and q is None:
             raise HTTPException(422, "send an image, words (q), or both")
+        if q is None and reranks_gender(rerank):
+            engine.check_gender_rerank()  # a 400 before the upload is read and encoded
         data = await read_image_upload(image, rt.settings.max_upload_bytes) if image is not None else None
         timing: dict[str, float] = {}
         if q is not None:  # words alone, or a photo refined by words
