@@ -76,6 +76,12 @@ class UnknownProductError(KeyError):
         return str(self.args[0])
 
 
+class Hits(list):
+    """One query's hits, best first; `gender_first`: the gender that rerank=gender put first (None: none)."""
+
+    gender_first: str | None = None
+
+
 @dataclass
 class SearchHit:
     rank: int
@@ -430,8 +436,13 @@ class RetrievalEngine:
         if reranks_gender(rerank):
             neighbours = [[p.get("gender") or "" for p in cands.products[:self.vote_k]] for cands in found]
             genders = self.genders_first(queries, exclude_ids, neighbours)
-        return [self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi], genders[qi])
-                for qi, cands in enumerate(found)]
+        out = []
+        for qi, cands in enumerate(found):
+            hits = Hits(self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi], genders[qi]))
+            if genders[qi] and any(h.product.get("gender") == genders[qi] for h in hits):
+                hits.gender_first = genders[qi]  # said only where a result has it, as `type_first`
+            out.append(hits)
+        return out
 
     def check_gender_rerank(self, dims: int | None = None) -> None:
         """RerankUnavailableError unless this model's image searches can re-rank by gender (see `reranks`)."""

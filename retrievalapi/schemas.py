@@ -55,8 +55,8 @@ class Hit(Product):
 
 class SearchResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "model": "efficientnet_lite0", "took_ms": 61.4, "rerank": "category", "type_first": "Shirts",
-        "results": [{"rank": 1, "score": 0.873214, **PRODUCT_EXAMPLE}],
+        "model": "efficientnet_lite0_fashion", "took_ms": 61.4, "rerank": "category+gender", "type_first": "Shirts",
+        "gender_first": "Men", "results": [{"rank": 1, "score": 0.873214, **PRODUCT_EXAMPLE}],
     }]})
 
     model: str
@@ -65,6 +65,9 @@ class SearchResponse(BaseModel):
     type_first: str | None = Field(None, description="with rerank=category or category+gender: the articleType "
                                                      "shown first (the vote's winner; for by-id the product's own "
                                                      "type when any result has it); null otherwise")
+    gender_first: str | None = Field(None, description="with rerank=gender or category+gender: the gender shown "
+                                                       "first (predicted for the photo; for by-id the product's "
+                                                       "own) when any result has it; null otherwise")
     results: list[Hit]
 
 

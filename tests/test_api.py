@@ -341,7 +341,12 @@ def test_gender_rerank_puts_the_predicted_gender_first(tmp_path, synthetic_catal
         assert sorted(ranked) == sorted(plain) and 0 < n < len(ranked)
         assert fits == [True] * n + [False] * (len(ranked) - n)
         assert ranked[:n] == [i for i in plain if catalog_df.loc[i, "gender"] in suits][:n]
+        gender = c.post("/api/search", files=query, data={"top_k": "30", "rerank": "gender"}).json()
+        assert gender["gender_first"] == "Women" and gender["type_first"] is None
+        plain_answer = c.post("/api/search", files=query, data={"top_k": "30"}).json()
+        assert plain_answer["gender_first"] is None
         both = c.post("/api/search", files=query, data={"top_k": "30", "rerank": "category+gender"}).json()
+        assert both["gender_first"] == "Women"
         types = [h["articleType"] for h in both["results"]]
         n_type = types.count(both["type_first"])
         assert types[:n_type] == [both["type_first"]] * n_type
@@ -350,7 +355,7 @@ def test_gender_rerank_puts_the_predicted_gender_first(tmp_path, synthetic_catal
         men = next(int(i) for i in catalog_df.index if catalog_df.loc[i, "gender"] == "Men")
         by_id = c.post("/api/search/by-id", json={"product_id": men, "top_k": 20, "rerank": "gender"}).json()
         fits = [h["gender"] in ("Men", "Unisex") for h in by_id["results"]]
-        assert fits[0] and fits == sorted(fits, reverse=True)
+        assert fits[0] and fits == sorted(fits, reverse=True) and by_id["gender_first"] == "Men"
 
 
 def test_the_engine_and_the_evaluation_rerank_by_gender_alike(tmp_path, synthetic_catalog, catalog_df):

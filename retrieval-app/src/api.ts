@@ -61,6 +61,8 @@ export interface SearchResponse {
   rerank: Rerank;
   /** With rerank "category" (or "category+gender"): the product type shown first; null otherwise. */
   type_first: string | null;
+  /** With rerank "gender" (or "category+gender"): the gender shown first; null otherwise. */
+  gender_first?: string | null;
   results: SearchResult[];
 }
 

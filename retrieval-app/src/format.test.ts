@@ -52,6 +52,8 @@ describe("text shown to the user", () => {
       "1 result (every product that passes the filters) in 13 ms with tiny",
     );
     expect(resultsStatus(response(0), parseState(""))).toBe("");
+    const both = { ...response(15, "Shirts"), rerank: "category+gender" as const, gender_first: "Men" };
+    expect(resultsStatus(both, parseState(""))).toBe("15 results in 13 ms with tiny · Shirts first · Men first");
   });
 
   it("offers Any, the catalog's values and a URL value the catalog lacks", () => {

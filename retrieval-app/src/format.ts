@@ -56,12 +56,12 @@ export function optionsSummary(state: ViewState, reranks?: readonly Rerank[]): s
   return parts.filter(Boolean).join(" · ");
 }
 
-/** The status line under the results: how many, how fast, with which model and which type first. */
+/** The status line under the results: how many, how fast, with which model, which type and gender first. */
 export function resultsStatus(resp: SearchResponse, state: ViewState): string {
   const n = resp.results.length;
   if (!n) return "";
   const all = n < state.topK && hasFilters(state.filters) ? " (every product that passes the filters)" : "";
-  const first = resp.type_first ? ` · ${resp.type_first} first` : "";
+  const first = [resp.type_first, resp.gender_first].filter(Boolean).map((x) => ` · ${x} first`).join("");
   return `${n} ${n === 1 ? "result" : "results"}${all} in ${Math.round(resp.took_ms)} ms with ${resp.model}${first}`;
 }
 

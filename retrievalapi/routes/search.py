@@ -100,7 +100,8 @@ def build_router(top_k_max: int) -> APIRouter:
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing(timing, took_ms)
         return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": rerank,
-                "type_first": type_first(hits, rerank), "results": rt.as_results(hits)}
+                "type_first": type_first(hits, rerank), "gender_first": getattr(hits, "gender_first", None),
+                "results": rt.as_results(hits)}
 
     @router.post("/search/by-id", response_model=SearchResponse, responses=ERROR_RESPONSES,
                  summary="More like this: products similar to a catalog product (itself excluded)",
@@ -115,7 +116,8 @@ def build_router(top_k_max: int) -> APIRouter:
         response.headers["Server-Timing"] = server_timing({"search": searched_ms}, took_ms)
         own = engine.product(body.product_id).get("articleType")
         return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": body.rerank,
-                "type_first": type_first(hits, body.rerank, own), "results": rt.as_results(hits)}
+                "type_first": type_first(hits, body.rerank, own), "gender_first": getattr(hits, "gender_first", None),
+                "results": rt.as_results(hits)}
 
     @router.post("/search/text", response_model=SearchResponse, responses=TEXT_RESPONSES,
                  summary="Search the catalog by words (hybrid: by meaning and by letter)",
