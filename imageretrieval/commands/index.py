@@ -81,7 +81,8 @@ def ensure_int8_twin(settings: Settings, name: str, tolerance: float = DEFAULT_T
     print(f"{name}: PRECISION=int8 and no int8 twin yet: making one (imageretrieval quantize --model {name})")
     seed_types = not select(load_catalog(settings.dataset_root).df, "seed").empty  # a shop's own catalog: none
     try:
-        record, _ = quantize_model(settings, name, selection="seed" if seed_types else "all", tolerance=tolerance)
+        record, _ = quantize_model(settings, name, selection="seed" if seed_types else "all", tolerance=tolerance,
+                                   model=model)
     except ValueError as exc:  # an empty val split: named by the protocols
         raise CLIError(f"{name}: no int8 twin could be made: {exc}") from exc
     if not record["accepted"]:

@@ -68,9 +68,9 @@ def run(args, settings) -> int:
 
 def quantize_model(settings: Settings, name: str, calibration: int = 256, photos: int = 0,
                    keep_fp32_convs: int = DEFAULT_KEEP_FP32_CONVS, tolerance: float = DEFAULT_TOLERANCE,
-                   selection: str = "seed") -> tuple[dict, Path]:
+                   selection: str = "seed", model=None) -> tuple[dict, Path]:
     """Make `name`'s int8 twin and score it on val: (its record, the twin's path). Only an accepted twin
-    replaces the one in place (quantize.install_twin)."""
+    replaces the one in place (quantize.install_twin). `model`: the model `name` already loaded, if any."""
     from ..cli import CLIError
     from ..extract import image_batches
     from ..featurestore import fashion_table
@@ -90,7 +90,7 @@ def quantize_model(settings: Settings, name: str, calibration: int = 256, photos
     if not runtime_installed("onnxruntime"):
         raise CLIError("quantize needs ONNX Runtime: pip install onnxruntime")
     settings = settings.model_copy(update={"precision": "fp32", "runtime": "onnxruntime", "device": "cpu"})
-    model = create_model(name, workdir=settings.workdir)
+    model = model if model is not None else create_model(name, workdir=settings.workdir)
     preprocess = preprocess_for(model.config)
     photo_preprocess = preprocess_for(model.config, query_resolution_of(settings, name, settings.query_resolution))
     fp32_path = export_onnx(model, preprocess.shape, export_dir(settings.workdir, name))
