@@ -1,8 +1,8 @@
 """Gender prediction for "same gender first" re-ranking.
 
 An embedding trained on product types groups look-alike garments of both genders: a photo of a man's
-shirt has women's shirts among its nearest products. The nearest products' genders cannot tell (they
-are the very mistake), but a linear classifier on the same query vector can, once it has seen photos
+shirt has women's shirts among its nearest products. On photos the nearest products' genders cannot
+tell (they are the very mistake), but a linear classifier on the same query vector can, once it has seen photos
 as well as catalog images. `finetune-rerank --gender` trains one per model (multinomial logistic
 regression on L2-normalized vectors, a few thousand numbers) and chooses its confidence threshold on
 the validation splits; it is served with numpy alone. A query whose prediction is less confident than
@@ -21,6 +21,7 @@ trained with (`probe_ids`, `probe_vectors`), and a search service compares them 
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,7 @@ class GenderPredictor:
             classes = tuple(str(c) for c in meta.pop("classes"))
             threshold = float(meta.pop("threshold"))
             neighbour_weight = float(meta.pop("neighbour_weight", 0.0))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise GenderPredictorError(f"{path}: not a gender predictor ({exc}); make it again with "
                                        "`imageretrieval finetune-rerank --gender`") from None
         if coef.ndim != 2 or coef.shape[0] != len(classes) or intercept.shape != (len(classes),):

@@ -78,9 +78,11 @@ def test_the_predictor_survives_a_round_trip_and_a_damaged_file_names_the_fix(tm
     assert again.meta == {"model": "tiny"}
     assert np.array_equal(again.predict(vectors), predictor.predict(vectors))
     assert load_gender_predictor("other", tmp_path) is None
-    path.write_bytes(b"not a zip")
-    with pytest.raises(GenderPredictorError, match="finetune-rerank --gender"):
-        GenderPredictor.load(path)
+    good = path.read_bytes()
+    for damaged in (b"not a zip", good[: len(good) // 2]):  # not an archive; an archive cut short
+        path.write_bytes(damaged)
+        with pytest.raises(GenderPredictorError, match="finetune-rerank --gender"):
+            GenderPredictor.load(path)
 
 
 def test_the_neighbours_genders_decide_only_where_the_classifier_hesitates():

@@ -12,7 +12,12 @@ export const TOP_K_CHOICES = [5, 10, 15, 30, 50] as const;
 export const DEFAULT_TOP_K = 15;
 export const MAX_TOP_K = 100;
 export const DEFAULT_RERANK: Rerank = "category+gender";
-const ORDER_PARAM: Record<Rerank, string | null> = { "category+gender": null, category: "type", gender: "gender", none: "visual" };
+const ORDER_PARAM: Record<Rerank, string | null> = {
+  "category+gender": null,
+  category: "type",
+  gender: "gender",
+  none: "visual",
+};
 const RESERVED = new Set(["model", "k", "like", "order", "q"]);
 export const MAX_QUERY_CHARS = 200;
 
