@@ -77,8 +77,9 @@ class UnknownProductError(KeyError):
 
 
 class Hits(list):
-    """One query's hits, best first; `gender_first`: the gender that rerank=gender put first (None: none)."""
+    """One query's hits, best first, with the articleType and the gender that re-ranking put first (None: none)."""
 
+    type_first: str | None = None
     gender_first: str | None = None
 
 
@@ -436,13 +437,8 @@ class RetrievalEngine:
         if reranks_gender(rerank):
             neighbours = [[p.get("gender") or "" for p in cands.products[:self.vote_k]] for cands in found]
             genders = self.genders_first(queries, exclude_ids, neighbours)
-        out = []
-        for qi, cands in enumerate(found):
-            hits = Hits(self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi], genders[qi]))
-            if genders[qi] and any(h.product.get("gender") == genders[qi] for h in hits):
-                hits.gender_first = genders[qi]  # said only where a result has it, as `type_first`
-            out.append(hits)
-        return out
+        return [self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi], genders[qi])
+                for qi, cands in enumerate(found)]
 
     def check_gender_rerank(self, dims: int | None = None) -> None:
         """RerankUnavailableError unless this model's image searches can re-rank by gender (see `reranks`)."""
@@ -505,36 +501,41 @@ class RetrievalEngine:
         return self.hits(FaissBackend.candidates(rows, scores, state or self.live.state), k, rerank, skip_id)
 
     def hits(self, cands: Candidates, k: int, rerank: str = "none", skip_id: int | None = None,
-             gender: str | None = None) -> list[SearchHit]:
+             gender: str | None = None) -> Hits:
         """Ranked candidates -> the top-k hits, `skip_id` left out.
 
         With rerank="category", the candidates' articleTypes vote (`rerank.vote_category`) and that
         type comes first; a "more like this" query (`skip_id`) needs no vote: its own type is known.
         With `gender` (rerank="gender" or "category+gender"), products of that gender or Unisex come
-        first (within each type part).
+        first (within each type part). The hits name the type and the gender put first, where a hit has it.
         """
         ids, scores, products = cands.ids, cands.scores, cands.products
         keep = np.ones(len(ids), bool) if skip_id is None else ids != skip_id
         order = np.flatnonzero(keep)
-        matches = []
+        matches, first_type = [], None
         if reranks_category(rerank) and len(order):
             types: dict[str, int] = {}  # articleType -> code; an empty type never votes
             codes = np.array([types.setdefault(t, len(types)) if (t := products[i].get("articleType")) else NO_CATEGORY
                               for i in order], np.int64)
             own = self.backend.fetch([int(skip_id)], vectors=False).get(int(skip_id)) if skip_id is not None else None
             if own is not None:
-                own_type = own.product.get("articleType")
-                predicted = types.get(own_type, len(types)) if own_type else NO_CATEGORY
+                first_type = own.product.get("articleType") or None
+                predicted = types.get(first_type, len(types)) if first_type else NO_CATEGORY
             else:
                 predicted = int(vote_on_rankings(np.arange(len(order))[None], scores[order][None], codes,
                                                  self.vote_k, self.vote_alpha)[0])
+                first_type = next((t for t, code in types.items() if code == predicted), None)
             matches.append((codes == predicted) & (predicted != NO_CATEGORY))
         if reranks_gender(rerank) and gender and len(order):
             matches.append(gender_matches(np.array([products[i].get("gender") or "" for i in order], object), gender))
         if matches:
             order = matches_first(order[None], *(m[None] for m in matches), pool=None)[0]
-        return [SearchHit(rank, int(ids[i]), float(scores[i]), products[i])
-                for rank, i in enumerate(order[:k], start=1)]
+        out = Hits(SearchHit(rank, int(ids[i]), float(scores[i]), products[i])
+                   for rank, i in enumerate(order[:k], start=1))
+        # said only where a result has it: a vote with no type, or a filter that left none of it, shows nothing first
+        out.type_first = first_type if any(h.product.get("articleType") == first_type for h in out) else None
+        out.gender_first = gender if gender and any(h.product.get("gender") == gender for h in out) else None
+        return out
 
     @property
     def text_loaded(self) -> bool:

@@ -112,3 +112,23 @@ def test_a_predictor_knows_the_model_version_it_was_trained_on():
     other = {7: vectors[100], 8: vectors[120], 9: vectors[140]}  # another version: other vectors
     assert predictor.agrees_with(lambda ids: other) is False
     assert predictor.agrees_with(lambda ids: {}) is None  # nothing to compare: not refused
+
+
+def test_the_hits_name_only_what_the_re_ranking_really_put_first():
+    """A vote with no type among the voters shows no type first, even when the gender moves a typed product
+    ahead; a gender no hit has is not named either."""
+    from types import SimpleNamespace
+
+    from imageretrieval.backends.base import Candidates
+    from imageretrieval.engine import RetrievalEngine
+
+    products = [{"articleType": "", "gender": "Men"}, {"articleType": "", "gender": "Men"},
+                {"articleType": "Shirts", "gender": "Women"}, {"articleType": "Tops", "gender": "Women"}]
+    cands = Candidates(np.arange(4), np.array([0.9, 0.8, 0.7, 0.6], np.float32), products)
+    engine = SimpleNamespace(vote_k=2, vote_alpha=3.0, backend=None)
+    hits = RetrievalEngine.hits(engine, cands, 4, "category+gender", gender="Women")
+    assert [h.id for h in hits] == [2, 3, 0, 1]  # no type voted: the gender alone orders them
+    assert hits.type_first is None and hits.gender_first == "Women"
+    engine.vote_k = 4  # now Shirts and Tops vote (the untyped do not): Shirts, the nearer, wins
+    hits = RetrievalEngine.hits(engine, cands, 4, "category+gender", gender="Boys")
+    assert [h.id for h in hits][0] == 2 and hits.type_first == "Shirts" and hits.gender_first is None

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, Response, Upl
 from pydantic import BaseModel, ValidationError
 
 from imageretrieval.engine import FILTER_FIELDS, RetrievalEngine
-from imageretrieval.rerank import reranks_category, reranks_gender
+from imageretrieval.rerank import reranks_gender
 
 from ..errors import ERROR_RESPONSES, TEXT_RESPONSES, format_validation_errors
 from ..runtime import Runtime
@@ -39,18 +39,6 @@ def server_timing(timing: dict[str, float], total_ms: float) -> str:
             parts.append(f"{stage};dur={timing[stage]:.2f}{desc}")
     parts.append(f"total;dur={total_ms:.2f}")
     return ", ".join(parts)
-
-
-def type_first(hits: list, rerank: str, expected: str | None = None) -> str | None:
-    """The articleType that category-first re-ranking put first, for the client to show.
-
-    For an image search the vote's winner is always the first hit's type (its voters are in the
-    re-ranked pool); for "more like this" it is the product's own type, unless no result has it.
-    """
-    if not reranks_category(rerank) or not hits:
-        return None
-    first = hits[0].product.get("articleType")
-    return first if expected is None or first == expected else None
 
 
 def _k(top_k: int | None, top_k_alias: int | None) -> int:
@@ -100,7 +88,7 @@ def build_router(top_k_max: int) -> APIRouter:
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing(timing, took_ms)
         return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": rerank,
-                "type_first": type_first(hits, rerank), "gender_first": getattr(hits, "gender_first", None),
+                "type_first": getattr(hits, "type_first", None), "gender_first": getattr(hits, "gender_first", None),
                 "results": rt.as_results(hits)}
 
     @router.post("/search/by-id", response_model=SearchResponse, responses=ERROR_RESPONSES,
@@ -114,10 +102,8 @@ def build_router(top_k_max: int) -> APIRouter:
         searched_ms = (time.perf_counter() - searched) * 1000
         took_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = server_timing({"search": searched_ms}, took_ms)
-        own = engine.product(body.product_id).get("articleType")
         return {"model": engine.name, "took_ms": round(took_ms, 2), "rerank": body.rerank,
-                "type_first": type_first(hits, body.rerank, own), "gender_first": getattr(hits, "gender_first", None),
-                "results": rt.as_results(hits)}
+                "type_first": hits.type_first, "gender_first": hits.gender_first, "results": rt.as_results(hits)}
 
     @router.post("/search/text", response_model=SearchResponse, responses=TEXT_RESPONSES,
                  summary="Search the catalog by words (hybrid: by meaning and by letter)",
