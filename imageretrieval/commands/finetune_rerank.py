@@ -28,8 +28,8 @@ def register(sub) -> None:
                    help="seeded validation (and test) queries (default 600)")
     p.add_argument("--confusions", type=int, default=10, help="list the test's N most frequent wrong votes")
     p.add_argument("--gender", action="store_true",
-                   help="train the gender predictor of rerank=gender instead (photo weight and threshold chosen on "
-                        "val; DEEPFASHION_ROOT's photos train it too)")
+                   help="train the gender predictor of rerank=gender instead (photo weight, threshold and neighbour "
+                        "weight chosen on val; DEEPFASHION_ROOT's photos train it too)")
     p.add_argument("--tolerance", type=float, default=0.005,
                    help="--gender: the P@15 a gender predictor may cost category-first on val (default 0.005)")
     p.add_argument("--no-save", action="store_true", help="report only; do not change the model's vote")
