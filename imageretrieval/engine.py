@@ -428,17 +428,20 @@ class RetrievalEngine:
         rerank = check_rerank(rerank)
         filters = self.check_filters(filters)
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        if reranks_gender(rerank) and exclude_ids is None:  # refused before any work ("more like this" needs none)
-            self.check_gender_rerank(queries.shape[1])
-        extra = 1 if exclude_ids is not None else 0
-        fetch = self.candidates_needed(k, rerank) + extra
+        skip = [None] * len(queries) if exclude_ids is None else list(exclude_ids)
+        # the gender is predicted for image queries; a "more like this" query has its product's own (`hits`)
+        predict = [qi for qi, pid in enumerate(skip) if pid is None] if reranks_gender(rerank) else []
+        if predict:
+            self.check_gender_rerank(queries.shape[1])  # refused before any work
+        fetch = self.candidates_needed(k, rerank) + (1 if exclude_ids is not None else 0)
         found = self.backend.search(queries, fetch, filters or None)
-        genders = [None] * len(queries)
-        if reranks_gender(rerank):
-            neighbours = [[p.get("gender") or "" for p in cands.products[:self.vote_k]] for cands in found]
-            genders = self.genders_first(queries, exclude_ids, neighbours)
-        return [self.hits(cands, k, rerank, None if exclude_ids is None else exclude_ids[qi], genders[qi])
-                for qi, cands in enumerate(found)]
+        genders: list[str | None] = [None] * len(queries)
+        if predict:
+            neighbours = [[p.get("gender") or "" for p in found[qi].products[:self.vote_k]] for qi in predict]
+            for qi, gender in zip(predict, self.gender_predictor.predict(queries[predict], neighbours).tolist(),
+                                  strict=True):
+                genders[qi] = gender
+        return [self.hits(cands, k, rerank, skip[qi], genders[qi]) for qi, cands in enumerate(found)]
 
     def check_gender_rerank(self, dims: int | None = None) -> None:
         """RerankUnavailableError unless this model's image searches can re-rank by gender (see `reranks`)."""
@@ -465,29 +468,6 @@ class RetrievalEngine:
             raise RerankUnavailableError(f"the gender predictor of {self.name} was trained on another version of "
                                          f"the model: make it again with {fix}")
 
-    def genders_first(self, queries: np.ndarray, exclude_ids: Sequence[int | None] | None = None,
-                      neighbour_genders: Sequence[Sequence[str]] | None = None) -> list[str]:
-        """The gender each query's results show first (NO_GENDER: none): for a "more like this" query its
-        product's own (none for a Unisex product), else predicted from its vector and its nearest products'
-        genders (RerankUnavailableError without a usable predictor)."""
-        predicted = [NO_GENDER] * len(queries)
-        need = []
-        for qi in range(len(queries)):
-            pid = exclude_ids[qi] if exclude_ids is not None else None
-            own = self.backend.fetch([int(pid)], vectors=False).get(int(pid)) if pid is not None else None
-            if own is not None:
-                gender = str(own.product.get("gender") or "")
-                predicted[qi] = gender if gender in GENDERS else NO_GENDER
-            else:
-                need.append(qi)
-        if need:
-            self.check_gender_rerank(queries.shape[1])
-            guessed = self.gender_predictor.predict(
-                queries[need], None if neighbour_genders is None else [neighbour_genders[qi] for qi in need])
-            for qi, gender in zip(need, guessed.tolist(), strict=True):
-                predicted[qi] = gender
-        return predicted
-
     @staticmethod
     def candidates_needed(k: int, rerank: str = "none") -> int:
         """How many nearest neighbours a search fetches: k, or the re-ranking's pool."""
@@ -507,17 +487,22 @@ class RetrievalEngine:
         With rerank="category", the candidates' articleTypes vote (`rerank.vote_category`) and that
         type comes first; a "more like this" query (`skip_id`) needs no vote: its own type is known.
         With `gender` (rerank="gender" or "category+gender"), products of that gender or Unisex come
-        first (within each type part). The hits name the type and the gender put first, where a hit has it.
+        first (within each type part); for a "more like this" query, its product's own gender (none for a
+        Unisex one). The hits name the type and the gender put first, where a hit has it.
         """
         ids, scores, products = cands.ids, cands.scores, cands.products
         keep = np.ones(len(ids), bool) if skip_id is None else ids != skip_id
         order = np.flatnonzero(keep)
+        own = (self.backend.fetch([int(skip_id)], vectors=False).get(int(skip_id))
+               if skip_id is not None and rerank != "none" else None)
+        if own is not None and reranks_gender(rerank):
+            own_gender = str(own.product.get("gender") or "")
+            gender = own_gender if own_gender in GENDERS else NO_GENDER
         matches, first_type = [], None
         if reranks_category(rerank) and len(order):
             types: dict[str, int] = {}  # articleType -> code; an empty type never votes
             codes = np.array([types.setdefault(t, len(types)) if (t := products[i].get("articleType")) else NO_CATEGORY
                               for i in order], np.int64)
-            own = self.backend.fetch([int(skip_id)], vectors=False).get(int(skip_id)) if skip_id is not None else None
             if own is not None:
                 first_type = own.product.get("articleType") or None
                 predicted = types.get(first_type, len(types)) if first_type else NO_CATEGORY

@@ -298,7 +298,7 @@ def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluat
     query = np.ones((1, 256), np.float32)
     hits = engine.search_vectors(query, 10, rerank="gender")[0]
     cands = engine.backend.search(query, engine.candidates_needed(10, "gender"), None)[0]
-    wanted = engine.genders_first(query, None, [[p.get("gender") or "" for p in cands.products[:engine.vote_k]]])[0]
+    wanted = engine.gender_predictor.predict(query, [[p.get("gender") or "" for p in cands.products[:engine.vote_k]]])[0]
     assert wanted in GENDERS
     fits = [h.product["gender"] in (wanted, "Unisex") for h in hits]
     assert fits == sorted(fits, reverse=True)  # the predicted gender's products (and Unisex) first

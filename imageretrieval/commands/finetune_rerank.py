@@ -84,7 +84,7 @@ def run(args, settings) -> int:
 
 
 def run_gender(args, settings, model: str) -> int:
-    from ..artifacts import chosen_vote
+    from ..artifacts import ModelArtifacts, chosen_vote
     from ..cli import CLIError
     from ..evaluation import reports
     from ..evaluation.gender_tuning import choose_gender_predictor, test_figures
@@ -121,8 +121,6 @@ def run_gender(args, settings, model: str) -> int:
         print(f"  test {name:<37} {figures}")
     if not args.no_save:
         print(f"saved to {path}; search, the API (rerank=gender, category+gender) and evaluate --rerank use it")
-    from ..artifacts import ModelArtifacts
-
     art = ModelArtifacts.of(settings.workdir, model)
     if art.exists() and (art.read_manifest() or {}).get("pca_components"):
         print(f"note: the {model} index whitens its vectors (PCA): searches re-rank by gender once it is rebuilt "

@@ -83,8 +83,8 @@ def rank_queries(
     exclude_rows: per query, the database row of the query itself (or -1): it is removed from that
     query's ranking and never counts as relevant. With `seed_ap`, also computes the seed-compatible
     AP (query included, see `metrics.average_precision_seed`). With `category_codes` (one per
-    database row), every ranking is re-ranked category-first (`rerank.rerank_by_category`), the
-    query itself left out of the vote; `ap_seed` stays the plain ranking's.
+    database row), every ranking is re-ranked category-first (`rerank.vote_on_rankings`, then
+    `rerank.matches_first`), the query itself left out of the vote; `ap_seed` stays the plain ranking's.
     """
     queries = np.asarray(queries, dtype=np.float32)
     database = np.asarray(database, dtype=np.float32)
@@ -110,16 +110,16 @@ def rank_queries(
         rel_all[has_ex, ex[has_ex]] = False
         if category_codes is not None or genders is not None:
             pool = nd if rerank_pool is None else min(int(rerank_pool), nd)
-            matches = []
+            voters = order[:, :max(1, min(vote_k, nd))]  # the nearest rows: they vote for the type, and their
+            matches = []  # genders weigh in the gender's prediction
             if category_codes is not None:
-                head = order[:, :max(1, min(vote_k, nd))]
-                voted = rr.vote_on_rankings(order, np.take_along_axis(s, head, axis=1), category_codes, vote_k,
+                voted = rr.vote_on_rankings(order, np.take_along_axis(s, voters, axis=1), category_codes, vote_k,
                                             vote_alpha)
                 matches.append(rr.category_matches(order[:, :pool], category_codes, voted))
             if genders is not None:
                 row_genders, predictor, raw = genders
                 row_genders = np.asarray(row_genders, object)
-                predicted = predictor.predict(raw[lo:hi], row_genders[order[:, :max(1, min(vote_k, nd))]])
+                predicted = predictor.predict(raw[lo:hi], row_genders[voters])
                 matches.append(gender_matches(row_genders[order[:, :pool]], predicted))
             order = rr.matches_first(order, *matches, pool=pool)
             order = move_to_end(order, ex)  # the query itself stays last even when its type comes first

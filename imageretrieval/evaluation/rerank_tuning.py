@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..rerank import DEFAULT_VOTE_ALPHA, DEFAULT_VOTE_K, encode_categories, rerank_by_category
+from ..rerank import DEFAULT_VOTE_ALPHA, DEFAULT_VOTE_K, encode_categories, vote_on_rankings
 from ..whitening import l2_normalize
 from .metrics import rank_order
 from .protocols import RetrievalTask
@@ -51,7 +51,6 @@ def vote_confusions(task: RetrievalTask, vote_k: int, vote_alpha: float) -> coll
     sims[np.arange(len(sims)), task.exclude_rows] = -np.inf  # the query itself never votes
     codes, names = encode_categories(task.database_categories)
     order = rank_order(sims)
-    _, voted = rerank_by_category(order, np.take_along_axis(sims, order[:, :vote_k], axis=1), codes, vote_k,
-                                  vote_alpha)
+    voted = vote_on_rankings(order, np.take_along_axis(sims, order[:, :vote_k], axis=1), codes, vote_k, vote_alpha)
     truth = codes[task.exclude_rows]
     return collections.Counter((names[t], names[v]) for t, v in zip(truth, voted, strict=True) if t != v)
