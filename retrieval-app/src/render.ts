@@ -109,12 +109,12 @@ export function renderModels(store: Store, resp: ModelsResponse): void {
   renderOptionsState(store);
   renderModelInfo(store);
   ui.banner.hidden = !resp.synthetic_catalog;
-  const size = resp.models.find((m) => m.name === store.view.model)?.index_size;
+  const size = store.model?.index_size;
   if (size) ui.tagline.textContent = tagline(size);
 }
 
 export function renderModelInfo(store: Store): void {
-  const m = store.models?.models.find((x) => x.name === store.view.model);
+  const m = store.model;
   ui.modelInfo.textContent = m ? modelInfoText(m) : "";
   syncOrderControls(store);
 }

@@ -1,7 +1,7 @@
 // The app's state in one object: the view (what the URL holds), what the API told us, and the
 // chosen photo. Its methods are the only way the state changes; they touch no DOM (store.test.ts).
 
-import type { Facets, ModelsResponse, Product, Rerank, SearchOptions } from "./api";
+import type { Facets, ModelInfo, ModelsResponse, Product, Rerank, SearchOptions } from "./api";
 import {
   cleanQuery,
   knownFilters,
@@ -98,8 +98,13 @@ export class Store {
     return { model: v.model ?? "", topK: v.topK, filters: v.filters, rerank: supportedRerank(v.rerank, this.reranks) };
   }
 
+  /** The chosen model as /api/models describes it (undefined until the models are known). */
+  get model(): ModelInfo | undefined {
+    return this.models?.models.find((m) => m.name === this.view.model);
+  }
+
   /** The rerank values the chosen model accepts (undefined until the models are known). */
   get reranks(): Rerank[] | undefined {
-    return this.models?.models.find((m) => m.name === this.view.model)?.reranks;
+    return this.model?.reranks;
   }
 }
