@@ -313,6 +313,25 @@ def test_ids_hash_is_stable_across_processes():
     assert ids_hash(np.array([1, 2, 3])) == other == "26d6a8ad97c75ffc"
 
 
+def test_the_cli_starts_without_loading_torch():
+    """Every command's options are listed without torch (seconds of imports before `keys list` or `search`
+    answered); the commands that train or encode load it when they run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from imageretrieval.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'matplotlib', 'transformers') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_loss_names_offered_are_the_losses_implemented():
+    from imageretrieval.training.choices import LOSS_NAMES
+    from imageretrieval.training.losses import LOSSES
+
+    assert tuple(LOSSES) == LOSS_NAMES
+
+
 def test_extraction_reuses_rows_of_sibling_feature_sets(tmp_path, synthetic_catalog, monkeypatch):
 
     cat = load_catalog(synthetic_catalog)

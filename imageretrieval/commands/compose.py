@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ..models import get_model_config, save_composite
-
 
 def register(sub) -> None:
     p = sub.add_parser("compose", help="put pretrained backbones side by side as one model",
@@ -18,6 +16,7 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from ..cli import CLIError
+    from ..models import get_model_config, save_composite
 
     try:
         directory = save_composite(settings.workdir, args.name, args.members)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..training.ensemble import ensemble_heads
-
 
 def register(sub) -> None:
     p = sub.add_parser("ensemble", help="combine heads trained on one frozen trunk into one model",
@@ -23,6 +21,7 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from ..cli import CLIError
+    from ..training.ensemble import ensemble_heads
 
     try:
         info = ensemble_heads(settings, args.name, args.members, head_only=not args.full_weights,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..catalog import SELECTIONS
-from ..featurestore import get_features
 
 
 def register(sub) -> None:
@@ -24,6 +23,8 @@ def register(sub) -> None:
 
 
 def run(args, settings) -> int:
+    from ..featurestore import get_features
+
     name = args.model or settings.default_model
     if args.ray:
         settings.ray_address = args.ray

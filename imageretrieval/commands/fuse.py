@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import get_model_config, save_fusion
+from ..models import get_model_config
 from ..models.composite import member_weights
 from ..rerank import RERANKS
 
@@ -38,6 +38,7 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from ..cli import CLIError
+    from ..models import save_fusion
 
     members = list(args.members)
     try:

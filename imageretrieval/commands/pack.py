@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..training.data import DATASETS
+from ..training.choices import DATASETS
 from .train import parse_samples
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from ..cli import positive_int
-from ..training.data import DATASETS
-from ..training.losses import LOSSES
-from ..training.recipes import RECIPES, TrainRequest, train
-from ..training.trainer import TrainOptions
+from ..training.choices import DATASETS, LOSS_NAMES, RECIPES
 from ..training.validation import VAL_SCORES
+
+if TYPE_CHECKING:
+    from ..training.recipes import TrainRequest
 
 
 def register(sub) -> None:
@@ -33,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--pooling", choices=["avg", "gem", "max"], help="default: avg (frozen trunk) or gem")
     p.add_argument("--dims", type=positive_int, default=512, help="embedding dims (metric)")
     p.add_argument("--head-hidden", type=int, default=0, help="hidden width of an MLP head (0 = linear)")
-    p.add_argument("--loss", choices=sorted(LOSSES), default="proxy-anchor")
+    p.add_argument("--loss", choices=sorted(LOSS_NAMES), default="proxy-anchor")
     p.add_argument("--epochs", type=positive_int, default=None, help="default: 30 (cached metric) or 10")
     p.add_argument("--lr", type=float, default=None, help="default: 1e-3 (adamw) or 1e-2 (sgd)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
@@ -109,6 +110,9 @@ def parse_samples(items: list[str]) -> dict[str, int]:
 
 
 def request_from_args(args) -> TrainRequest:
+    from ..training.recipes import TrainRequest
+    from ..training.trainer import TrainOptions
+
     cached_default = args.recipe == "metric"
     suffix = args.recipe == "suffix"
     trainable = None if args.trainable is None else [t for t in args.trainable if t != "none"]
@@ -149,6 +153,7 @@ def run(args, settings) -> int:
     if not args.name:
         raise CLIError(f"--recipe {args.recipe} trains a new model: give it a --name")
     from ..models.registry import check_new_model_name
+    from ..training.recipes import train
 
     try:
         check_new_model_name(args.name)

@@ -1,25 +1,38 @@
 """Retrieval evaluation: pure metrics, ranking, feature variants, protocols, PCA search, plots, reports.
 
-Plots (matplotlib) are imported on demand: `from imageretrieval.evaluation.plots import plot_confusion_matrix`.
+The names below load their module on first use (as `imageretrieval.models` does), so that importing one
+submodule, e.g. for its option names, costs no more than that submodule. Plots (matplotlib):
+`from imageretrieval.evaluation.plots import plot_confusion_matrix`.
 """
 
-from .metrics import (
-    average_precision,
-    average_precision_from_ranks,
-    average_precision_seed,
-    map_at_r,
-    precision_at_k,
-    precision_curve,
-    rank_order,
-    recall_at_k,
-)
-from .ranking import Rankings, rank_queries
-from .runner import EvalResult, evaluate_task
-from .variants import VARIANTS, Whitening, apply_variant, query_expansion
+from __future__ import annotations
 
-__all__ = [
-    "VARIANTS", "EvalResult", "Rankings", "Whitening", "apply_variant", "average_precision",
-    "average_precision_from_ranks", "average_precision_seed", "evaluate_task", "map_at_r",
-    "precision_at_k", "precision_curve", "query_expansion", "rank_order",
-    "rank_queries", "recall_at_k",
-]
+import importlib
+
+_LAZY = {
+    "average_precision": "metrics",
+    "average_precision_from_ranks": "metrics",
+    "average_precision_seed": "metrics",
+    "map_at_r": "metrics",
+    "precision_at_k": "metrics",
+    "precision_curve": "metrics",
+    "rank_order": "metrics",
+    "recall_at_k": "metrics",
+    "Rankings": "ranking",
+    "rank_queries": "ranking",
+    "EvalResult": "runner",
+    "evaluate_task": "runner",
+    "VARIANTS": "variants",
+    "Whitening": "variants",
+    "apply_variant": "variants",
+    "query_expansion": "variants",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

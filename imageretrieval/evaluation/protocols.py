@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from ..deepfashion import PHOTO_GENDERS
-from ..featurestore import deepfashion_table, fashion_table, get_features
 from ..settings import Settings
 
+# The feature store (and torch with it) is imported by the functions that read features: the CLI lists
+# the names below without loading torch.
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("catalog", "deepfashion-to-catalog", "inshop")
@@ -80,11 +81,15 @@ def _valid(fs_features: np.ndarray) -> np.ndarray:
 
 
 def _require_deepfashion_test(settings: Settings, split: str = "test") -> None:
+    from ..featurestore import deepfashion_table
+
     if deepfashion_table(settings, split).empty:
         raise ValueError(f"no DeepFashion {split}-split image under {settings.deepfashion_root}")
 
 
 def _fit_features(settings: Settings, model: str, fit_on: str, selection: str, fit_sample: int | None):
+    from ..featurestore import get_features
+
     if fit_on == "train":
         fs, _ = get_features(settings, model, "fashion", "train", selection, sample=fit_sample)
         name = f"{selection} train split" + (f" (sample of {fit_sample})" if fit_sample else "")
@@ -98,6 +103,8 @@ def _fit_features(settings: Settings, model: str, fit_on: str, selection: str, f
 
 def _catalog_database(settings: Settings, model: str, database: str, selection: str, split: str,
                       sample: int | None = None):
+    from ..featurestore import get_features
+
     if database == "all":
         fs, table = get_features(settings, model, "fashion", "all", "all", sample=sample)
         name = "whole catalog"
@@ -134,6 +141,8 @@ def catalog_task(
     at that scale (0.5 = half the resolution, 4 = upscaled), then through the engine's query path
     (`query_resolution`); the database keeps the original images and each query's original is excluded.
     """
+    from ..featurestore import fashion_table, get_features
+
     if fit_on != "train":
         raise ValueError("catalog protocol: the whitening must be fitted on the train split (never on the queries)")
     pool = fashion_table(settings, selection, split)["id"].to_numpy()
@@ -190,6 +199,8 @@ def deepfashion_task(
     `query_model` encodes the photos with another model of the same embedding space (e.g. the same
     network with batch-norm statistics of the photos, `train --recipe bn-adapt`), the catalog with `model`.
     """
+    from ..featurestore import get_features
+
     _require_deepfashion_test(settings, split)
     qfs, qtable = get_features(settings, query_model or model, "deepfashion", split,
                                query_resolution=query_resolution, sample=n_queries)
@@ -239,6 +250,8 @@ def inshop_task(
     with_fit: bool = True,
 ) -> RetrievalTask:
     """DeepFashion In-shop retrieval within the test split; relevance = same item id."""
+    from ..featurestore import get_features
+
     _require_deepfashion_test(settings)
     fs, table = get_features(settings, model, "deepfashion", "test")
     ok = _valid(fs.features)

@@ -18,11 +18,11 @@ from ..featurestore import deepfashion_table
 from ..images import ImageDecodeError, open_image
 from ..preprocess import Preprocess, letterbox, match_resolution, to_uint8_tensor
 from ..settings import Settings
+from .choices import DATASETS
 from .labels import LabelEncoding
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("fashion", "deepfashion", "both")
 CATALOG_RESOLUTION = (60, 80)  # median (w, h) of Fashion Product images: the engine's query resolution
 
 

@@ -26,6 +26,7 @@ from ..models.composite import composite_members
 from ..models.weights import load_state_dict_file
 from ..settings import Settings
 from .bn_adapt import adapt_batchnorm
+from .choices import RECIPES
 from .data import ClassBalancedSampler, ImageTable, image_table_dataset, sample_table, training_table
 from .freeze import default_trainable, freeze_trunk, train_mode
 from .labels import LabelEncoding
@@ -37,9 +38,6 @@ from .trainer import Trainer, TrainOptions, seed_everything
 from .validation import val_scores
 
 log = logging.getLogger(__name__)
-
-RECIPES = ("classifier", "metric", "suffix", "bn-adapt")
-
 
 @dataclass
 class TrainRequest:
