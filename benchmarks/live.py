@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import random
 import shlex
 import sys
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FIRST_NEW_ID = 10_000_000  # far above the catalog's ids; product FIRST_NEW_ID + i gets the pool's photo i
 CRASH_FIRST_ID = FIRST_NEW_ID + 10_000  # the kill -9 trials' products: photos no speed run added
+CLI_FIRST_ID = FIRST_NEW_ID + 15_000  # the CLI bulk load's: after the trials' (20 x 120)
 REPLAY_FIRST_ID = 30_000_000
 PRIVATE = ("catalog", "keys.json")  # what a scratch workdir gets of its own
 
@@ -45,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--adds", type=int, default=1024, help="products added at full speed (batch route)")
     p.add_argument("--batch", type=int, default=32, help="products per batch request")
     p.add_argument("--idle-searches", type=int, default=60)
+    p.add_argument("--cli-adds", type=int, default=1024, help="products bulk-loaded by `catalog add` (0: skip)")
     p.add_argument("--visible", type=int, default=20, help="single adds timed from acknowledgement to found")
     p.add_argument("--replay", type=int, default=10_000, help="journaled writes for the start-up replay (0: skip)")
     p.add_argument("--trials", type=int, default=20, help="kill -9 trials (0: skip)")
@@ -338,6 +341,37 @@ def journal_writes(settings: Settings, model: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def measure_cli_load(settings: Settings, model: str, n: int, bare: BareModel) -> dict:
+    """`imageretrieval catalog add` of `n` new products (a styles CSV + an images folder) in a subprocess, the
+    server stopped; the bare forward measured just before and after. The load's own rate is what the CLI
+    logs (process start and model load excluded); the wall time includes them."""
+    import csv
+    import re
+    import subprocess
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-cli-load-"))
+    products = new_products(settings, n, CLI_FIRST_ID, offset=CLI_FIRST_ID - FIRST_NEW_ID)
+    columns = ["id", *products[0].fields]
+    with open(folder / "rows.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for p in products:
+            (folder / f"{p.id}.jpg").write_bytes(p.image)
+            writer.writerow([p.id, *(p.fields[c] for c in columns[1:])])
+    bare.batches(8)
+    env = {**os.environ, "WORKDIR": str(settings.workdir), "DATASET_ROOT": str(settings.dataset_root)}
+    t0 = time.perf_counter()
+    command = [sys.executable, "-m", "imageretrieval", "catalog", "add", "--styles", str(folder / "rows.csv"),
+               "--images", str(folder), "--model", model]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    bare.batches(8)
+    found = re.search(r"(\d+) products written in ([\d.]+) s", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"catalog add failed ({done.returncode}): {done.stderr[-2000:]}")
+    return {"n": int(found.group(1)), "load_s": float(found.group(2)), "wall_s": wall}
+
+
 # ----- report -----------------------------------------------------------------------------------
 def render(model: str, command: str, perf: dict | None, crash: CrashReport | None, bare_batch: int,
            chunk: int) -> str:
@@ -368,6 +402,12 @@ def render(model: str, command: str, perf: dict | None, crash: CrashReport | Non
             "the top 15 of their own photo; by id and /api/products 404) | |",
             f"| Start-up, empty journal | {perf['startup_empty_s']:.1f} s (process start to /api/ready) | |",
         ]
+        if perf.get("cli"):
+            cli = perf["cli"]
+            cli_ips = cli["n"] / cli["load_s"]
+            lines.append(f"| Bulk load through the CLI (`imageretrieval catalog add`, {cli['n']} products, server "
+                         f"stopped) | {cli_ips:.1f} products/s in the load ({cli_ips / bare_ips:.2f}x the bare "
+                         f"forward); {cli['wall_s']:.1f} s from the command to its answer | |")
         if perf.get("replay_n"):
             lines.append(f"| Start-up with {perf['replay_n']:,} journaled writes | {perf['startup_replay_s']:.1f} s "
                          f"(+{perf['startup_replay_s'] - perf['startup_empty_s']:.1f} s; journaling them took "
@@ -402,6 +442,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         bare_batch = ENCODE_CHUNK
         try:
             perf = measure_perf(args, run_settings, model, bare, queries)
+            if args.cli_adds:
+                perf["cli"] = measure_cli_load(run_settings, model, args.cli_adds, bare)
         finally:
             bare.close()
         perf["batch"] = args.batch

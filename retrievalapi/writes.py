@@ -24,9 +24,10 @@ import numpy as np
 
 from imageretrieval.backends import BackendUnavailableError
 from imageretrieval.engine import RetrievalEngine
-from imageretrieval.images import ImageDecodeError, open_image
+from imageretrieval.images import ImageDecodeError
 from imageretrieval.keys import ApiKey
-from imageretrieval.live.blobs import blob_sha, stored_form
+from imageretrieval.live.blobs import STORE_THREADS
+from imageretrieval.live.prepare import prepare_image
 from imageretrieval.live.products import check_fields, check_id
 from imageretrieval.live.store import CommitResult, LiveCatalog, UnknownLiveProductError, Write, storage_error
 
@@ -39,8 +40,6 @@ ENCODE_CHUNK = 8  # images per forward of a write alone: a search queued behind 
 QUIET_CHUNK = 1  # ... while searches are about: a shorter wait for the next one
 RECENT_SEARCH_S = 0.1  # a search this recent means more may follow
 MAX_YIELD_S = 0.25  # a write waits at most this long per step for in-flight searches to finish
-STORE_THREADS = 4  # images flushed to disk at once: each mostly waits for the disk, and the filesystem
-# can fold flushes that overlap into one journal commit
 WRITE_NICE = 19  # the writes' own threads (image preparation, journal) run at the lowest CPU priority
 PLACEHOLDER_IMAGE = "0" * 64  # planning before the images are stored: only errors matter then
 TAIL_INTERVAL_S = 0.5
@@ -224,22 +223,12 @@ class CatalogWriter:
     def _prepare(self, request: WriteRequest, engines: list[RetrievalEngine]
                  ) -> tuple[str, Future, list[np.ndarray]]:
         """Write-decode thread: the image's hash, its durable storage under that hash (started on the
-        store threads), and each model's input, decoded from the stored bytes as a search with that model
-        decodes an upload (once per distinct `decode_size`: usually once)."""
-        sizes = sorted({engine.decode_size for engine in engines})
-        decoded = {}
+        store threads), and each model's input (`live.prepare`)."""
         try:
-            try:
-                stored, decoded[sizes[0]] = stored_form(request.image, self.max_image_pixels, min_size=sizes[0])
-                for size in sizes[1:]:
-                    decoded[size] = open_image(stored, max_pixels=self.max_image_pixels, min_size=size)
-            except ImageDecodeError as exc:
-                raise WriteImageError(f"product {request.id}: {str(exc).removeprefix('upload: ')}") from None
-            return blob_sha(stored), self.store_pool.submit(self._store, stored), [
-                engine.preprocess(decoded[engine.decode_size]) for engine in engines]
-        finally:
-            for img in decoded.values():
-                img.close()
+            prepared = prepare_image(request.image, engines, self.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise WriteImageError(f"product {request.id}: {str(exc).removeprefix('upload: ')}") from None
+        return prepared.sha, self.store_pool.submit(self._store, prepared.stored), prepared.inputs
 
     def _store(self, stored: bytes) -> str:
         """Store thread: the image written and flushed under its hash."""

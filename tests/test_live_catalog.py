@@ -456,3 +456,48 @@ def test_catalog_cli_adds_updates_deletes_lists_and_compacts(synthetic_catalog, 
     assert (synthetic_catalog / "styles.csv").read_bytes() == styles_before
     assert main(["catalog", "list", "--since", "0", *flags]) == 0
     assert "(compacted)" in capsys.readouterr().out
+
+
+def test_a_bulk_load_keeps_the_chunks_before_a_broken_image_and_a_rerun_finishes_it(
+        synthetic_catalog, built_workdir, tmp_path, monkeypatch):
+    """The CLI's pipelined load: images decoded ahead of the encoder, one transaction per chunk; a broken
+    image stops the load at its chunk (those before it stay), and each product gets the vector a search
+    with its stored file gets."""
+    import shutil
+
+    from imageretrieval.engine import RetrievalEngine
+    from imageretrieval.images import ImageDecodeError, open_image
+    from imageretrieval.live import offline
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    settings = make_settings(synthetic_catalog, workdir)
+    monkeypatch.setattr(offline, "CHUNK", 3)
+    monkeypatch.setattr(offline, "ENCODE_BATCH", 2)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    ids = [900400 + i for i in range(8)]
+    pictures = {pid: new_image(7200 + i, "Shirts", "Blue", size=(120, 160)) for i, pid in enumerate(ids)}
+    for pid, data in pictures.items():
+        (folder / f"{pid}.png").write_bytes(data)
+    broken = folder / f"{ids[4]}.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    writes = [offline.ProductWrite("add", pid, dict(FIELDS, productDisplayName=f"Shirt {pid}"),
+                                   offline.find_image(folder, pid)) for pid in ids]
+
+    with pytest.raises(ImageDecodeError, match=str(ids[4])):
+        offline.write_products(settings, writes, progress=False)
+    catalog = LiveCatalog(synthetic_catalog, workdir)
+    assert [pid for pid in ids if catalog.current(pid) is not None] == ids[:3]  # the first chunk only
+
+    broken.write_bytes(pictures[ids[4]])
+    changes, models = offline.write_products(settings, writes, progress=False)
+    assert [(c.action, c.id) for c in changes] == [("unchanged", pid) for pid in ids[:3]] + [
+        ("added", pid) for pid in ids[3:]]
+    assert models == ["tiny", "tiny2"]
+    for name in models:
+        engine = RetrievalEngine(settings, name)
+        for pid in ids:
+            stored = open_image(engine.catalog.image_path(pid).read_bytes(), min_size=engine.decode_size)
+            np.testing.assert_allclose(engine.vector_of(pid), engine.encode([stored])[0], atol=1e-5)
+            assert engine.search([stored], k=1)[0][0].id == pid

@@ -22,6 +22,8 @@ from ..io_utils import atomic_write, fsync_dir
 
 MAX_STORED_SIDE = 1024  # larger uploads are downscaled: search models read 224 px at most
 JPEG_QUALITY = 90
+STORE_THREADS = 4  # images flushed to disk at once by a writer: each mostly waits for the disk, and the
+# filesystem can fold flushes that overlap into one journal commit
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -9,20 +9,24 @@ landed (re-adding the same product with the same image is a no-op).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..settings import Settings
-from .blobs import normalized_jpeg
+from .blobs import STORE_THREADS, normalized_jpeg
+from .prepare import PreparedImage, prepare_image
 from .products import check_fields, check_id
 from .store import Change, DuplicateProductError, LiveCatalog, UnknownLiveProductError, Write, storage_error
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256  # products per transaction of a large load
+ENCODE_BATCH = 32  # images per forward
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -89,31 +93,57 @@ def write_products(settings: Settings, writes: Sequence[ProductWrite], models: S
 
     changes: list[Change] = []
     bar = tqdm(total=len(checked), unit="product", desc="catalog", disable=not progress)
-    for start in range(0, len(checked), CHUNK):
-        chunk = list(zip(checked[start: start + CHUNK], writes[start: start + CHUNK], strict=True))
-        stored: list[Write] = []
-        images: dict[str, bytes] = {}
-        for write, request in chunk:
-            sha = None
-            if request.image is not None:
-                try:
-                    jpeg = normalized_jpeg(Path(request.image))
-                except ImageDecodeError as exc:
-                    raise ImageDecodeError(f"product {write.id}: {exc}") from None
-                try:
-                    sha = catalog.blobs.put(jpeg)
-                except OSError as exc:
-                    raise storage_error(exc) from exc
-                images[sha] = jpeg
-            stored.append(Write(write.kind, write.id, write.fields, sha))
-        vectors = {engine.vector_key: _encode(engine, images) for engine in engines} if images else {}
-        try:
-            result = catalog.commit(stored, vectors, {"source": "cli"}, on_commit=apply_shared if shared else None)
-        except OSError as exc:
-            raise storage_error(exc) from exc
-        changes += result.changes
-        bar.update(len(chunk))
+    chunks = [list(zip(checked[start: start + CHUNK], writes[start: start + CHUNK], strict=True))
+              for start in range(0, len(checked), CHUNK)]
+    # A pipeline, as extraction's: one thread decodes the images ahead (the next chunk's while this one is
+    # encoded), the store threads flush them to disk, the encoders run batches as the images come.
+    decode_pool = ThreadPoolExecutor(1, thread_name_prefix="catalog-decode")
+    store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="catalog-store")
+
+    def prepare_ahead(chunk) -> list[Future | None]:
+        return [decode_pool.submit(_prepare, request.image, engines) if request.image is not None else None
+                for _, request in chunk]
+
+    started = time.perf_counter()
+    try:
+        ahead = prepare_ahead(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            prepared, ahead = ahead, prepare_ahead(chunks[k + 1]) if k + 1 < len(chunks) else []
+            stored: list[Write] = []
+            stores: list[Future] = []
+            vectors: dict[str, dict[str, np.ndarray]] = {engine.vector_key: {} for engine in engines}
+            batch: list[PreparedImage] = []
+            for (write, _), future in zip(chunk, prepared, strict=True):
+                sha = None
+                if future is not None:
+                    try:
+                        image = future.result()
+                    except ImageDecodeError as exc:
+                        raise ImageDecodeError(f"product {write.id}: {exc}") from None
+                    sha = image.sha
+                    stores.append(store_pool.submit(catalog.blobs.put, image.stored))
+                    batch.append(image)
+                    if len(batch) == ENCODE_BATCH:
+                        _encode(engines, batch, vectors)
+                        batch = []
+                stored.append(Write(write.kind, write.id, write.fields, sha))
+            _encode(engines, batch, vectors)
+            try:
+                for store in stores:  # every image durable before the journal names it
+                    store.result()
+                result = catalog.commit(stored, vectors if stores else {}, {"source": "cli"},
+                                        on_commit=apply_shared if shared else None)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+            changes += result.changes
+            bar.update(len(chunk))
+    finally:
+        decode_pool.shutdown(wait=True, cancel_futures=True)
+        store_pool.shutdown(wait=True)
     bar.close()
+    elapsed = time.perf_counter() - started
+    log.info("%d products written in %.1f s (%.1f products/s; %d models)", len(checked), elapsed,
+             len(checked) / max(elapsed, 1e-9), len(engines))
     return changes, names
 
 
@@ -134,9 +164,21 @@ def _same_product(catalog: LiveCatalog, pid: int, before, fields: dict, image: P
         return False
 
 
-def _encode(engine, images: dict[str, bytes]) -> dict[str, np.ndarray]:
-    from ..images import open_image
+def _prepare(path: Path, engines) -> PreparedImage:
+    """Decode thread: the image file stored and encoded as an upload of the same file would be."""
+    from ..images import ImageDecodeError
 
-    shas = list(images)
-    vectors = engine.encode([open_image(images[s], min_size=engine.decode_size) for s in shas])
-    return dict(zip(shas, vectors, strict=True))
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return prepare_image(data, engines)
+
+
+def _encode(engines, images: list[PreparedImage], vectors: dict[str, dict[str, np.ndarray]]) -> None:
+    """Each engine's vectors of `images` into `vectors[engine.vector_key]` (sha -> vector): one forward each."""
+    if not images:
+        return
+    for m, engine in enumerate(engines):
+        encoded = engine.encode_tensors(np.stack([image.inputs[m] for image in images]), background=True)
+        vectors[engine.vector_key].update(zip((image.sha for image in images), encoded, strict=True))
