@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 FIRST_NEW_ID = 10_000_000  # far above the catalog's ids; product FIRST_NEW_ID + i gets the pool's photo i
 CRASH_FIRST_ID = FIRST_NEW_ID + 10_000  # the kill -9 trials' products: photos no speed run added
-CLI_FIRST_ID = FIRST_NEW_ID + 15_000  # the CLI bulk load's: after the trials' (20 x 120)
 REPLAY_FIRST_ID = 30_000_000
 PRIVATE = ("catalog", "keys.json")  # what a scratch workdir gets of its own
 
@@ -341,35 +340,42 @@ def journal_writes(settings: Settings, model: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def measure_cli_load(settings: Settings, model: str, n: int, bare: BareModel) -> dict:
+def measure_cli_load(settings: Settings, model: str, n: int, first_id: int, bare: BareModel, seed: int = 0) -> dict:
     """`imageretrieval catalog add` of `n` new products (a styles CSV + an images folder) in a subprocess, the
-    server stopped; the bare forward measured just before and after. The load's own rate is what the CLI
-    logs (process start and model load excluded); the wall time includes them."""
+    server stopped, between two blocks of bare forwards (its own comparison). The load's rate is what the
+    CLI logs (process start and model load excluded); the wall time includes them."""
     import csv
     import re
+    import shutil
     import subprocess
 
     folder = Path(tempfile.mkdtemp(prefix="bench-cli-load-"))
-    products = new_products(settings, n, CLI_FIRST_ID, offset=CLI_FIRST_ID - FIRST_NEW_ID)
-    columns = ["id", *products[0].fields]
-    with open(folder / "rows.csv", "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(columns)
-        for p in products:
-            (folder / f"{p.id}.jpg").write_bytes(p.image)
-            writer.writerow([p.id, *(p.fields[c] for c in columns[1:])])
-    bare.batches(8)
-    env = {**os.environ, "WORKDIR": str(settings.workdir), "DATASET_ROOT": str(settings.dataset_root)}
-    t0 = time.perf_counter()
-    command = [sys.executable, "-m", "imageretrieval", "catalog", "add", "--styles", str(folder / "rows.csv"),
-               "--images", str(folder), "--model", model]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    bare.batches(8)
+    try:
+        products = new_products(settings, n, first_id, seed)
+        columns = ["id", *products[0].fields]
+        with open(folder / "rows.csv", "w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(columns)
+            for p in products:
+                (folder / f"{p.id}.jpg").write_bytes(p.image)
+                writer.writerow([p.id, *(p.fields[c] for c in columns[1:])])
+        first_bare = len(bare.result.batches)
+        bare.batches(8)
+        env = {**os.environ, "WORKDIR": str(settings.workdir), "DATASET_ROOT": str(settings.dataset_root),
+               "DEVICE": settings.device, "PRECISION": settings.precision}
+        command = [sys.executable, "-m", "imageretrieval", "catalog", "add", "--styles", str(folder / "rows.csv"),
+                   "--images", str(folder), "--model", model]
+        t0 = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        bare.batches(8)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     found = re.search(r"(\d+) products written in ([\d.]+) s", done.stderr)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"catalog add failed ({done.returncode}): {done.stderr[-2000:]}")
-    return {"n": int(found.group(1)), "load_s": float(found.group(2)), "wall_s": wall}
+    return {"n": int(found.group(1)), "load_s": float(found.group(2)), "wall_s": wall,
+            "bare_batch_s": float(np.median(bare.result.batches[first_bare:]))}
 
 
 # ----- report -----------------------------------------------------------------------------------
@@ -404,10 +410,11 @@ def render(model: str, command: str, perf: dict | None, crash: CrashReport | Non
         ]
         if perf.get("cli"):
             cli = perf["cli"]
-            cli_ips = cli["n"] / cli["load_s"]
+            cli_ips, cli_bare = cli["n"] / cli["load_s"], bare_batch / cli["bare_batch_s"]
             lines.append(f"| Bulk load through the CLI (`imageretrieval catalog add`, {cli['n']} products, server "
-                         f"stopped) | {cli_ips:.1f} products/s in the load ({cli_ips / bare_ips:.2f}x the bare "
-                         f"forward); {cli['wall_s']:.1f} s from the command to its answer | |")
+                         f"stopped; forwards of 32) | {cli_ips:.1f} products/s in the load ({cli_ips / cli_bare:.2f}x "
+                         f"the bare forward's {cli_bare:.1f} img/s at batch {bare_batch}, measured just before and "
+                         f"after); {cli['wall_s']:.1f} s from the command to its answer | |")
         if perf.get("replay_n"):
             lines.append(f"| Start-up with {perf['replay_n']:,} journaled writes | {perf['startup_replay_s']:.1f} s "
                          f"(+{perf['startup_replay_s'] - perf['startup_empty_s']:.1f} s; journaling them took "
@@ -428,6 +435,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from imageretrieval.cli import CLIError
 
     model = args.model or settings.default_model
+    if not args.skip_perf and 2 * args.adds + args.visible + args.cli_adds > CRASH_FIRST_ID - FIRST_NEW_ID:
+        raise CLIError(f"--adds, --visible and --cli-adds take 2 x {args.adds} + {args.visible} + {args.cli_adds} new "
+                       f"products, more than the {CRASH_FIRST_ID - FIRST_NEW_ID} ids before the kill -9 trials' own")
     scratch = scratch_workdir(settings.workdir, Path(tempfile.mkdtemp(prefix="bench-live-")))
     run_settings = settings.model_copy(update={"workdir": scratch})
     log.info("scratch workdir %s (links %s)", scratch, settings.workdir)
@@ -442,8 +452,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         bare_batch = ENCODE_CHUNK
         try:
             perf = measure_perf(args, run_settings, model, bare, queries)
-            if args.cli_adds:
-                perf["cli"] = measure_cli_load(run_settings, model, args.cli_adds, bare)
+            if args.cli_adds:  # photos after the ones measure_perf added
+                perf["cli"] = measure_cli_load(run_settings, model, args.cli_adds,
+                                               FIRST_NEW_ID + 2 * args.adds + args.visible, bare, args.seed)
         finally:
             bare.close()
         perf["batch"] = args.batch

@@ -501,3 +501,38 @@ def test_a_bulk_load_keeps_the_chunks_before_a_broken_image_and_a_rerun_finishes
             stored = open_image(engine.catalog.image_path(pid).read_bytes(), min_size=engine.decode_size)
             np.testing.assert_allclose(engine.vector_of(pid), engine.encode([stored])[0], atol=1e-5)
             assert engine.search([stored], k=1)[0][0].id == pid
+
+
+def test_a_full_disk_stops_a_bulk_load_at_its_chunk_with_the_fix(synthetic_catalog, built_workdir, tmp_path,
+                                                                 monkeypatch):
+    import errno
+    import shutil
+
+    from imageretrieval.live import offline
+    from imageretrieval.live.blobs import ImageBlobs
+    from imageretrieval.live.store import StorageFullError
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(built_workdir, workdir)
+    monkeypatch.setattr(offline, "CHUNK", 3)
+    monkeypatch.setattr(offline, "ENCODE_BATCH", 1)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    ids = [900500 + i for i in range(7)]
+    for i, pid in enumerate(ids):
+        (folder / f"{pid}.png").write_bytes(new_image(7300 + i, "Shirts", "Blue", size=(120, 160)))
+    real_put, calls = ImageBlobs.put, []
+
+    def put(self, jpeg):  # the disk fills up at the fourth image: the second chunk's first
+        calls.append(1)
+        if len(calls) >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_put(self, jpeg)
+
+    monkeypatch.setattr(ImageBlobs, "put", put)
+    writes = [offline.ProductWrite("add", pid, dict(FIELDS, productDisplayName=f"Shirt {pid}"),
+                                   offline.find_image(folder, pid)) for pid in ids]
+    with pytest.raises(StorageFullError, match="free space"):
+        offline.write_products(make_settings(synthetic_catalog, workdir), writes, progress=False)
+    catalog = LiveCatalog(synthetic_catalog, workdir)
+    assert [pid for pid in ids if catalog.current(pid) is not None] == ids[:3]

@@ -110,10 +110,11 @@ def write_products(settings: Settings, writes: Sequence[ProductWrite], models: S
         for k, chunk in enumerate(chunks):
             prepared, ahead = ahead, prepare_ahead(chunks[k + 1]) if k + 1 < len(chunks) else []
             stored: list[Write] = []
-            stores: list[Future] = []
+            stores: dict[str, Future] = {}  # sha -> its flush (an image twice in a chunk: stored, encoded once)
             vectors: dict[str, dict[str, np.ndarray]] = {engine.vector_key: {} for engine in engines}
             batch: list[PreparedImage] = []
-            for (write, _), future in zip(chunk, prepared, strict=True):
+            for i, (write, _) in enumerate(chunk):
+                future, prepared[i] = prepared[i], None  # each image's inputs freed once encoded
                 sha = None
                 if future is not None:
                     try:
@@ -121,15 +122,17 @@ def write_products(settings: Settings, writes: Sequence[ProductWrite], models: S
                     except ImageDecodeError as exc:
                         raise ImageDecodeError(f"product {write.id}: {exc}") from None
                     sha = image.sha
-                    stores.append(store_pool.submit(catalog.blobs.put, image.stored))
-                    batch.append(image)
+                    if sha not in stores:
+                        stores[sha] = store_pool.submit(catalog.blobs.put, image.stored)
+                        batch.append(image)
                     if len(batch) == ENCODE_BATCH:
+                        _raise_failed_store(stores.values())  # a full disk stops the load now
                         _encode(engines, batch, vectors)
                         batch = []
                 stored.append(Write(write.kind, write.id, write.fields, sha))
             _encode(engines, batch, vectors)
             try:
-                for store in stores:  # every image durable before the journal names it
+                for store in stores.values():  # every image durable before the journal names it
                     store.result()
                 result = catalog.commit(stored, vectors if stores else {}, {"source": "cli"},
                                         on_commit=apply_shared if shared else None)
@@ -173,6 +176,15 @@ def _prepare(path: Path, engines) -> PreparedImage:
     except OSError as exc:
         raise ImageDecodeError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return prepare_image(data, engines)
+
+
+def _raise_failed_store(stores) -> None:
+    for store in stores:
+        if store.done() and store.exception() is not None:
+            exc = store.exception()
+            if isinstance(exc, OSError):
+                raise storage_error(exc) from exc
+            raise exc
 
 
 def _encode(engines, images: list[PreparedImage], vectors: dict[str, dict[str, np.ndarray]]) -> None:
