@@ -266,14 +266,15 @@ def test_cli_finetune_rerank_saves_the_vote_that_search_and_evaluate_use(eval_en
     tuned_rerank_path(workdir, TINY).unlink()  # the other tests of this module use the default vote
 
 
-def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluate_use(eval_env, capsys):
+def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluate_use(eval_env, capsys, monkeypatch):
     from imageretrieval.artifacts import build_model_index
     from imageretrieval.engine import RerankUnavailableError, RetrievalEngine
-    from imageretrieval.evaluation.gender_tuning import NEIGHBOUR_WEIGHTS, THRESHOLDS
+    from imageretrieval.evaluation.gender_tuning import HIDDEN_UNITS, NEIGHBOUR_WEIGHTS, THRESHOLDS
     from imageretrieval.gender import GENDERS, GenderPredictor, predictor_path
     from imageretrieval.settings import Settings
 
     workdir, flags = eval_env
+    monkeypatch.setattr("imageretrieval.gender.HIDDEN_LAYER_STEPS", 200)  # a few hundred vectors: enough
     settings = Settings(dataset_root=flags[1], workdir=workdir, device="cpu", precision="fp32", num_workers=0)
     build_model_index(settings, TINY, progress=False)
     with pytest.raises(RerankUnavailableError, match=f"finetune-rerank --model {TINY} --gender"):
@@ -287,8 +288,10 @@ def test_cli_finetune_rerank_gender_trains_the_predictor_that_search_and_evaluat
     assert path == workdir / "models" / TINY / "gender_predictor.npz" and predictor.threshold in THRESHOLDS
     assert len(predictor.probe_ids) == 8 and predictor.probe_vectors.shape == (8, 256)
     assert out["trained_on"]["catalog_products"] > 0 and out["trained_on"]["photos"] > 0
-    chosen = (f"weight={out['photo_weight']:g} threshold={predictor.threshold:g} "
+    chosen = (f"weight={out['photo_weight']:g} hidden={predictor.hidden} threshold={predictor.threshold:g} "
               f"neighbours={predictor.neighbour_weight:g}")
+    assert out["hidden"] == predictor.hidden and {f"hidden={h}" for h in HIDDEN_UNITS} <= {
+        part for key in out["val"] for part in key.split()}  # both kinds of classifier were tried
     assert {"category", chosen} <= set(out["val"]) and predictor.neighbour_weight in NEIGHBOUR_WEIGHTS
     assert set(out["test"]) == {"category", "category+gender"}
     assert set(out["test"]["category"]) == {"catalog", "catalog-all", "photos"}

@@ -47,6 +47,34 @@ def test_a_two_gender_catalog_gives_a_two_class_softmax():
         fit_gender_predictor(vectors[genders == "Men"], genders[genders == "Men"])
 
 
+def test_a_hidden_layer_learns_what_no_linear_predictor_can_and_is_served_by_numpy(tmp_path):
+    """Genders laid out as XOR (Men where x*y > 0, Women elsewhere): linear accuracy is near chance, one
+    hidden layer of ReLUs separates them; the saved file keeps the layer, and a damaged layer is refused."""
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-1, 1, (2000, 2))
+    xy = xy[np.abs(xy).min(axis=1) > 0.1]  # a margin around the axes
+    vectors = np.hstack([xy, np.ones((len(xy), 1))]).astype(np.float32)  # the bias axis keeps the L2 norm harmless
+    genders = np.where(xy[:, 0] * xy[:, 1] > 0, "Men", "Women").astype(object)
+    linear = fit_gender_predictor(vectors, genders, threshold=0.0)
+    deep = fit_gender_predictor(vectors, genders, threshold=0.0, hidden=32, seed=1, steps=3000)
+    assert linear.hidden == 0 and (deep.hidden, deep.dims) == (32, 3)
+    assert (linear.predict(vectors) == genders).mean() < 0.7
+    assert (deep.predict(vectors) == genders).mean() > 0.95
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    hand = np.maximum(unit @ deep.hidden_coef.T + deep.hidden_intercept, 0) @ deep.coef.T + deep.intercept
+    hand = np.exp(hand - hand.max(axis=1, keepdims=True))
+    assert np.allclose(deep.probabilities(vectors), hand / hand.sum(axis=1, keepdims=True), atol=1e-5)
+    path = tmp_path / "gender_predictor.npz"
+    deep.save(path)
+    again = GenderPredictor.load(path)
+    assert again.hidden == 32 and np.array_equal(again.predict(vectors), deep.predict(vectors))
+    bad = GenderPredictor(deep.classes, deep.coef, deep.intercept, hidden_coef=deep.hidden_coef[:5],
+                          hidden_intercept=deep.hidden_intercept[:5])
+    bad.save(path)
+    with pytest.raises(GenderPredictorError, match="damaged"):
+        GenderPredictor.load(path)
+
+
 def test_gender_matches_counts_unisex_for_everyone_and_nothing_for_no_prediction():
     rows = np.array([["Men", "Women", "Unisex", ""], ["Men", "Women", "Unisex", "Boys"]], dtype=object)
     assert gender_matches(rows, np.array(["Women", NO_GENDER], dtype=object)).tolist() == [

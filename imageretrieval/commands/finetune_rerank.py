@@ -112,13 +112,14 @@ def run_gender(args, settings, model: str) -> int:
         print(json.dumps(predictor.meta | {"threshold": predictor.threshold, "classes": list(predictor.classes),
                                            "neighbour_weight": predictor.neighbour_weight}))
         return 0
-    print(f"{model}: gender predictor ({', '.join(predictor.classes)}) trained on {choice.trained_on}; "
+    kind = f"{predictor.hidden} hidden units" if predictor.hidden else "linear"
+    print(f"{model}: gender predictor ({', '.join(predictor.classes)}, {kind}) trained on {choice.trained_on}; "
           f"photo weight {choice.photo_weight:g}, threshold {predictor.threshold:g}, neighbour weight "
           f"{predictor.neighbour_weight:g} chosen on val")
     for name, figures in choice.val.items():
-        print(f"  val {name:<38} {figures}")
+        print(f"  val {name:<47} {figures}")
     for name, figures in test.items():
-        print(f"  test {name:<37} {figures}")
+        print(f"  test {name:<46} {figures}")
     if not args.no_save:
         print(f"saved to {path}; search, the API (rerank=gender, category+gender) and evaluate --rerank use it")
     art = ModelArtifacts.of(settings.workdir, model)

@@ -3,8 +3,9 @@
 Training data: the model's vectors of catalog products (the whole catalog's train split, the val and
 test products of the evaluated selection left out) and of DeepFashion train photos at the catalog's
 resolution (their MEN/WOMEN folder is their gender). Photos are few beside the catalog and are what
-the embedding confuses, so their weight is a choice; so are the confidence threshold under which a
-query is not re-ranked by gender and the weight of the nearest products' genders. All are chosen on
+the embedding confuses, so their weight is a choice; so are the classifier (linear, or a hidden layer
+of ReLUs), the confidence threshold under which a query is not re-ranked by gender and the weight of
+the nearest products' genders. All are chosen on
 the val splits (catalog products of the selection against that split and against the whole catalog,
 as the app searches; DeepFashion val photos against the whole catalog) with rerank=category+gender:
 the best mean gender@15 of those whose P@15 stays within `tolerance` of category-first alone on each.
@@ -27,6 +28,7 @@ from .runner import evaluate_task
 log = logging.getLogger(__name__)
 
 PHOTO_WEIGHTS = (1.0, 3.0)
+HIDDEN_UNITS = (0, 256)  # 0: logistic regression
 THRESHOLDS = (0.4, 0.6)
 NEIGHBOUR_WEIGHTS = (0.0, 0.5, 1.0)
 TOLERANCE = 0.005
@@ -80,7 +82,7 @@ def score(tasks: dict, predictor: GenderPredictor | None, vote: tuple[int, float
 def choose_gender_predictor(settings: Settings, model: str, query_resolution: tuple[int, int] | None,
                             vote: tuple[int, float], selection: str = "seed", n_queries: int = 600,
                             weights=PHOTO_WEIGHTS, thresholds=THRESHOLDS, neighbour_weights=NEIGHBOUR_WEIGHTS,
-                            tolerance: float = TOLERANCE) -> GenderChoice | None:
+                            hidden_units=HIDDEN_UNITS, tolerance: float = TOLERANCE) -> GenderChoice | None:
     """The predictor chosen on val (see the module's docstring); None when no candidate keeps P@15."""
     vectors, genders, is_photo, catalog_ids = training_data(settings, model, query_resolution, selection)
     tasks = {"catalog": catalog_task(settings, model, selection=selection, split="val", database="split",
@@ -93,17 +95,19 @@ def choose_gender_predictor(settings: Settings, model: str, query_resolution: tu
     plain = score(tasks, None, vote)
     val: dict[str, dict] = {"category": plain}
     best: tuple[float, GenderPredictor, float] | None = None
-    for weight in weights if is_photo.any() else (1.0,):
-        fitted = fit_gender_predictor(vectors, genders, np.where(is_photo, weight, 1.0), seed=settings.seed)
+    for weight, hidden in [(w, h) for w in (weights if is_photo.any() else (1.0,)) for h in hidden_units]:
+        fitted = fit_gender_predictor(vectors, genders, np.where(is_photo, weight, 1.0), seed=settings.seed,
+                                      hidden=hidden)
         for threshold in thresholds:
             for neighbours in neighbour_weights:
-                predictor = GenderPredictor(fitted.classes, fitted.coef, fitted.intercept, threshold, neighbours)
+                predictor = GenderPredictor(fitted.classes, fitted.coef, fitted.intercept, threshold, neighbours,
+                                            hidden_coef=fitted.hidden_coef, hidden_intercept=fitted.hidden_intercept)
                 figures = score(tasks, predictor, vote)
-                val[f"weight={weight:g} threshold={threshold:g} neighbours={neighbours:g}"] = figures
+                val[f"weight={weight:g} hidden={hidden} threshold={threshold:g} neighbours={neighbours:g}"] = figures
                 kept = all(figures[t]["P@15"] >= plain[t]["P@15"] - tolerance for t in tasks)
                 mean_gender = float(np.mean([figures[t]["gender@15"] for t in tasks]))
-                log.info("photo weight %g, threshold %g, neighbour weight %g: %s%s", weight, threshold, neighbours,
-                         figures, "" if kept else " (P@15 lost)")
+                log.info("photo weight %g, hidden units %d, threshold %g, neighbour weight %g: %s%s", weight, hidden,
+                         threshold, neighbours, figures, "" if kept else " (P@15 lost)")
                 if kept and (best is None or mean_gender > best[0]):
                     best = (mean_gender, predictor, weight)
     if best is None:
@@ -112,7 +116,8 @@ def choose_gender_predictor(settings: Settings, model: str, query_resolution: tu
     probe = np.argsort(catalog_ids, kind="stable")[:PROBE_PRODUCTS]  # the model version it belongs to
     predictor.probe_ids, predictor.probe_vectors = catalog_ids[probe], vectors[probe]
     trained = {"catalog_products": int((~is_photo).sum()), "photos": int(is_photo.sum())}
-    predictor.meta = {"model": model, "photo_weight": weight, "trained_on": trained, "val": val,
+    predictor.meta = {"model": model, "photo_weight": weight, "hidden": predictor.hidden, "trained_on": trained,
+                      "val": val,
                       "vote": list(vote), "tolerance": tolerance}
     return GenderChoice(predictor, weight, val, trained)
 
