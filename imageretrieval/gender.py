@@ -64,6 +64,10 @@ class GenderPredictor:
     hidden_coef: np.ndarray | None = None  # (hidden, dims): a ReLU layer before `coef`; None = linear
     hidden_intercept: np.ndarray | None = None  # (hidden,)
 
+    def __post_init__(self) -> None:
+        if (self.hidden_coef is None) != (self.hidden_intercept is None):
+            raise ValueError("a hidden layer needs both hidden_coef and hidden_intercept")
+
     def agrees_with(self, vectors_of) -> bool | None:
         """Whether the model's vectors of the probe products (`vectors_of(ids) -> {id: vector}`, products no
         longer in the catalog left out) are, for most of them, the ones it was trained with; None when none
@@ -136,24 +140,33 @@ class GenderPredictor:
                 meta = json.loads(str(data["meta"]))
                 coef, intercept = data["coef"].astype(np.float32), data["intercept"].astype(np.float32)
                 probe_ids = data["probe_ids"].astype(np.int64) if "probe_ids" in data else np.zeros(0, np.int64)
-                hidden_coef = data["hidden_coef"].astype(np.float32) if "hidden_coef" in data else None
-                hidden_intercept = data["hidden_intercept"].astype(np.float32) if "hidden_coef" in data else None
-                dims = (coef if hidden_coef is None else hidden_coef).shape[-1]
-                probe_vectors = (data["probe_vectors"].astype(np.float32) if "probe_vectors" in data
-                                 else np.zeros((0, dims), np.float32))
+                hidden = [data[k].astype(np.float32) if k in data else None
+                          for k in ("hidden_coef", "hidden_intercept")]
+                probe_vectors = (data["probe_vectors"].astype(np.float32) if "probe_vectors" in data else None)
             classes = tuple(str(c) for c in meta.pop("classes"))
             threshold = float(meta.pop("threshold"))
             neighbour_weight = float(meta.pop("neighbour_weight", 0.0))
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise GenderPredictorError(f"{path}: not a gender predictor ({exc}); make it again with "
                                        "`imageretrieval finetune-rerank --gender`") from None
+        hidden_coef, hidden_intercept = hidden
         damaged = coef.ndim != 2 or coef.shape[0] != len(classes) or intercept.shape != (len(classes),)
-        if hidden_coef is not None:
-            damaged |= (hidden_coef.ndim != 2 or hidden_coef.shape[0] != coef.shape[-1]
+        if (hidden_coef is None) != (hidden_intercept is None):
+            damaged = True
+        elif hidden_coef is not None:
+            damaged |= (hidden_coef.ndim != 2 or coef.ndim != 2 or hidden_coef.shape[0] != coef.shape[-1]
                         or hidden_intercept.shape != (hidden_coef.shape[0],))
+        damaged |= not all(np.isfinite(a).all() for a in (coef, intercept, *hidden) if a is not None)
         if damaged:
-            raise GenderPredictorError(f"{path}: damaged gender predictor (coef {coef.shape}, {len(classes)} "
-                                       "classes); make it again with `imageretrieval finetune-rerank --gender`")
+            shapes = ", ".join(f"{k} {getattr(a, 'shape', None)}" for k, a in
+                               (("coef", coef), ("intercept", intercept), ("hidden_coef", hidden_coef),
+                                ("hidden_intercept", hidden_intercept)) if a is not None)
+            raise GenderPredictorError(f"{path}: damaged gender predictor ({shapes}, {len(classes)} classes, or "
+                                       "values that are not finite); make it again with "
+                                       "`imageretrieval finetune-rerank --gender`")
+        dims = (coef if hidden_coef is None else hidden_coef).shape[-1]
+        if probe_vectors is None:
+            probe_vectors = np.zeros((0, dims), np.float32)
         return cls(classes, coef, intercept, threshold, neighbour_weight, meta, probe_ids, probe_vectors,
                    hidden_coef, hidden_intercept)
 
@@ -199,17 +212,22 @@ def fit_hidden_layer(x: np.ndarray, targets: np.ndarray, n_classes: int, hidden:
     import torch
     import torch.nn.functional as F
 
+    if (np.asarray(weights) < 0).any():
+        raise ValueError("sample weights must not be negative")
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_classes))
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
+                                  torch.nn.Linear(hidden, n_classes))
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     xs, ys = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(targets)
     ws = torch.from_numpy(np.asarray(weights, np.float32))
-    for _ in range(max(1, -(-steps * batch // len(xs)))):  # epochs
+    for _ in range(max(1, -(-steps * batch // max(len(xs), batch)))):  # epochs; one minibatch each for few rows
         order = torch.randperm(len(xs), generator=generator)
         for start in range(0, len(xs), batch):
             rows = order[start: start + batch]
-            loss = (F.cross_entropy(net(xs[rows]), ys[rows], reduction="none") * ws[rows]).sum() / ws[rows].sum()
+            loss = ((F.cross_entropy(net(xs[rows]), ys[rows], reduction="none") * ws[rows]).sum()
+                    / ws[rows].sum().clamp_min(1e-12))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -160,3 +160,26 @@ def test_the_hits_name_only_what_the_re_ranking_really_put_first():
     engine.vote_k = 4  # now Shirts and Tops vote (the untyped do not): Shirts, the nearer, wins
     hits = RetrievalEngine.hits(engine, cands, 4, "category+gender", gender="Boys")
     assert [h.id for h in hits][0] == 2 and hits.type_first == "Shirts" and hits.gender_first is None
+
+
+def test_a_damaged_hidden_layer_is_named_and_training_leaves_the_callers_random_state(tmp_path):
+    vectors, genders = clusters()
+    deep = fit_gender_predictor(vectors, genders, hidden=8, steps=50)
+    path = tmp_path / "gender_predictor.npz"
+    for damage in ({"hidden_intercept": None}, {"coef": np.full_like(deep.coef, np.nan)}):
+        arrays = {"coef": deep.coef, "intercept": deep.intercept, "hidden_coef": deep.hidden_coef,
+                  "hidden_intercept": deep.hidden_intercept, **damage}
+        np.savez(path, meta=np.array('{"classes": ["Boys", "Girls", "Men", "Women"], "threshold": 0.5}'),
+                 **{k: v for k, v in arrays.items() if v is not None})
+        with pytest.raises(GenderPredictorError, match="damaged"):
+            GenderPredictor.load(path)
+    with pytest.raises(ValueError, match="both"):
+        GenderPredictor(deep.classes, deep.coef, deep.intercept, hidden_coef=deep.hidden_coef)
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    few = np.r_[0:6, 40:46]  # six Men, six Women: fewer rows than a minibatch
+    assert fit_gender_predictor(vectors[few], genders[few], hidden=8, steps=50, seed=1).hidden == 8
+    assert torch.rand(1) == expected  # the caller's random state is left alone

@@ -117,9 +117,9 @@ def run_gender(args, settings, model: str) -> int:
           f"photo weight {choice.photo_weight:g}, threshold {predictor.threshold:g}, neighbour weight "
           f"{predictor.neighbour_weight:g} chosen on val")
     for name, figures in choice.val.items():
-        print(f"  val {name:<47} {figures}")
+        print(f"  val {name:<48} {figures}")
     for name, figures in test.items():
-        print(f"  test {name:<46} {figures}")
+        print(f"  test {name:<47} {figures}")
     if not args.no_save:
         print(f"saved to {path}; search, the API (rerank=gender, category+gender) and evaluate --rerank use it")
     art = ModelArtifacts.of(settings.workdir, model)

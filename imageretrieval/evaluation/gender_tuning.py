@@ -38,7 +38,7 @@ TOLERANCE = 0.005
 class GenderChoice:
     predictor: GenderPredictor
     photo_weight: float
-    val: dict[str, dict[str, float]]  # "weight=W threshold=T neighbours=B" -> figures; "category" -> category-first
+    val: dict[str, dict[str, float]]  # "weight=W hidden=H threshold=T neighbours=B" -> figures; "category" -> alone
     trained_on: dict[str, int] = field(default_factory=dict)
 
 
