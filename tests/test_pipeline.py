@@ -202,8 +202,10 @@ def test_cli_search_json_shape(settings, capsys):
     assert hit["image_path"] == str(cat.image_path(cat.ids[3])) and "image_url" not in hit  # a file to open
     rc = main(["--workdir", str(settings.workdir), "--dataset-root", str(settings.dataset_root), "--device", "cpu",
                "search", "--model", TINY, "--image", img, "--top-k", "8", "--rerank", "category", "--json"])
-    reranked = json.loads(capsys.readouterr().out.strip().splitlines()[0])["results"]
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    reranked = line["results"]
     assert rc == 0 and len({h["articleType"] for h in reranked}) == 1  # 12 products per type: 8 of one type
+    assert (line["rerank"], line["type_first"], line["gender_first"]) == ("category", reranked[0]["articleType"], None)
 
 
 def test_cli_errors_name_the_problem(settings, capsys, tmp_path):

@@ -75,10 +75,14 @@ def run(args, settings) -> int:
     else:
         results = engine.search(images, args.top_k, filters, rerank=args.rerank) if images else []
     for path, hits in zip(paths, results, strict=True):
-        if args.json:
-            print(json.dumps({"query": path, "model": name, "results": [_with_path(engine, h) for h in hits]}))
+        first = {"type_first": getattr(hits, "type_first", None), "gender_first": getattr(hits, "gender_first", None)}
+        if args.json:  # the API's names: what the re-ranking put first (None: nothing)
+            print(json.dumps({"query": path, "model": name, "rerank": "none" if args.text is not None else args.rerank,
+                              **first,
+                              "results": [_with_path(engine, h) for h in hits]}))
         else:
-            print(f"{path}  ({name})")
+            shown = " · ".join(f"{v} first" for v in first.values() if v)
+            print(f"{path}  ({name}{'; ' + shown if shown else ''})")
             for h in hits:
                 p = h.product
                 print(f"  {h.rank:>3}. {h.id:>6}  {h.score:.4f}  {p['articleType']:<14} "
