@@ -34,6 +34,7 @@ from .rerank import (
     DEFAULT_POOL,
     NO_CATEGORY,
     RERANKS,
+    category_matches,
     check_rerank,
     matches_first,
     reranks_category,
@@ -510,7 +511,7 @@ class RetrievalEngine:
                 predicted = int(vote_on_rankings(np.arange(len(order))[None], scores[order][None], codes,
                                                  self.vote_k, self.vote_alpha)[0])
                 first_type = next((t for t, code in types.items() if code == predicted), None)
-            matches.append((codes == predicted) & (predicted != NO_CATEGORY))
+            matches.append(category_matches(np.arange(len(order))[None], codes, np.array([predicted]))[0])
         if reranks_gender(rerank) and gender and len(order):
             matches.append(gender_matches(np.array([products[i].get("gender") or "" for i in order], object), gender))
         if matches:

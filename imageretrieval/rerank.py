@@ -94,20 +94,6 @@ def matches_first(order: np.ndarray, *matches: np.ndarray, pool: int | None = DE
     return out
 
 
-def category_first(order: np.ndarray, row_codes: np.ndarray, predicted: np.ndarray, pool: int | None = DEFAULT_POOL
-                   ) -> np.ndarray:
-    """Rankings with the predicted category moved ahead within each query's first `pool` items.
-
-    order: (n_queries, n) database rows, best first (-1 = empty slot, never moved ahead); row_codes:
-    the category code of every database row; predicted: (n_queries,) codes (NO_CATEGORY: unchanged).
-    The partition is stable: items keep their order within the predicted type and within the rest.
-    Items past the pool keep their place (pool None: the whole ranking).
-    """
-    order = np.atleast_2d(np.asarray(order))
-    n = order.shape[1] if pool is None else min(int(pool), order.shape[1])
-    return matches_first(order, category_matches(order[:, :n], row_codes, predicted), pool=n)
-
-
 def vote_on_rankings(order: np.ndarray, scores: np.ndarray, row_codes: np.ndarray, vote_k: int = DEFAULT_VOTE_K,
                      alpha: float = DEFAULT_VOTE_ALPHA) -> np.ndarray:
     """The voted category code per query of rankings `order` with their `scores` (scores[q, i] is the
@@ -119,15 +105,6 @@ def vote_on_rankings(order: np.ndarray, scores: np.ndarray, row_codes: np.ndarra
     voters = (top >= 0) & np.isfinite(top_scores)  # an excluded item (score -inf) does not vote
     codes = np.where(voters, np.asarray(row_codes)[np.maximum(top, 0)], NO_CATEGORY)
     return vote_category(codes, np.where(voters, top_scores, 0.0), alpha)
-
-
-def rerank_by_category(order: np.ndarray, scores: np.ndarray, row_codes: np.ndarray,
-                       vote_k: int = DEFAULT_VOTE_K, alpha: float = DEFAULT_VOTE_ALPHA,
-                       pool: int | None = DEFAULT_POOL) -> tuple[np.ndarray, np.ndarray]:
-    """(re-ranked order, predicted code per query) for rankings `order` with their `scores`
-    (see `vote_on_rankings`)."""
-    predicted = vote_on_rankings(order, scores, row_codes, vote_k, alpha)
-    return category_first(order, row_codes, predicted, pool), predicted
 
 
 def encode_categories(values) -> tuple[np.ndarray, list[str]]:

@@ -10,11 +10,12 @@ from imageretrieval.evaluation.ranking import rank_queries
 from imageretrieval.evaluation.runner import evaluate_task
 from imageretrieval.rerank import (
     NO_CATEGORY,
-    category_first,
+    category_matches,
     check_rerank,
     encode_categories,
-    rerank_by_category,
+    matches_first,
     vote_category,
+    vote_on_rankings,
 )
 
 
@@ -34,21 +35,28 @@ def test_vote_ties_go_to_the_best_ranked_and_missing_voters_are_skipped():
         vote_category([[1, 2]], [[1.0]])
 
 
+def _category_first(order: np.ndarray, row_codes: np.ndarray, predicted: np.ndarray, pool: int | None = None):
+    """The predicted category first within the pool, as the engine and the evaluation order it."""
+    n = order.shape[1] if pool is None else min(pool, order.shape[1])
+    return matches_first(order, category_matches(order[:, :n], row_codes, predicted), pool=n)
+
+
 def test_category_first_is_a_stable_partition_inside_the_pool():
     row_codes = np.array([0, 1, 0, 1, 1, 0])
     order = np.array([[1, 0, 3, 2, 4, 5]])
-    assert category_first(order, row_codes, np.array([0]), pool=None).tolist() == [[0, 2, 5, 1, 3, 4]]
-    assert category_first(order, row_codes, np.array([0]), pool=3).tolist() == [[0, 1, 3, 2, 4, 5]]
-    assert category_first(order, row_codes, np.array([NO_CATEGORY])).tolist() == order.tolist()
+    assert _category_first(order, row_codes, np.array([0]), pool=None).tolist() == [[0, 2, 5, 1, 3, 4]]
+    assert _category_first(order, row_codes, np.array([0]), pool=3).tolist() == [[0, 1, 3, 2, 4, 5]]
+    assert _category_first(order, row_codes, np.array([NO_CATEGORY]), pool=100).tolist() == order.tolist()
     with_empty = np.array([[1, -1, 0]])  # an empty slot stays behind
-    assert category_first(with_empty, row_codes, np.array([0]), pool=None).tolist() == [[0, 1, -1]]
+    assert _category_first(with_empty, row_codes, np.array([0]), pool=None).tolist() == [[0, 1, -1]]
 
 
-def test_rerank_by_category_votes_then_partitions():
+def test_the_vote_then_the_partition():
     row_codes = np.array([0, 1, 1, 0, 2])
     order = np.array([[0, 1, 2, 3, 4], [4, 3, 0, 1, 2]])
     scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.9, -np.inf, 0.1, 0.05, 0.0]])
-    out, predicted = rerank_by_category(order, scores, row_codes, vote_k=3, alpha=0)
+    predicted = vote_on_rankings(order, scores, row_codes, vote_k=3, alpha=0)
+    out = _category_first(order, row_codes, predicted, pool=100)
     assert predicted.tolist() == [1, 2]  # row 2: the excluded item (-inf) does not vote; 2 has 1 vote of 2
     assert out.tolist() == [[1, 2, 0, 3, 4], [4, 3, 0, 1, 2]]
 
