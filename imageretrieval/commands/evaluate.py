@@ -204,12 +204,12 @@ def run(args, settings) -> int:
     if args.vote_k is None:
         args.vote_k = tuned_k
     predictor = None
-    if reranks_gender(args.rerank) and args.features != "raw":
-        raise CLIError(f"--rerank {args.rerank}: the gender predictor reads the model's raw vectors, as an index "
-                       "without whitening serves them: use --features raw")
     if reranks_gender(args.rerank):
         from ..gender import GenderPredictorError, load_gender_predictor
 
+        if args.features != "raw":
+            raise CLIError(f"--rerank {args.rerank}: the gender predictor reads the model's raw vectors, as an index "
+                           "without whitening serves them: use --features raw")
         try:
             predictor = load_gender_predictor(model, settings.workdir)
         except GenderPredictorError as exc:

@@ -14,7 +14,7 @@ the best mean gender@15 of those whose P@15 stays within `tolerance` of category
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -79,16 +79,20 @@ def score(tasks: dict, predictor: GenderPredictor | None, vote: tuple[int, float
             for name, task in tasks.items()}
 
 
+def _catalog_tasks(settings: Settings, model: str, selection: str, split: str, n_queries: int) -> dict:
+    """Catalog products of the split against that split and against the whole catalog (as the app searches)."""
+    return {name: catalog_task(settings, model, selection=selection, split=split, database=database,
+                               n_queries=n_queries, with_fit=False)
+            for name, database in (("catalog", "split"), ("catalog-all", "all"))}
+
+
 def choose_gender_predictor(settings: Settings, model: str, query_resolution: tuple[int, int] | None,
                             vote: tuple[int, float], selection: str = "seed", n_queries: int = 600,
                             weights=PHOTO_WEIGHTS, thresholds=THRESHOLDS, neighbour_weights=NEIGHBOUR_WEIGHTS,
                             hidden_units=HIDDEN_UNITS, tolerance: float = TOLERANCE) -> GenderChoice | None:
     """The predictor chosen on val (see the module's docstring); None when no candidate keeps P@15."""
     vectors, genders, is_photo, catalog_ids = training_data(settings, model, query_resolution, selection)
-    tasks = {"catalog": catalog_task(settings, model, selection=selection, split="val", database="split",
-                                     n_queries=n_queries, with_fit=False),
-             "catalog-all": catalog_task(settings, model, selection=selection, split="val", database="all",
-                                         n_queries=n_queries, with_fit=False)}
+    tasks = _catalog_tasks(settings, model, selection, "val", n_queries)
     if is_photo.any():
         tasks["photos"] = deepfashion_task(settings, model, database="all", selection=selection, with_fit=False,
                                            query_resolution=query_resolution, split="val")
@@ -100,8 +104,7 @@ def choose_gender_predictor(settings: Settings, model: str, query_resolution: tu
                                       hidden=hidden)
         for threshold in thresholds:
             for neighbours in neighbour_weights:
-                predictor = GenderPredictor(fitted.classes, fitted.coef, fitted.intercept, threshold, neighbours,
-                                            hidden_coef=fitted.hidden_coef, hidden_intercept=fitted.hidden_intercept)
+                predictor = replace(fitted, threshold=threshold, neighbour_weight=neighbours)
                 figures = score(tasks, predictor, vote)
                 val[f"weight={weight:g} hidden={hidden} threshold={threshold:g} neighbours={neighbours:g}"] = figures
                 kept = all(figures[t]["P@15"] >= plain[t]["P@15"] - tolerance for t in tasks)
@@ -117,18 +120,14 @@ def choose_gender_predictor(settings: Settings, model: str, query_resolution: tu
     predictor.probe_ids, predictor.probe_vectors = catalog_ids[probe], vectors[probe]
     trained = {"catalog_products": int((~is_photo).sum()), "photos": int(is_photo.sum())}
     predictor.meta = {"model": model, "photo_weight": weight, "hidden": predictor.hidden, "trained_on": trained,
-                      "val": val,
-                      "vote": list(vote), "tolerance": tolerance}
+                      "val": val, "vote": list(vote), "tolerance": tolerance}
     return GenderChoice(predictor, weight, val, trained)
 
 
 def test_figures(settings: Settings, model: str, predictor: GenderPredictor, query_resolution: tuple[int, int] | None,
                  vote: tuple[int, float], selection: str = "seed", n_queries: int = 600) -> dict[str, dict]:
     """The chosen predictor scored once on the test splits, beside category-first alone."""
-    tasks = {"catalog": catalog_task(settings, model, selection=selection, split="test", database="split",
-                                     n_queries=n_queries, with_fit=False),
-             "catalog-all": catalog_task(settings, model, selection=selection, split="test", database="all",
-                                         n_queries=n_queries, with_fit=False)}
+    tasks = _catalog_tasks(settings, model, selection, "test", n_queries)
     try:
         tasks["photos"] = deepfashion_task(settings, model, database="all", selection=selection, with_fit=False,
                                            query_resolution=query_resolution, split="test")
