@@ -7,7 +7,7 @@ submodule, e.g. for its option names, costs no more than that submodule. Plots (
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_attributes
 
 _LAZY = {
     "average_precision": "metrics",
@@ -27,12 +27,7 @@ _LAZY = {
     "apply_variant": "variants",
     "query_expansion": "variants",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

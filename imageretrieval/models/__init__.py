@@ -6,8 +6,7 @@ exported models); loading, saving and the extractor, which need it, are imported
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_attributes
 from . import zoo  # noqa: F401 - registers the pretrained constructors (imports no model code)
 from .config import ModelConfig, ModelNotFoundError, WeightSource, WeightsUnavailableError
 
@@ -21,12 +20,7 @@ _LAZY = {
     "save_fusion": "saving",
     "save_trained_model": "saving",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
