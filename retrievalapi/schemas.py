@@ -8,9 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from imageretrieval.engine import FILTER_FIELDS
 from imageretrieval.live.products import FIELDS as PRODUCT_FIELDS
+from imageretrieval.rerank import RERANKS
 
 DEFAULT_TOP_K = 15
-Rerank = Literal["none", "category", "gender", "category+gender"]
+Rerank = Literal[RERANKS]  # the engine's names, one list
 RERANK_DESCRIPTION = ("none: pure visual similarity; category: the articleType voted by the nearest "
                       "products comes first (for 'more like this', the product's own type); gender: the gender "
                       "the model predicts for the photo comes first, with Unisex products (for 'more like this', "
