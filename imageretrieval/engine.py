@@ -438,7 +438,8 @@ class RetrievalEngine:
         found = self.backend.search(queries, fetch, filters or None)
         genders: list[str | None] = [None] * len(queries)
         if predict:
-            neighbours = [[p.get("gender") or "" for p in found[qi].products[:self.vote_k]] for qi in predict]
+            neighbours = ([[p.get("gender") or "" for p in found[qi].products[:self.vote_k]] for qi in predict]
+                          if self.gender_predictor.neighbour_weight > 0 else None)  # read only when they count
             for qi, gender in zip(predict, self.gender_predictor.predict(queries[predict], neighbours).tolist(),
                                   strict=True):
                 genders[qi] = gender
